@@ -1,0 +1,8 @@
+"""Pure tensor functions: the two recurrences every student is made of.
+
+Layout everywhere is (B, T, H, K) for q/k and (B, T, H, V) for v; states are (B, H, K, V) in fp32.
+"""
+from kernels.delta_rule import delta_rule
+from kernels.linear_recurrence import linear_recurrence
+
+__all__ = ["linear_recurrence", "delta_rule"]

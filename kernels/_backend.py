@@ -1,0 +1,29 @@
+"""Backend selection shared by every kernel."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def pick_backend(name: str, backends: dict[str, Callable], device: torch.device, op: str) -> Callable:
+    """Return the implementation called `name`; `auto` is the fastest correct one for `device`."""
+    if name == "auto":
+        # Own Triton/fla kernels only run on CUDA; the chunked torch form is the CPU path.
+        for candidate in ("triton", "chunk") if device.type == "cuda" else ("chunk",):
+            if candidate in backends:
+                return backends[candidate]
+    if name not in backends:
+        raise ValueError(f"{op}: unknown backend {name!r}; choose one of {sorted(backends) + ['auto']}")
+    return backends[name]
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str) -> tuple[int, int, int, int, int]:
+    """Validate the (B, T, H, K/V) layout and return B, T, H, K, V."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"{op}: expected q, k of shape (B, T, H, K) and v of shape (B, T, H, V), "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    B, T, H, K = q.shape
+    return B, T, H, K, v.shape[-1]

@@ -1,0 +1,28 @@
+"""delta_rule: S_t = exp(log_decay_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
+from __future__ import annotations
+
+from kernels._backend import check_qkv, pick_backend
+from kernels.delta_rule.chunk import delta_rule_chunk
+from kernels.delta_rule.naive import delta_rule_naive
+
+BACKENDS = {"naive": delta_rule_naive, "chunk": delta_rule_chunk}
+
+
+def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False,
+               backend="auto"):
+    """Gated delta rule (the `gated_deltanet` student's memory update).
+
+    q, k: (B, T, H, K) (k is expected L2-normalised); v: (B, T, H, V); beta: (B, T, H) in (0, 1);
+    log_decay: None or (B, T, H) (≤ 0); initial_state: (B, H, K, V). Returns (o, final state or None).
+    """
+    B, T, H, K, V = check_qkv(q, k, v, "delta_rule")
+    if beta.shape != (B, T, H):
+        raise ValueError(f"delta_rule: beta must be (B, T, H) = {(B, T, H)}, got {tuple(beta.shape)}")
+    if log_decay is not None and log_decay.shape != (B, T, H):
+        raise ValueError(f"delta_rule: log_decay must be (B, T, H) = {(B, T, H)}, got {tuple(log_decay.shape)}")
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(f"delta_rule: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
+                         f"got {tuple(initial_state.shape)}")
+    fn = pick_backend(backend, BACKENDS, q.device, "delta_rule")
+    return fn(q, k, v, beta, log_decay=log_decay, scale=scale, initial_state=initial_state,
+              output_final_state=output_final_state)

@@ -1,0 +1,32 @@
+"""linear_recurrence: S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
+from __future__ import annotations
+
+import torch
+
+from kernels._backend import check_qkv, pick_backend
+from kernels.linear_recurrence.chunk import linear_recurrence_chunk
+from kernels.linear_recurrence.naive import linear_recurrence_naive
+
+BACKENDS = {"naive": linear_recurrence_naive, "chunk": linear_recurrence_chunk}
+
+
+def linear_recurrence(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
+                      output_final_state=False, backend="auto"):
+    """Gated linear recurrence shared by seven students.
+
+    q, k: (B, T, H, K); v: (B, T, H, V); log_decay: None, (B, T, H) per head or (B, T, H, K) per key
+    channel (≤ 0); bonus: (H, K) gives the RWKV-6 form o_t = q_tᵀ(S_{t−1} + diag(bonus) k_t v_tᵀ);
+    scale defaults to K**-0.5; initial_state: (B, H, K, V). Returns (o (B, T, H, V), final state or None).
+    """
+    B, T, H, K, V = check_qkv(q, k, v, "linear_recurrence")
+    if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
+        raise ValueError(f"linear_recurrence: log_decay must be (B, T, H) or (B, T, H, K) = "
+                         f"{(B, T, H)} or {(B, T, H, K)}, got {tuple(log_decay.shape)}")
+    if bonus is not None and bonus.shape != (H, K):
+        raise ValueError(f"linear_recurrence: bonus must be (H, K) = {(H, K)}, got {tuple(bonus.shape)}")
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(f"linear_recurrence: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
+                         f"got {tuple(initial_state.shape)}")
+    fn = pick_backend(backend, BACKENDS, q.device, "linear_recurrence")
+    return fn(q, k, v, log_decay=log_decay, bonus=bonus, scale=scale, initial_state=initial_state,
+              output_final_state=output_final_state)

@@ -1,0 +1,128 @@
+"""Every kernel backend equals the fp32 loop (`naive`) in outputs and in gradients of every input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import delta_rule, linear_recurrence
+from tests.helpers import assert_close
+
+B, H, K, V = 2, 2, 12, 10
+LENGTHS = [1, 63, 100, 257]
+
+
+def test_torch_empty_is_poisoned():
+    assert torch.isnan(torch.empty(4)).all()
+
+
+def _lr_inputs(T, decay, bonus, init, strong=False):
+    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    if decay == "none":
+        log_decay = None
+    elif decay == "head":
+        log_decay = F.logsigmoid(torch.randn(B, T, H) + 2)
+    else:
+        # RWKV-6 style w = −exp(·): strong decays reach −20 per step and more.
+        log_decay = -torch.exp(torch.randn(B, T, H, K) * (1.5 if strong else 1.0))
+    inputs = dict(q=q, k=k, v=v, log_decay=log_decay,
+                  bonus=torch.randn(H, K) if bonus else None,
+                  initial_state=torch.randn(B, H, K, V) if init else None)
+    return {name: t.requires_grad_() if t is not None else None for name, t in inputs.items()}
+
+
+def _run_with_grads(fn, inputs, **kwargs):
+    o, state = fn(**inputs, output_final_state=True, **kwargs)
+    torch.manual_seed(1)
+    loss = (o * torch.randn(o.shape)).sum() + (state * torch.randn(state.shape)).sum()
+    tensors = {n: t for n, t in inputs.items() if t is not None and t.requires_grad}
+    grads = torch.autograd.grad(loss, list(tensors.values()))
+    return o, state, dict(zip(tensors, grads))
+
+
+def _compare(fn, inputs, backend, tol=2e-4):
+    o_ref, s_ref, g_ref = _run_with_grads(fn, inputs, backend="naive")
+    o, s, g = _run_with_grads(fn, inputs, backend=backend)
+    assert_close(o, o_ref, tol, "output")
+    assert_close(s, s_ref, tol, "final state")
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], tol, f"grad {name}")
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel"])
+@pytest.mark.parametrize("T", LENGTHS, ids=[f"B{B}-T{t}-H{H}-K{K}" for t in LENGTHS])
+def test_linear_recurrence_chunk_matches_naive(T, decay, bonus, init):
+    _compare(linear_recurrence, _lr_inputs(T, decay, bonus, init), "chunk")
+
+
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+def test_linear_recurrence_chunk_exact_for_strong_decay(bonus):
+    inputs = _lr_inputs(200, "channel", bonus, True, strong=True)
+    assert inputs["log_decay"].min() < -20
+    _compare(linear_recurrence, inputs, "chunk")
+
+
+def _delta_inputs(T, decay, init):
+    q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
+    inputs = dict(q=q, k=k, v=v, beta=torch.rand(B, T, H),
+                  log_decay=F.logsigmoid(torch.randn(B, T, H) + 2) if decay else None,
+                  initial_state=torch.randn(B, H, K, V) if init else None)
+    return {name: t.requires_grad_() if t is not None else None for name, t in inputs.items()}
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("decay", [False, True], ids=["nodecay", "gated"])
+@pytest.mark.parametrize("T", LENGTHS, ids=[f"B{B}-T{t}-H{H}-K{K}" for t in LENGTHS])
+def test_delta_rule_chunk_matches_naive(T, decay, init):
+    _compare(delta_rule, _delta_inputs(T, decay, init), "chunk")
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel"])
+def test_linear_recurrence_split_in_two_calls(backend, decay):
+    inputs = {n: t.detach() if t is not None else None for n, t in _lr_inputs(150, decay, True, True).items()}
+    full, full_state = linear_recurrence(**inputs, output_final_state=True, backend=backend)
+    cut = 77
+    first = {n: (t[:, :cut] if n in ("q", "k", "v", "log_decay") and t is not None else t) for n, t in inputs.items()}
+    second = {n: (t[:, cut:] if n in ("q", "k", "v", "log_decay") and t is not None else t) for n, t in inputs.items()}
+    o1, s1 = linear_recurrence(**first, output_final_state=True, backend=backend)
+    second["initial_state"] = s1
+    o2, s2 = linear_recurrence(**second, output_final_state=True, backend=backend)
+    assert_close(torch.cat([o1, o2], dim=1), full, 1e-4, "split output")
+    assert_close(s2, full_state, 1e-4, "split state")
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+def test_delta_rule_split_in_two_calls(backend):
+    inputs = {n: t.detach() if t is not None else None for n, t in _delta_inputs(150, True, True).items()}
+    full, full_state = delta_rule(**inputs, output_final_state=True, backend=backend)
+    cut = 70
+    seq = ("q", "k", "v", "beta", "log_decay")
+    first = {n: (t[:, :cut] if n in seq else t) for n, t in inputs.items()}
+    second = {n: (t[:, cut:] if n in seq else t) for n, t in inputs.items()}
+    o1, s1 = delta_rule(**first, output_final_state=True, backend=backend)
+    second["initial_state"] = s1
+    o2, s2 = delta_rule(**second, output_final_state=True, backend=backend)
+    assert_close(torch.cat([o1, o2], dim=1), full, 1e-4, "split output")
+    assert_close(s2, full_state, 1e-4, "split state")
+
+
+def test_scale_defaults_to_inverse_sqrt_k():
+    inputs = {n: t.detach() if t is not None else None for n, t in _lr_inputs(20, "head", False, False).items()}
+    default, _ = linear_recurrence(**inputs)
+    explicit, _ = linear_recurrence(**inputs, scale=K ** -0.5)
+    doubled, _ = linear_recurrence(**inputs, scale=2 * K ** -0.5)
+    assert torch.equal(default, explicit)
+    assert_close(doubled, 2 * default, 1e-6)
+
+
+def test_bad_shapes_and_backends_raise_clear_errors():
+    q = torch.randn(1, 5, 2, 4)
+    with pytest.raises(ValueError, match="unknown backend 'cuda_magic'"):
+        linear_recurrence(q, q, q, backend="cuda_magic")
+    with pytest.raises(ValueError, match="log_decay must be"):
+        linear_recurrence(q, q, q, log_decay=torch.zeros(1, 5, 3))
+    with pytest.raises(ValueError, match="beta must be"):
+        delta_rule(q, q, q, beta=torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="expected q, k of shape"):
+        linear_recurrence(q[0], q, q)
