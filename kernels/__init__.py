@@ -2,7 +2,7 @@
 
 Layout everywhere is (B, T, H, K) for q/k and (B, T, H, V) for v; states are (B, H, K, V) in fp32.
 """
-from kernels.delta_rule import delta_rule
-from kernels.linear_recurrence import linear_recurrence
+from kernels.delta_rule import delta_rule, delta_rule_matrix
+from kernels.linear_recurrence import linear_recurrence, linear_recurrence_matrix
 
-__all__ = ["linear_recurrence", "delta_rule"]
+__all__ = ["linear_recurrence", "delta_rule", "linear_recurrence_matrix", "delta_rule_matrix"]

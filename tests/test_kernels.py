@@ -126,3 +126,25 @@ def test_bad_shapes_and_backends_raise_clear_errors():
         delta_rule(q, q, q, beta=torch.zeros(1, 5))
     with pytest.raises(ValueError, match="expected q, k of shape"):
         linear_recurrence(q[0], q, q)
+
+
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel"])
+def test_linear_recurrence_matrix_times_v_equals_output(decay, bonus):
+    from kernels import linear_recurrence_matrix
+
+    inputs = {n: t.detach() if t is not None else None for n, t in _lr_inputs(100, decay, bonus, False).items()}
+    o, _ = linear_recurrence(**inputs, backend="naive")
+    M = linear_recurrence_matrix(inputs["q"], inputs["k"], inputs["log_decay"], inputs["bonus"], row_block=17)
+    assert M.shape == (B, H, 100, 100)
+    assert_close(torch.einsum("bhts,bshv->bthv", M, inputs["v"]), o, 1e-4, "M @ v")
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["nodecay", "gated"])
+def test_delta_rule_matrix_times_v_equals_output(decay):
+    from kernels import delta_rule_matrix
+
+    inputs = {n: t.detach() if t is not None else None for n, t in _delta_inputs(100, decay, False).items()}
+    o, _ = delta_rule(**inputs, backend="naive")
+    M = delta_rule_matrix(inputs["q"], inputs["k"], inputs["beta"], inputs["log_decay"])
+    assert_close(torch.einsum("bhts,bshv->bthv", M, inputs["v"]), o, 1e-4, "M @ v")

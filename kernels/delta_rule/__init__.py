@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from kernels._backend import check_qkv, pick_backend
 from kernels.delta_rule.chunk import delta_rule_chunk
+from kernels.delta_rule.matrix import delta_rule_matrix
 from kernels.delta_rule.naive import delta_rule_naive
 
 BACKENDS = {"naive": delta_rule_naive, "chunk": delta_rule_chunk}
@@ -26,3 +27,4 @@ def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, ou
     fn = pick_backend(backend, BACKENDS, q.device, "delta_rule")
     return fn(q, k, v, beta, log_decay=log_decay, scale=scale, initial_state=initial_state,
               output_final_state=output_final_state)
+

@@ -5,6 +5,7 @@ import torch
 
 from kernels._backend import check_qkv, pick_backend
 from kernels.linear_recurrence.chunk import linear_recurrence_chunk
+from kernels.linear_recurrence.matrix import linear_recurrence_matrix
 from kernels.linear_recurrence.naive import linear_recurrence_naive
 
 BACKENDS = {"naive": linear_recurrence_naive, "chunk": linear_recurrence_chunk}
@@ -30,3 +31,4 @@ def linear_recurrence(q, k, v, log_decay=None, bonus=None, scale=None, initial_s
     fn = pick_backend(backend, BACKENDS, q.device, "linear_recurrence")
     return fn(q, k, v, log_decay=log_decay, bonus=bonus, scale=scale, initial_state=initial_state,
               output_final_state=output_final_state)
+

@@ -1,0 +1,22 @@
+"""The gated delta rule as a (T × T) mixing matrix per head (zero initial state)."""
+from __future__ import annotations
+
+import torch
+
+
+def delta_rule_matrix(q, k, beta, log_decay=None, scale=None) -> torch.Tensor:
+    """M = scale · (Q Kᵀ ⊙ Γ) (I + L)⁻¹ diag(β), with Γ[t, s] = γ_t/γ_s (s ≤ t) and
+    L[t, s] = β_t Γ[t, s] k_tᵀ k_s (s < t): the one-chunk WY form over the whole sequence, so o = M v.
+    Returns (B, H, T, T) in fp32."""
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else scale
+    q, k = q.float().transpose(1, 2), k.float().transpose(1, 2)
+    beta = beta.float().transpose(1, 2)[..., None]  # (B, H, T, 1)
+    b = q.new_zeros(B, H, T, 1) if log_decay is None else log_decay.float().transpose(1, 2)[..., None].cumsum(2)
+    idx = torch.arange(T, device=q.device)
+    gamma = (b - b.transpose(-1, -2)).masked_fill(~(idx[:, None] >= idx[None, :]), float("-inf")).exp()
+    L = beta * (k @ k.transpose(-1, -2)) * gamma.tril(-1)
+    eye = torch.eye(T, dtype=q.dtype, device=q.device)
+    inverse_times_beta = torch.linalg.solve_triangular(eye + L, torch.diag_embed(beta[..., 0]), upper=False,
+                                                       unitriangular=True)
+    return scale * ((q @ k.transpose(-1, -2)) * gamma) @ inverse_times_beta

@@ -1,0 +1,154 @@
+"""The mixer contract every student follows, and the template shared by the recurrent students.
+
+A mixer maps hidden states (B, T, D) to (B, T, D). Every mixer offers four views of the same function:
+  forward(x, state, backend="auto")  the chunked parallel form (training path),
+  forward(x, state, backend="naive") the fp32 loop, short enough to check against the paper (reference),
+  step(x_t, state)                   one token, O(1) state (generation path),
+  mixer_matrix(x)                    M (B, H, T, T) with core output = M @ v (matrix mixing, analysis).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from kernels import delta_rule, delta_rule_matrix, linear_recurrence, linear_recurrence_matrix
+
+State = dict[str, Any]
+
+
+@dataclass
+class MixerConfig:
+    """Shapes taken from the teacher, plus student-specific options."""
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    layer_idx: int = 0
+    num_layers: int = 1
+    rope_theta: float = 10000.0
+    conv_size: int = 4
+    norm_eps: float = 1e-5
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.num_kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+
+
+class Mixer(nn.Module):
+    """Base class. Subclasses set `name` and implement forward / mixer_matrix / core."""
+
+    name = "mixer"
+
+    def __init__(self, config: MixerConfig):
+        super().__init__()
+        self.config = config
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+
+    def forward(self, x: torch.Tensor, state: State | None = None, backend: str = "auto"
+                ) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def core(self, x: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """(core output, values), both (B, T, H, V), with core output = mixer_matrix(x) @ values."""
+        raise NotImplementedError
+
+    def mixer_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's recurrence as an fp32 loop over time."""
+        return self.forward(x, backend="naive")[0]
+
+    def step(self, x_t: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """One token: x_t (B, D) -> (y_t (B, D), new state)."""
+        y, state = self.forward(x_t[:, None], state, backend="naive")
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int = 1, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of generation state per sequence after `seq_len` tokens, measured on a real step."""
+        param = next(self.parameters())
+        x = torch.zeros(1, 1, self.hidden_size, dtype=param.dtype, device=param.device)
+        with torch.no_grad():
+            _, state = self.forward(x, None, backend="naive")
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return sum(t.numel() * itemsize for t in state.values() if torch.is_tensor(t) and t.is_floating_point())
+
+
+@dataclass
+class Features:
+    """What a recurrent mixer feeds its kernel, plus what its read-out and next step need."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    log_decay: torch.Tensor | None = None
+    beta: torch.Tensor | None = None  # delta rule only
+    bonus: torch.Tensor | None = None  # RWKV-6 only
+    scale: float | None = None
+    value_dim: int | None = None  # v may carry extra columns (e.g. ones for a normaliser)
+    context: dict[str, Any] = field(default_factory=dict)  # gates etc. for the read-out
+    carry: dict[str, Any] = field(default_factory=dict)  # conv caches, token shift: part of the next state
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.v if self.value_dim is None else self.v[..., :self.value_dim]
+
+
+class RecurrentMixer(Mixer):
+    """Template for the students built on `linear_recurrence` or `delta_rule`.
+
+    A subclass writes `featurize` (projections, convolutions, gates -> Features) and `readout`
+    (norm, output gate, output projection); the kernel call, state handling, the step and the
+    materialised matrix come from here.
+    """
+
+    uses_delta_rule = False
+
+    def featurize(self, x: torch.Tensor, state: State) -> Features:
+        raise NotImplementedError
+
+    def readout(self, core: torch.Tensor, features: Features, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish_core(self, o: torch.Tensor, features: Features) -> torch.Tensor:
+        """Kernel output -> core output (normalisers, skip terms). Must stay linear in the values."""
+        return o
+
+    def finish_matrix(self, matrix: torch.Tensor, features: Features) -> torch.Tensor:
+        """Apply `finish_core`'s effect to the kernel's matrix."""
+        return matrix
+
+    def recurrence(self, f: Features, initial_state: torch.Tensor | None, backend: str, state: State):
+        if self.uses_delta_rule:
+            return delta_rule(f.q, f.k, f.v, f.beta, f.log_decay, scale=f.scale, initial_state=initial_state,
+                              output_final_state=True, backend=backend)
+        return linear_recurrence(f.q, f.k, f.v, f.log_decay, f.bonus, scale=f.scale, initial_state=initial_state,
+                                 output_final_state=True, backend=backend)
+
+    def forward(self, x, state=None, backend="auto"):
+        state = state or {}
+        f = self.featurize(x, state)
+        o, final = self.recurrence(f, state.get("kernel"), backend, state)
+        y = self.readout(self.finish_core(o, f), f, x)
+        return y.to(x.dtype), {**f.carry, "kernel": final}
+
+    def core(self, x, backend="auto"):
+        f = self.featurize(x, {})
+        o, _ = self.recurrence(f, None, backend, {})
+        return self.finish_core(o, f), f.values
+
+    def mixer_matrix(self, x):
+        f = self.featurize(x, {})
+        if self.uses_delta_rule:
+            matrix = delta_rule_matrix(f.q, f.k, f.beta, f.log_decay, scale=f.scale)
+        else:
+            matrix = linear_recurrence_matrix(f.q, f.k, f.log_decay, f.bonus, scale=f.scale)
+        return self.finish_matrix(matrix, f)

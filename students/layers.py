@@ -1,0 +1,98 @@
+"""Building blocks shared by the mixers: short causal convolution with a cache, rotary, norms."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv1d over time (Mamba-2 / GDN / MetaLA short convolution), stepping with a cache.
+
+    The cache holds the last `kernel_size − 1` inputs, so a token-by-token run equals the full convolution.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True, activation: str | None = "silu"):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self.activation = activation
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv1d's default init
+
+    def set_identity(self) -> None:
+        """Pass the current token through unchanged (a conv that costs the copied projections nothing)."""
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[:, 0, -1] = 1.0
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C); cache: (B, kernel_size − 1, C) or None. Returns (y, new cache)."""
+        B, T, C = x.shape
+        if cache is None:
+            cache = x.new_zeros(B, self.kernel_size - 1, C)
+        padded = torch.cat([cache.to(x.dtype), x], dim=1)
+        y = F.conv1d(padded.transpose(1, 2), self.weight, self.bias, groups=C).transpose(1, 2)
+        if self.activation == "silu":
+            y = F.silu(y)
+        return y, padded[:, padded.shape[1] - (self.kernel_size - 1):]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """Default RoPE frequencies (Su et al. 2021), as Llama computes them."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:
+    """Rotate (B, T, H, D) by positions offset … offset+T−1 (Llama's rotate_half convention)."""
+    T = x.shape[1]
+    positions = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq.to(x.device, torch.float32)[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos = (emb.cos() * attention_scaling)[None, :, None, :]
+    sin = (emb.sin() * attention_scaling)[None, :, None, :]
+    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over each head's channels, optionally gated by silu(z) (Mamba-2's RMSNormGated, GLA, GDN)."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(head_dim))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        if gate is not None:
+            x = x * F.silu(gate.float())
+        return x
+
+
+class HeadLayerNorm(nn.Module):
+    """LayerNorm over each head's channels (RetNet / RWKV GroupNorm, xLSTM multi-head LayerNorm)."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float())
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, H·D) -> (B, T, H, D)."""
+    return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, D) -> (B, T, H·D)."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])

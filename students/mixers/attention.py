@@ -1,0 +1,86 @@
+"""Softmax attention, identical to a Llama-family teacher's (RoPE, grouped-query heads): the control.
+
+o_t = Σ_{s≤t} softmax_s(q_t·k_s / √d) v_s. Its "state" is the KV cache, which grows with the context.
+Options: attention_bias (Qwen2), qk_norm (Qwen3: RMSNorm on each head of q and k before RoPE).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from students.base import Mixer, MixerConfig
+from students.layers import HeadRMSNorm, apply_rotary, merge_heads, rope_inv_freq, split_heads
+
+
+class AttentionMixer(Mixer):
+    name = "attention"
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        D, H, G, K = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        bias = bool(config.options.get("attention_bias", False))
+        self.num_kv_heads = G
+        self.q_proj = nn.Linear(D, H * K, bias=bias)
+        self.k_proj = nn.Linear(D, G * K, bias=bias)
+        self.v_proj = nn.Linear(D, G * K, bias=bias)
+        self.o_proj = nn.Linear(H * K, D, bias=False)
+        if config.options.get("qk_norm", False):
+            self.q_norm = HeadRMSNorm(K, config.norm_eps)
+            self.k_norm = HeadRMSNorm(K, config.norm_eps)
+        self.attention_scaling = float(config.options.get("rope_attention_scaling", 1.0))
+        inv_freq = config.options.get("rope_inv_freq")
+        inv_freq = torch.as_tensor(inv_freq, dtype=torch.float32) if inv_freq is not None else rope_inv_freq(K, config.rope_theta)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _project(self, x, position):
+        q = split_heads(self.q_proj(x), self.num_heads)
+        k = split_heads(self.k_proj(x), self.num_kv_heads)
+        v = split_heads(self.v_proj(x), self.num_kv_heads)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q).to(x.dtype), self.k_norm(k).to(x.dtype)
+        q = apply_rotary(q, self.inv_freq, position, self.attention_scaling)
+        k = apply_rotary(k, self.inv_freq, position, self.attention_scaling)
+        return q, k, v
+
+    def _expand(self, kv):
+        return kv.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
+
+    def _attend(self, q, k, v, past: int, backend: str):
+        """q (B, T, H, K); k, v (B, past+T, H, K) -> (B, T, H, K)."""
+        T, S = q.shape[1], k.shape[1]
+        if backend == "naive":
+            outputs = []
+            for t in range(T):
+                scores = torch.einsum("bhk,bshk->bhs", q[:, t].float(), k[:, :past + t + 1].float()) * self.head_dim ** -0.5
+                outputs.append(torch.einsum("bhs,bshv->bhv", scores.softmax(-1), v[:, :past + t + 1].float()))
+            return torch.stack(outputs, 1).to(q.dtype)
+        mask = None if past == 0 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(past)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask, is_causal=past == 0)
+        return o.transpose(1, 2)
+
+    def forward(self, x, state=None, backend="auto"):
+        state = state or {}
+        position = state.get("position", 0)
+        q, k, v = self._project(x, position)
+        if "k" in state:
+            k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
+        o = self._attend(q, self._expand(k), self._expand(v), position, backend)
+        return self.o_proj(merge_heads(o)), {"k": k, "v": v, "position": position + x.shape[1]}
+
+    def core(self, x, backend="auto"):
+        q, k, v = self._project(x, 0)
+        k, v = self._expand(k), self._expand(v)
+        return self._attend(q, k, v, 0, backend), v
+
+    def mixer_matrix(self, x):
+        q, k, _ = self._project(x, 0)
+        scores = torch.einsum("bthk,bshk->bhts", q.float(), self._expand(k).float()) * self.head_dim ** -0.5
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+    def state_size(self, seq_len: int = 1, dtype: torch.dtype = torch.float32) -> int:
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return 2 * seq_len * self.num_kv_heads * self.head_dim * itemsize

@@ -1,0 +1,55 @@
+"""Gated DeltaNet — Yang, Kautz, Hatamizadeh 2025, "Gated Delta Networks", eq. 10 and §3.4.
+
+S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ,  o_t = S_tᵀ q_t / √d, with L2-normalised q and k
+after a short convolution + SiLU, β_t = σ(W_β x_t), α_t = exp(−exp(A_log) · softplus(W_α x_t + b))
+(Mamba-2 style); gated RMSNorm with silu(W_g x), output projection.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from students.base import Features, MixerConfig, RecurrentMixer
+from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads
+
+
+class GatedDeltaNetMixer(RecurrentMixer):
+    name = "gated_deltanet"
+    uses_delta_rule = True
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        D, H, K = config.hidden_size, config.num_heads, config.head_dim
+        self.q_proj = nn.Linear(D, H * K, bias=False)
+        self.k_proj = nn.Linear(D, H * K, bias=False)
+        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.q_conv = ShortConv(H * K, config.conv_size, bias=False)
+        self.k_conv = ShortConv(H * K, config.conv_size, bias=False)
+        self.v_conv = ShortConv(H * K, config.conv_size, bias=False)
+        self.beta_proj = nn.Linear(D, H, bias=False)
+        self.decay_proj = nn.Linear(D, H, bias=False)
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
+        dt = torch.exp(torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.g_proj = nn.Linear(D, H * K, bias=False)
+        self.norm = HeadRMSNorm(K, config.norm_eps)
+        self.o_proj = nn.Linear(H * K, D, bias=False)
+
+    def featurize(self, x, state):
+        H = self.num_heads
+        q, q_cache = self.q_conv(self.q_proj(x), state.get("q_conv"))
+        k, k_cache = self.k_conv(self.k_proj(x), state.get("k_conv"))
+        v, v_cache = self.v_conv(self.v_proj(x), state.get("v_conv"))
+        q = F.normalize(split_heads(q, H).float(), dim=-1)
+        k = F.normalize(split_heads(k, H).float(), dim=-1)
+        beta = torch.sigmoid(self.beta_proj(x).float())
+        log_decay = -self.A_log.float().exp() * F.softplus(self.decay_proj(x).float() + self.dt_bias)
+        return Features(q=q, k=k, v=split_heads(v, H), beta=beta, log_decay=log_decay,
+                        context={"g": split_heads(self.g_proj(x), H)},
+                        carry={"q_conv": q_cache, "k_conv": k_cache, "v_conv": v_cache})
+
+    def readout(self, core, f, x):
+        return self.o_proj(merge_heads(self.norm(core, f.context["g"])).to(x.dtype))

@@ -1,0 +1,47 @@
+"""MetaLA — Chou et al. 2024, "MetaLA: Unified Optimal Linear Approximation to Softmax Attention Map", §4.
+
+Key-free gated linear attention: the key is replaced by 1 − α_t, with dynamic per-channel decay
+α_t = σ(W_α x_t)^(1/16):  S_t = diag(α_t) S_{t−1} + (1 − α_t) v_tᵀ,  o_t = S_tᵀ q_t / √d;
+self-augmentation o_t += σ((q_tᵀ(w_aug ⊙ (1 − α_t))) v_t); short convolution on the input;
+head LayerNorm, silu output gate, output projection (as in the authors' released layer).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from students.base import Features, MixerConfig, RecurrentMixer
+from students.layers import HeadLayerNorm, ShortConv, merge_heads, split_heads
+
+GATE_TEMPERATURE = 16.0
+
+
+class MetaLAMixer(RecurrentMixer):
+    name = "metala"
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        D, H, K = config.hidden_size, config.num_heads, config.head_dim
+        self.conv = ShortConv(D, config.conv_size, bias=False)
+        self.q_proj = nn.Linear(D, H * K, bias=False)
+        self.decay_proj = nn.Linear(D, H * K, bias=False)
+        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.g_proj = nn.Linear(D, H * K, bias=True)
+        self.aug_balance = nn.Parameter(torch.zeros(H, K))
+        self.norm = HeadLayerNorm(K, eps=config.norm_eps, affine=False)
+        self.o_proj = nn.Linear(H * K, D, bias=False)
+
+    def featurize(self, x, state):
+        H = self.num_heads
+        xc, conv_cache = self.conv(x, state.get("conv"))
+        q, v = split_heads(self.q_proj(xc), H), split_heads(self.v_proj(xc), H)
+        log_decay = F.logsigmoid(split_heads(self.decay_proj(xc), H).float()) / GATE_TEMPERATURE
+        k = -torch.expm1(log_decay)  # 1 − α_t
+        return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(xc)},
+                        carry={"conv": conv_cache})
+
+    def readout(self, core, f, x):
+        augment = (f.q.float() * self.aug_balance * f.k).sum(-1, keepdim=True)  # (B, T, H, 1)
+        o = self.norm(core + torch.sigmoid(augment * f.v.float()))
+        return self.o_proj((F.silu(f.context["g"].float()) * merge_heads(o)).to(x.dtype))

@@ -1,0 +1,43 @@
+"""Multi-scale retention — Sun et al. 2023, RetNet, eq. 1-9.
+
+S_t = γ_h S_{t−1} + k_t v_tᵀ,  o_t = S_tᵀ q_t / √d, with γ_h = 1 − 2^(−5−h) fixed per head and
+rotary (xPos without length extrapolation scaling) on q and k; GroupNorm per head, swish output gate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from students.base import Features, MixerConfig, RecurrentMixer
+from students.layers import HeadLayerNorm, apply_rotary, merge_heads, rope_inv_freq, split_heads
+
+
+class RetNetMixer(RecurrentMixer):
+    name = "retnet"
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        D, H, K = config.hidden_size, config.num_heads, config.head_dim
+        self.q_proj = nn.Linear(D, H * K, bias=False)
+        self.k_proj = nn.Linear(D, H * K, bias=False)
+        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.g_proj = nn.Linear(D, H * K, bias=False)
+        self.o_proj = nn.Linear(H * K, D, bias=False)
+        self.group_norm = HeadLayerNorm(K, config.norm_eps)
+        self.register_buffer("log_gamma", torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32))),
+                             persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(K, config.rope_theta), persistent=False)
+
+    def featurize(self, x, state):
+        H = self.num_heads
+        position = state.get("position", 0)
+        q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rotary(q, self.inv_freq, position), apply_rotary(k, self.inv_freq, position)
+        log_decay = self.log_gamma.expand(x.shape[0], x.shape[1], H)
+        return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(x)},
+                        carry={"position": position + x.shape[1]})
+
+    def readout(self, core, f, x):
+        gated = F.silu(f.context["g"].float()) * merge_heads(self.group_norm(core))
+        return self.o_proj(gated.to(x.dtype))

@@ -1,0 +1,35 @@
+"""The student registry: name -> mixer class. Adding a student is one file plus one line here."""
+from __future__ import annotations
+
+import importlib
+
+from students.base import Mixer, MixerConfig
+
+STUDENTS: dict[str, str] = {
+    "mamba": "students.mixers.mamba:Mamba2Mixer",
+    "linear_attention": "students.mixers.linear_attention:LinearAttentionMixer",
+    "rwkv": "students.mixers.rwkv:RWKV6Mixer",
+    "retnet": "students.mixers.retnet:RetNetMixer",
+    "gla": "students.mixers.gla:GLAMixer",
+    "xlstm": "students.mixers.xlstm:MLSTMMixer",
+    "metala": "students.mixers.metala:MetaLAMixer",
+    "gated_deltanet": "students.mixers.gated_deltanet:GatedDeltaNetMixer",
+    "attention": "students.mixers.attention:AttentionMixer",  # the control: the teacher's own attention
+}
+
+
+def available() -> list[str]:
+    """Registered student names (the softmax control `attention` last)."""
+    return list(STUDENTS)
+
+
+def mixer_class(name: str) -> type[Mixer]:
+    if name not in STUDENTS:
+        raise ValueError(f"unknown student {name!r}; choose one of {', '.join(available())}")
+    module, cls = STUDENTS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_mixer(name: str, config: MixerConfig) -> Mixer:
+    """Instantiate the named mixer for the given shapes."""
+    return mixer_class(name)(config)
