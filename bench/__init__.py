@@ -1,0 +1,1 @@
+"""Everything that runs: benchmarks, data, stages, evaluation, leaderboard, figures."""
