@@ -44,6 +44,9 @@ class Mixer(nn.Module):
     """Base class. Subclasses set `name` and implement forward / mixer_matrix / core."""
 
     name = "mixer"
+    QKV_COPY: dict[str, str] = {}  # student submodule -> teacher attention submodule, for init="qkv_copy"
+    IDENTITY_CONVS: tuple[str, ...] = ()
+    EXPAND_KV = True  # expand grouped-query k/v heads to one per query head
 
     def __init__(self, config: MixerConfig):
         super().__init__()

@@ -50,6 +50,25 @@ def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
 
 
+class Rotary:
+    """RoPE frequencies, computed on first use (never during meta-device model construction).
+
+    `rope_fn` returns (inv_freq, attention_scaling); surgery passes the teacher family's own rope
+    function, so rope-scaling variants match the teacher; the default is plain RoPE with `theta`.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, rope_fn=None):
+        self.rope_fn = rope_fn or (lambda: (rope_inv_freq(head_dim, theta), 1.0))
+        self._cache = None
+
+    def __call__(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        if self._cache is None:
+            with torch.device("cpu"):
+                inv_freq, scaling = self.rope_fn()
+            self._cache = (inv_freq.detach().float().cpu(), float(scaling))
+        return apply_rotary(x, self._cache[0], offset, self._cache[1])
+
+
 def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:
     """Rotate (B, T, H, D) by positions offset … offset+T−1 (Llama's rotate_half convention)."""
     T = x.shape[1]

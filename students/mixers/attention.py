@@ -10,11 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.base import Mixer, MixerConfig
-from students.layers import HeadRMSNorm, apply_rotary, merge_heads, rope_inv_freq, split_heads
+from students.layers import HeadRMSNorm, Rotary, merge_heads, split_heads
 
 
 class AttentionMixer(Mixer):
     name = "attention"
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj",
+                "q_norm": "q_norm", "k_norm": "k_norm"}
+    EXPAND_KV = False  # keeps the teacher's grouped-query layout
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
@@ -28,10 +31,7 @@ class AttentionMixer(Mixer):
         if config.options.get("qk_norm", False):
             self.q_norm = HeadRMSNorm(K, config.norm_eps)
             self.k_norm = HeadRMSNorm(K, config.norm_eps)
-        self.attention_scaling = float(config.options.get("rope_attention_scaling", 1.0))
-        inv_freq = config.options.get("rope_inv_freq")
-        inv_freq = torch.as_tensor(inv_freq, dtype=torch.float32) if inv_freq is not None else rope_inv_freq(K, config.rope_theta)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotary = Rotary(K, config.rope_theta, config.options.get("rope_fn"))
 
     def _project(self, x, position):
         q = split_heads(self.q_proj(x), self.num_heads)
@@ -39,9 +39,7 @@ class AttentionMixer(Mixer):
         v = split_heads(self.v_proj(x), self.num_kv_heads)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q).to(x.dtype), self.k_norm(k).to(x.dtype)
-        q = apply_rotary(q, self.inv_freq, position, self.attention_scaling)
-        k = apply_rotary(k, self.inv_freq, position, self.attention_scaling)
-        return q, k, v
+        return self.rotary(q, position), self.rotary(k, position), v
 
     def _expand(self, kv):
         return kv.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)

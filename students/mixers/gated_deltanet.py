@@ -18,6 +18,9 @@ from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads
 
 class GatedDeltaNetMixer(RecurrentMixer):
     name = "gated_deltanet"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
+    IDENTITY_CONVS = ('q_conv', 'k_conv', 'v_conv')  # start as pass-through so copied projections act as in the teacher
     uses_delta_rule = True
 
     def __init__(self, config: MixerConfig):

@@ -17,6 +17,8 @@ GATE_TEMPERATURE = 16.0
 
 class GLAMixer(RecurrentMixer):
     name = "gla"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

@@ -19,6 +19,8 @@ EPS = 1e-6
 
 class LinearAttentionMixer(RecurrentMixer):
     name = "linear_attention"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

@@ -17,6 +17,9 @@ from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads
 
 class Mamba2Mixer(RecurrentMixer):
     name = "mamba"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"C_proj": "q_proj", "B_proj": "k_proj", "x_proj": "v_proj", "out_proj": "o_proj"}
+    IDENTITY_CONVS = ('conv',)  # start as pass-through so copied projections act as in the teacher
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

@@ -19,6 +19,9 @@ GATE_TEMPERATURE = 16.0
 
 class MetaLAMixer(RecurrentMixer):
     name = "metala"
+    # qkv_copy: MetaLA has no key; its decay projection takes W_K, since 1 − α_t plays the key's role
+    QKV_COPY = {"q_proj": "q_proj", "decay_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
+    IDENTITY_CONVS = ('conv',)  # start as pass-through so copied projections act as in the teacher
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

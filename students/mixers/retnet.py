@@ -10,11 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.base import Features, MixerConfig, RecurrentMixer
-from students.layers import HeadLayerNorm, apply_rotary, merge_heads, rope_inv_freq, split_heads
+from students.layers import HeadLayerNorm, Rotary, merge_heads, split_heads
 
 
 class RetNetMixer(RecurrentMixer):
     name = "retnet"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
@@ -25,16 +27,15 @@ class RetNetMixer(RecurrentMixer):
         self.g_proj = nn.Linear(D, H * K, bias=False)
         self.o_proj = nn.Linear(H * K, D, bias=False)
         self.group_norm = HeadLayerNorm(K, config.norm_eps)
-        self.register_buffer("log_gamma", torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32))),
-                             persistent=False)
-        self.register_buffer("inv_freq", rope_inv_freq(K, config.rope_theta), persistent=False)
+        self.rotary = Rotary(K, config.rope_theta, config.options.get("rope_fn"))
 
     def featurize(self, x, state):
         H = self.num_heads
         position = state.get("position", 0)
         q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = apply_rotary(q, self.inv_freq, position), apply_rotary(k, self.inv_freq, position)
-        log_decay = self.log_gamma.expand(x.shape[0], x.shape[1], H)
+        q, k = self.rotary(q, position), self.rotary(k, position)
+        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32, device=x.device))))  # γ_h
+        log_decay = log_gamma.expand(x.shape[0], x.shape[1], H)
         return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(x)},
                         carry={"position": position + x.shape[1]})
 

@@ -19,6 +19,8 @@ DECAY_RANK = 64
 
 class RWKV6Mixer(RecurrentMixer):
     name = "rwkv"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"r_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

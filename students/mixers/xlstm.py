@@ -25,6 +25,8 @@ def soft_cap(x: torch.Tensor, cap: float = GATE_SOFT_CAP) -> torch.Tensor:
 
 class MLSTMMixer(RecurrentMixer):
     name = "xlstm"
+    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

@@ -1,0 +1,184 @@
+"""Students as Hugging Face models: a teacher-family decoder whose attention layers are replaced by a mixer.
+
+The embedding, MLPs, norms and LM head are the teacher family's own modules (instantiated from the saved
+teacher config), so nothing of transformers' modeling code is forked; only the residual loop is ours.
+`import students` registers the config and model with AutoConfig / AutoModelForCausalLM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from students.base import MixerConfig
+from students.registry import available, build_mixer
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+class StudentConfig(PreTrainedConfig):
+    """`teacher_config`: the teacher's config as a dict; `student`: registry name; `mixer_options`: per-student."""
+
+    model_type = "distill_student"
+
+    def __init__(self, teacher_config: dict | None = None, student: str = "attention",
+                 mixer_options: dict | None = None, init: str = "random", **kwargs):
+        self.teacher_config = dict(teacher_config or {})
+        self.student = student
+        self.mixer_options = dict(mixer_options or {})
+        self.init = init
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+            if key in self.teacher_config:
+                setattr(self, key, self.teacher_config[key])
+        kwargs.setdefault("tie_word_embeddings", self.teacher_config.get("tie_word_embeddings", False))
+        super().__init__(**kwargs)
+
+
+def teacher_family_config(teacher_config: dict) -> PreTrainedConfig:
+    model_type = teacher_config.get("model_type")
+    if model_type not in SUPPORTED_FAMILIES:
+        raise ValueError(f"unsupported teacher family {model_type!r}; supported Llama-family types: "
+                         f"{', '.join(SUPPORTED_FAMILIES)}")
+    fields = {k: v for k, v in teacher_config.items() if k not in ("model_type", "transformers_version")}
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def mixer_config(family: PreTrainedConfig, layer_idx: int, options: dict, rotary: nn.Module | None) -> MixerConfig:
+    head_dim = getattr(family, "head_dim", None) or family.hidden_size // family.num_attention_heads
+    options = dict(options)
+    options.setdefault("attention_bias", bool(getattr(family, "attention_bias", False)))
+    options.setdefault("qk_norm", family.model_type == "qwen3")
+    if rotary is not None:  # the teacher's own RoPE function (rope scaling variants included)
+        rope_type = getattr(rotary, "rope_type", "default")
+        rope_fn = ROPE_INIT_FUNCTIONS.get(rope_type) if rope_type != "default" else None
+        rope_fn = rope_fn or type(rotary).compute_default_rope_parameters
+        options.setdefault("rope_fn", functools.partial(rope_fn, family))
+    return MixerConfig(hidden_size=family.hidden_size, num_heads=family.num_attention_heads, head_dim=head_dim,
+                       num_kv_heads=family.num_key_value_heads or family.num_attention_heads, layer_idx=layer_idx,
+                       num_layers=family.num_hidden_layers, norm_eps=getattr(family, "rms_norm_eps", 1e-5),
+                       options=options)
+
+
+class StudentCache:
+    """Per-layer mixer states: recurrent states for students (constant size), a KV cache for `attention`."""
+
+    is_compileable = False
+
+    def __init__(self, num_layers: int):
+        self.states: list[dict[str, Any] | None] = [None] * num_layers
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self.states if s for t in s.values() if torch.is_tensor(t))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for state in self.states:
+            if state:
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.dim() > 0:
+                        state[key] = value.index_select(0, beam_idx.to(value.device))
+
+
+class StudentForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = StudentConfig
+    base_model_prefix = "model"
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _is_stateful = True
+    _supports_cache_class = False
+
+    def __init__(self, config: StudentConfig):
+        super().__init__(config)
+        if config.student not in available():
+            raise ValueError(f"unknown student {config.student!r}; choose one of {', '.join(available())}")
+        family = teacher_family_config(config.teacher_config)
+        skeleton = AutoModelForCausalLM.from_config(family)
+        self.model, self.lm_head = skeleton.model, skeleton.lm_head
+        rotary = getattr(self.model, "rotary_emb", None)
+        if rotary is not None:
+            del self.model.rotary_emb  # the mixers compute RoPE themselves, from the same function
+        for idx, layer in enumerate(self.model.layers):
+            del layer.self_attn
+            layer.mixer = build_mixer(config.student, mixer_config(family, idx, config.mixer_options, rotary))
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model brings its own StudentCache
+
+    def _init_weights(self, module):
+        """Every submodule is initialised by its own constructor (the teacher family's or the paper's)."""
+
+    @property
+    def mixers(self) -> list[nn.Module]:
+        return [layer.mixer for layer in self.model.layers]
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, use_cache=None,
+                output_hidden_states=None, return_dict=True, backend: str = "auto", **kwargs):
+        cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("padded batches are not supported: the recurrent students read every token; "
+                             "pass sequences of equal length (no padding) or batch size 1")
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if use_cache and cache is None:
+            cache = StudentCache(len(self.model.layers))
+        if cache is not None and x.shape[1] == 1:
+            backend = "naive"  # one token: the O(1) recurrent step
+        hidden_states = [x] if output_hidden_states else None
+        for idx, layer in enumerate(self.model.layers):
+            mixed, state = layer.mixer(layer.input_layernorm(x), cache.states[idx] if cache is not None else None,
+                                       backend=backend)
+            x = x + mixed
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if cache is not None:
+                cache.states[idx] = state
+            if output_hidden_states:
+                hidden_states.append(x)
+        if cache is not None:
+            cache.seen_tokens += x.shape[1]
+        x = self.model.norm(x)
+        if output_hidden_states:
+            hidden_states[-1] = x  # as in transformers: the last entry is after the final norm
+        logits = self.lm_head(x)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=tuple(hidden_states) if hidden_states else None,
+                                      **{_CACHE_FIELD: cache})
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, use_cache=True, **kwargs):
+        cache = kwargs.get("cache") or kwargs.get("past_key_values")
+        if cache is not None and cache.seen_tokens > 0:
+            input_ids = input_ids[:, cache.seen_tokens:]
+            inputs_embeds = None
+        model_inputs = {"input_ids": input_ids if inputs_embeds is None else None, "inputs_embeds": inputs_embeds,
+                        "use_cache": use_cache, _CACHE_FIELD: cache}
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
+        model_kwargs[_CACHE_FIELD] = getattr(outputs, _CACHE_FIELD)
+        return model_kwargs
+
+
+AutoConfig.register(StudentConfig.model_type, StudentConfig, exist_ok=True)
+AutoModelForCausalLM.register(StudentConfig, StudentForCausalLM, exist_ok=True)
