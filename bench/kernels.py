@@ -3,8 +3,9 @@
     python -m bench.kernels [--lengths 512,2048,8192] [--heads 4] [--dim 64] [--json FILE]
 
 Prints forward and forward+backward time, the speed-up over `naive`, and achieved GFLOP/s counted
-from the chunked algorithm's nominal work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for
-the state; backward counted as 2× forward). A speed-up is only printed for a backend whose
+from the chunked algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V
+for the state; the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as
+2× forward). A speed-up is only printed for a backend whose
 correctness tests pass on this configuration (checked here against the naive output first).
 """
 from __future__ import annotations
@@ -34,8 +35,13 @@ def _inputs(op: str, decay: str, T: int, H: int, K: int, grad: bool):
     return {n: t.requires_grad_(grad) for n, t in args.items()}
 
 
-def _flops(T: int, H: int, K: int) -> float:
-    return H * T * (2 * CHUNK * K + 2 * CHUNK * K + 4 * K * K)
+def _flops(op: str, T: int, H: int, K: int) -> float:
+    """Nominal matmul work of the chunked algorithm (K = V), per the module docstring."""
+    C = CHUNK
+    per_token = 2 * C * K + 2 * C * K + 4 * K * K  # q kᵀ, scores v, q S, kᵀ v
+    if op == "delta_rule":  # + k kᵀ, triangular solve, attn w, transition and its state product
+        per_token += 2 * C * K + C * 2 * K + 2 * C * K + 2 * K * K + 2 * K * K
+    return H * T * per_token
 
 
 def bench_case(op: str, decay: str, T: int, H: int, K: int, repeats: int) -> dict:
@@ -58,7 +64,7 @@ def bench_case(op: str, decay: str, T: int, H: int, K: int, repeats: int) -> dic
     err = (outputs["chunk"] - outputs["naive"]).abs().max().item() / max(outputs["naive"].abs().max().item(), 1.0)
     row["chunk_rel_err"] = err
     row["correct"] = err < 1e-4
-    flops = _flops(T, H, K)
+    flops = _flops(op, T, H, K)
     row["chunk_fwd_gflops"] = flops / row["chunk_fwd_s"] / 1e9
     row["chunk_fwdbwd_gflops"] = 3 * flops / row["chunk_fwdbwd_s"] / 1e9
     row["speedup_fwd"] = row["naive_fwd_s"] / row["chunk_fwd_s"] if row["correct"] else None

@@ -36,18 +36,22 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
     # Both right-hand sides at once: [β v | β γ k]
     rhs = torch.cat([bc * vc, bc * b.exp() * kc], dim=-1)
     solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    u_free, w = solved[..., :V], solved[..., V:]  # U = u_free − w S_0
+    u_free, w = solved[..., :V], solved[..., V:]  # new values U = u_free − w S_0
     attn = (qc @ kc.transpose(-1, -2)) * ratio_incl  # (B, H, N, C, C)
-    q_decayed = qc * b.exp()
-    k_to_end = kc * (b[:, :, :, -1:] - b).exp()
-    chunk_decay = b[:, :, :, -1].exp()  # (B, H, N, 1)
+    # With U = u_free − w S_0:  o = (q γ − attn w) S_0 + attn u_free,
+    # S_next = (γ_C I − k̃ᵀ w) S_0 + k̃ᵀ u_free, k̃ = k γ_C/γ. Only the last line is sequential.
+    query_to_state = qc * b.exp() - attn @ w
+    k_to_end = (kc * (b[:, :, :, -1:] - b).exp()).transpose(-1, -2)  # (B, H, N, K, C)
+    eye_k = torch.eye(K, dtype=qc.dtype, device=qc.device)
+    transition = b[:, :, :, -1, :, None].exp() * eye_k - k_to_end @ w  # (B, H, N, K, K)
+    chunk_kv = k_to_end @ u_free  # (B, H, N, K, V)
 
     state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    outputs = []
+    states_before = []
     for n in range(N):
-        u = u_free[:, :, n] - w[:, :, n] @ state
-        outputs.append(q_decayed[:, :, n] @ state + attn[:, :, n] @ u)
-        state = chunk_decay[:, :, n, :, None] * state + k_to_end[:, :, n].transpose(-1, -2) @ u
-    o = torch.stack(outputs, dim=2)  # (B, H, N, C, V)
+        states_before.append(state)
+        state = torch.baddbmm(chunk_kv[:, :, n].reshape(B * H, K, V), transition[:, :, n].reshape(B * H, K, K),
+                              state.reshape(B * H, K, V)).view(B, H, K, V)
+    o = query_to_state @ torch.stack(states_before, dim=2) + attn @ u_free  # (B, H, N, C, V)
     o = (scale * o).movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
     return o.to(out_dtype), (state if output_final_state else None)
