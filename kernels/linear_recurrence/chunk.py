@@ -76,28 +76,32 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
 
 
 def _per_channel_intra_scores(qc, kc, b, b_query, causal, sub):
-    """Intra-chunk scores A[t, s] = Σ_k q_tk k_sk exp(bq_tk − b_sk) for per-channel decays, stably."""
+    """Intra-chunk scores A[t, s] = Σ_k q_tk k_sk exp(bq_tk − b_sk) for per-channel decays, stably.
+
+    Off-diagonal sub-blocks (s in sub-chunk j < i ∋ t) factor as
+    exp(bq_t − r_i) · exp(r_i − e_j) · exp(e_j − b_s), with r_i the log decay just before sub-chunk i and
+    e_j the one at the end of sub-chunk j; all three exponents are ≤ 0. Diagonal sub-blocks use the
+    pairwise differences directly.
+    """
     B, H, N, C, K = qc.shape
     sub = min(sub, C)
     n_sub = C // sub
     assert n_sub * sub == C, "chunk size must be a multiple of the sub-chunk size"
-    idx = torch.arange(C, device=qc.device)
-    block = idx // sub
-    # Off-diagonal sub-blocks: reference point r_i = b at the last token before sub-chunk i.
-    ref = torch.cat([b.new_zeros(B, H, N, 1, K), b[:, :, :, sub - 1:C - 1:sub]], dim=3)  # (B,H,N,n_sub,K)
-    ref_per_token = ref.repeat_interleave(sub, dim=3)  # reference of each query's sub-chunk
-    q_scaled = qc * (b_query - ref_per_token).exp()  # exponent ≤ 0
-    earlier = block[None, :] < torch.arange(n_sub, device=qc.device)[:, None]  # (n_sub, C): key s before sub-chunk i
-    k_scaled = kc[:, :, :, None] * _masked_exp(ref[:, :, :, :, None] - b[:, :, :, None], earlier[..., None])
-    off = q_scaled.reshape(B, H, N, n_sub, sub, K) @ k_scaled.transpose(-1, -2)  # (B,H,N,n_sub,sub,C)
-    scores = off.reshape(B, H, N, C, C)
-    # Diagonal sub-blocks: exact pairwise decay differences, (sub × sub × K) per block.
-    qd = qc.reshape(B, H, N, n_sub, sub, 1, K)
-    kd = kc.reshape(B, H, N, n_sub, 1, sub, K)
-    bqd = b_query.reshape(B, H, N, n_sub, sub, 1, K)
-    bd = b.reshape(B, H, N, n_sub, 1, sub, K)
-    local = causal[:sub, :sub]
-    diag = (qd * kd * _masked_exp(bqd - bd, local[..., None])).sum(-1)  # (B,H,N,n_sub,sub,sub)
-    eye_blocks = torch.eye(n_sub, dtype=qc.dtype, device=qc.device)
-    scores = scores + torch.einsum("bhnixy,ij->bhnixjy", diag, eye_blocks).reshape(B, H, N, C, C)
+    ends = b[:, :, :, sub - 1::sub]  # e_j, (B, H, N, n_sub, K)
+    starts = torch.cat([b.new_zeros(B, H, N, 1, K), ends[:, :, :, :-1]], dim=3)  # r_i
+    q_scaled = qc * (b_query - starts.repeat_interleave(sub, dim=3)).exp()
+    k_scaled = kc * (ends.repeat_interleave(sub, dim=3) - b).exp()
+    pair = torch.arange(n_sub, device=qc.device)
+    earlier = (pair[None, :] < pair[:, None])[..., None]  # (i, j, 1): sub-chunk j strictly before i
+    bridge = _masked_exp(starts[:, :, :, :, None] - ends[:, :, :, None], earlier)  # (B, H, N, i, j, K)
+    k_bridged = bridge.repeat_interleave(sub, dim=4) * k_scaled[:, :, :, None]  # (B, H, N, i, C, K)
+    scores = (q_scaled.view(B, H, N, n_sub, sub, K) @ k_bridged.transpose(-1, -2)).view(B, H, N, C, C)
+    # Diagonal sub-blocks: exact pairwise decay differences, (sub × sub × K) per block; the causal mask
+    # is applied after the sum over K, on the K-times smaller tensor.
+    decay = b_query.view(B, H, N, n_sub, sub, 1, K) - b.view(B, H, N, n_sub, 1, sub, K)
+    decay = decay.clamp_(-80.0, 0.0).exp_()  # entries above the diagonal are masked below
+    diag = (decay * qc.view(B, H, N, n_sub, sub, 1, K) * kc.view(B, H, N, n_sub, 1, sub, K)).sum(-1)
+    diag = diag * causal[:sub, :sub]  # (B, H, N, n_sub, sub, sub)
+    blocks = scores.view(B, H, N, n_sub, sub, n_sub, sub)
+    blocks.diagonal(dim1=3, dim2=5).add_(diag.permute(0, 1, 2, 4, 5, 3))
     return scores
