@@ -3,7 +3,8 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 import students
 from students.surgery import _expand_kv
@@ -12,9 +13,13 @@ from tests.helpers import assert_close
 STUDENTS = students.available()
 
 
+FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+            "qwen3": (Qwen3Config, Qwen3ForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+
+
 def tiny_teacher(tmp_path, head_dim=32, tie=True, family="llama", seed=0):
     torch.manual_seed(seed)
-    cls_config, cls_model = (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    cls_config, cls_model = FAMILIES[family]
     config = cls_config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=head_dim, vocab_size=120, max_position_embeddings=256,
                         tie_word_embeddings=tie)
@@ -150,8 +155,10 @@ def test_bad_teachers_and_names_give_one_clear_error(tmp_path, teacher):
         students.load_teacher(str(tmp_path / "bad"))
 
 
-def test_qwen2_teacher_with_biases(tmp_path):
-    teacher = tiny_teacher(tmp_path, family="qwen2")
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
+def test_other_llama_family_teachers(tmp_path, family):
+    """Qwen2 (q/k/v biases), Qwen3 (per-head q/k RMSNorm), Mistral: the control reproduces each teacher."""
+    teacher = tiny_teacher(tmp_path, family=family)
     ids = torch.randint(0, 120, (1, 30))
     with torch.no_grad():
         expected = teacher(ids).logits
