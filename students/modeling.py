@@ -54,7 +54,8 @@ def teacher_family_config(teacher_config: dict) -> PreTrainedConfig:
 def mixer_config(family: PreTrainedConfig, layer_idx: int, options: dict, rotary: nn.Module | None) -> MixerConfig:
     head_dim = getattr(family, "head_dim", None) or family.hidden_size // family.num_attention_heads
     options = dict(options)
-    options.setdefault("attention_bias", bool(getattr(family, "attention_bias", False)))
+    # Qwen2 always has q/k/v biases and its config has no flag for it.
+    options.setdefault("attention_bias", bool(getattr(family, "attention_bias", family.model_type == "qwen2")))
     options.setdefault("qk_norm", family.model_type == "qwen3")
     if rotary is not None:  # the teacher's own RoPE function (rope scaling variants included)
         rope_type = getattr(rotary, "rope_type", "default")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+import torch.nn as nn
+
 from students.base import Mixer, MixerConfig
 
 STUDENTS: dict[str, str] = {
@@ -31,5 +34,15 @@ def mixer_class(name: str) -> type[Mixer]:
 
 
 def build_mixer(name: str, config: MixerConfig) -> Mixer:
-    """Instantiate the named mixer for the given shapes."""
-    return mixer_class(name)(config)
+    """Instantiate the named mixer for the given shapes.
+
+    With `attention_bias` (Qwen2-style teachers), the projections that receive the teacher's q/k/v get a
+    bias too, so `qkv_copy` carries the biases over; a zero bias leaves the paper's mixer unchanged.
+    """
+    mixer = mixer_class(name)(config)
+    if config.options.get("attention_bias"):
+        for student_name, teacher_name in mixer.QKV_COPY.items():
+            module = getattr(mixer, student_name, None)
+            if teacher_name in ("q_proj", "k_proj", "v_proj") and isinstance(module, nn.Linear) and module.bias is None:
+                module.bias = nn.Parameter(torch.zeros(module.out_features))
+    return mixer

@@ -25,9 +25,11 @@ def tiny_teacher(tmp_path, head_dim=32, tie=True, family="llama", seed=0):
                         tie_word_embeddings=tie)
     model = cls_model(config)
     with torch.no_grad():  # larger weights than the default init, so mapping mistakes show in the logits
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.15)
+            elif name.endswith("bias"):  # Qwen2's q/k/v biases
+                p.normal_(0, 0.5)
     path = tmp_path / f"teacher-{family}-hd{head_dim}"
     model.save_pretrained(path)
     return students.load_teacher(str(path))
@@ -164,3 +166,22 @@ def test_other_llama_family_teachers(tmp_path, family):
         expected = teacher(ids).logits
         got = students.build_student(teacher, "attention", "qkv_copy").eval()(ids).logits
     assert (got - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["mamba", "gla", "metala"])
+def test_qwen2_biases_are_copied_into_recurrent_students(tmp_path, name):
+    teacher = tiny_teacher(tmp_path, family="qwen2")
+    with torch.no_grad():
+        for layer in teacher.model.layers:
+            layer.self_attn.k_proj.bias.normal_()
+    student = students.build_student(teacher, name, "qkv_copy")
+    assert not any("NOT COPIED" in r.note for r in student.surgery_log)
+    target = dict(student.mixers[0].QKV_COPY)
+    inverse = {v: k for k, v in target.items()}
+    bias = getattr(student.mixers[0], inverse["k_proj"]).bias
+    assert torch.equal(bias, _expand_kv(teacher.model.layers[0].self_attn.k_proj.bias, 2, 4))
+    student.save_pretrained(tmp_path / "s")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
+    ids = torch.randint(0, 120, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, student(ids).logits)
