@@ -172,7 +172,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids = input_ids[:, cache.seen_tokens:]
             inputs_embeds = None
         model_inputs = {"input_ids": input_ids if inputs_embeds is None else None, "inputs_embeds": inputs_embeds,
-                        "use_cache": use_cache, _CACHE_FIELD: cache}
+                        "attention_mask": attention_mask, "use_cache": use_cache, _CACHE_FIELD: cache}
         return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):

@@ -128,6 +128,15 @@ def test_generate_with_recurrent_cache(teacher, name):
     assert torch.equal(generated, ids)
 
 
+def test_padded_generation_is_refused(teacher):
+    student = students.build_student(teacher, "gla", "qkv_copy").eval()
+    prompt = torch.randint(0, 120, (2, 6))
+    mask = torch.ones_like(prompt)
+    mask[0, :2] = 0
+    with pytest.raises(ValueError, match="padded batches are not supported"):
+        student.generate(prompt, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
 def test_recurrent_cache_does_not_grow(teacher):
     student = students.build_student(teacher, "gla", "qkv_copy").eval()
     with torch.no_grad():
