@@ -113,10 +113,10 @@ def test_xlstm_stabiliser_and_normaliser_agree_with_chunked_form(input_bias):
         mixer.i_gate.bias.fill_(input_bias)
         x = torch.randn(2, 80, CONFIG["hidden_size"])
         core, values = mixer.core(x)
-        denominators = mixer.mixer_matrix(x)  # exercised below through M @ v
+        matrix = mixer.mixer_matrix(x)
         y, _ = mixer(x, backend="chunk")
         assert_close(y, mixer.reference(x), 1e-4, "chunk vs stabilised loop")
-        assert_close(torch.einsum("bhts,bshv->bthv", denominators, values.float()), core, 1e-4, "M @ v")
+        assert_close(torch.einsum("bhts,bshv->bthv", matrix, values.float()), core, 1e-4, "M @ v")
         state, steps = None, []
         for t in range(x.shape[1]):
             y_t, state = mixer.step(x[:, t], state)

@@ -3,7 +3,7 @@
 Inside a chunk of C tokens the output is a masked matrix product (GLA, Yang et al. 2024, §3.3);
 across chunks the fp32 state is carried. Decays are always factored relative to a nearby reference
 point inside the chunk, so every exponent that is evaluated is ≤ 0 and strong decays (RWKV-6 can
-reach log-decay −20 per step) never overflow: per-channel decays use sub-chunks of 16 tokens, with
+reach log-decay −20 per step) never overflow: per-channel decays use sub-chunks of SUBCHUNK tokens, with
 the diagonal sub-blocks computed exactly from pairwise log-decay differences.
 """
 from __future__ import annotations

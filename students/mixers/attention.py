@@ -1,7 +1,8 @@
 """Softmax attention, identical to a Llama-family teacher's (RoPE, grouped-query heads): the control.
 
 o_t = Σ_{s≤t} softmax_s(q_t·k_s / √d) v_s. Its "state" is the KV cache, which grows with the context.
-Options: attention_bias (Qwen2), qk_norm (Qwen3: RMSNorm on each head of q and k before RoPE).
+Options: qk_norm (Qwen3: RMSNorm on each head of q and k before RoPE); q/k/v biases (Qwen2) are added by
+`build_mixer` from the `attention_bias` option, as for every student.
 """
 from __future__ import annotations
 
@@ -22,11 +23,10 @@ class AttentionMixer(Mixer):
     def __init__(self, config: MixerConfig):
         super().__init__(config)
         D, H, G, K = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-        bias = bool(config.options.get("attention_bias", False))
         self.num_kv_heads = G
-        self.q_proj = nn.Linear(D, H * K, bias=bias)
-        self.k_proj = nn.Linear(D, G * K, bias=bias)
-        self.v_proj = nn.Linear(D, G * K, bias=bias)
+        self.q_proj = nn.Linear(D, H * K, bias=False)
+        self.k_proj = nn.Linear(D, G * K, bias=False)
+        self.v_proj = nn.Linear(D, G * K, bias=False)
         self.o_proj = nn.Linear(H * K, D, bias=False)
         if config.options.get("qk_norm", False):
             self.q_norm = HeadRMSNorm(K, config.norm_eps)
