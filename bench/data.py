@@ -1,0 +1,237 @@
+"""Token data: the embedded Shakespeare + recall mixture, or any `datasets` source, packed to a context.
+
+Splits are disjoint by construction: the embedded corpus splits whole works (`corpus.split_works`) and
+draws recall documents from split-specific seeds; other sources keep their own validation/test splits or,
+lacking them, assign each document by a hash of its text (so even duplicates land in one split only).
+Batches are a pure function of (seed, step, rank, world size), so a resumed or distributed run sees
+exactly the batches an uninterrupted single-process run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from bench import corpus, recall
+
+EMBEDDED = "shakespeare"
+SPLITS = ("train", "validation", "test")
+# Recall documents are drawn from a stream per split; the offsets keep the streams apart.
+_RECALL_SEED = {"train": 1_000, "validation": 2_000, "test": 3_000}
+_HASH_SPLIT = {"validation": (0, 5), "test": (5, 10)}  # percent buckets; the rest is train
+_FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+CHARS_PER_TOKEN = 3.5  # rough size of one BPE token in characters, used only to size recall documents
+
+
+class DataError(ValueError):
+    """Bad data input; the message names the problem and the fix."""
+
+
+def eos_token_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no end-of-sequence token; set `eos_token` in its tokenizer_config.json")
+    return tokenizer.eos_token_id
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def recall_texts(split: str, n_chars: int, max_chars: int, seed: int = 0) -> list[str]:
+    """Alternating MQAR and passkey documents with random sizes, about `n_chars` characters in all."""
+    rng = random.Random(_RECALL_SEED[split] + seed)
+    texts, total = [], 0
+    while total < n_chars:
+        kind = recall.KINDS[len(texts) % 2]
+        # ~20 characters per MQAR pair (listed once, queried once), ~95 per passkey filler paragraph.
+        size = rng.randint(2, max(2, max_chars // 20)) if kind == "mqar" else rng.randint(0, max_chars // 110)
+        text = recall.make_doc(kind, rng, size).text
+        texts.append(text)
+        total += len(text)
+    return texts
+
+
+def embedded_texts(split: str, works_dir: Path | None = None) -> list[str]:
+    """The Shakespeare works of one split (whole works), in name order."""
+    works = corpus.load_works(works_dir)
+    return [works[name] for name in corpus.split_works(list(works))[split]]
+
+
+def _hash_bucket(text: str) -> int:
+    return int(hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8], 16) % 100
+
+
+def _in_split(text: str, split: str) -> bool:
+    bucket = _hash_bucket(text)
+    if split == "train":
+        return bucket >= max(end for _, end in _HASH_SPLIT.values())
+    low, high = _HASH_SPLIT[split]
+    return low <= bucket < high
+
+
+def _load_dataset(dataset: str, streaming: bool):
+    import datasets  # imported here: only non-embedded sources need it
+
+    path = Path(dataset).expanduser()
+    looks_local = path.exists() or dataset.startswith((".", "/", "~")) or path.suffix in _FILE_BUILDERS
+    if looks_local:
+        if not path.exists():
+            raise DataError(f"dataset path {dataset} does not exist; pass an existing file or directory, "
+                            f"a hub dataset id, or {EMBEDDED!r}")
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.suffix in _FILE_BUILDERS)
+        if not files:
+            raise DataError(f"{dataset} holds no {'/'.join(sorted(_FILE_BUILDERS))} files")
+        builders = {_FILE_BUILDERS[p.suffix] for p in files}
+        if len(builders) > 1:
+            raise DataError(f"{dataset} mixes file types {sorted(builders)}; keep one type per dataset")
+        builder = builders.pop()
+        options = {"sample_by": "document" if len(files) > 1 else "paragraph"} if builder == "text" else {}
+        return datasets.load_dataset(builder, data_files=[str(p) for p in files], streaming=streaming,
+                                     **options)
+    try:
+        return datasets.load_dataset(dataset, streaming=streaming)
+    except Exception as error:  # datasets raises many types; the user needs one line either way
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"could not load dataset {dataset!r} ({message}); check the id, or pass a local "
+                        f"path, or {EMBEDDED!r}") from None
+
+
+def dataset_texts(dataset: str, split: str, text_field: str = "text", streaming: bool = False) -> Iterator[str]:
+    """Documents of one split of a hub dataset or local files, through `datasets`."""
+    loaded = _load_dataset(dataset, streaming)
+    own_split = split in loaded
+    rows = loaded[split if own_split else "train"] if "train" in loaded or own_split else None
+    if rows is None:
+        raise DataError(f"dataset {dataset!r} has splits {list(loaded)}, none named train or {split}")
+    columns = rows.column_names if rows.column_names is not None else [text_field]
+    if text_field not in columns:
+        raise DataError(f"dataset {dataset!r} has no column {text_field!r}; pass --text-field with one of "
+                        f"{columns}")
+    for row in rows:
+        text = row[text_field]
+        if text and (own_split or _in_split(text, split)):
+            yield text
+
+
+# ----------------------------------------------------------------------------------------------- packing
+def pack_blocks(texts: Iterable[str], tokenizer, seq_len: int, whole: Iterable[str] = (),
+                max_blocks: int | None = None) -> torch.Tensor:
+    """(N, seq_len) token blocks: `texts` joined by EOS into one stream; each `whole` document opens a block.
+
+    Recall documents go in `whole` so no query is cut off from its keys; the stream fills the rest.
+    """
+    eos = eos_token_id(tokenizer)
+    pending = [ids[:seq_len - 1] + [eos] for ids in tokenizer(list(whole))["input_ids"]][::-1] if whole else []
+
+    def text_ids() -> Iterator[int]:
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == 64:
+                for ids in tokenizer(batch)["input_ids"]:
+                    yield from ids + [eos]
+                batch = []
+        for ids in tokenizer(batch)["input_ids"] if batch else []:
+            yield from ids + [eos]
+
+    stream = text_ids()
+    blocks: list[list[int]] = []
+    while max_blocks is None or len(blocks) < max_blocks:
+        block = pending.pop() if pending else []
+        block.extend(itertools.islice(stream, seq_len - len(block)))
+        while pending and len(block) + len(pending[-1]) <= seq_len:  # the text ran out: whole docs fill
+            block.extend(pending.pop())
+        if len(block) == seq_len:
+            blocks.append(block)
+        elif not pending:
+            break  # the incomplete tail is dropped, never padded
+    if not blocks:
+        raise DataError(f"not enough text for one block of {seq_len} tokens; use a larger dataset or a "
+                        f"shorter --seq-len")
+    return torch.tensor(blocks, dtype=torch.long)
+
+
+@dataclass
+class DataSpec:
+    """Where tokens come from; the same spec gives the same blocks."""
+
+    dataset: str = EMBEDDED
+    seq_len: int = 256
+    recall_fraction: float = 0.25  # share of embedded training characters that are recall documents
+    text_field: str = "text"
+    streaming: bool = False
+    max_blocks: int | None = None  # per split; required to bound a streaming source
+    works_dir: str | None = None  # embedded texts directory (tests use a slice); None = the user cache
+
+
+def split_texts(spec: DataSpec, split: str) -> tuple[list[str] | Iterator[str], list[str]]:
+    """(stream texts, whole documents) of one split."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if spec.dataset != EMBEDDED:
+        return dataset_texts(spec.dataset, split, spec.text_field, spec.streaming), []
+    texts = embedded_texts(split, Path(spec.works_dir) if spec.works_dir else None)
+    n_chars = sum(map(len, texts))
+    fraction = min(max(spec.recall_fraction, 0.0), 0.9)
+    recall_chars = int(n_chars * fraction / (1 - fraction))
+    return texts, recall_texts(split, recall_chars, int(spec.seq_len * CHARS_PER_TOKEN)) if recall_chars else []
+
+
+def load_blocks(spec: DataSpec, tokenizer, split: str) -> torch.Tensor:
+    if spec.streaming and spec.max_blocks is None:
+        raise DataError("a streaming dataset needs --max-blocks to bound how much is read")
+    texts, whole = split_texts(spec, split)
+    return pack_blocks(texts, tokenizer, spec.seq_len, whole, spec.max_blocks)
+
+
+class Batches:
+    """Global batch `step` of a block tensor: epoch-wise permutation seeded by (seed, epoch)."""
+
+    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int):
+        if batch_size > len(blocks):
+            raise DataError(f"batch size {batch_size} exceeds the {len(blocks)} blocks of this split; "
+                            f"lower --batch-size or --seq-len")
+        self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
+        self.steps_per_epoch = len(blocks) // batch_size
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.blocks), generator=generator)
+
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """Rows [rank::world_size] of the global batch, so ranks together see exactly the global batch."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        rows = self._order(epoch)[offset * self.batch_size:(offset + 1) * self.batch_size]
+        return self.blocks[rows[rank::world_size]]
+
+
+def check_compatible(tokenizer, model_config, seq_len: int) -> None:
+    """One clear line when the tokenizer or the context does not fit the model."""
+    vocab = getattr(model_config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise DataError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}; "
+                        f"use the tokenizer saved with the model")
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        raise DataError(f"--seq-len {seq_len} is longer than the model's context of {limit} tokens; "
+                        f"use --seq-len {limit} or less")
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
+    """Byte-level BPE (GPT-2 style pre-tokenisation) as a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = "<|endoftext|>"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[special], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=special, eos_token=special,
+                                   unk_token=special, model_max_length=1_000_000)

