@@ -26,7 +26,6 @@ SPLITS = ("train", "validation", "test")
 _RECALL_SEED = {"train": 1_000, "validation": 2_000, "test": 3_000}
 _HASH_SPLIT = {"validation": (0, 5), "test": (5, 10)}  # percent buckets; the rest is train
 _FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-CHARS_PER_TOKEN = 3.5  # rough size of one BPE token in characters, used only to size recall documents
 
 
 class DataError(ValueError):
@@ -40,14 +39,14 @@ def eos_token_id(tokenizer) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def recall_texts(split: str, n_chars: int, max_chars: int, seed: int = 0) -> list[str]:
-    """Alternating MQAR and passkey documents with random sizes, about `n_chars` characters in all."""
+def recall_texts(split: str, n_chars: int, max_tokens: int, seed: int = 0) -> list[str]:
+    """Alternating MQAR and passkey documents of random size up to about `max_tokens`, `n_chars` in all."""
     rng = random.Random(_RECALL_SEED[split] + seed)
     texts, total = [], 0
     while total < n_chars:
         kind = recall.KINDS[len(texts) % 2]
-        # ~20 characters per MQAR pair (listed once, queried once), ~95 per passkey filler paragraph.
-        size = rng.randint(2, max(2, max_chars // 20)) if kind == "mqar" else rng.randint(0, max_chars // 110)
+        # A 4k-token byte-level BPE spends ~9 tokens per MQAR pair and ~26 per passkey filler paragraph.
+        size = rng.randint(2, max(2, max_tokens // 9)) if kind == "mqar" else rng.randint(0, max_tokens // 26)
         text = recall.make_doc(kind, rng, size).text
         texts.append(text)
         total += len(text)
@@ -121,10 +120,12 @@ def pack_blocks(texts: Iterable[str], tokenizer, seq_len: int, whole: Iterable[s
                 max_blocks: int | None = None) -> torch.Tensor:
     """(N, seq_len) token blocks: `texts` joined by EOS into one stream; each `whole` document opens a block.
 
-    Recall documents go in `whole` so no query is cut off from its keys; the stream fills the rest.
+    Recall documents go in `whole` so no query is cut off from its keys (one longer than a block is
+    dropped, never truncated); the stream fills the rest of each block.
     """
     eos = eos_token_id(tokenizer)
-    pending = [ids[:seq_len - 1] + [eos] for ids in tokenizer(list(whole))["input_ids"]][::-1] if whole else []
+    whole_ids = tokenizer(list(whole))["input_ids"] if whole else []
+    pending = [ids + [eos] for ids in reversed(whole_ids) if len(ids) < seq_len]
 
     def text_ids() -> Iterator[int]:
         batch: list[str] = []
@@ -177,7 +178,7 @@ def split_texts(spec: DataSpec, split: str) -> tuple[list[str] | Iterator[str], 
     n_chars = sum(map(len, texts))
     fraction = min(max(spec.recall_fraction, 0.0), 0.9)
     recall_chars = int(n_chars * fraction / (1 - fraction))
-    return texts, recall_texts(split, recall_chars, int(spec.seq_len * CHARS_PER_TOKEN)) if recall_chars else []
+    return texts, recall_texts(split, recall_chars, spec.seq_len) if recall_chars else []
 
 
 def load_blocks(spec: DataSpec, tokenizer, split: str) -> torch.Tensor:

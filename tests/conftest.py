@@ -32,3 +32,44 @@ def poison_uninitialised_memory(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", _poisoned_empty_like)
     torch.manual_seed(0)
     yield
+
+
+_WORDS = ("thou art the king and queen of all my love sweet lord good night fair lady what say you "
+          "the time is out of joint o that this too too solid flesh would melt now is the winter of "
+          "our discontent made glorious summer by this sun of york friends romans countrymen lend me "
+          "your ears i come to bury caesar not to praise him").split()
+
+
+def write_works(directory, n_works: int = 6, words_per_work: int = 1500, seed: int = 0):
+    """Play-like `*_gut.txt` files (speaker lines of words drawn by seed): a stand-in corpus slice."""
+    import random
+    from pathlib import Path
+
+    rng = random.Random(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(n_works):
+        lines = [f"THE TRAGEDY OF WORK {index}\n"]
+        words = 0
+        while words < words_per_work:
+            n = rng.randint(4, 14)
+            lines.append(f"{rng.choice(['Ham.', 'Hor.', 'King.', 'Queen.'])}\n"
+                         + " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + ".\n")
+            words += n
+        (directory / f"work_{index}_gut.txt").write_text("\n".join(lines))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def works_dir(tmp_path_factory):
+    return write_works(tmp_path_factory.mktemp("works"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, works_dir):
+    """A tokenizer + Llama teacher pretrained by `bench.teacher` on the stand-in slice (seconds)."""
+    from bench.teacher import TeacherRecipe, pretrain
+
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    pretrain(out, TeacherRecipe.tiny(), works_dir=str(works_dir), log=lambda *_: None)
+    return out

