@@ -63,12 +63,10 @@ def _hash_bucket(text: str) -> int:
     return int(hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8], 16) % 100
 
 
-def _in_split(text: str, split: str) -> bool:
+def _carved(text: str) -> str | None:
+    """The held-out split a hash bucket assigns `text` to, or None for train."""
     bucket = _hash_bucket(text)
-    if split == "train":
-        return bucket >= max(end for _, end in _HASH_SPLIT.values())
-    low, high = _HASH_SPLIT[split]
-    return low <= bucket < high
+    return next((split for split, (low, high) in _HASH_SPLIT.items() if low <= bucket < high), None)
 
 
 def _load_dataset(dataset: str, streaming: bool):
@@ -101,17 +99,21 @@ def _load_dataset(dataset: str, streaming: bool):
 def dataset_texts(dataset: str, split: str, text_field: str = "text", streaming: bool = False) -> Iterator[str]:
     """Documents of one split of a hub dataset or local files, through `datasets`."""
     loaded = _load_dataset(dataset, streaming)
-    own_split = split in loaded
-    rows = loaded[split if own_split else "train"] if "train" in loaded or own_split else None
-    if rows is None:
-        raise DataError(f"dataset {dataset!r} has splits {list(loaded)}, none named train or {split}")
+    if "train" not in loaded:
+        raise DataError(f"dataset {dataset!r} has splits {list(loaded)} but no train split")
+    # Held-out splits the dataset lacks are carved out of train by text hash; its own ones are used as given.
+    carve = [name for name in _HASH_SPLIT if name not in loaded]
+    own = split in loaded and split not in carve and split != "train"
+    rows = loaded[split] if own else loaded["train"]
     columns = rows.column_names if rows.column_names is not None else [text_field]
     if text_field not in columns:
         raise DataError(f"dataset {dataset!r} has no column {text_field!r}; pass --text-field with one of "
                         f"{columns}")
     for row in rows:
         text = row[text_field]
-        if text and (own_split or _in_split(text, split)):
+        if not text:
+            continue
+        if own or (split == "train" and _carved(text) not in carve) or (split != "train" and _carved(text) == split):
             yield text
 
 

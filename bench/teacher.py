@@ -123,7 +123,8 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
         (no_decay if parameter.ndim < 2 else decay).append(parameter)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
-    history, best, best_state, stale, step = [], float("inf"), None, 0, 0
+    history = [{"step": 0, "train_loss": None, "val_loss": round(mean_loss(model, validation), 4), "minutes": 0.0}]
+    best, best_state, stale, step = float("inf"), None, 0, 0
     stop_reason = "max_steps"
     while step < recipe.max_steps:
         model.train()
