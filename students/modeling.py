@@ -133,6 +133,13 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
+    def layer_forward(self, idx: int, x: torch.Tensor, state: dict | None = None, backend: str = "auto"):
+        """One pre-norm residual block with the mixer in place of attention: (hidden in) -> (hidden out, state)."""
+        layer = self.model.layers[idx]
+        mixed, state = layer.mixer(layer.input_layernorm(x), state, backend=backend)
+        x = x + mixed
+        return x + layer.mlp(layer.post_attention_layernorm(x)), state
+
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, use_cache=None,
                 output_hidden_states=None, return_dict=True, backend: str = "auto", **kwargs):
         cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
@@ -145,11 +152,8 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None and x.shape[1] == 1:
             backend = "naive"  # one token: the O(1) recurrent step
         hidden_states = [x] if output_hidden_states else None
-        for idx, layer in enumerate(self.model.layers):
-            mixed, state = layer.mixer(layer.input_layernorm(x), cache.states[idx] if cache is not None else None,
-                                       backend=backend)
-            x = x + mixed
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        for idx in range(len(self.model.layers)):
+            x, state = self.layer_forward(idx, x, cache.states[idx] if cache is not None else None, backend)
             if cache is not None:
                 cache.states[idx] = state
             if output_hidden_states:

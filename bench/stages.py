@@ -1,0 +1,271 @@
+"""Distillation stages: registry entries sharing one step signature.
+
+A stage names what it trains (`trainable`), optionally builds extra trainable modules (e.g. a head
+projection), and computes `loss(batch) -> (loss, metrics)` from the student, the frozen teachers and the
+token batch. Adding a stage is one `@register_stage` function.
+
+Reference: MOHAWK (Bick et al. 2024) stage 1 matrix mixing, stage 2 hidden-state alignment, stage 3
+end-to-end distillation; Haller et al. 2025 apply them to eight subquadratic students.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from bench import losses
+
+MATRIX_LOSSES = ("frobenius", "output_mse")
+
+
+@dataclass
+class StageOptions:
+    """Loss settings shared by the stages (CLI flags of `bench.run`)."""
+
+    temperature: float = 1.0
+    kl_weight: float = 1.0
+    ce_weight: float = 0.2
+    matrix_loss: str = "frobenius"  # matrix_mixing: Frobenius between matrices, or MSE of mixer outputs
+    attention_alpha: float = 0.5  # attention_transfer: α·τ²·KL + (1 − α)·attention-map loss
+    teacher_weights: tuple[float, ...] = ()  # multi_teacher priors (default uniform)
+    entropy_sharpness: float = 1.0  # multi_teacher: per-token weights ∝ prior · exp(−entropy / sharpness)
+    feature_weight: float = 0.1  # multi_teacher: weight of hidden-feature alignment
+
+
+@dataclass
+class Batch:
+    """Everything a stage step sees."""
+
+    input_ids: torch.Tensor
+    student: nn.Module
+    teachers: list[nn.Module]
+    extras: nn.Module | None
+    options: StageOptions
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    loss: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
+    trainable: str  # "mixers" (the mixers only, the rest stays the teacher's) or "all"
+    needs_attention_weights: bool = False
+    build_extras: Callable[[nn.Module, list[nn.Module], StageOptions], nn.Module | None] = lambda s, t, o: None
+    min_teachers: int = 1
+    doc: str = ""
+
+
+STAGES: dict[str, Stage] = {}
+# The reference token split (MOHAWK: 80M / 160M / 2.76B of 3B); other stages weigh like end_to_end.
+REFERENCE_SPLIT = {"matrix_mixing": 0.026, "hidden_alignment": 0.053, "end_to_end": 0.92}
+
+
+def register_stage(name: str, trainable: str, **kwargs):
+    def wrap(loss_fn):
+        STAGES[name] = Stage(name=name, loss=loss_fn, trainable=trainable, doc=(loss_fn.__doc__ or "").strip(),
+                             **kwargs)
+        return loss_fn
+    return wrap
+
+
+# ------------------------------------------------------------------------------------------- teacher trace
+@dataclass
+class TeacherTrace:
+    """A teacher forward pass, recorded per decoder layer through forward hooks (no modeling code forked)."""
+
+    logits: torch.Tensor
+    layer_inputs: list[torch.Tensor] = field(default_factory=list)
+    layer_outputs: list[torch.Tensor] = field(default_factory=list)
+    attention_outputs: list[torch.Tensor] = field(default_factory=list)  # after o_proj
+    attention_weights: list[torch.Tensor | None] = field(default_factory=list)  # (B, H, T, T), eager only
+    final_hidden: torch.Tensor | None = None  # after the final norm
+
+
+@torch.no_grad()
+def trace_teacher(teacher: nn.Module, input_ids: torch.Tensor) -> TeacherTrace:
+    layers = teacher.model.layers
+    n = len(layers)
+    inputs, outputs, attn_outputs, attn_weights = [None] * n, [None] * n, [None] * n, [None] * n
+
+    def layer_hook(idx):
+        def hook(module, args, kwargs, output):
+            inputs[idx] = args[0] if args else kwargs["hidden_states"]
+            outputs[idx] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def attention_hook(idx):
+        def hook(module, args, kwargs, output):
+            attn_outputs[idx], attn_weights[idx] = output[0], output[1]
+        return hook
+
+    handles = [layer.register_forward_hook(layer_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles += [layer.self_attn.register_forward_hook(attention_hook(i), with_kwargs=True)
+                for i, layer in enumerate(layers)]
+    try:
+        out = teacher(input_ids=input_ids, output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return TeacherTrace(out.logits, inputs, outputs, attn_outputs, attn_weights, out.hidden_states[-1])
+
+
+@contextlib.contextmanager
+def eager_attention(teachers: list[nn.Module], needed: bool):
+    """Switch teachers to eager attention (the only kind that returns its probabilities) for a stage."""
+    previous = [t.config._attn_implementation for t in teachers]
+    if needed:
+        for teacher in teachers:
+            teacher.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if needed:
+            for teacher, implementation in zip(teachers, previous):
+                teacher.set_attn_implementation(implementation)
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).mean()
+
+
+# ------------------------------------------------------------------------------------------------ stages
+@register_stage("matrix_mixing", trainable="mixers", needs_attention_weights=True)
+def matrix_mixing(batch: Batch):
+    """Per layer, on the teacher's hidden state: ‖A_teacher − M_student‖²_F (or mixer-output MSE)."""
+    trace = trace_teacher(batch.teachers[0], batch.input_ids)
+    student, per_layer = batch.student, []
+    for idx, layer in enumerate(student.model.layers):
+        x = layer.input_layernorm(trace.layer_inputs[idx])
+        if batch.options.matrix_loss == "frobenius":
+            per_layer.append(losses.matrix_distance(trace.attention_weights[idx], layer.mixer.mixer_matrix(x)))
+        else:
+            per_layer.append(losses.relative_l2(trace.attention_outputs[idx], layer.mixer(x)[0]))
+    loss = _mean(per_layer)
+    return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+
+
+@register_stage("hidden_alignment", trainable="mixers")
+def hidden_alignment(batch: Batch):
+    """Per layer, from the teacher's input to that layer: relative L2 to the teacher's next hidden state."""
+    trace = trace_teacher(batch.teachers[0], batch.input_ids)
+    per_layer = [losses.relative_l2(trace.layer_outputs[idx], batch.student.layer_forward(idx, hidden)[0])
+                 for idx, hidden in enumerate(trace.layer_inputs)]
+    loss = _mean(per_layer)
+    return loss, {"hidden": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+
+
+@register_stage("end_to_end", trainable="all")
+def end_to_end(batch: Batch):
+    """Per-token KL(teacher ‖ student) at temperature τ (times τ²) plus weighted CE."""
+    with torch.no_grad():
+        teacher_logits = batch.teachers[0](input_ids=batch.input_ids).logits
+    student_logits = batch.student(input_ids=batch.input_ids).logits
+    o = batch.options
+    return losses.distillation_loss(teacher_logits, student_logits, batch.input_ids, o.temperature,
+                                    o.kl_weight, o.ce_weight)
+
+
+class HeadProjection(nn.Module):
+    """Learned (student heads × teacher heads) mixing per layer, initialised to group averaging."""
+
+    def __init__(self, num_layers: int, student_heads: int, teacher_heads: int):
+        super().__init__()
+        init = torch.zeros(student_heads, teacher_heads)
+        for s in range(student_heads):  # student head s starts as the mean of "its" teacher heads
+            lo = s * teacher_heads // student_heads
+            hi = max(lo + 1, (s + 1) * teacher_heads // student_heads)
+            init[s, lo:hi] = 1.0 / (hi - lo)
+        self.weight = nn.Parameter(init.repeat(num_layers, 1, 1))
+
+    def forward(self, idx: int, attention: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("st,btij->bsij", self.weight[idx], attention.float())
+
+
+def _attention_extras(student, teachers, options):
+    teacher_heads = teachers[0].config.num_attention_heads
+    return HeadProjection(len(student.model.layers), student.mixers[0].config.num_heads, teacher_heads)
+
+
+@register_stage("attention_transfer", trainable="all", needs_attention_weights=True,
+                build_extras=_attention_extras)
+def attention_transfer(batch: Batch):
+    """α·τ²·KL + (1 − α)·attention-map loss, the teacher's maps through a learned head projection.
+
+    Seed: hybrid KD with attention-map matching across head counts (AfroXLMR-Comet). The student's
+    matrices come from its own forward pass, unlike matrix_mixing which feeds teacher states.
+    """
+    trace = trace_teacher(batch.teachers[0], batch.input_ids)
+    student, o = batch.student, batch.options
+    x = student.model.embed_tokens(batch.input_ids)
+    per_layer = []
+    for idx, layer in enumerate(student.model.layers):
+        matrix = layer.mixer.mixer_matrix(layer.input_layernorm(x))
+        per_layer.append(losses.matrix_distance(batch.extras(idx, trace.attention_weights[idx]), matrix))
+        x, _ = student.layer_forward(idx, x)
+    logits = student.lm_head(student.model.norm(x))
+    kl = losses.token_kl(trace.logits, logits, o.temperature)
+    attention = _mean(per_layer)
+    loss = o.attention_alpha * kl + (1 - o.attention_alpha) * attention
+    return loss, {"kl": kl.item(), "attention": attention.item()}
+
+
+class FeatureProjections(nn.Module):
+    """One linear map per teacher from the student's final hidden width to that teacher's."""
+
+    def __init__(self, student_width: int, teacher_widths: list[int]):
+        super().__init__()
+        self.maps = nn.ModuleList(nn.Linear(student_width, width, bias=False) for width in teacher_widths)
+        for linear in self.maps:
+            if linear.weight.shape[0] == linear.weight.shape[1]:
+                nn.init.eye_(linear.weight)
+
+
+def _multi_teacher_extras(student, teachers, options):
+    return FeatureProjections(student.config.hidden_size, [t.config.hidden_size for t in teachers])
+
+
+@register_stage("multi_teacher", trainable="all", build_extras=_multi_teacher_extras, min_teachers=2)
+def multi_teacher(batch: Batch):
+    """KL to an entropy-weighted fusion of several teachers, plus CE and hidden-feature alignment.
+
+    Seed: collaborative multi-teacher KD — weighted output fusion, feature alignment, per-token teacher
+    weights from each teacher's confidence (low entropy → more weight).
+    """
+    o = batch.options
+    with torch.no_grad():
+        outputs = [t(input_ids=batch.input_ids, output_hidden_states=True) for t in batch.teachers]
+    prior = torch.tensor(o.teacher_weights or [1.0] * len(outputs))
+    weights = losses.entropy_weights([out.logits for out in outputs], prior / prior.sum(), o.temperature,
+                                     o.entropy_sharpness)
+    fused = losses.fused_teacher_probs([out.logits for out in outputs], weights, o.temperature)
+    student_out = batch.student(input_ids=batch.input_ids, output_hidden_states=True)
+    loss, metrics = losses.distillation_loss(None, student_out.logits, batch.input_ids, o.temperature,
+                                             o.kl_weight, o.ce_weight, teacher_probs=fused)
+    hidden = student_out.hidden_states[-1]
+    features = sum(p * losses.relative_l2(out.hidden_states[-1], projection(hidden))
+                   for p, out, projection in zip(prior / prior.sum(), outputs, batch.extras.maps))
+    metrics.update(features=features.item(), **{f"weight{i}": w.mean().item() for i, w in enumerate(weights)})
+    return loss + o.feature_weight * features, metrics
+
+
+class StageModule(nn.Module):
+    """Student + stage extras as one module whose forward is the stage loss (what DDP wraps)."""
+
+    def __init__(self, stage: Stage, student: nn.Module, teachers: list[nn.Module], options: StageOptions):
+        super().__init__()
+        self.stage, self.student, self.options = stage, student, options
+        self.extras = stage.build_extras(student, teachers, options)
+        self._teachers = teachers  # a plain list: frozen teachers are not parameters of this module
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        if self.stage.trainable == "mixers":
+            params = [p for mixer in self.student.mixers for p in mixer.parameters()]
+        else:
+            params = list(self.student.parameters())
+        return params + (list(self.extras.parameters()) if self.extras is not None else [])
+
+    def forward(self, input_ids: torch.Tensor):
+        return self.stage.loss(Batch(input_ids, self.student, self._teachers, self.extras, self.options))

@@ -1,0 +1,251 @@
+"""The stage loop: AdamW, warm-up + cosine/WSD, clipping, autocast, checkpoints, resume, DDP, JSONL log.
+
+Batches are a function of the global step (`data.Batches`) and every piece of optimiser state is in the
+checkpoint, so a resumed run is the uninterrupted run, step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+
+from bench import stages as stage_lib
+from bench.io import atomic_write_json, atomic_write_text
+
+SCHEDULES = ("cosine", "wsd")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; the message names the stage, step and the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """`stop_after` steps were done and checkpointed; `--resume` continues."""
+
+
+@dataclass
+class StagePlan:
+    name: str
+    steps: int
+    lr: float
+
+    @property
+    def stage(self) -> stage_lib.Stage:
+        return stage_lib.STAGES[self.name]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int  # global, across processes
+    seq_len: int
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    bf16: bool = False
+    log_every: int = 1
+    checkpoint_every: int = 50
+    stop_after: int | None = None  # total optimiser steps, then checkpoint and raise Interrupted
+    progress: bool = True
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on CUDA."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        if world > 1 and not torch_dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world, device)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            value = value.detach().clone()
+            torch_dist.all_reduce(value)
+            value /= self.world_size
+        return value
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch_dist.barrier()
+
+
+def learning_rate(step: int, steps: int, peak: float, schedule: str, warmup_fraction: float) -> float:
+    """Linear warm-up, then cosine to 10% of peak, or WSD (constant, then linear decay in the last 20%)."""
+    warmup = max(1, round(warmup_fraction * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    if schedule == "cosine":
+        return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+    decay_start = 0.8
+    return peak if progress < decay_start else peak * max(0.0, (1 - progress) / (1 - decay_start))
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(directory: Path, student, module, optimizer, state: dict) -> None:
+    """Write to `<dir>.tmp`, then swap it in, so an interrupted save never replaces a good checkpoint."""
+    staging, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_model(student, str(staging / "student.safetensors"))
+    if module.extras is not None:
+        save_model(module.extras, str(staging / "extras.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, staging / "optimizer.pt")
+    atomic_write_json(staging / "state.json", state)
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_state(directory: Path) -> dict | None:
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / "state.json").exists():
+            state = json.loads((candidate / "state.json").read_text())
+            state["path"] = str(candidate)
+            return state
+    return None
+
+
+def load_student_weights(student, state: dict) -> None:
+    load_model(student, str(Path(state["path"]) / "student.safetensors"))
+
+
+def _truncate_log(log_path: Path, global_step: int) -> None:
+    """Drop log lines written after the checkpoint being resumed, so the log has no duplicate steps."""
+    if log_path.exists():
+        kept = [line for line in log_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("global_step", 0) <= global_step]
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+
+
+# ------------------------------------------------------------------------------------------------- loop
+def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOptions, batches, config: TrainConfig,
+          out_dir: Path, dist: Distributed, resume: dict | None = None) -> list[dict]:
+    """Run the stages in order; returns one summary per stage (steps, tokens, losses, time)."""
+    checkpoint_dir, log_path = out_dir / "checkpoint", out_dir / "log.jsonl"
+    summaries: list[dict] = list(resume["summaries"]) if resume else []
+    first_stage = resume["stage_index"] if resume else 0
+    global_step = sum(s["steps"] for s in summaries) + (resume["step"] if resume else 0)
+    if resume and dist.is_main:
+        _truncate_log(log_path, global_step)
+    for teacher in teachers:
+        teacher.eval().requires_grad_(False)
+    autocast = (torch.autocast(dist.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
+    tokens_per_step = config.batch_size * config.seq_len
+
+    for stage_index in range(first_stage, len(plans)):
+        plan = plans[stage_index]
+        module = stage_lib.StageModule(plan.stage, student, teachers, options).to(dist.device)
+        student.requires_grad_(False)
+        params = module.trainable_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=plan.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+        start, history = 0, []
+        if resume and stage_index == first_stage:
+            start, history = resume["step"], list(resume["history"])
+            saved = torch.load(Path(resume["path"]) / "optimizer.pt", weights_only=True)
+            torch.set_rng_state(saved["rng"])
+            if start > 0:  # mid-stage; at a stage boundary the saved optimiser belongs to the previous stage
+                optimizer.load_state_dict(saved["optimizer"])
+                if module.extras is not None:
+                    load_model(module.extras, str(Path(resume["path"]) / "extras.safetensors"))
+        wrapped = module
+        if dist.world_size > 1:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                module, find_unused_parameters=plan.stage.trainable == "mixers")
+        student.train()
+        bar = tqdm(total=plan.steps, initial=start, desc=plan.name, disable=not (config.progress and dist.is_main),
+                   dynamic_ncols=True)
+        stage_started, stage_tokens = time.time(), 0
+
+        def state(step_done: int) -> dict:
+            return {"stage_index": stage_index, "step": step_done, "history": history, "summaries": summaries}
+
+        with stage_lib.eager_attention(teachers, plan.stage.needs_attention_weights):
+            for step in range(start, plan.steps):
+                lr = learning_rate(step, plan.steps, plan.lr, config.schedule, config.warmup_fraction)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                ids = batches(global_step, dist.rank, dist.world_size).to(dist.device)
+                tick = time.time()
+                with autocast:
+                    loss, metrics = wrapped(ids)
+                loss_value = dist.mean(loss.detach().float()).item()
+                if not math.isfinite(loss_value):
+                    kept = checkpoint_state(checkpoint_dir)
+                    where = f"{kept['path']} (stage {plans[kept['stage_index']].name}, step {kept['step']})" \
+                        if kept else "none yet"
+                    raise NonFiniteLoss(f"stage {plan.name} step {step}: loss is {loss_value}; last good "
+                                        f"checkpoint: {where}; lower the learning rate or use --dtype fp32")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                global_step += 1
+                stage_tokens += tokens_per_step
+                elapsed = time.time() - tick
+                history.append(round(loss_value, 6))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / max(elapsed, 1e-9):.0f}")
+                if dist.is_main and (step % config.log_every == 0 or step + 1 == plan.steps):
+                    row = {"stage": plan.name, "step": step, "global_step": global_step, "loss": loss_value,
+                           "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                           "tokens_per_s": round(tokens_per_step / max(elapsed, 1e-9), 1),
+                           **{k: round(v, 6) for k, v in metrics.items()}}
+                    with open(log_path, "a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                done = step + 1
+                stopping = config.stop_after is not None and global_step >= config.stop_after
+                if done < plan.steps and (stopping or done % config.checkpoint_every == 0):
+                    if dist.is_main:
+                        save_checkpoint(checkpoint_dir, student, module, optimizer, state(done))
+                    dist.barrier()
+                if stopping and done < plan.steps:
+                    bar.close()
+                    raise Interrupted(f"stopped after {global_step} steps; continue with --resume")
+        bar.close()
+        summaries.append({"stage": plan.name, "steps": plan.steps, "tokens": plan.steps * tokens_per_step,
+                          "lr": plan.lr, "first_loss": history[0] if history else None,
+                          "last_loss": history[-1] if history else None,
+                          "mean_last_10": sum(history[-10:]) / max(1, len(history[-10:])),
+                          "seconds": round(time.time() - stage_started, 2), "losses": history})
+        if dist.is_main:  # the stage boundary is always a resumable point
+            next_state = {"stage_index": stage_index + 1, "step": 0, "history": [], "summaries": summaries}
+            save_checkpoint(checkpoint_dir, student, module, optimizer, next_state)
+        dist.barrier()
+        if config.stop_after is not None and global_step >= config.stop_after and stage_index + 1 < len(plans):
+            raise Interrupted(f"stopped after {global_step} steps; continue with --resume")
+    student.eval()
+    return summaries
+
+
+def plan_summary(plans: list[StagePlan], config: TrainConfig) -> list[dict]:
+    return [{**asdict(p), "tokens": p.steps * config.batch_size * config.seq_len} for p in plans]

@@ -1,0 +1,157 @@
+"""Throughput harness: finite positive numbers for every model, O(1) student decode state, a growing teacher
+KV cache, the JSON schema (valid and invalid documents), and one-line CLI errors with exit code 2."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import students
+from bench import throughput
+
+LENGTHS = (16, 40)
+CONTEXTS = (8, 48)  # decode at two contexts: recurrent state must not grow, a KV cache must
+FAST = dict(repeats=1, dtype=torch.float32, decode_steps=2, train_lengths=(16,))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes run fastest on one thread, and CI machines are often shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("throughput") / "teacher"
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_dir):
+    return students.load_teacher(str(teacher_dir))
+
+
+@pytest.fixture(scope="module")
+def sweep(teacher):
+    student = students.build_student(teacher, "gla", init="random", seed=0)
+    return throughput.short_sweep(teacher, student, lengths=(16, 32), decode_contexts=(8, 24), repeats=1)
+
+
+def assert_finite_positive(result: dict):
+    for section, keys in (("prefill", ("median_s", "min_s", "max_s", "tokens_per_s")),
+                          ("train", ("median_s", "min_s", "max_s", "tokens_per_s")),
+                          ("decode", ("ms_per_token", "min_ms", "max_ms"))):
+        assert result[section], f"{section}: nothing measured"
+        for length, entry in result[section].items():
+            for key in keys:
+                value = entry[key]
+                assert math.isfinite(value) and value > 0, f"{section}[{length}].{key} = {value}"
+
+
+@pytest.mark.parametrize("name", students.available())
+def test_every_student_measures_finite_positive_and_decodes_in_constant_state(teacher, name):
+    student = students.build_student(teacher, name, init="random", seed=0)
+    result = throughput.measure(student, "student", LENGTHS, CONTEXTS, **FAST)
+    assert_finite_positive(result)
+    assert set(result["prefill"]) == {"16", "40"} and set(result["decode"]) == {"8", "48"}
+    assert result["backend"]["requested"] == "auto" and result["machine"]["commit"]
+    short, long = result["decode"]["8"], result["decode"]["48"]
+    if name == students.available()[-1]:  # the softmax control keeps a KV cache: it grows with the context
+        assert long["state_bytes"] == 6 * short["state_bytes"] > 0
+    else:
+        assert result["backend"]["prefill"].endswith(":chunk")
+        assert long["state_bytes"] == short["state_bytes"] > 0, "a recurrent student's state must not grow"
+        assert long["mixer_state_size_bytes"] == short["mixer_state_size_bytes"] > 0
+    assert all(p.grad is None for p in student.parameters())
+
+
+def test_teacher_kv_cache_grows_and_floor_has_no_state(teacher):
+    result = throughput.measure(teacher, "teacher", LENGTHS, CONTEXTS, **FAST)
+    assert_finite_positive(result)
+    assert result["backend"]["prefill"] == "sdpa"
+    # KV cache per sequence: layers × (k, v) × kv heads × head dim × 4 bytes per token
+    assert result["decode"]["48"]["state_bytes"] == 2 * 2 * 2 * 16 * 4 * 48
+    assert result["decode"]["48"]["state_bytes"] == 6 * result["decode"]["8"]["state_bytes"]
+    floor = throughput.build_floor(teacher)
+    floor_result = throughput.measure(floor, "floor", LENGTHS, CONTEXTS, **FAST)
+    assert_finite_positive(floor_result)
+    assert all(entry["state_bytes"] == 0 for entry in floor_result["decode"].values())
+    assert all(isinstance(m, throughput.FloorMixer) for m in floor.mixers)
+    assert "floor" not in students.available()
+
+
+def test_floor_does_no_token_mixing(teacher):
+    floor = throughput.build_floor(teacher)
+    ids = torch.randint(0, 128, (1, 12))
+    with torch.no_grad():
+        full = floor(ids).logits
+        changed = ids.clone()
+        changed[0, 3] = (ids[0, 3] + 1) % 128
+        other = floor(changed).logits
+    assert torch.equal(full[0, :3], other[0, :3]) and torch.equal(full[0, 4:], other[0, 4:])
+
+
+def test_short_sweep_is_json_and_passes_the_schema(sweep):
+    document = json.loads(json.dumps(sweep))
+    assert document == sweep, "short_sweep must be JSON-able without changing on the round trip"
+    throughput.validate(document)
+    for key in ("prefill_tokens_per_s", "train_tokens_per_s", "decode_ms_per_token"):
+        assert set(sweep[key]) >= {"student", "teacher"} and set(sweep[key]["student"]) >= {"8", "16", "24", "32"} & set(
+            sweep[key]["student"])
+    assert set(sweep["prefill_tokens_per_s"]["teacher"]) == {"16", "32"}
+    assert sweep["state_bytes_per_sequence"]["8"] == sweep["state_bytes_per_sequence"]["24"] > 0
+    assert sweep["kv_cache_bytes_per_sequence"]["24"] == 3 * sweep["kv_cache_bytes_per_sequence"]["8"]
+    assert {"device", "torch", "commit", "torch_threads"} <= set(sweep["machine"])
+
+
+@pytest.mark.parametrize("corrupt, where", [
+    (lambda d: d.pop("kv_cache_bytes_per_sequence"), "missing key 'kv_cache_bytes_per_sequence'"),
+    (lambda d: d["prefill_tokens_per_s"]["student"].update({"16": float("nan")}), r"\$.prefill_tokens_per_s.student\[16\]"),
+    (lambda d: d["decode_ms_per_token"]["teacher"].update({"8": -1.0}), r"\$.decode_ms_per_token.teacher\[8\]"),
+    (lambda d: d["train_tokens_per_s"]["student"].update({"zero": 5.0}), "length key 'zero'"),
+    (lambda d: d["details"]["floor"]["prefill"]["16"].pop("tokens_per_s"), r"\$.details.floor.prefill\[16\].tokens_per_s"),
+    (lambda d: d["machine"].pop("commit"), "missing key 'commit'"),
+    (lambda d: d.update(schema="throughput/0"), "unknown schema"),
+], ids=["missing-key", "nan", "negative", "bad-length", "nested-missing", "no-commit", "schema"])
+def test_invalid_documents_are_rejected(sweep, corrupt, where):
+    document = copy.deepcopy(sweep)
+    corrupt(document)
+    with pytest.raises(ValueError, match=where):
+        throughput.validate(document)
+
+
+def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "throughput.json"
+    code = throughput.main(["--student", "retnet", "--teacher", str(teacher_dir), "--lengths", "16,32",
+                            "--train-lengths", "16", "--decode-contexts", "8,24", "--repeats", "1", "--decode-steps", "2", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    throughput.validate(report)
+    assert set(report["models"]) == {"floor", "teacher", "retnet"}
+    assert report["teacher"]["attn_implementation"] == "sdpa"
+    assert report["ratios"]["teacher_prefill_vs_best_student"]["best_student"] == "retnet"
+    assert set(report["ratios"]["prefill_vs_floor"]["retnet"]) == {"16", "32"}
+    assert "prefill time / floor" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--student", "transformerxl"], "unknown student 'transformerxl'; choose one of mamba"),
+    (["--student", "gla", "--lengths", "512,0"], "--lengths must be positive integers"),
+    (["--student", "gla", "--lengths", "512,1k"], "--lengths must be positive integers"),
+    (["--student", "gla", "--decode-contexts", "-5"], "--decode-contexts must be positive integers"),
+    (["--student", "gla", "--teacher", "./no/such/teacher"], "does not exist"),
+], ids=["unknown-student", "zero-length", "non-integer", "negative-context", "missing-teacher"])
+def test_bad_input_is_one_error_line_and_exit_code_2(args, message, capsys):
+    assert throughput.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
