@@ -144,7 +144,7 @@ def score_continuations(model, requests: Sequence[tuple[Sequence[int], Sequence[
             length, n = len(inputs[index]), n_scored[index]
             scored = torch.log_softmax(logits[row, length - n:length], dim=-1)
             targets = torch.as_tensor(list(requests[index][1]), device=scored.device)
-            logprob = scored.gather(-1, targets[:, None]).sum().item()
+            logprob = scored.gather(-1, targets[:, None]).double().sum().item()
             results[index] = (logprob, bool((scored.argmax(-1) == targets).all()))
     return results  # type: ignore[return-value]
 
@@ -178,7 +178,7 @@ def sliding_window_nll(model, ids: torch.Tensor, window: int, stride: int, batch
         for row, (start, stop, score_from) in enumerate(group):
             predictions = torch.log_softmax(logits[row, score_from - start:stop - start], dim=-1)
             targets = ids[score_from + 1:stop + 1].to(predictions.device)
-            total -= predictions.gather(-1, targets[:, None]).sum().item()
+            total -= predictions.gather(-1, targets[:, None]).double().sum().item()
             count += len(targets)
     return total, count
 
@@ -343,23 +343,33 @@ def evaluate(model, tokenizer, config: EvalConfig, progress: bool = True) -> dic
     longer). Markers are not scores: `recovered` skips them."""
     config.check()
     model.eval()
-    scores = {"ppl": held_out_ppl(model, tokenizer, config, progress)}
-    scores.update(recall_scores(model, tokenizer, config, progress))
     items = config_cloze_items(config)
-    scores["cloze_acc"] = cloze_accuracy(model, tokenizer, items, config.batch_size, config.max_batch_tokens,
-                                         progress)
-    if config.lm_eval_tasks:
-        from bench import lm_eval_adapter  # optional: needs `pip install lm-eval`
+    with tempfile.TemporaryDirectory(prefix="distill-bench-tasks-") as scratch:
+        manager = _lm_eval_tasks(items, config, Path(config.task_dir or scratch)) if config.lm_eval_tasks else None
+        scores = {"ppl": held_out_ppl(model, tokenizer, config, progress)}
+        scores.update(recall_scores(model, tokenizer, config, progress))
+        scores["cloze_acc"] = cloze_accuracy(model, tokenizer, items, config.batch_size, config.max_batch_tokens,
+                                             progress)
+        if manager is not None:
+            from bench import lm_eval_adapter
 
-        with tempfile.TemporaryDirectory(prefix="distill-bench-tasks-") as scratch:
-            task_dir = Path(config.task_dir or scratch)
-            tasks = lm_eval_adapter.resolve_tasks(config.lm_eval_tasks)
-            if CLOZE_TASK in tasks:
-                write_cloze_task(items, task_dir, seed=config.seed)
             scores.update(lm_eval_adapter.run_lm_eval(
-                model, tokenizer, tasks, batch_size=config.batch_size, limit=config.lm_eval_limit,
-                seed=config.seed, include_path=str(task_dir), max_batch_tokens=config.max_batch_tokens)[0])
+                model, tokenizer, config.lm_eval_tasks, batch_size=config.batch_size, limit=config.lm_eval_limit,
+                seed=config.seed, max_batch_tokens=config.max_batch_tokens, manager=manager)[0])
     return scores
+
+
+def _lm_eval_tasks(items: Sequence[ClozeItem], config: EvalConfig, task_dir: Path):
+    """Write the cloze task if asked and check every lm-eval task name before any scoring starts."""
+    try:
+        from bench import lm_eval_adapter
+    except ImportError:
+        raise EvalError("lm-eval tasks need lm-eval; `pip install lm-eval` or drop --lm-eval-tasks") from None
+    tasks = lm_eval_adapter.resolve_tasks(config.lm_eval_tasks)
+    if CLOZE_TASK in tasks:
+        write_cloze_task(items, task_dir, seed=config.seed)
+    # Indexing lm-eval's thousands of bundled tasks takes seconds; the cloze task alone does not need it.
+    return lm_eval_adapter.task_manager(tasks, str(task_dir), include_defaults=set(tasks) != {CLOZE_TASK})
 
 
 def is_score(name: str) -> bool:
@@ -450,7 +460,8 @@ def _report(scores: dict, teacher_scores: dict | None, percents: dict | None) ->
         mark = " *" if name.startswith("recall_") and beyond else ""
         row = f"{name + mark:<28} {scores.get(name, float('nan')):>10.4g}"
         if teacher_scores is not None:
-            row += f" {teacher_scores.get(name, float('nan')):>10.4g} {percents.get(name, float('nan')):>12.1f}"
+            percent = f"{percents[name]:.1f}" if name in percents else "-"  # teacher score 0 or missing
+            row += f" {teacher_scores.get(name, float('nan')):>10.4g} {percent:>12}"
         rows.append(row)
     if percents is not None:
         rows.append(f"{'avg % recovered':<28} {'':>10} {'':>10} {percents['avg']:>12.1f}")
@@ -470,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="perplexity window")
     parser.add_argument("--stride", type=int, help="sliding-window step (default: seq-len // 2)")
     parser.add_argument("--max-blocks", type=int, default=defaults.max_blocks)
-    parser.add_argument("--lengths", type=_lengths, default=defaults.recall_lengths, help="recall lengths, e.g. 256,512")
+    parser.add_argument("--lengths", type=_lengths, default=defaults.recall_lengths,
+                        help="recall lengths, e.g. 256,512")
     parser.add_argument("--recall-docs", type=int, default=defaults.recall_docs)
     parser.add_argument("--cloze-items", type=int, default=defaults.cloze_items)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -534,4 +546,6 @@ def _versions() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.evaluate import main as package_main  # one EvalError class: bench.lm_eval_adapter raises it too
+
+    raise SystemExit(package_main())

@@ -55,9 +55,13 @@ def matrix_distance(teacher_matrix: torch.Tensor, student_matrix: torch.Tensor) 
 
 
 def relative_l2(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-    """‖prediction − target‖² / ‖target‖² over the whole batch (MOHAWK stage 2, scale-free)."""
+    """Mean over sequences of ‖prediction − target‖² / ‖target‖² (MOHAWK stage 2, scale-free).
+
+    Per sequence, so the mean over a global batch equals the mean of per-process means (DDP-exact).
+    """
     target = target.float()
-    return (prediction.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
+    error = (prediction.float() - target).pow(2).flatten(1).sum(1)
+    return (error / target.pow(2).flatten(1).sum(1).clamp_min(1e-12)).mean()
 
 
 def entropy_weights(teacher_logits: list[torch.Tensor], prior: torch.Tensor, temperature: float = 1.0,

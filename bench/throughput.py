@@ -1,8 +1,11 @@
 """Throughput and memory: the floor, the teacher and each student side by side, measured in one run.
 
     python -m bench.throughput --student NAME|all [--teacher DIR|HUB_ID] [--lengths 512,1024,...,16384]
-        [--train-lengths ...] [--decode-contexts 1024,...,32768] [--repeats 3] [--dtype float32]
-        [--threads N] [--json FILE]
+        [--train-lengths ...] [--decode-contexts 1024,...,32768] [--decode-steps 8] [--repeats 3]
+        [--dtype float32] [--device cpu|cuda] [--threads N] [--init random|qkv_copy] [--json FILE]
+
+In the run pipeline: `short_sweep(teacher, student)` (student, teacher and floor at short lengths);
+both use `measure(model, kind, lengths, decode_contexts, repeats, dtype)`; `validate(doc)` checks either.
 
 For every model, batch 1:
 - prefill: one forward over T tokens (all logits, no cache), time and tokens/s per length;
@@ -154,7 +157,6 @@ class PeakMemory:
         return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def __enter__(self) -> "PeakMemory":
-        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -245,6 +247,7 @@ def measure(model, kind: str, lengths, decode_contexts, repeats: int, dtype: tor
     if repeats < 1 or decode_steps < 1 or prefill_chunk < 1:
         raise ValueError("repeats, decode_steps and prefill_chunk must be ≥ 1")
     was_training = model.training
+    gc.collect()  # once per model, not per block: a full collection costs a fifth of a second here
     model.to(dtype).eval()
     device = next(model.parameters()).device
     vocab_size = model.config.vocab_size
@@ -324,8 +327,8 @@ def _decode_growth(result: dict) -> dict | None:
     contexts = sorted(result["decode"], key=int)
     if len(contexts) < 2:
         return None
-    start = "1024" if "1024" in contexts else contexts[0]
     end = contexts[-1]
+    start = "1024" if "1024" in contexts[:-1] else contexts[0]
     return {"from_context": int(start), "to_context": int(end),
             "ratio": result["decode"][end]["ms_per_token"] / result["decode"][start]["ms_per_token"]}
 
@@ -378,6 +381,12 @@ def check_targets(models: dict[str, dict], ratios: dict) -> dict:
             f"teacher_decode_grows_{start}_to_{end}": teacher_grows}
 
 
+def _per_role(models: dict[str, dict], section: str, field: str) -> dict:
+    """{role: {length: entry[field]}} from the measurements of each role."""
+    return {role: {length: entry[field] for length, entry in result[section].items()}
+            for role, result in models.items()}
+
+
 def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256, 1024), repeats=3) -> dict:
     """The run pipeline's throughput record: student, teacher and floor measured in one go, JSON-able.
 
@@ -397,11 +406,11 @@ def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256
         "schema": SWEEP_SCHEMA, "machine": machine(), "student": student.config.student,
         "dtype": str(dtype).removeprefix("torch."),
         "backend": {role: r["backend"] for role, r in models.items()},
-        "prefill_tokens_per_s": {role: {k: v["tokens_per_s"] for k, v in r["prefill"].items()} for role, r in models.items()},
-        "train_tokens_per_s": {role: {k: v["tokens_per_s"] for k, v in r["train"].items()} for role, r in models.items()},
-        "decode_ms_per_token": {role: {k: v["ms_per_token"] for k, v in r["decode"].items()} for role, r in models.items()},
-        "state_bytes_per_sequence": {k: v["state_bytes"] for k, v in models["student"]["decode"].items()},
-        "kv_cache_bytes_per_sequence": {k: v["state_bytes"] for k, v in models["teacher"]["decode"].items()},
+        "prefill_tokens_per_s": _per_role(models, "prefill", "tokens_per_s"),
+        "train_tokens_per_s": _per_role(models, "train", "tokens_per_s"),
+        "decode_ms_per_token": _per_role(models, "decode", "ms_per_token"),
+        "state_bytes_per_sequence": _per_role(models, "decode", "state_bytes")["student"],
+        "kv_cache_bytes_per_sequence": _per_role(models, "decode", "state_bytes")["teacher"],
         "prefill_vs_floor": ratios["prefill_vs_floor"].get(student.config.student, {}),
         "details": models,
     }
@@ -430,13 +439,30 @@ def _positive(value, path: str, allow_zero: bool = False):
         _fail(path, f"expected a finite {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
 
 
+def _length_key(key, path: str):
+    if not (isinstance(key, str) and key.isdigit() and int(key) > 0):
+        _fail(path, f"length key {key!r} is not a positive integer string")
+
+
 def _length_map(mapping, path: str, allow_zero: bool = False):
+    """{length: number}, non-empty, every number finite and positive (or zero where allowed)."""
     if not isinstance(mapping, dict) or not mapping:
         _fail(path, "expected a non-empty {length: value} map")
     for key, value in mapping.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) > 0):
-            _fail(path, f"length key {key!r} is not a positive integer string")
+        _length_key(key, path)
         _positive(value, f"{path}[{key}]", allow_zero)
+
+
+def _length_entries(result: dict, section: str, path: str) -> dict:
+    """{length: {field: value}}, non-empty, keyed by positive integer strings."""
+    entries = _need(result, section, dict, path)
+    if not entries:
+        _fail(f"{path}.{section}", "nothing measured")
+    for key, entry in entries.items():
+        _length_key(key, f"{path}.{section}")
+        if not isinstance(entry, dict):
+            _fail(f"{path}.{section}[{key}]", f"expected an object, got {type(entry).__name__}")
+    return entries
 
 
 def _validate_machine(document: dict, path: str):
@@ -445,25 +471,25 @@ def _validate_machine(document: dict, path: str):
         _need(header_fields, key, (str, int), f"{path}.machine")
 
 
+# Fields every measurement entry carries: (section, positive fields, non-negative fields).
+MEASUREMENT_FIELDS = (
+    ("prefill", ("median_s", "min_s", "max_s", "tokens_per_s"), ("peak_memory_bytes", "peak_memory_delta_bytes")),
+    ("train", ("median_s", "min_s", "max_s", "tokens_per_s"), ("peak_memory_bytes", "peak_memory_delta_bytes")),
+    ("decode", ("ms_per_token", "min_ms", "max_ms"), ("state_bytes", "peak_memory_bytes", "peak_memory_delta_bytes")),
+)
+
+
 def _validate_measurement(result: dict, path: str):
     _validate_machine(result, path)
     for key in ("device", "dtype", "kind", "memory_source"):
         _need(result, key, str, path)
     _need(result, "backend", dict, path)
-    for section in ("prefill", "train"):
-        entries = _need(result, section, dict, path)
-        _length_map({k: v.get("median_s") if isinstance(v, dict) else v for k, v in entries.items()}, f"{path}.{section}")
-        for length, entry in entries.items():
-            for key in ("median_s", "min_s", "max_s", "tokens_per_s"):
+    for section, positive, non_negative in MEASUREMENT_FIELDS:
+        for length, entry in _length_entries(result, section, path).items():
+            for key in positive:
                 _positive(entry.get(key), f"{path}.{section}[{length}].{key}")
-            _positive(entry.get("peak_memory_bytes"), f"{path}.{section}[{length}].peak_memory_bytes", allow_zero=True)
-    decode = _need(result, "decode", dict, path)
-    _length_map({k: v.get("ms_per_token") if isinstance(v, dict) else v for k, v in decode.items()}, f"{path}.decode")
-    for context, entry in decode.items():
-        for key in ("min_ms", "max_ms"):
-            _positive(entry.get(key), f"{path}.decode[{context}].{key}")
-        for key in ("state_bytes", "peak_memory_bytes"):
-            _positive(entry.get(key), f"{path}.decode[{context}].{key}", allow_zero=True)
+            for key in non_negative:
+                _positive(entry.get(key), f"{path}.{section}[{length}].{key}", allow_zero=True)
 
 
 def validate(document: dict) -> None:
@@ -477,7 +503,8 @@ def validate(document: dict) -> None:
             roles = _need(document, key, dict, "$")
             for role in ("student", "teacher"):
                 _length_map(_need(roles, role, dict, f"$.{key}"), f"$.{key}.{role}")
-        _length_map(_need(document, "state_bytes_per_sequence", dict, "$"), "$.state_bytes_per_sequence", allow_zero=True)
+        _length_map(_need(document, "state_bytes_per_sequence", dict, "$"), "$.state_bytes_per_sequence",
+                    allow_zero=True)
         _length_map(_need(document, "kv_cache_bytes_per_sequence", dict, "$"), "$.kv_cache_bytes_per_sequence")
         for role, result in _need(document, "details", dict, "$").items():
             _validate_measurement(result, f"$.details.{role}")
@@ -508,9 +535,11 @@ def _parse_lengths(text: str, option: str) -> list[int]:
 
 
 def _print_result(name: str, r: dict) -> None:
-    prefill = "  ".join(f"{k}:{v['median_s'] * 1e3:.1f}ms/{v['tokens_per_s']:.0f}tok/s" for k, v in r["prefill"].items())
+    prefill = "  ".join(f"{k}:{v['median_s'] * 1e3:.1f}ms/{v['tokens_per_s']:.0f}tok/s"
+                        for k, v in r["prefill"].items())
     train = "  ".join(f"{k}:{v['tokens_per_s']:.0f}tok/s" for k, v in r["train"].items())
-    decode = "  ".join(f"{k}:{v['ms_per_token']:.2f}ms/{v['state_bytes'] / 2 ** 20:.2f}MiB" for k, v in r["decode"].items())
+    decode = "  ".join(f"{k}:{v['ms_per_token']:.2f}ms/{v['state_bytes'] / 2 ** 20:.2f}MiB"
+                       for k, v in r["decode"].items())
     print(f"{name:16} [{r['backend']['prefill']}]\n  prefill  {prefill}\n  train    {train}\n"
           f"  decode   {decode}  (ms/token / cache per sequence)", flush=True)
 
@@ -541,8 +570,10 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-steps", type=int, default=DECODE_STEPS, help="tokens per timed decode call")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--init", choices=("random", "qkv_copy"), default="random", help="weights do not matter for speed")
+    parser.add_argument("--init", choices=("random", "qkv_copy"), default="random",
+                        help="weights do not matter for speed")
     parser.add_argument("--json", help="also write the report (with the machine header) to this file")
     args = parser.parse_args(argv)
 
@@ -556,7 +587,10 @@ def main(argv=None) -> int:
         contexts = _parse_lengths(args.decode_contexts, "--decode-contexts")
         if min(args.repeats, args.decode_steps) < 1 or (args.threads is not None and args.threads < 1):
             raise ValueError("--repeats, --decode-steps and --threads must be ≥ 1")
-    except ValueError as err:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    except (ValueError, RuntimeError) as err:  # torch.device raises RuntimeError for a malformed name
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.threads:
@@ -570,10 +604,10 @@ def main(argv=None) -> int:
     try:
         if args.teacher or EMBEDDED_TEACHER.is_dir():
             source = args.teacher or str(EMBEDDED_TEACHER)
-            teacher = load_teacher(source, dtype=dtype)
+            teacher = load_teacher(source, dtype=dtype).to(device)
         else:
             source = "untrained LlamaConfig of the embedded teacher's shape (bench/embedded/teacher absent)"
-            teacher = embedded_shape_teacher().to(dtype)
+            teacher = embedded_shape_teacher().to(device, dtype)
     except (ValueError, OSError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -591,8 +625,8 @@ def main(argv=None) -> int:
         "max_position_embeddings_declared": declared_positions,
         "max_position_embeddings_raised_for_timing": positions_needed > declared_positions,
     }
-    settings = {"batch_size": 1, "dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": args.repeats,
-                "warmup": 1, "lengths": lengths, "train_lengths": train_lengths, "decode_contexts": contexts,
+    settings = {"batch_size": 1, "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+                "repeats": args.repeats, "warmup": 1, "lengths": lengths, "train_lengths": train_lengths, "decode_contexts": contexts,
                 "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "init": args.init, "seed": 0,
                 "students": names}
     print(header())
@@ -600,7 +634,7 @@ def main(argv=None) -> int:
           f"threads {settings['threads']}", flush=True)
 
     def run(name: str, kind: str, model) -> dict:
-        result = measure(model, kind, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
+        result = measure(model.to(device), kind, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
                          decode_steps=args.decode_steps)
         _print_result(name, result)
         return result

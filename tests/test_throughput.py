@@ -106,9 +106,9 @@ def test_short_sweep_is_json_and_passes_the_schema(sweep):
     assert document == sweep, "short_sweep must be JSON-able without changing on the round trip"
     throughput.validate(document)
     for key in ("prefill_tokens_per_s", "train_tokens_per_s", "decode_ms_per_token"):
-        assert set(sweep[key]) >= {"student", "teacher"} and set(sweep[key]["student"]) >= {"8", "16", "24", "32"} & set(
-            sweep[key]["student"])
-    assert set(sweep["prefill_tokens_per_s"]["teacher"]) == {"16", "32"}
+        assert set(sweep[key]) == {"student", "teacher", "floor"}
+    assert set(sweep["prefill_tokens_per_s"]["teacher"]) == set(sweep["train_tokens_per_s"]["student"]) == {"16", "32"}
+    assert set(sweep["decode_ms_per_token"]["student"]) == {"8", "24"}
     assert sweep["state_bytes_per_sequence"]["8"] == sweep["state_bytes_per_sequence"]["24"] > 0
     assert sweep["kv_cache_bytes_per_sequence"]["24"] == 3 * sweep["kv_cache_bytes_per_sequence"]["8"]
     assert {"device", "torch", "commit", "torch_threads"} <= set(sweep["machine"])
@@ -120,9 +120,10 @@ def test_short_sweep_is_json_and_passes_the_schema(sweep):
     (lambda d: d["decode_ms_per_token"]["teacher"].update({"8": -1.0}), r"\$.decode_ms_per_token.teacher\[8\]"),
     (lambda d: d["train_tokens_per_s"]["student"].update({"zero": 5.0}), "length key 'zero'"),
     (lambda d: d["details"]["floor"]["prefill"]["16"].pop("tokens_per_s"), r"\$.details.floor.prefill\[16\].tokens_per_s"),
+    (lambda d: d["details"]["student"]["decode"].update({"8": 3.0}), r"\$.details.student.decode\[8\]: expected an object"),
     (lambda d: d["machine"].pop("commit"), "missing key 'commit'"),
     (lambda d: d.update(schema="throughput/0"), "unknown schema"),
-], ids=["missing-key", "nan", "negative", "bad-length", "nested-missing", "no-commit", "schema"])
+], ids=["missing-key", "nan", "negative", "bad-length", "nested-missing", "not-an-object", "no-commit", "schema"])
 def test_invalid_documents_are_rejected(sweep, corrupt, where):
     document = copy.deepcopy(sweep)
     corrupt(document)
@@ -133,7 +134,8 @@ def test_invalid_documents_are_rejected(sweep, corrupt, where):
 def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, tmp_path, capsys):
     out = tmp_path / "throughput.json"
     code = throughput.main(["--student", "retnet", "--teacher", str(teacher_dir), "--lengths", "16,32",
-                            "--train-lengths", "16", "--decode-contexts", "8,24", "--repeats", "1", "--decode-steps", "2", "--json", str(out)])
+                            "--train-lengths", "16", "--decode-contexts", "8,24", "--repeats", "1", "--decode-steps", "2",
+                            "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     throughput.validate(report)
@@ -150,7 +152,8 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     (["--student", "gla", "--lengths", "512,1k"], "--lengths must be positive integers"),
     (["--student", "gla", "--decode-contexts", "-5"], "--decode-contexts must be positive integers"),
     (["--student", "gla", "--teacher", "./no/such/teacher"], "does not exist"),
-], ids=["unknown-student", "zero-length", "non-integer", "negative-context", "missing-teacher"])
+    (["--student", "gla", "--device", "abacus"], "abacus"),
+], ids=["unknown-student", "zero-length", "non-integer", "negative-context", "missing-teacher", "bad-device"])
 def test_bad_input_is_one_error_line_and_exit_code_2(args, message, capsys):
     assert throughput.main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()

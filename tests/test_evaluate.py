@@ -1,0 +1,337 @@
+"""Downstream scores: perplexity, recall, cloze, % recovered, the lm-eval adapter and the CLI."""
+import json
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import students
+from bench import evaluate as ev
+from bench import recall
+
+
+# --------------------------------------------------------------------------------------- toy models
+class _ToyLM(torch.nn.Module):
+    """A causal LM stand-in: `logits_fn(input_ids) -> (B, T, V)`; the dummy parameter carries the device."""
+
+    def __init__(self, vocab_size: int, logits_fn, context: int = 128):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(vocab_size=vocab_size, max_position_embeddings=context)
+        self.logits_fn = logits_fn
+
+    def forward(self, input_ids, **unused):
+        return SimpleNamespace(logits=self.logits_fn(input_ids))
+
+
+def uniform_lm(vocab_size: int) -> _ToyLM:
+    return _ToyLM(vocab_size, lambda ids: torch.zeros(*ids.shape, vocab_size))
+
+
+def bigram_lm(vocab_size: int, seed: int = 0) -> _ToyLM:
+    """Each prediction depends on the current token only, so context windows cannot change any score."""
+    table = torch.randn(vocab_size, vocab_size, generator=torch.Generator().manual_seed(seed))
+    return _ToyLM(vocab_size, lambda ids: table[ids])
+
+
+def oracle_lm(vocab_size: int) -> _ToyLM:
+    """Reads the next input token: predicts every teacher-forced target (the upper bound of any task)."""
+    def logits(ids):
+        following = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+        return torch.nn.functional.one_hot(following, vocab_size).float()
+    return _ToyLM(vocab_size, logits)
+
+
+def lookup_oracle_lm(vocab_size: int, texts: list[list[int]]) -> _ToyLM:
+    """Knows each text: after any prefix of one, predicts its true next token (also the unseen last one)."""
+    following = {tuple(ids[:i]): ids[i] for ids in texts for i in range(1, len(ids))}
+
+    def logits(ids):
+        out = torch.zeros(*ids.shape, vocab_size)
+        for row, sequence in enumerate(ids.tolist()):
+            for position in range(len(sequence)):
+                if tuple(sequence[:position + 1]) in following:
+                    out[row, position, following[tuple(sequence[:position + 1])]] = 1.0
+        return out
+    return _ToyLM(vocab_size, logits)
+
+
+def partial_oracle_lm(vocab_size: int) -> _ToyLM:
+    """The oracle, except that it never predicts a token id divisible by 3 (it says 1 instead)."""
+    oracle = oracle_lm(vocab_size).logits_fn
+
+    def logits(ids):
+        following = oracle(ids).argmax(-1)
+        following[following % 3 == 0] = 1
+        return torch.nn.functional.one_hot(following, vocab_size).float()
+    return _ToyLM(vocab_size, logits)
+
+
+def guessing_lm(vocab_size: int, seed: int = 0) -> _ToyLM:
+    generator = torch.Generator().manual_seed(seed)
+    return _ToyLM(vocab_size, lambda ids: torch.randn(*ids.shape, vocab_size, generator=generator))
+
+
+def tiny_llama(vocab_size: int = 50, context: int = 64) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        head_dim=16, max_position_embeddings=context)).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_teacher_dir):
+    return AutoTokenizer.from_pretrained(tiny_teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher_dir):
+    return students.load_teacher(str(tiny_teacher_dir))
+
+
+@pytest.fixture(scope="module")
+def student(teacher):
+    # GLA: a recurrent student with per-channel decay, and among the fastest on CPU.
+    return students.build_student(teacher, "gla", init="qkv_copy", seed=0).eval()
+
+
+def direct_logprob(model, context: list[int], continuation: list[int]) -> float:
+    """log p(continuation | context) from one unbatched forward pass (the definition, no shared code)."""
+    ids = torch.tensor([context + continuation])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].double(), -1)
+    return sum(logprobs[len(context) + i - 1, token].item() for i, token in enumerate(continuation))
+
+
+# ---------------------------------------------------------------------------------------- perplexity
+def test_uniform_model_perplexity_equals_vocabulary_size():
+    ids = torch.randint(0, 37, (203,), generator=torch.Generator().manual_seed(1))
+    for window, stride in [(16, 5), (16, 16), (300, 150)]:  # rel 1e-6: log(37) in fp32 logits
+        assert ev.perplexity(uniform_lm(37), ids, window, stride, batch_size=3) == pytest.approx(37.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("n_tokens,window,stride", [(2, 4, 1), (10, 4, 4), (63, 16, 5), (100, 16, 16), (257, 64, 63)])
+def test_sliding_windows_score_every_target_exactly_once(n_tokens, window, stride):
+    windows = ev.sliding_windows(n_tokens, window, stride)
+    scored = [position + 1 for start, stop, score_from in windows for position in range(score_from, stop)]
+    assert scored == list(range(1, n_tokens))
+    assert all(stop - start == min(window, n_tokens - 1) and start <= score_from for start, stop, score_from in windows)
+
+
+def test_sliding_window_equals_single_pass_when_the_text_fits():
+    model = tiny_llama(context=64)
+    ids = torch.randint(0, 50, (41,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        single = model(ids[None], labels=ids[None]).loss.item() * (len(ids) - 1)
+    for stride in (1, 7, 64):
+        total, count = ev.sliding_window_nll(model, ids, window=64, stride=stride)
+        assert count == len(ids) - 1 and total == pytest.approx(single, rel=1e-5)
+
+
+def test_sliding_window_counts_each_token_once_when_the_text_does_not_fit():
+    model = bigram_lm(23)  # context-free, so the exact total NLL is known whatever the windows
+    ids = torch.randint(0, 23, (150,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids[None]).logits[0].double(), -1)
+    expected = -logprobs[torch.arange(149), ids[1:]].sum().item()
+    for stride in (1, 5, 16):
+        total, count = ev.sliding_window_nll(model, ids, window=16, stride=stride, batch_size=4)
+        assert count == 149 and total == pytest.approx(expected, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- recall
+@pytest.mark.parametrize("kind", recall.KINDS)
+def test_recall_scores_an_oracle_fully_and_a_guesser_near_chance(kind, tokenizer):
+    docs = recall.docs_for_length(kind, tokenizer, 200, n_docs=6, seed=4)
+    vocab = len(tokenizer)
+    assert ev.recall_accuracy(oracle_lm(vocab), tokenizer, docs, batch_size=4) == 1.0
+    assert ev.recall_accuracy(guessing_lm(vocab), tokenizer, docs, batch_size=4) < 0.05
+    partial = ev.recall_accuracy(partial_oracle_lm(vocab), tokenizer, docs, batch_size=4)
+    assert 0 < partial < 1 and partial == recall.recall_accuracy(partial_oracle_lm(vocab), tokenizer, docs)
+
+
+def test_batched_recall_matches_the_unbatched_reference(tokenizer, student):
+    docs = recall.docs_for_length("mqar", tokenizer, 120, n_docs=5, seed=5)
+    docs += recall.docs_for_length("passkey", tokenizer, 90, n_docs=3, seed=5)  # mixed lengths: padded batches
+    reference = recall.recall_accuracy(student, tokenizer, docs)
+    assert ev.recall_accuracy(student, tokenizer, docs, batch_size=8) == reference
+
+
+# ---------------------------------------------------------------------------------------------- cloze
+def test_cloze_items_are_deterministic_by_seed_and_end_with_their_target(works_dir):
+    config = ev.EvalConfig(works_dir=str(works_dir), cloze_items=12, cloze_context_words=20)
+    texts = ev.held_out_texts(config)
+    first = ev.cloze_items(texts, 12, seed=0, context_words=20)
+    assert first == ev.cloze_items(texts, 12, seed=0, context_words=20)
+    assert first != ev.cloze_items(texts, 12, seed=1, context_words=20)
+    for item in first:
+        passage = item.context + " " + item.target
+        assert any(passage in text for text in texts)
+        assert passage.split()[-1] == item.target and item.target.isalpha()
+        assert len(item.context.split()) == 20
+    with pytest.raises(ev.EvalError, match="cloze passages"):
+        ev.cloze_items(texts, 10**6, seed=0)
+
+
+def test_cloze_accuracy_of_an_oracle_and_a_guesser(works_dir, tokenizer):
+    items = ev.cloze_items(ev.held_out_texts(ev.EvalConfig(works_dir=str(works_dir))), 10, seed=0, context_words=10)
+    passages = [sum(ev.encode_cloze(item, tokenizer), []) for item in items]
+    assert ev.cloze_accuracy(lookup_oracle_lm(len(tokenizer), passages), tokenizer, items, batch_size=3) == 1.0
+    assert ev.cloze_accuracy(guessing_lm(len(tokenizer)), tokenizer, items, batch_size=3) < 0.2
+
+
+def test_padded_batches_score_as_one_request_at_a_time(student, tokenizer):
+    rng = random.Random(6)
+    requests = [([rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 30))],
+                 [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 4))]) for _ in range(9)]
+    batched = ev.score_continuations(student, requests, tokenizer.eos_token_id, batch_size=4)
+    for (logprob, greedy), (context, continuation) in zip(batched, requests):
+        ids = torch.tensor([context + continuation])
+        with torch.no_grad():
+            predicted = student(ids).logits[0, len(context) - 1:-1].argmax(-1).tolist()
+        assert logprob == pytest.approx(direct_logprob(student, context, continuation), abs=1e-4)
+        assert greedy == (predicted == continuation)
+
+
+# ------------------------------------------------------------------------------------------ recovered
+def test_recovered_is_student_over_teacher_and_inverted_for_perplexity():
+    student = {"ppl": 20.0, "cloze_acc": 0.3, "recall_mqar_256": 0.5, "recall_mqar_4096": 0.2,
+               "lm_lambada_openai_perplexity": 40.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.4}
+    teacher = {"ppl": 10.0, "cloze_acc": 0.6, "recall_mqar_256": 1.0, "recall_mqar_4096": 0.01,
+               "lm_lambada_openai_perplexity": 30.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.0}
+    percents = ev.recovered(student, teacher)
+    assert percents["ppl"] == pytest.approx(50.0) and percents["cloze_acc"] == pytest.approx(50.0)
+    assert percents["lm_lambada_openai_perplexity"] == pytest.approx(75.0)
+    assert percents["recall_mqar_4096"] == pytest.approx(2000.0)  # reported, but beyond context: not averaged
+    assert "recall_passkey_256" not in percents and "beyond_context_4096" not in percents  # teacher 0 / marker
+    assert percents["avg"] == pytest.approx((50 + 50 + 50 + 75) / 4)
+    assert ev.recovered(teacher, teacher)["avg"] == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------------------------------- lm-eval
+@pytest.fixture
+def offline_lm_eval(monkeypatch):
+    """lm-eval without its provenance calls (a `git describe` subprocess, torch's collect_env): seconds saved."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import lm_eval.evaluator
+
+    monkeypatch.setattr(lm_eval.evaluator, "get_git_commit_hash", lambda: "test")
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
+    return lm_eval
+
+
+def test_lm_eval_adapter_matches_a_direct_forward_pass(tmp_path, works_dir, teacher, tokenizer, offline_lm_eval):
+    lm_eval = offline_lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from bench.lm_eval_adapter import DistillBenchLM
+
+    items = ev.cloze_items(ev.held_out_texts(ev.EvalConfig(works_dir=str(works_dir))), 6, seed=0, context_words=12)
+    ev.write_cloze_task(items, tmp_path, seed=0)
+    results = lm_eval.simple_evaluate(model=DistillBenchLM(model=teacher, tokenizer=tokenizer, batch_size=4),
+                                      tasks=[ev.CLOZE_TASK], task_manager=TaskManager(include_path=str(tmp_path),
+                                                                                      include_defaults=False),
+                                      log_samples=True, bootstrap_iters=0)
+    samples = results["samples"][ev.CLOZE_TASK]
+    assert len(samples) == len(items)
+    for sample in samples:
+        item = ev.ClozeItem(sample["doc"]["context"], sample["doc"]["target"])
+        logprob, _ = sample["filtered_resps"][0]
+        assert logprob == pytest.approx(direct_logprob(teacher, *ev.encode_cloze(item, tokenizer)), abs=1e-4)
+    assert results["results"][ev.CLOZE_TASK]["acc,none"] == ev.cloze_accuracy(teacher, tokenizer, items)
+
+
+def test_lm_eval_adapter_rolling_and_generation(student, tokenizer):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    from bench.lm_eval_adapter import DistillBenchLM
+
+    lm = DistillBenchLM(model=student, tokenizer=tokenizer, batch_size=2, max_length=16)
+    text = "Ham. What say you, my lord? The time is out of joint, good night sweet lady."
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) > 16  # several rolling windows
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True)[0]
+    # lm-eval's own windows (disjoint predictions, each window at most 16 tokens), scored one by one here.
+    windows = map(make_disjoint_window, get_rolling_token_windows(ids, tokenizer.eos_token_id, 16, context_len=1))
+    assert rolling == pytest.approx(sum(direct_logprob(student, a, b) for a, b in windows), abs=1e-4)
+
+    context = "Ham. What say"
+    request = Instance("generate_until", {}, (context, {"until": ["\n\n"], "max_gen_toks": 6}), 0)
+    generated = lm.generate_until([request], disable_tqdm=True)[0]
+    greedy = tokenizer(context)["input_ids"]
+    with torch.no_grad():
+        for _ in range(6):  # the full forward every step: checks the cached recurrent generation too
+            greedy.append(student(torch.tensor([greedy])).logits[0, -1].argmax().item())
+            if greedy[-1] == tokenizer.eos_token_id:
+                break
+    expected_text = tokenizer.decode(greedy[len(tokenizer(context)["input_ids"]):]).split("\n\n")[0]
+    assert generated == expected_text
+
+
+def test_flat_scores_and_standard_tasks():
+    pytest.importorskip("lm_eval")
+    from bench.lm_eval_adapter import STANDARD_TASKS, flat_scores, resolve_tasks
+
+    assert resolve_tasks("standard,piqa,distill_cloze") == [*STANDARD_TASKS, "distill_cloze"]
+    scores = flat_scores({"results": {"piqa": {"alias": "piqa", "acc,none": 0.6, "acc_stderr,none": 0.1,
+                                               "acc_norm,none": 0.7, "sample_len": 9}}})
+    assert scores == {"lm_piqa_acc": 0.6, "lm_piqa_acc_norm": 0.7}
+
+
+# ------------------------------------------------------------------------------------ evaluate and CLI
+def test_evaluate_a_tiny_student_and_its_teacher(student, teacher, tokenizer, works_dir):
+    config = ev.EvalConfig(works_dir=str(works_dir), seq_len=64, max_blocks=3, recall_lengths=(64, 160),
+                           recall_docs=2, cloze_items=4, cloze_context_words=8, batch_size=4)
+    scores = ev.evaluate(student, tokenizer, config, progress=False)
+    assert set(scores) == {"ppl", "recall_mqar_64", "recall_passkey_64", "recall_mqar_160", "recall_passkey_160",
+                           "cloze_acc", "beyond_context_160"}  # the tiny teacher's context is 128
+    assert 1 < scores["ppl"] < len(tokenizer) * 10 and all(0 <= scores[k] <= 1 for k in scores if "recall" in k)
+    assert ev.evaluate(student, tokenizer, config, progress=False) == scores  # deterministic
+    percents = ev.recovered(scores, ev.evaluate(teacher, tokenizer, config, progress=False))
+    assert "ppl" in percents and math.isfinite(percents["avg"])
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--model", "/nonexistent/student"], "does not exist"),
+    (["--model", "{teacher}", "--lengths", "256,-5"], "not positive"),
+    (["--model", "{teacher}", "--lengths", "abc"], "comma-separated"),
+    (["--model", "{teacher}", "--teacher", "./missing-teacher"], "does not exist"),
+    (["--model", "{teacher}", "--batch-size", "0"], "must be positive"),
+    ([], "required"),
+])
+def test_bad_cli_input_gives_one_line_and_exit_code_2(arguments, message, tiny_teacher_dir, capsys):
+    code = ev.main([a.format(teacher=tiny_teacher_dir) for a in arguments])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and err.startswith("error:") and "\n" not in err
+
+
+def test_cli_writes_scores_as_json(tiny_teacher_dir, works_dir, tmp_path, monkeypatch, capsys):
+    from bench import env
+
+    monkeypatch.setattr(env, "git_commit", lambda: "test")
+    out = tmp_path / "scores.json"
+    code = ev.main(["--model", str(tiny_teacher_dir), "--teacher", str(tiny_teacher_dir), "--works-dir",
+                    str(works_dir), "--seq-len", "64", "--max-blocks", "2", "--lengths", "64", "--recall-docs", "1",
+                    "--cloze-items", "3", "--seed", "3", "--no-progress", "--json", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["scores"] == record["teacher_scores"] and record["recovered"]["avg"] == pytest.approx(100.0)
+    assert record["config"]["seed"] == 3 and "avg % recovered" in capsys.readouterr().out
+
+
+def test_evaluate_scores_lm_eval_tasks_on_the_same_cloze_items(tokenizer, works_dir, tmp_path, offline_lm_eval):
+    config = ev.EvalConfig(works_dir=str(works_dir), seq_len=32, max_blocks=1, recall_lengths=(32,), recall_docs=1,
+                           cloze_items=5, cloze_context_words=8, lm_eval_tasks=(ev.CLOZE_TASK,), task_dir=str(tmp_path))
+    passages = [sum(ev.encode_cloze(item, tokenizer), []) for item in ev.config_cloze_items(config)]
+    scores = ev.evaluate(lookup_oracle_lm(len(tokenizer), passages), tokenizer, config, progress=False)
+    assert scores["cloze_acc"] == scores["lm_distill_cloze_acc"] == 1.0
+    assert (tmp_path / f"{ev.CLOZE_TASK}.yaml").exists() and (tmp_path / f"{ev.CLOZE_TASK}.jsonl").exists()
+    from bench.lm_eval_adapter import task_manager
+
+    with pytest.raises(ev.EvalError, match="unknown lm-eval task"):  # before any scoring starts
+        task_manager(["no_such_task", ev.CLOZE_TASK], str(tmp_path), include_defaults=False)

@@ -1,0 +1,253 @@
+"""Stages, losses and `python -m bench.run` on a tiny teacher: each stage learns, runs resume exactly,
+two gloo processes equal one, bad input gets one line."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import data, losses, run, stages, train
+from students.surgery import build_student, load_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher_dir):
+    return load_teacher(str(tiny_teacher_dir))
+
+
+@pytest.fixture(scope="module")
+def batch_ids(tiny_teacher_dir, works_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    blocks = data.load_blocks(data.DataSpec(seq_len=24, works_dir=str(works_dir)), tokenizer, "train")
+    return blocks[:4]
+
+
+def _second_teacher(teacher, seed=1):
+    other = type(teacher)(teacher.config)
+    with torch.no_grad():  # a perturbed copy: same vocabulary, different predictions
+        torch.manual_seed(seed)
+        for p_other, p in zip(other.parameters(), teacher.parameters()):
+            p_other.copy_(p + 0.05 * torch.randn_like(p))
+    return other.eval()
+
+
+def _train_stage(name, student, teachers, ids, steps=8, lr=1e-2, options=None):
+    module = stages.StageModule(stages.STAGES[name], student, teachers, options or stages.StageOptions())
+    student.requires_grad_(False)
+    params = module.trainable_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    history = []
+    with stages.eager_attention(teachers, stages.STAGES[name].needs_attention_weights):
+        for _ in range(steps):
+            loss, _ = module(ids)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+    return history
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def test_kl_is_per_token_so_sequence_length_does_not_scale_it():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    short = losses.token_kl(teacher, student, temperature=2.0)
+    long = losses.token_kl(teacher.repeat(1, 7, 1), student.repeat(1, 7, 1), temperature=2.0)
+    assert torch.allclose(short, long, rtol=1e-6)
+    expected = F.kl_div(F.log_softmax(student / 2, -1).flatten(0, 1), F.log_softmax(teacher / 2, -1).flatten(0, 1),
+                        log_target=True, reduction="batchmean") * 4
+    assert torch.allclose(short, expected, rtol=1e-5)
+    # the pitfall the brief names: batchmean over (B, T, V) grows with T
+    pitfall = F.kl_div(F.log_softmax(student.repeat(1, 7, 1), -1), F.softmax(teacher.repeat(1, 7, 1), -1),
+                       reduction="batchmean")
+    assert pitfall > 6 * losses.token_kl(teacher, student)
+
+
+def test_matrix_distance_and_relative_l2_are_zero_only_at_equality():
+    a = torch.rand(2, 3, 6, 6)
+    assert losses.matrix_distance(a, a) == 0 and losses.matrix_distance(a, a + 0.1) > 0
+    assert losses.relative_l2(a, a) == 0 and torch.isclose(losses.relative_l2(a, 2 * a), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="project heads"):
+        losses.matrix_distance(a, a[:, :2])
+
+
+def test_entropy_weights_favour_the_confident_teacher_and_fusion_is_a_distribution():
+    confident = torch.tensor([[[10.0, 0.0, 0.0]]])
+    unsure = torch.zeros(1, 1, 3)
+    weights = losses.entropy_weights([confident, unsure], torch.tensor([0.5, 0.5]))
+    assert weights[0, 0, 0] > 0.6 and torch.allclose(weights.sum(0), torch.ones(1, 1))
+    fused = losses.fused_teacher_probs([confident, unsure], weights)
+    assert torch.allclose(fused.sum(-1), torch.ones(1, 1))
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def test_attention_control_with_qkv_copy_has_zero_alignment_losses(teacher, batch_ids):
+    """The hooks capture the right tensors: the exact copy of the teacher scores zero in stages 1 and 2."""
+    student = build_student(teacher, "attention", "qkv_copy")
+    for name, options in (("matrix_mixing", stages.StageOptions()),
+                          ("matrix_mixing", stages.StageOptions(matrix_loss="output_mse")),
+                          ("hidden_alignment", stages.StageOptions())):
+        module = stages.StageModule(stages.STAGES[name], student, [teacher], options)
+        with stages.eager_attention([teacher], stages.STAGES[name].needs_attention_weights):
+            loss, _ = module(batch_ids)
+        assert loss.item() < 1e-9, (name, options.matrix_loss, loss.item())
+    random_student = build_student(teacher, "attention", "random")
+    module = stages.StageModule(stages.STAGES["hidden_alignment"], random_student, [teacher], stages.StageOptions())
+    assert module(batch_ids)[0].item() > 1e-3
+    assert teacher.config._attn_implementation != "eager"  # restored after the stage
+
+
+@pytest.mark.parametrize("name", ["matrix_mixing", "hidden_alignment", "end_to_end", "attention_transfer",
+                                  "multi_teacher"])
+@pytest.mark.parametrize("student_name", ["gla", "mamba"])
+def test_each_stage_lowers_its_own_loss(name, student_name, teacher, batch_ids):
+    teachers = [teacher, _second_teacher(teacher)] if name == "multi_teacher" else [teacher]
+    student = build_student(teacher, student_name, "random", seed=0)
+    history = _train_stage(name, student, teachers, batch_ids)
+    assert all(math.isfinite(v) for v in history)
+    assert history[-1] < 0.9 * history[0], history
+
+
+def test_mixer_stages_train_only_the_mixers(teacher, batch_ids):
+    student = build_student(teacher, "gla", "random")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    _train_stage("hidden_alignment", student, [teacher], batch_ids, steps=2)
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".mixer." in k for k in changed)
+
+
+def test_budget_split_follows_the_reference_proportions():
+    steps = run.split_budget(1000 * 64, ["matrix_mixing", "hidden_alignment", "end_to_end"], 64)
+    assert steps == [26, 53, 920]
+    assert run.split_budget(1000 * 64, ["hidden_alignment", "end_to_end"], 64) == [54, 945]
+    with pytest.raises(run.UsageError, match="too small.*--tokens"):
+        run.split_budget(30 * 64, ["matrix_mixing", "end_to_end"], 64)
+
+
+def test_schedules_warm_up_then_decay():
+    cosine = [train.learning_rate(s, 100, 1.0, "cosine", 0.1) for s in range(100)]
+    wsd = [train.learning_rate(s, 100, 1.0, "wsd", 0.1) for s in range(100)]
+    assert cosine[0] == wsd[0] == 0.1 and max(cosine) == 1.0 and cosine[-1] < 0.15
+    assert wsd[50] == 1.0 and wsd[-1] < 0.1
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _cli(tmp_path, teacher_dir, works_dir, *extra):
+    return ["--teacher", str(teacher_dir), "--preset", "tiny", "--works-dir", str(works_dir), "--output-dir",
+            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress", "--skip-throughput",
+            *extra]
+
+
+def _record(tmp_path) -> dict:
+    (path,) = (tmp_path / "results" / "runs").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teacher_dir, works_dir):
+    from transformers import AutoModelForCausalLM
+
+    assert run.main(["--student", "gla", "--init", "qkv_copy+matrix_mixing",
+                     *_cli(tmp_path, tiny_teacher_dir, works_dir, "--skip-eval")]) == 0
+    record = _record(tmp_path)
+    assert [s["stage"] for s in record["stages"]] == ["matrix_mixing", "hidden_alignment", "end_to_end"]
+    assert [s["steps"] for s in record["stages"]] == [1, 2, 36]
+    assert record["settings"]["seed"] == 0 and record["machine"]["torch"] == torch.__version__
+    log = [json.loads(line) for line in Path(record["output_dir"], "log.jsonl").read_text().splitlines()]
+    assert [row["global_step"] for row in log] == list(range(1, 40))
+    rows = (tmp_path / "results" / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(record["run"])
+    import students  # noqa: F401  registers the student class
+    reloaded = AutoModelForCausalLM.from_pretrained(Path(record["output_dir"]) / "student")
+    assert reloaded.config.student == "gla"
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_teacher_dir, works_dir):
+    base = ["--student", "mamba", "--init", "qkv_copy+matrix_mixing", "--skip-eval", "--checkpoint-every", "1000"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run.main(base + _cli(straight, tiny_teacher_dir, works_dir)) == 0
+    assert run.main(base + _cli(split, tiny_teacher_dir, works_dir, "--stop-after", "2")) == 0
+    assert not (split / "results" / "runs").exists()
+    assert run.main(base + _cli(split, tiny_teacher_dir, works_dir, "--resume", "--stop-after", "20")) == 0
+    assert run.main(base + _cli(split, tiny_teacher_dir, works_dir, "--resume")) == 0
+    a, b = _record(straight), _record(split)
+    assert a["metrics"] == b["metrics"]
+    assert [s["losses"] for s in a["stages"]] == [s["losses"] for s in b["stages"]]
+    log_steps = [json.loads(line)["global_step"]
+                 for line in Path(b["output_dir"], "log.jsonl").read_text().splitlines()]
+    assert log_steps == list(range(1, 40))  # no duplicated or missing steps across the interruptions
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path, tiny_teacher_dir, works_dir):
+    args = ["--student", "gla", "--init", "qkv_copy", "--skip-eval", "--tokens", str(20 * 4 * 32),
+            "--stages", "hidden_alignment,end_to_end"]
+    assert run.main(args + _cli(tmp_path / "one", tiny_teacher_dir, works_dir)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", "-m", "bench.run", *args,
+                           *_cli(tmp_path / "two", tiny_teacher_dir, works_dir)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _record(tmp_path / "one"), _record(tmp_path / "two")
+    assert two["world_size"] == 2
+    for stage_one, stage_two in zip(one["stages"], two["stages"]):
+        assert stage_one["losses"] == pytest.approx(stage_two["losses"], rel=1e-4, abs=1e-6)
+    assert one["metrics"] == pytest.approx(two["metrics"], rel=1e-4)
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_teacher_dir, works_dir, monkeypatch,
+                                                             capsys):
+    real = stages.STAGES["end_to_end"]
+    calls = {"n": 0}
+
+    def explode(batch):
+        calls["n"] += 1
+        loss, metrics = real.loss(batch)
+        return (loss * float("nan") if calls["n"] > 7 else loss), metrics
+
+    monkeypatch.setitem(stages.STAGES, "end_to_end", stages.Stage("end_to_end", explode, "all"))
+    code = run.main(["--student", "gla", "--init", "qkv_copy", "--skip-eval",
+                     *_cli(tmp_path, tiny_teacher_dir, works_dir, "--checkpoint-every", "3")])
+    message = capsys.readouterr().err.strip()
+    assert code == 3 and "loss is nan" in message and "last good checkpoint" in message
+    state = train.checkpoint_state(next((tmp_path / "runs").iterdir()) / "checkpoint")
+    assert state["stage_index"] == 1 and state["step"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--student", "transformer"], "unknown student 'transformer'; choose one of: mamba"),
+    (["--student", "gla", "--init", "copy"], "unknown init 'copy'; choose one of: random, qkv_copy"),
+    (["--student", "gla", "--stages", "hidden_alignment,distil"], "unknown stage 'distil'; choose one of: matrix_mixing"),
+    (["--student", "gla", "--preset", "huge"], "unknown preset 'huge'; choose one of: tiny, default, paper"),
+    (["--student", "gla", "--tokens", "500"], "token budget 500 is too small"),
+    (["--student", "gla", "--stages", "multi_teacher"], "needs at least 2 teachers"),
+    (["--student", "gla", "--seq-len", "0"], "--seq-len must be positive"),
+])
+def test_bad_cli_input_gives_one_clear_line(argv, message, tmp_path, capsys, tiny_teacher_dir, works_dir):
+    defaults = {"--preset": "tiny"} if "--preset" not in argv else {}
+    argv = argv + [x for kv in defaults.items() for x in kv] + ["--teacher", str(tiny_teacher_dir), "--results-dir",
+                                                                str(tmp_path / "r"), "--output-dir", str(tmp_path / "o")]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
+
+
+def test_output_dir_that_is_a_file_is_refused_before_writing(tmp_path, capsys, tiny_teacher_dir, works_dir):
+    (tmp_path / "file").write_text("keep me")
+    assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--output-dir",
+                     str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err and (tmp_path / "file").read_text() == "keep me"
+
+
+def test_context_longer_than_the_teacher_is_refused(tmp_path, capsys, tiny_teacher_dir, works_dir):
+    assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--seq-len", "4096"]) == 2
+    assert "longer than the model's context" in capsys.readouterr().err
