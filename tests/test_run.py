@@ -141,10 +141,10 @@ def test_schedules_warm_up_then_decay():
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def _cli(tmp_path, teacher_dir, works_dir, *extra):
+def _cli(tmp_path, teacher_dir, works_dir, *extra, throughput=False):
     return ["--teacher", str(teacher_dir), "--preset", "tiny", "--works-dir", str(works_dir), "--output-dir",
-            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress", "--skip-throughput",
-            *extra]
+            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress",
+            *([] if throughput else ["--skip-throughput"]), *extra]
 
 
 def _record(tmp_path) -> dict:
@@ -156,15 +156,24 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     from transformers import AutoModelForCausalLM
 
     assert run.main(["--student", "gla", "--init", "qkv_copy+matrix_mixing",
-                     *_cli(tmp_path, tiny_teacher_dir, works_dir, "--skip-eval")]) == 0
+                     *_cli(tmp_path, tiny_teacher_dir, works_dir, throughput=True)]) == 0
     record = _record(tmp_path)
+    evaluation, throughput = record["evaluation"], record["throughput"]
+    assert set(evaluation) == {"teacher", "student", "recovered"} and "ppl" in evaluation["student"]
+    assert evaluation["recovered"]["ppl"] == pytest.approx(
+        100 * evaluation["teacher"]["ppl"] / evaluation["student"]["ppl"])
+    assert set(throughput["prefill_tokens_per_s"]) == {"student", "teacher", "floor"}
     assert [s["stage"] for s in record["stages"]] == ["matrix_mixing", "hidden_alignment", "end_to_end"]
     assert [s["steps"] for s in record["stages"]] == [1, 2, 36]
     assert record["settings"]["seed"] == 0 and record["machine"]["torch"] == torch.__version__
     log = [json.loads(line) for line in Path(record["output_dir"], "log.jsonl").read_text().splitlines()]
     assert [row["global_step"] for row in log] == list(range(1, 40))
-    rows = (tmp_path / "results" / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[1].startswith(record["run"])
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "results" / "leaderboard.csv")))
+    assert len(rows) == 1 and rows[0]["run"] == record["run"] and rows[0]["student"] == "gla"
+    assert float(rows[0]["recovered_avg"]) == pytest.approx(evaluation["recovered"]["avg"], rel=1e-6)
+    assert float(rows[0]["student_prefill_tok_s_64"]) > 0 and float(rows[0]["val_kl"]) >= 0
     import students  # noqa: F401  registers the student class
     reloaded = AutoModelForCausalLM.from_pretrained(Path(record["output_dir"]) / "student")
     assert reloaded.config.student == "gla"

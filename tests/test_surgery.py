@@ -155,6 +155,9 @@ def test_bad_teachers_and_names_give_one_clear_error(tmp_path, teacher):
         students.load_teacher(str(tmp_path / "gpt2"))
     with pytest.raises(ValueError, match="does not exist"):
         students.load_teacher(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="cannot load teacher config from 'HuggingFaceTB/SmolLM2-135M'") as error:
+        students.load_teacher("HuggingFaceTB/SmolLM2-135M")  # a hub id goes to the hub (offline here)
+    assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="unknown student 'lstm'; choose one of mamba"):
         students.build_student(teacher, "lstm")
     with pytest.raises(ValueError, match="unknown init 'magic'; choose one of random, qkv_copy"):
