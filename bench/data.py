@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,10 @@ def recall_texts(split: str, n_chars: int, max_tokens: int, seed: int = 0) -> li
     texts, total = [], 0
     while total < n_chars:
         kind = recall.KINDS[len(texts) % 2]
-        # A 4k-token byte-level BPE spends ~9 tokens per MQAR pair and ~26 per passkey filler paragraph.
-        size = rng.randint(2, max(2, max_tokens // 9)) if kind == "mqar" else rng.randint(0, max_tokens // 26)
+        # A 4k-token byte-level BPE spends ~8 tokens per MQAR pair and ~26 per passkey filler paragraph.
+        # Sizes are log-uniform: many short documents, where copying is first learned, and some long ones.
+        largest = max(2, max_tokens // 8) if kind == "mqar" else max(2, max_tokens // 26)
+        size = round(math.exp(rng.uniform(math.log(2), math.log(largest))))
         text = recall.make_doc(kind, rng, size).text
         texts.append(text)
         total += len(text)

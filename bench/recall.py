@@ -32,14 +32,14 @@ def _key(rng: random.Random) -> str:
 
 
 def mqar_doc(rng: random.Random, n_pairs: int, n_queries: int | None = None) -> RecallDoc:
-    """"Remember: kobi 417, ... Recall: kobi 417, ..." with every queried value an answer span."""
+    """"Remember: kobi 41, ... Recall: kobi 41, ..." with every queried value an answer span."""
     n_pairs = max(1, n_pairs)
     keys: list[str] = []
     while len(keys) < n_pairs:
         key = _key(rng)
         if key not in keys:
             keys.append(key)
-    values = {key: str(rng.randrange(1000)) for key in keys}
+    values = {key: str(rng.randrange(100)) for key in keys}  # two digits: one token in a small BPE
     queries = rng.sample(keys, min(n_pairs, n_queries or n_pairs))
     text = "Remember:" + ",".join(f" {key} {values[key]}" for key in keys) + ". Recall:"
     answers = []

@@ -39,14 +39,14 @@ class TeacherRecipe:
     context: int = 1024
     seq_len: int = 1024
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup_steps: int = 100
-    max_steps: int = 1100
-    max_minutes: float = 50.0
+    max_steps: int = 1300
+    max_minutes: float = 55.0
     eval_every: int = 100
     eval_blocks: int = 64
-    patience: int = 4
-    recall_fraction: float = 0.3
+    patience: int = 6
+    recall_fraction: float = 0.5
     recall_eval_docs: int = 20
     seed: int = 0
 
