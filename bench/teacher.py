@@ -121,7 +121,15 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
         (no_decay if parameter.ndim < 2 else decay).append(parameter)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
-    history = [{"step": 0, "train_loss": None, "val_loss": round(mean_loss(model, validation), 4), "minutes": 0.0}]
+    # A few held-out recall documents scored at each evaluation show when copying emerges.
+    probe_length = min(256, recipe.context)
+    probes = {kind: recall.docs_for_length(kind, tokenizer, probe_length, 4, seed=20_000) for kind in recall.KINDS}
+
+    def probe() -> dict:
+        return {f"{kind}_{probe_length}": recall.recall_accuracy(model, tokenizer, docs) for kind, docs in probes.items()}
+
+    history = [{"step": 0, "train_loss": None, "val_loss": round(mean_loss(model, validation), 4), "minutes": 0.0,
+                **probe()}]
     best, best_state, stale, step = float("inf"), None, 0, 0
     stop_reason = "max_steps"
     while step < recipe.max_steps:
@@ -138,7 +146,7 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
         if step % recipe.eval_every == 0 or step == recipe.max_steps:
             val = mean_loss(model, validation)
             history.append({"step": step, "train_loss": round(loss.item(), 4), "val_loss": round(val, 4),
-                            "minutes": round((time.time() - started) / 60, 2)})
+                            "minutes": round((time.time() - started) / 60, 2), **probe()})
             log(json.dumps(history[-1]))
             if val < best - 1e-3:
                 best, stale = val, 0
