@@ -126,7 +126,8 @@ def pack_blocks(texts: Iterable[str], tokenizer, seq_len: int, whole: Iterable[s
     """(N, seq_len) token blocks: `texts` joined by EOS into one stream; each `whole` document opens a block.
 
     Recall documents go in `whole` so no query is cut off from its keys (one longer than a block is
-    dropped, never truncated); the stream fills the rest of each block.
+    dropped, never truncated): they open blocks, as many as keep their share of all tokens, and the
+    stream fills the rest of each block.
     """
     eos = eos_token_id(tokenizer)
     whole_ids = tokenizer(list(whole))["input_ids"] if whole else []
@@ -143,12 +144,22 @@ def pack_blocks(texts: Iterable[str], tokenizer, seq_len: int, whole: Iterable[s
         for ids in tokenizer(batch)["input_ids"] if batch else []:
             yield from ids + [eos]
 
-    stream = text_ids()
+    stream: Iterator[int] = text_ids()
+    share = 0.0
+    if pending:  # whole documents come with the embedded corpus only, whose text is small enough to hold
+        text = list(stream)
+        whole_tokens = sum(map(len, pending))
+        share, stream = whole_tokens / max(1, whole_tokens + len(text)), iter(text)
     blocks: list[list[int]] = []
+    placed = 0  # whole-document tokens placed so far, kept near `share` of all tokens produced
     while max_blocks is None or len(blocks) < max_blocks:
-        block = pending.pop() if pending else []
+        block: list[int] = []
+        while pending and len(block) + len(pending[-1]) <= seq_len and placed + len(block) <= share * (len(blocks) + 1) * seq_len:
+            block.extend(pending.pop())
+        placed += len(block)
         block.extend(itertools.islice(stream, seq_len - len(block)))
         while pending and len(block) + len(pending[-1]) <= seq_len:  # the text ran out: whole docs fill
+            placed += len(pending[-1])
             block.extend(pending.pop())
         if len(block) == seq_len:
             blocks.append(block)

@@ -128,18 +128,32 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tokenizer, tmp_path):
     assert loaded.eos_token == "<|endoftext|>" and len(loaded) == 400
 
 
-def test_packing_keeps_whole_documents_at_block_starts(tokenizer):
+def test_packing_keeps_whole_documents_at_block_starts_in_proportion(tokenizer):
     texts = ["alpha beta gamma " * 40, "delta epsilon " * 60]
-    whole = ["Remember: kobi 1. Recall: kobi 1.", "The pass key is 12345."]
+    whole = [f"Remember: kobi {i}. Recall: kobi {i}." for i in range(12)]
     blocks = data.pack_blocks(texts, tokenizer, 32, whole)
     assert blocks.shape[1] == 32 and blocks.dtype == torch.long
-    for row, doc in zip(blocks, whole):
-        ids = tokenizer(doc)["input_ids"]
-        assert row[: len(ids)].tolist() == ids and row[len(ids)] == tokenizer.eos_token_id
-    stream = torch.cat([row[len(tokenizer(doc)["input_ids"]) + 1:] for row, doc in zip(blocks, whole)]
-                       + list(blocks[2:]))
-    expected = tokenizer(texts[0])["input_ids"] + [tokenizer.eos_token_id] + tokenizer(texts[1])["input_ids"]
-    assert stream.tolist() == expected[: len(stream)]  # the text stream is contiguous across blocks
+    eos = tokenizer.eos_token_id
+    doc_ids = [tokenizer(doc)["input_ids"] + [eos] for doc in whole]
+    stream, found = [], []
+    for row in blocks.tolist():
+        position = 0
+        while position < len(row):
+            match = next((d for d in doc_ids if row[position:position + len(d)] == d), None)
+            if match is not None and (position == 0 or row[position - 1] == eos):
+                found.append(match)
+                doc_ids.remove(match)
+                position += len(match)
+            else:
+                stream.append(row[position])
+                position += 1
+    assert not doc_ids, "every whole document lies intact inside one block"
+    assert blocks[0, : len(found[0])].tolist() == found[0]  # the first block opens with a document
+    expected = tokenizer(texts[0])["input_ids"] + [eos] + tokenizer(texts[1])["input_ids"] + [eos]
+    assert stream == expected[: len(stream)]  # the text stream is contiguous across blocks
+    whole_tokens = sum(len(d) for d in found)
+    share = whole_tokens / (whole_tokens + len(expected))
+    assert abs(whole_tokens / blocks.numel() - share) < 0.1  # documents are spread, not all up front
 
 
 def test_embedded_splits_never_overlap(works_dir, tokenizer):
