@@ -104,7 +104,7 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(recipe.seed)
-    started = time.time()
+    started, machine = time.time(), env.machine()  # the commit that trains, not the one at the end
     spec = data_lib.DataSpec(seq_len=recipe.seq_len, recall_fraction=recipe.recall_fraction, works_dir=works_dir)
     train_texts, train_recall = data_lib.split_texts(spec, "train")
     tokenizer = data_lib.train_tokenizer(list(train_texts) + train_recall, recipe.vocab_size)
@@ -173,7 +173,7 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
                **{f"recall_{k}": v for k, v in recall_scores(model, tokenizer, recipe).items()}}
     record = {"recipe": asdict(recipe), "parameters": n_params, "steps": step, "stop_reason": stop_reason,
               "tokens_seen": step * recipe.batch_size * recipe.seq_len, "train_minutes": round(minutes, 2),
-              "metrics": metrics, "history": history, "machine": env.machine()}
+              "metrics": metrics, "history": history, "machine": machine}
     log(json.dumps(metrics))
     save_teacher(out, model, tokenizer, record)
     return record
