@@ -231,6 +231,15 @@ def check_output_dir(path: Path, what: str) -> Path:
     return path
 
 
+def portable_path(path: Path) -> str:
+    """The path relative to the working directory when under it, else `<output-dir>/<name>`: records stay
+    free of machine-specific absolute paths."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return f"<output-dir>/{path.name}"
+
+
 def os_access_writable(path: Path) -> bool:
     import os
 
@@ -339,7 +348,7 @@ def run(settings: RunSettings, args) -> dict:
                   "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
                   "world_size": dist.world_size, "bf16": bf16, "seconds": round(time.time() - started, 1),
                   "train_seconds": round(train_seconds, 1), "machine": env.machine(),
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": str(output_dir)}
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)
         from bench import leaderboard
 

@@ -603,8 +603,8 @@ def main(argv=None) -> int:
 
     try:
         if args.teacher or EMBEDDED_TEACHER.is_dir():
-            source = args.teacher or str(EMBEDDED_TEACHER)
-            teacher = load_teacher(source, dtype=dtype).to(device)
+            source = args.teacher or "embedded (bench/embedded/teacher)"  # no local paths in results
+            teacher = load_teacher(args.teacher or str(EMBEDDED_TEACHER), dtype=dtype).to(device)
         else:
             source = "untrained LlamaConfig of the embedded teacher's shape (bench/embedded/teacher absent)"
             teacher = embedded_shape_teacher().to(device, dtype)

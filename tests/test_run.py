@@ -166,7 +166,9 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     assert [s["stage"] for s in record["stages"]] == ["matrix_mixing", "hidden_alignment", "end_to_end"]
     assert [s["steps"] for s in record["stages"]] == [1, 2, 36]
     assert record["settings"]["seed"] == 0 and record["machine"]["torch"] == torch.__version__
-    log = [json.loads(line) for line in Path(record["output_dir"], "log.jsonl").read_text().splitlines()]
+    assert record["output_dir"] == f"<output-dir>/{record['run']}"  # no absolute local path in results
+    out = tmp_path / "runs" / record["run"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["global_step"] for row in log] == list(range(1, 40))
     import csv
 
@@ -175,7 +177,7 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     assert float(rows[0]["recovered_avg"]) == pytest.approx(evaluation["recovered"]["avg"], rel=1e-6)
     assert float(rows[0]["student_prefill_tok_s_64"]) > 0 and float(rows[0]["val_kl"]) >= 0
     import students  # noqa: F401  registers the student class
-    reloaded = AutoModelForCausalLM.from_pretrained(Path(record["output_dir"]) / "student")
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "student")
     assert reloaded.config.student == "gla"
 
 
@@ -191,7 +193,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_teach
     assert a["metrics"] == b["metrics"]
     assert [s["losses"] for s in a["stages"]] == [s["losses"] for s in b["stages"]]
     log_steps = [json.loads(line)["global_step"]
-                 for line in Path(b["output_dir"], "log.jsonl").read_text().splitlines()]
+                 for line in (split / "runs" / b["run"] / "log.jsonl").read_text().splitlines()]
     assert log_steps == list(range(1, 40))  # no duplicated or missing steps across the interruptions
 
 
