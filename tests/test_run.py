@@ -230,7 +230,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_teac
     message = capsys.readouterr().err.strip()
     assert code == 3 and "loss is nan" in message and "last good checkpoint" in message
     state = train.checkpoint_state(next((tmp_path / "runs").iterdir()) / "checkpoint")
-    assert state["stage_index"] == 1 and state["step"] == 3
+    assert state["stage_index"] == 1 and state["step"] == 6  # checkpoints every 3 steps; step 7 was NaN
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -260,5 +260,6 @@ def test_output_dir_that_is_a_file_is_refused_before_writing(tmp_path, capsys, t
 
 
 def test_context_longer_than_the_teacher_is_refused(tmp_path, capsys, tiny_teacher_dir, works_dir):
-    assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--seq-len", "4096"]) == 2
+    assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--seq-len", "4096",
+                     "--tokens", str(100 * 4 * 4096)]) == 2
     assert "longer than the model's context" in capsys.readouterr().err
