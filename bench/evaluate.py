@@ -42,6 +42,7 @@ _CLOZE_WORD = re.compile(r"[A-Za-z]+")
 # Recall documents for evaluation come from their own seed stream, apart from training (1_000-3_000 + seed)
 # and the teacher's model-card check (10_000 + length).
 _RECALL_EVAL_SEED = 50_000
+RECALL_LEARNED = 0.05  # teacher recall accuracy below this (MQAR chance is 1%) counts as not learned
 
 
 class EvalError(ValueError):
@@ -385,7 +386,8 @@ def recovered(student: dict, teacher: dict) -> dict[str, float]:
     """% of the teacher recovered (Haller et al. 2025, arXiv 2504.14366): 100 · student / teacher per metric,
     100 · teacher / student for perplexities, over the scores both have where the teacher's is positive.
     `avg` is their mean, leaving out recall lengths beyond the teacher's context (its near-zero scores
-    there would dominate); those still get their own entry."""
+    there would dominate) and recall tasks the teacher has not learned (below `RECALL_LEARNED`); those
+    still get their own entry."""
     percents: dict[str, float] = {}
     for name in sorted(set(student) & set(teacher)):
         s, t = float(student[name]), float(teacher[name])
@@ -396,8 +398,11 @@ def recovered(student: dict, teacher: dict) -> dict[str, float]:
         else:
             percents[name] = 100.0 * s / t
     beyond = {name.removeprefix(MARKER_PREFIX) for name in teacher if name.startswith(MARKER_PREFIX)}
+    # A recall task the teacher has not learned (accuracy near chance) has nothing to recover: reported, not averaged.
+    unlearned = {name for name in percents if name.startswith("recall_") and float(teacher[name]) < RECALL_LEARNED}
     averaged = [value for name, value in percents.items()
-                if not (name.startswith("recall_") and name.rsplit("_", 1)[-1] in beyond) and math.isfinite(value)]
+                if not (name.startswith("recall_") and name.rsplit("_", 1)[-1] in beyond)
+                and name not in unlearned and math.isfinite(value)]
     percents["avg"] = sum(averaged) / len(averaged) if averaged else float("nan")
     return percents
 

@@ -209,6 +209,10 @@ def test_recovered_is_student_over_teacher_and_inverted_for_perplexity():
     assert "recall_passkey_256" not in percents and "beyond_context_4096" not in percents  # teacher 0 / marker
     assert percents["avg"] == pytest.approx((50 + 50 + 50 + 75) / 4)
     assert ev.recovered(teacher, teacher)["avg"] == pytest.approx(100.0)
+    chance_teacher = {**teacher, "recall_mqar_256": 0.01}  # a teacher that never learned to copy
+    percents = ev.recovered({**student, "recall_mqar_256": 0.02}, chance_teacher)
+    assert percents["recall_mqar_256"] == pytest.approx(200.0)  # reported...
+    assert percents["avg"] == pytest.approx((50 + 50 + 75) / 3)  # ...but not averaged
 
 
 # ------------------------------------------------------------------------------------------- lm-eval
