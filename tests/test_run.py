@@ -173,9 +173,9 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "results" / "leaderboard.csv")))
-    assert len(rows) == 1 and rows[0]["run"] == record["run"] and rows[0]["student"] == "gla"
-    assert float(rows[0]["recovered_avg"]) == pytest.approx(evaluation["recovered"]["avg"], rel=1e-6)
-    assert float(rows[0]["student_prefill_tok_s_64"]) > 0 and float(rows[0]["val_kl"]) >= 0
+    assert len(rows) == 1 and rows[0]["run_id"] == record["run"] and rows[0]["student"] == "gla"
+    assert float(rows[0]["pct_recovered"]) == pytest.approx(evaluation["recovered"]["avg"], rel=1e-6)
+    assert float(rows[0]["teacher_prefill_tok_s_64"]) > 0 and float(rows[0]["val_kl"]) >= 0
     import students  # noqa: F401  registers the student class
     reloaded = AutoModelForCausalLM.from_pretrained(out / "student")
     assert reloaded.config.student == "gla"
