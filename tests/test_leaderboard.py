@@ -97,3 +97,26 @@ def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teache
     assert "1 done, 1 to run" in out and "done  teacher__mamba" in out and "todo  teacher__gla" in out
     assert sweep.main(["--grid", "smoke", "--shard", "2/2", *common]) == 2
     assert sweep.main(["--grid", "nope", *common]) == 2
+
+
+def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
+    from bench import figures
+
+    for index, (student, init) in enumerate([("gla", "random"), ("gla", "qkv_copy"), ("xlstm", "qkv_copy")]):
+        record = _record(f"r{index}", student, seed=index % 2)
+        record["settings"]["init"] = init
+        record["stages"] = [{"stage": "hidden_alignment", "losses": [0.5, 0.3]},
+                            {"stage": "end_to_end", "losses": [2.0, 1.5, 1.2]}]
+        _write(tmp_path, record)
+    report = {"machine": {"device_name": "cpu", "torch_threads": 2}, "settings": {"dtype": "float32"},
+              "models": {name: {"prefill": {"2048": {"median_s": 0.1 * k}, "16384": {"median_s": 0.9 * k}},
+                                "decode": {"1024": {"ms_per_token": 1.0 * k}, "32768": {"ms_per_token": 1.1 * k}}}
+                         for k, name in enumerate(["floor", "teacher", "gla"], 1)}}
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(report))
+    paths = figures.draw_all(tmp_path)
+    assert {p.name for p in paths} == {"recovery_by_architecture.png", "init_ablation.png", "stage_loss_curves.png",
+                                       "recall_vs_length.png", "score_vs_throughput.png", "prefill_vs_length.png",
+                                       "decode_vs_context.png"}
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert figures.main(["--results-dir", str(tmp_path / "missing")]) == 2
