@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import time
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--skip-eval", action="store_true", help="only the validation KL/perplexity")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard the frozen teachers with FSDP2 (for teachers too large to replicate); "
+                        "the student trains with DDP")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -226,7 +230,7 @@ def check_output_dir(path: Path, what: str) -> Path:
     if path.exists() and not path.is_dir():
         raise UsageError(f"{what} {path} exists and is not a directory; pass a directory")
     parent = next((p for p in [path, *path.parents] if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os_access_writable(parent):
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"{what} {path} cannot be created (no writable parent); pass a writable directory")
     return path
 
@@ -238,12 +242,6 @@ def portable_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return f"<output-dir>/{path.name}"
-
-
-def os_access_writable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -308,6 +306,8 @@ def run(settings: RunSettings, args) -> dict:
     weights_init = "qkv_copy" if "qkv_copy" in settings.init else "random"
     student = build_student(teachers[0], settings.student, weights_init, settings.mixer_options,
                             seed=settings.seed).to(dist.device)
+    sharded = args.fsdp and dist.world_size > 1  # after surgery, which copies from the whole teacher
+    train_teachers = [train_lib.shard_frozen(t) for t in teachers] if sharded else teachers
     steps = split_budget(settings.tokens, settings.stages, settings.seq_len * settings.batch_size)
     plans = [train_lib.StagePlan(name, n, settings.lrs[name]) for name, n in zip(settings.stages, steps)]
     bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and dist.device.type == "cuda"
@@ -328,11 +328,13 @@ def run(settings: RunSettings, args) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     options = stage_lib.StageOptions(**{**settings.options, "teacher_weights": tuple(settings.options["teacher_weights"])})
-    summaries = train_lib.train(plans, student, teachers, options, batches, config, output_dir, dist, resume)
+    summaries = train_lib.train(plans, student, train_teachers, options, batches, config, output_dir, dist, resume)
     train_seconds = time.time() - started
 
     record = None
     if dist.is_main:
+        if sharded:  # sharded teachers need every rank in each forward; evaluation runs on rank 0 alone
+            teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device) for t in teacher_paths]
         metrics = validation_metrics(student, teachers[0], validation, max(1, settings.batch_size))
         evaluation, throughput = {}, {}
         if not args.skip_eval:
@@ -346,7 +348,7 @@ def run(settings: RunSettings, args) -> dict:
                   "params": {"student": sum(p.numel() for p in student.parameters()),
                              "teacher": sum(p.numel() for p in teachers[0].parameters())},
                   "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
-                  "world_size": dist.world_size, "bf16": bf16, "seconds": round(time.time() - started, 1),
+                  "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16, "seconds": round(time.time() - started, 1),
                   "train_seconds": round(train_seconds, 1), "machine": env.machine(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)

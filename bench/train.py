@@ -93,6 +93,18 @@ class Distributed:
             torch_dist.barrier()
 
 
+def shard_frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 for a frozen teacher: each decoder layer and the rest are sharded across ranks and gathered
+    layer by layer in the forward pass, so no rank holds the whole teacher. Works on CPU with gloo."""
+    from torch.distributed.fsdp import fully_shard
+
+    model.requires_grad_(False)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
 def learning_rate(step: int, steps: int, peak: float, schedule: str, warmup_fraction: float) -> float:
     """Linear warm-up, then cosine to 10% of peak, or WSD (constant, then linear decay in the last 20%)."""
     warmup = max(1, round(warmup_fraction * steps))
@@ -172,7 +184,7 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         wrapped = module
         if dist.world_size > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
-                module, find_unused_parameters=plan.stage.trainable == "mixers")
+                module, find_unused_parameters=plan.name == "matrix_mixing")  # matrices skip gates and outputs
         student.train()
         bar = tqdm(total=plan.steps, initial=start, desc=plan.name, disable=not (config.progress and dist.is_main),
                    dynamic_ncols=True)

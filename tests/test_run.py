@@ -214,6 +214,23 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_teacher_dir, works_
     assert one["metrics"] == pytest.approx(two["metrics"], rel=1e-4)
 
 
+def test_fsdp_sharded_teacher_equals_a_replicated_one(tmp_path, tiny_teacher_dir, works_dir):
+    args = ["--student", "gla", "--init", "qkv_copy+matrix_mixing", "--skip-eval", "--tokens", str(40 * 4 * 32)]
+    assert run.main(args + _cli(tmp_path / "one", tiny_teacher_dir, works_dir)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29534", "-m", "bench.run", *args, "--fsdp",
+                           *_cli(tmp_path / "two", tiny_teacher_dir, works_dir)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _record(tmp_path / "one"), _record(tmp_path / "two")
+    assert two["world_size"] == 2 and two["fsdp_teachers"] and not one["fsdp_teachers"]
+    for stage_one, stage_two in zip(one["stages"], two["stages"]):  # matrix mixing reads sharded attention
+        assert stage_one["losses"] == pytest.approx(stage_two["losses"], rel=1e-4, abs=1e-6)
+    # 40 steps of all-reduced gradients in another summation order: equal to fp32 rounding, not bitwise
+    assert one["metrics"] == pytest.approx(two["metrics"], rel=5e-3)
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_teacher_dir, works_dir, monkeypatch,
                                                              capsys):
     real = stages.STAGES["end_to_end"]
