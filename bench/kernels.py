@@ -11,7 +11,6 @@ correctness tests pass on this configuration (checked here against the naive out
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch

@@ -4,7 +4,6 @@ import csv
 import json
 import multiprocessing
 
-import pytest
 
 from bench import leaderboard
 
