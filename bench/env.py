@@ -1,6 +1,7 @@
 """Where a number was measured: device, threads, versions, commit — printed beside every benchmark."""
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import statistics
@@ -15,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
+    if os.environ.get("DISTILL_BENCH_COMMIT"):  # a copy of the tree without .git (e.g. a GPU machine)
+        return os.environ["DISTILL_BENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10)
@@ -23,6 +26,13 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except ImportError:
+        return None
 
 
 def machine() -> dict:
@@ -34,6 +44,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        **{name: _version(name) for name in ("triton", "fla") if _version(name)},
         "commit": git_commit(),
     }
 

@@ -1,12 +1,16 @@
-"""Kernel benchmark: chunked backends vs the naive loop, side by side in one run.
+"""Kernel benchmark: every backend of the recurrences side by side in one run, plus the fused losses.
 
-    python -m bench.kernels [--lengths 512,2048,8192] [--heads 4] [--dim 64] [--json FILE]
+    python -m bench.kernels [--suite recurrence|distill_loss|mixer_loss|all] [--lengths 512,2048,8192]
+                            [--batch 1] [--heads 4] [--dim 64] [--dtype fp32|bf16] [--backends ...] [--json FILE]
 
-Prints forward and forward+backward time, the speed-up over `naive`, and achieved GFLOP/s counted
-from the chunked algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V
-for the state; the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as
-2× forward). A speed-up is only printed for a backend whose
-correctness tests pass on this configuration (checked here against the naive output first).
+Recurrences: forward and forward+backward time of each backend (CPU default: naive, chunk; CUDA default:
+chunk (torch), triton (ours), fla (flash-linear-attention, when installed)), the speed-up over the
+baseline (naive on CPU, the torch chunk form on CUDA) and achieved GFLOP/s counted from the chunked
+algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for the state;
+the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as 2× forward).
+Before any timing each backend is checked against the fp32 loop on the same configuration (at most
+CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
+passes. The loss suites live in `bench.bench_distill_loss` and `bench.bench_mixer_loss`.
 """
 from __future__ import annotations
 
@@ -18,19 +22,28 @@ import torch.nn.functional as F
 
 from bench.env import header, machine, time_call
 from kernels import delta_rule, linear_recurrence
+from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
+from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
 from kernels.linear_recurrence.chunk import CHUNK
 
+CHECK_LENGTH = 256
+CASES = "linear_recurrence:head,linear_recurrence:channel,linear_recurrence:bonus,delta_rule:head"
+TOLERANCE = {"chunk": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
 
-def _inputs(op: str, decay: str, T: int, H: int, K: int, grad: bool):
+
+def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dtype: torch.dtype, grad: bool):
     torch.manual_seed(0)
-    q, k, v = torch.randn(1, T, H, K), torch.randn(1, T, H, K), torch.randn(1, T, H, K)
+    q, k, v = (torch.randn(B, T, H, K, device=device) for _ in range(3))
     args = dict(q=q, k=F.normalize(k, dim=-1) if op == "delta_rule" else k, v=v)
+    args = {n: t.to(dtype) for n, t in args.items()}
     if op == "delta_rule":
-        args["beta"] = torch.rand(1, T, H)
+        args["beta"] = torch.rand(B, T, H, device=device).to(dtype)
     if decay == "head":
-        args["log_decay"] = F.logsigmoid(torch.randn(1, T, H) + 3)
-    elif decay == "channel":
-        args["log_decay"] = -torch.exp(torch.randn(1, T, H, K))
+        args["log_decay"] = F.logsigmoid(torch.randn(B, T, H, device=device) + 3)
+    elif decay in ("channel", "bonus"):  # RWKV-6 style w = −exp(·)
+        args["log_decay"] = -torch.exp(torch.randn(B, T, H, K, device=device) - 1)
+    if decay == "bonus":
+        args["bonus"] = torch.randn(H, K, device=device)
     return {n: t.requires_grad_(grad) for n, t in args.items()}
 
 
@@ -43,77 +56,148 @@ def _flops(op: str, T: int, H: int, K: int) -> float:
     return H * T * per_token
 
 
-def bench_case(op: str, decay: str, T: int, H: int, K: int, repeats: int) -> dict:
+def _outputs_and_grads(fn, args, backend):
+    o, _ = fn(**args, backend=backend)
+    weights = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(o.device)
+    tensors = [t for t in args.values() if t.requires_grad]
+    return [o.float()] + [g.float() for g in torch.autograd.grad((o.float() * weights).sum(), tensors)]
+
+
+def check_backend(op: str, decay: str, backend: str, B: int, T: int, H: int, K: int, device: str) -> float:
+    """Largest error (relative to the reference's magnitude) of outputs and gradients vs the fp32 loop."""
     fn = linear_recurrence if op == "linear_recurrence" else delta_rule
-    row = {"op": op, "decay": decay, "T": T, "H": H, "K": K, "V": K}
-    outputs = {}
-    for backend in ("naive", "chunk"):
-        args = _inputs(op, decay, T, H, K, grad=False)
+    args = _inputs(op, decay, B, min(T, CHECK_LENGTH), H, K, device, torch.float32, grad=True)
+    reference = _outputs_and_grads(fn, args, "naive")
+    candidate = _outputs_and_grads(fn, args, backend)
+    return max(((c - r).abs().max() / r.abs().max().clamp_min(1.0)).item() for c, r in zip(candidate, reference))
+
+
+def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: list[str], baseline: str,
+               device: str, dtype: torch.dtype, repeats: int) -> list[dict]:
+    fn = linear_recurrence if op == "linear_recurrence" else delta_rule
+    available = LR_BACKENDS if op == "linear_recurrence" else DELTA_BACKENDS
+    rows = []
+    for backend in backends:
+        if backend not in available:
+            continue
+        row = {"op": op, "decay": decay, "backend": backend, "B": B, "T": T, "H": H, "K": K, "V": K,
+               "dtype": str(dtype).removeprefix("torch.")}
+        try:
+            row["rel_err"] = check_backend(op, decay, backend, B, T, H, K, device) if backend != "naive" else 0.0
+        except RuntimeError as error:  # e.g. fla not installed: say so in the row, time nothing
+            row.update(rel_err=None, correct=False, error=str(error).splitlines()[0])
+            rows.append(row)
+            continue
+        row["correct"] = row["rel_err"] <= TOLERANCE.get(backend, 1e-4)
+        slow = backend == "naive"
+        args = _inputs(op, decay, B, T, H, K, device, dtype, grad=False)
         with torch.no_grad():
-            outputs[backend] = fn(**args, backend=backend)[0]
-            fwd = time_call(lambda: fn(**args, backend=backend), repeats=repeats if backend == "chunk" else 1)
-        grad_args = _inputs(op, decay, T, H, K, grad=True)
+            fwd = time_call(lambda: fn(**args, backend=backend), repeats=1 if slow else repeats)
+        grad_args = _inputs(op, decay, B, T, H, K, device, dtype, grad=True)
 
         def fwd_bwd():
-            fn(**grad_args, backend=backend)[0].sum().backward()
+            fn(**grad_args, backend=backend)[0].float().sum().backward()
 
-        fb = time_call(fwd_bwd, repeats=repeats if backend == "chunk" else 1, warmup=1 if backend == "chunk" else 0)
-        row[f"{backend}_fwd_s"], row[f"{backend}_fwdbwd_s"] = fwd["median_s"], fb["median_s"]
-        row[f"{backend}_fwd_spread_s"] = [fwd["min_s"], fwd["max_s"]]
-    err = (outputs["chunk"] - outputs["naive"]).abs().max().item() / max(outputs["naive"].abs().max().item(), 1.0)
-    row["chunk_rel_err"] = err
-    row["correct"] = err < 1e-4
-    flops = _flops(op, T, H, K)
-    row["chunk_fwd_gflops"] = flops / row["chunk_fwd_s"] / 1e9
-    row["chunk_fwdbwd_gflops"] = 3 * flops / row["chunk_fwdbwd_s"] / 1e9
-    row["speedup_fwd"] = row["naive_fwd_s"] / row["chunk_fwd_s"] if row["correct"] else None
-    row["speedup_fwdbwd"] = row["naive_fwdbwd_s"] / row["chunk_fwdbwd_s"] if row["correct"] else None
-    return row
+        fb = time_call(fwd_bwd, repeats=1 if slow else repeats, warmup=0 if slow else 1)
+        flops = B * _flops(op, T, H, K)
+        row.update(fwd_s=fwd["median_s"], fwdbwd_s=fb["median_s"], fwd_spread_s=[fwd["min_s"], fwd["max_s"]],
+                   fwd_gflops=flops / fwd["median_s"] / 1e9, fwdbwd_gflops=3 * flops / fb["median_s"] / 1e9)
+        if torch.cuda.is_available() and device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            fwd_bwd()
+            row["fwdbwd_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        rows.append(row)
+    base = next((r for r in rows if r["backend"] == baseline and r.get("correct")), None)
+    for row in rows:
+        ok = base is not None and row.get("correct") and "fwd_s" in row
+        row["speedup_fwd"] = base["fwd_s"] / row["fwd_s"] if ok else None
+        row["speedup_fwdbwd"] = base["fwdbwd_s"] / row["fwdbwd_s"] if ok else None
+        row["baseline"] = baseline
+    return rows
 
 
-def matmul_gflops(n: int = 1024) -> float:
-    """This machine's fp32 matmul throughput, measured now, as the yardstick for the kernels."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(device: str, dtype: torch.dtype, n: int = 1024) -> float:
+    """This machine's matmul throughput in the benchmark's dtype, measured now, as the yardstick."""
+    n = 8192 if device == "cuda" else n
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     t = time_call(lambda: a @ b, repeats=5)["median_s"]
     return 2 * n ** 3 / t / 1e9
 
 
+def _print_row(r: dict, peak: float) -> None:
+    if "fwd_s" not in r:
+        print(f"{r['op']:18} {r['decay']:8} {r['T']:>6} {r['backend']:7} unavailable: {r.get('error')}", flush=True)
+        return
+    sx = lambda s: f"{s:7.2f}" if s is not None else "   FAIL"
+    print(f"{r['op']:18} {r['decay']:8} {r['T']:>6} {r['backend']:7} {r['rel_err']:9.1e} {r['fwd_s'] * 1e3:10.2f} "
+          f"{sx(r['speedup_fwd'])} {r['fwdbwd_s'] * 1e3:10.2f} {sx(r['speedup_fwdbwd'])} {r['fwd_gflops']:10.1f} "
+          f"{100 * r['fwd_gflops'] / peak:6.1f}%", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="recurrence", choices=["recurrence", "distill_loss", "mixer_loss", "all"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lengths", default="512,2048,8192")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim", type=int, default=64, help="K = V per head")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                        help="timing dtype (default fp32 on CPU, bf16 on CUDA)")
+    parser.add_argument("--backends", default=None, help="comma list; default naive,chunk on CPU, chunk,triton,fla on CUDA")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default="linear_recurrence:head,linear_recurrence:channel,delta_rule:head")
+    parser.add_argument("--cases", default=CASES, help="op:decay,... with decay none|head|channel|bonus")
+    parser.add_argument("--quick", action="store_true", help="loss suites: tiny shapes")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
     args = parser.parse_args(argv)
     try:
         lengths = [int(x) for x in args.lengths.split(",")]
         cases = [tuple(c.split(":")) for c in args.cases.split(",")]
-        if any(t <= 0 for t in lengths) or any(len(c) != 2 for c in cases):
+        if any(t <= 0 for t in lengths) or any(len(c) != 2 or c[1] not in ("none", "head", "channel", "bonus")
+                                               for c in cases):
             raise ValueError
     except ValueError:
         print("error: --lengths must be positive integers like 512,2048 and --cases like op:decay,...", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
+        return 2
+    on_gpu = args.device == "cuda"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if on_gpu else "fp32")]
+    backends = (args.backends or ("chunk,triton,fla" if on_gpu else "naive,chunk")).split(",")
+    baseline = "chunk" if on_gpu else "naive"
     print(header())
-    peak = matmul_gflops()
-    print(f"fp32 matmul yardstick: {peak:.1f} GFLOP/s")
-    print(f"{'op':18} {'decay':8} {'T':>6} {'naive fwd':>10} {'chunk fwd':>10} {'x':>6} {'naive f+b':>10} "
-          f"{'chunk f+b':>10} {'x':>6} {'GF/s fwd':>9} {'% peak':>7} {'GF/s f+b':>9}")
-    rows = []
-    for op, decay in cases:
-        for T in lengths:
-            r = bench_case(op, decay, T, args.heads, args.dim, args.repeats)
-            rows.append(r)
-            sx = lambda s: f"{s:6.1f}" if s is not None else "  FAIL"
-            print(f"{op:18} {decay:8} {T:>6} {r['naive_fwd_s']:>10.4f} {r['chunk_fwd_s']:>10.4f} {sx(r['speedup_fwd'])} "
-                  f"{r['naive_fwdbwd_s']:>10.4f} {r['chunk_fwdbwd_s']:>10.4f} {sx(r['speedup_fwdbwd'])} "
-                  f"{r['chunk_fwd_gflops']:>9.1f} {100 * r['chunk_fwd_gflops'] / peak:>6.0f}% {r['chunk_fwdbwd_gflops']:>9.1f}",
-                  flush=True)
-    if args.json:
-        from bench.io import atomic_write_json
-        atomic_write_json(args.json, {"machine": machine(), "matmul_gflops": peak, "rows": rows})
+    result = {"machine": machine(), "rows": []}
+    if args.suite in ("recurrence", "all"):
+        peak = matmul_gflops(args.device, dtype)
+        result["matmul_gflops"] = peak
+        print(f"{args.dtype or dtype} matmul yardstick: {peak:.1f} GFLOP/s; speed-ups are vs {baseline}")
+        print(f"{'op':18} {'decay':8} {'T':>6} {'backend':7} {'rel err':>9} {'fwd ms':>10} {'x':>7} "
+              f"{'f+b ms':>10} {'x':>7} {'GF/s fwd':>10} {'%peak':>7}")
+        for op, decay in cases:
+            for T in lengths:
+                rows = bench_case(op, decay, args.batch, T, args.heads, args.dim, backends, baseline, args.device,
+                                  dtype, args.repeats)
+                for r in rows:
+                    _print_row(r, peak)
+                result["rows"] += rows
+                _write(args.json, result)
+    if args.suite in ("distill_loss", "all"):
+        from bench import bench_distill_loss
+        result["distill_loss"] = bench_distill_loss.run(args.device, quick=args.quick)
+        _write(args.json, result)
+    if args.suite in ("mixer_loss", "all"):
+        from bench import bench_mixer_loss
+        result["mixer_loss"] = bench_mixer_loss.run(args.device, quick=args.quick)
+        _write(args.json, result)
     return 0
+
+
+def _write(path, result) -> None:
+    """Rewritten after every case, so a run cut short still leaves what it measured."""
+    if path:
+        from bench.io import atomic_write_json
+        atomic_write_json(path, result)
 
 
 if __name__ == "__main__":

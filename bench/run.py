@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-weights", default=None, help="comma list of prior weights per --teacher")
     p.add_argument("--entropy-sharpness", type=float, default=1.0)
     p.add_argument("--feature-weight", type=float, default=0.1)
+    p.add_argument("--no-fused-loss", action="store_true",
+                   help="end_to_end: materialise the (B, T, V) logits instead of the chunked fused loss")
+    p.add_argument("--no-fused-matrix-loss", action="store_true",
+                   help="matrix_mixing: materialise the (B, H, T, T) matrices instead of the tiled fused loss")
     p.add_argument("--mixer-option", action="append", default=[], metavar="KEY=VALUE",
                    help="student-specific option, e.g. feature_map=elu (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -213,7 +217,8 @@ def settings_from_args(args) -> RunSettings:
     options = asdict(stage_lib.StageOptions(
         temperature=args.temperature, kl_weight=args.kl_weight, ce_weight=args.ce_weight,
         matrix_loss=args.matrix_loss, attention_alpha=args.attention_alpha, teacher_weights=weights,
-        entropy_sharpness=args.entropy_sharpness, feature_weight=args.feature_weight))
+        entropy_sharpness=args.entropy_sharpness, feature_weight=args.feature_weight,
+        fused_loss=not args.no_fused_loss, fused_matrix_loss=not args.no_fused_matrix_loss))
     lrs = {name: args.lr or preset.lr.get(name, preset.lr["end_to_end"]) for name in stages}
     teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
     name = args.run_name or f"{teacher_tag}__{student}__{init}__{args.preset}" + \

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from bench import losses
+from kernels import fused_distillation_loss, mixer_matrix_loss
 
 MATRIX_LOSSES = ("frobenius", "output_mse")
 
@@ -34,6 +35,8 @@ class StageOptions:
     teacher_weights: tuple[float, ...] = ()  # multi_teacher priors (default uniform)
     entropy_sharpness: float = 1.0  # multi_teacher: per-token weights ∝ prior · exp(−entropy / sharpness)
     feature_weight: float = 0.1  # multi_teacher: weight of hidden-feature alignment
+    fused_loss: bool = True  # end_to_end: chunked fused loss from hidden states (False: materialised logits)
+    fused_matrix_loss: bool = True  # matrix_mixing: tiled loss from q/k/decays, no (B, H, T, T) matrices
 
 
 @dataclass
@@ -127,6 +130,40 @@ def eager_attention(teachers: list[nn.Module], needed: bool):
                 teacher.set_attn_implementation(implementation)
 
 
+_QK_RECORDS: list[dict[int, tuple]] = []  # open `capture_teacher_qk` records, innermost last
+
+
+def _capture_qk_attention(module, query, key, value, attention_mask, **kwargs):
+    """An attention implementation for transformers' AttentionInterface: records the post-RoPE query and
+    key (B, H, T, D) per layer, then runs sdpa (no T × T probabilities are formed)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if _QK_RECORDS:
+        scaling = kwargs.get("scaling")
+        _QK_RECORDS[-1][module.layer_idx] = (query, key, module.scaling if scaling is None else scaling)
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def _register_capture() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("capture_qk", _capture_qk_attention)
+
+
+@contextlib.contextmanager
+def capture_teacher_qk(teacher: nn.Module):
+    """Within the block the teacher runs `capture_qk` attention; yields {layer: (query, key, scaling)}."""
+    _register_capture()
+    previous, record = teacher.config._attn_implementation, {}
+    teacher.set_attn_implementation("capture_qk")
+    _QK_RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _QK_RECORDS.remove(record)
+        teacher.set_attn_implementation(previous)
+
+
 def _mean(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(values).mean()
 
@@ -134,9 +171,25 @@ def _mean(values: list[torch.Tensor]) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ stages
 @register_stage("matrix_mixing", trainable="mixers", needs_attention_weights=True)
 def matrix_mixing(batch: Batch):
-    """Per layer, on the teacher's hidden state: ‖A_teacher − M_student‖²_F (or mixer-output MSE)."""
-    trace = trace_teacher(batch.teachers[0], batch.input_ids)
+    """Per layer, on the teacher's hidden state: ‖A_teacher − M_student‖²_F (or mixer-output MSE).
+
+    With `fused_matrix_loss` (default) and mixers that expose `matrix_terms`, neither matrix is formed:
+    the teacher's post-RoPE q/k are captured (sdpa attention) and `kernels.mixer_matrix_loss` recomputes
+    both matrices tile by tile.
+    """
     student, per_layer = batch.student, []
+    if (batch.options.matrix_loss == "frobenius" and batch.options.fused_matrix_loss
+            and all(layer.mixer.supports_matrix_terms for layer in student.model.layers)):
+        with capture_teacher_qk(batch.teachers[0]) as captured:
+            trace = trace_teacher(batch.teachers[0], batch.input_ids)
+        for idx, layer in enumerate(student.model.layers):
+            query, key, scaling = captured[idx]
+            terms = layer.mixer.matrix_terms(layer.input_layernorm(trace.layer_inputs[idx]))
+            per_layer.append(mixer_matrix_loss(query.transpose(1, 2), key.transpose(1, 2), **terms,
+                                               teacher_scale=scaling))
+        loss = _mean(per_layer)
+        return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+    trace = trace_teacher(batch.teachers[0], batch.input_ids)
     for idx, layer in enumerate(student.model.layers):
         x = layer.input_layernorm(trace.layer_inputs[idx])
         if batch.options.matrix_loss == "frobenius":
@@ -157,15 +210,50 @@ def hidden_alignment(batch: Batch):
     return loss, {"hidden": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
 
 
+def _final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The hidden states the LM head reads (after the final norm), without forming the logits."""
+    if hasattr(model, "layer_forward"):  # a student: its decoder layers hold mixers, so run its own layer loop
+        x = model.model.embed_tokens(input_ids)
+        for idx in range(len(model.model.layers)):
+            x, _ = model.layer_forward(idx, x)
+        return model.model.norm(x)
+    return model.model(input_ids=input_ids, use_cache=False).last_hidden_state  # HF: norm applied
+
+
+def _plain_head(model: nn.Module) -> bool:
+    """Logits are exactly hidden @ lm_head.weightᵀ (a bias-free linear head, no soft-capping or scaling)."""
+    head, config = getattr(model, "lm_head", None), getattr(model, "config", None)
+    return (isinstance(head, nn.Linear) and head.bias is None and hasattr(model, "model")
+            and not any(getattr(config, a, None) for a in ("final_logit_softcapping", "logit_scale", "logits_scaling")))
+
+
 @register_stage("end_to_end", trainable="all")
 def end_to_end(batch: Batch):
-    """Per-token KL(teacher ‖ student) at temperature τ (times τ²) plus weighted CE."""
+    """Per-token KL(teacher ‖ student) at temperature τ (times τ²) plus weighted CE.
+
+    With `fused_loss` (default) the student's logits are never materialised: the fused kernel forms them
+    chunk by chunk from the final hidden states and the LM-head weight (and the teacher's likewise, unless
+    the teacher is FSDP-sharded, whose head weight no single rank holds whole; then its logits are used).
+    """
+    o, teacher, student = batch.options, batch.teachers[0], batch.student
+    if not (o.fused_loss and _plain_head(student)):
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch.input_ids).logits
+        student_logits = student(input_ids=batch.input_ids).logits
+        return losses.distillation_loss(teacher_logits, student_logits, batch.input_ids, o.temperature,
+                                        o.kl_weight, o.ce_weight)
+    from torch.distributed.fsdp import FSDPModule
+
+    teacher_inputs = {}
     with torch.no_grad():
-        teacher_logits = batch.teachers[0](input_ids=batch.input_ids).logits
-    student_logits = batch.student(input_ids=batch.input_ids).logits
-    o = batch.options
-    return losses.distillation_loss(teacher_logits, student_logits, batch.input_ids, o.temperature,
-                                    o.kl_weight, o.ce_weight)
+        if isinstance(teacher, FSDPModule) or not _plain_head(teacher):
+            teacher_inputs["teacher_logits"] = teacher(input_ids=batch.input_ids).logits
+        else:
+            teacher_inputs.update(teacher_hidden=_final_hidden(teacher, batch.input_ids),
+                                  teacher_weight=teacher.lm_head.weight)
+    hidden = _final_hidden(student, batch.input_ids)
+    return fused_distillation_loss(hidden, student.lm_head.weight, batch.input_ids, **teacher_inputs,
+                                   temperature=o.temperature, kl_weight=o.kl_weight, ce_weight=o.ce_weight)
 
 
 class HeadProjection(nn.Module):

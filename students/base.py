@@ -66,6 +66,12 @@ class Mixer(nn.Module):
     def mixer_matrix(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    supports_matrix_terms = False  # `matrix_terms` gives the pieces of `mixer_matrix` (fused stage-1 loss)
+
+    def matrix_terms(self, x: torch.Tensor) -> dict[str, Any] | None:
+        """The arguments of `kernels.mixer_matrix_loss` that describe `mixer_matrix(x)`, or None."""
+        return None
+
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The paper's recurrence as an fp32 loop over time."""
         return self.forward(x, backend="naive")[0]
@@ -155,3 +161,27 @@ class RecurrentMixer(Mixer):
         else:
             matrix = linear_recurrence_matrix(f.q, f.k, f.log_decay, f.bonus, scale=f.scale)
         return self.finish_matrix(matrix, f)
+
+    @property
+    def supports_matrix_terms(self) -> bool:
+        return not self.uses_delta_rule
+
+    def matrix_terms(self, x):
+        """M = row_scale · (scale · Σ_c q_tc k_sc exp(decay sums) + diag(diagonal)) as kernel inputs, without
+        forming M; `finish_terms` adds a mixer's normaliser or skip term (its `finish_matrix`)."""
+        if self.uses_delta_rule:
+            return None
+        f = self.featurize(x, {})
+        terms = dict(q=f.q, k=f.k, log_decay=f.log_decay, bonus=f.bonus, scale=f.scale, row_scale=None, diagonal=None)
+        return self.finish_terms(terms, f)
+
+    def finish_terms(self, terms: dict[str, Any], features: Features) -> dict[str, Any]:
+        """Apply `finish_matrix`'s effect to the matrix terms (row_scale, diagonal)."""
+        return terms
+
+    @staticmethod
+    def matrix_row_sums(terms: dict[str, Any]) -> torch.Tensor:
+        """Row sums of the kernel's matrix (B, T, H): the recurrence with values of ones."""
+        ones = terms["q"].new_ones(*terms["q"].shape[:-1], 1, dtype=torch.float32)
+        o, _ = linear_recurrence(terms["q"], terms["k"], ones, terms["log_decay"], terms["bonus"], scale=terms["scale"])
+        return o[..., 0].float()

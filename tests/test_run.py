@@ -214,7 +214,11 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_teacher_dir, works_
 
 
 def test_fsdp_sharded_teacher_equals_a_replicated_one(tmp_path, tiny_teacher_dir, works_dir):
-    args = ["--student", "gla", "--init", "qkv_copy+matrix_mixing", "--skip-eval", "--tokens", str(40 * 4 * 32)]
+    # The fused losses round differently with the batch split over ranks (and a sharded teacher feeds logits,
+    # a whole one hidden states); Adam amplifies 1e-7 to ~1e-3 in 36 steps, so this test about sharding
+    # compares the materialised losses (the fused ones are proven equal in test_distill_loss/test_mixer_loss).
+    args = ["--student", "gla", "--init", "qkv_copy+matrix_mixing", "--skip-eval", "--tokens", str(40 * 4 * 32),
+            "--no-fused-loss", "--no-fused-matrix-loss"]
     assert run.main(args + _cli(tmp_path / "one", tiny_teacher_dir, works_dir)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

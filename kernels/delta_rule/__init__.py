@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from kernels._backend import check_qkv, pick_backend
+from kernels.fla_backends import delta_rule_fla
 from kernels.delta_rule.chunk import delta_rule_chunk
 from kernels.delta_rule.matrix import delta_rule_matrix
 from kernels.delta_rule.naive import delta_rule_naive
 
-BACKENDS = {"naive": delta_rule_naive, "chunk": delta_rule_chunk}
+BACKENDS = {"naive": delta_rule_naive, "chunk": delta_rule_chunk, "fla": delta_rule_fla}
 
 
 def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False,

@@ -4,11 +4,17 @@ from __future__ import annotations
 import torch
 
 from kernels._backend import check_qkv, pick_backend
+from kernels.fla_backends import linear_recurrence_fla
 from kernels.linear_recurrence.chunk import linear_recurrence_chunk
 from kernels.linear_recurrence.matrix import linear_recurrence_matrix
 from kernels.linear_recurrence.naive import linear_recurrence_naive
 
-BACKENDS = {"naive": linear_recurrence_naive, "chunk": linear_recurrence_chunk}
+BACKENDS = {"naive": linear_recurrence_naive, "chunk": linear_recurrence_chunk, "fla": linear_recurrence_fla}
+try:  # triton is an optional extra
+    from kernels.linear_recurrence.triton import linear_recurrence_triton
+    BACKENDS["triton"] = linear_recurrence_triton
+except ImportError:
+    pass
 
 
 def linear_recurrence(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,

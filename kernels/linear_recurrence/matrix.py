@@ -25,7 +25,10 @@ def linear_recurrence_matrix(q, k, log_decay=None, bonus=None, scale=None, row_b
         mask = t_idx[start:stop, None] > t_idx[None, :] if bonus is not None else t_idx[start:stop, None] >= t_idx[None, :]
         diff = b_query[:, :, start:stop, None, :] - b[:, :, None, :, :]  # (B, H, rows, T, 1|K)
         weight = diff.masked_fill(~mask[..., None], float("-inf")).exp()
-        rows.append((q[:, :, start:stop, None, :] * k[:, :, None, :, :] * weight).sum(-1))
+        if weight.shape[-1] == 1:  # one decay per head: a matmul, no (rows, T, K) product
+            rows.append((q[:, :, start:stop] @ k.transpose(-1, -2)) * weight[..., 0])
+        else:
+            rows.append((q[:, :, start:stop, None, :] * k[:, :, None, :, :] * weight).sum(-1))
     M = torch.cat(rows, dim=2) if rows else q.new_zeros(B, H, 0, 0)
     if bonus is not None:
         diagonal = (q * bonus.float()[None, :, None, :] * k).sum(-1)  # (B, H, T)

@@ -65,5 +65,10 @@ class LinearAttentionMixer(RecurrentMixer):
             return matrix
         return matrix / (matrix.sum(-1, keepdim=True) + EPS)
 
+    def finish_terms(self, terms, f):
+        if not self.normalize:
+            return terms
+        return {**terms, "row_scale": 1.0 / (self.matrix_row_sums(terms) + EPS)}
+
     def readout(self, core, f, x):
         return self.o_proj(merge_heads(core).to(x.dtype))

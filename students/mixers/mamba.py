@@ -54,5 +54,8 @@ class Mamba2Mixer(RecurrentMixer):
         T = matrix.shape[-1]
         return matrix + self.D.float()[:, None, None] * torch.eye(T, device=matrix.device)
 
+    def finish_terms(self, terms, f):
+        return {**terms, "diagonal": self.D.float()}
+
     def readout(self, core, f, x):
         return self.out_proj(merge_heads(self.norm(core, f.context["z"])).to(x.dtype))

@@ -95,6 +95,9 @@ class MLSTMMixer(RecurrentMixer):
     def finish_matrix(self, matrix, f):
         return matrix / matrix.sum(-1, keepdim=True).abs().clamp(min=1.0)
 
+    def finish_terms(self, terms, f):
+        return {**terms, "row_scale": 1.0 / self.matrix_row_sums(terms).abs().clamp(min=1.0)}
+
     def readout(self, core, f, x):
         gated = torch.sigmoid(f.context["o"].float()) * merge_heads(self.norm(core))
         return self.o_proj(gated.to(x.dtype))

@@ -1,0 +1,103 @@
+"""Fused mixer-matrix alignment loss: MOHAWK stage 1 (Bick et al. 2024, "matrix orientation") without T × T.
+
+    loss = mean over (b, h) of ‖A − M‖²_F / T            (= bench.losses.matrix_distance(A, M))
+    A[t, s] = softmax_{s ≤ t}(teacher_scale · q̃_t · k̃_s)   teacher, post-RoPE, GQA (kv head h // (Hq / Hkv))
+    M[t, s] = row_scale_t · (scale · Σ_c q_tc k_sc exp(Bq_tc − B_sc) + [t = s] · diagonal_t)
+              s ≤ t; B = cumsum of log_decay; RWKV "bonus" form: s < t, Bq = B − log_decay, and
+              scale · Σ_c q_tc bonus_c k_tc on the diagonal.
+
+Backends: `naive` (both matrices materialised, the ground truth), `tiled` (torch, blocks of query rows,
+O(T · tile) memory, recomputed block by block in backward), `triton` (forward and backward kernels tiled
+over (query block, key block), teacher softmax recomputed from its log-sum-exp). Gradients flow to the
+student's q, k, log_decay, bonus, row_scale and diagonal; the teacher is treated as a constant.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.mixer_loss.naive import mixer_matrix_loss_naive, student_matrix, teacher_attention
+from kernels.mixer_loss.tiled import mixer_loss_tiled
+
+BACKENDS = ("naive", "tiled", "triton")
+
+
+def _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal) -> None:
+    op = "mixer_matrix_loss"
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"{op}: expected student q, k of shape (B, T, H, K), got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, T, H, K = q.shape
+    if teacher_q.dim() != 4 or teacher_q.shape[:3] != (B, T, H):
+        raise ValueError(f"{op}: expected teacher_q of shape (B, T, H, D) = ({B}, {T}, {H}, D) like the student, "
+                         f"got {tuple(teacher_q.shape)}")
+    if (teacher_k.dim() != 4 or teacher_k.shape[:2] != (B, T) or teacher_k.shape[3] != teacher_q.shape[3]
+            or teacher_k.shape[2] == 0 or H % teacher_k.shape[2]):
+        raise ValueError(f"{op}: expected teacher_k of shape (B, T, Hkv, D) with Hkv dividing {H}, "
+                         f"got {tuple(teacher_k.shape)} for teacher_q {tuple(teacher_q.shape)}")
+    if log_decay is not None and log_decay.shape not in ((B, T, H), (B, T, H, K)):
+        raise ValueError(f"{op}: expected log_decay of shape (B, T, H) or (B, T, H, K), got {tuple(log_decay.shape)}")
+    if bonus is not None and bonus.shape != (H, K):
+        raise ValueError(f"{op}: expected bonus of shape (H, K) = ({H}, {K}), got {tuple(bonus.shape)}")
+    if row_scale is not None and row_scale.shape != (B, T, H):
+        raise ValueError(f"{op}: expected row_scale of shape (B, T, H), got {tuple(row_scale.shape)}")
+    if diagonal is not None and diagonal.shape not in ((B, T, H), (H,)):
+        raise ValueError(f"{op}: expected diagonal of shape (B, T, H) or (H,), got {tuple(diagonal.shape)}")
+
+
+def prepare(q, k, log_decay=None, bonus=None, scale=None, diagonal=None):
+    """Fold scale into q and the bonus into one diagonal (B, T, H): what the tiled and Triton forms take.
+
+    Returns q·scale, k, log_decay as (B, T, H, 1|K) or None, the diagonal or None, strict (bonus form).
+    """
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else scale
+    q32, k32 = q.float() * scale, k.float()
+    g = None if log_decay is None else (log_decay.float()[..., None] if log_decay.dim() == 3 else log_decay.float())
+    diag = None
+    if bonus is not None:
+        diag = (q32 * bonus.float() * k32).sum(-1)
+    if diagonal is not None:
+        d = diagonal.float().expand(B, T, H)
+        diag = d if diag is None else diag + d
+    return q32, k32, g, diag, bonus is not None
+
+
+def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
+                      diagonal=None, teacher_scale=None, tile: int = 64, backend: str = "auto") -> torch.Tensor:
+    """MOHAWK stage-1 loss between the teacher's causal softmax attention and a recurrent student's matrix.
+
+    teacher_q (B, T, H, D), teacher_k (B, T, Hkv, D): post-RoPE; q, k (B, T, H, K): the student's kernel
+    inputs; log_decay None, (B, T, H) or (B, T, H, K), ≤ 0; bonus (H, K): RWKV form; scale: default K^-½;
+    row_scale (B, T, H): row multiplier (normalisers); diagonal (B, T, H) or (H,): added on the diagonal
+    before row_scale (Mamba's D); teacher_scale: default D^-½. Equals
+    `bench.losses.matrix_distance(A, M)` with M = the mixer's `mixer_matrix`. Scalar fp32.
+    """
+    _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal)
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"mixer_matrix_loss: unknown backend {backend!r}; choose one of {list(BACKENDS) + ['auto']}")
+    if tile < 1:
+        raise ValueError(f"mixer_matrix_loss: tile must be positive, got {tile}")
+    teacher_scale = teacher_q.shape[-1] ** -0.5 if teacher_scale is None else float(teacher_scale)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda and _triton_available() else "tiled"
+    if backend == "naive":
+        return mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay, bonus, scale, row_scale, diagonal,
+                                       teacher_scale)
+    tq, tk = teacher_q.detach().float(), teacher_k.detach().float()
+    q32, k32, g, diag, strict = prepare(q, k, log_decay, bonus, scale, diagonal)
+    rs = None if row_scale is None else row_scale.float()
+    if backend == "tiled":
+        return mixer_loss_tiled(tq, tk, q32, k32, g, diag, rs, teacher_scale, strict, tile)
+    from kernels.mixer_loss.triton import mixer_loss_triton
+
+    return mixer_loss_triton(tq, tk, q32, k32, g, diag, rs, teacher_scale, strict)
+
+
+def _triton_available() -> bool:
+    try:
+        import kernels.mixer_loss.triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["mixer_matrix_loss", "mixer_matrix_loss_naive", "prepare", "student_matrix", "teacher_attention"]

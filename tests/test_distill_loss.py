@@ -1,0 +1,216 @@
+"""fused_distillation_loss: chunk and Triton (interpreter on CPU) forms against the naive one, the naive one
+against `bench.losses`, and the end_to_end stage with and without the fused loss."""
+import functools
+
+import pytest
+import torch
+
+from bench import losses, stages
+from kernels import fused_distillation_loss
+from kernels.distill_loss.chunk import distill_loss_chunk
+from kernels.distill_loss.naive import distill_loss_naive
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton compiles on CUDA, interprets on CPU
+
+
+def _inputs(B, T, V, D, Dt, teacher_form, hidden_dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, D, generator=g).to(DEVICE, hidden_dtype).requires_grad_(True)
+    weight = (torch.randn(V, D, generator=g) / D**0.5 * 3).to(DEVICE).requires_grad_(True)
+    ids = torch.randint(0, V, (B, T), generator=g).to(DEVICE)
+    teacher_hidden = torch.randn(B, T, Dt, generator=g).to(DEVICE)
+    teacher_weight = (torch.randn(V, Dt, generator=g) / Dt**0.5 * 3).to(DEVICE)
+    if teacher_form == "logits":
+        teacher = {"teacher_logits": teacher_hidden @ teacher_weight.T}
+    else:
+        teacher = {"teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}
+    return hidden, weight, ids, teacher
+
+
+def _value_and_grads(fn, hidden, weight, ids, teacher, **kwargs):
+    loss, metrics = fn(hidden, weight, ids, **teacher, **kwargs)
+    grad_hidden, grad_weight = torch.autograd.grad(loss, (hidden, weight))
+    return loss, metrics, grad_hidden, grad_weight
+
+
+def _assert_close(got, want, rtol=1e-5):
+    loss, metrics, grad_hidden, grad_weight = got
+    ref_loss, ref_metrics, ref_grad_hidden, ref_grad_weight = want
+    torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=0)
+    for key in ("kl", "ce"):
+        assert metrics[key] == pytest.approx(ref_metrics[key], rel=rtol)
+    scale_h, scale_w = ref_grad_hidden.abs().max(), ref_grad_weight.abs().max()
+    torch.testing.assert_close(grad_hidden / scale_h, ref_grad_hidden / scale_h, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad_weight / scale_w, ref_grad_weight / scale_w, rtol=0, atol=1e-5)
+
+
+# (B, T, V, D, Dt, chunk): chunks that do not divide B·T, one chunk larger than B·T, one token per chunk
+SHAPES = [(2, 37, 101, 24, 24, 16), (1, 63, 257, 16, 32, 50), (3, 5, 64, 8, 8, 100), (2, 9, 33, 8, 12, 1)]
+WEIGHTS = [(1.0, 0.0), (0.0, 1.0), (0.7, 0.3)]
+
+
+def _id(shape):
+    return "B{}-T{}-V{}-D{}-Dt{}-C{}".format(*shape)
+
+
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_naive_equals_bench_losses_on_materialised_logits(teacher_form, temperature):
+    hidden, weight, ids, teacher = _inputs(2, 37, 101, 24, 20, teacher_form)
+    teacher_logits = teacher.get("teacher_logits")
+    if teacher_logits is None:
+        teacher_logits = teacher["teacher_hidden"] @ teacher["teacher_weight"].T
+    want = losses.distillation_loss(teacher_logits, hidden @ weight.T, ids, temperature, 0.7, 0.3)
+    got = distill_loss_naive(hidden, weight, ids, **teacher, temperature=temperature, kl_weight=0.7, ce_weight=0.3)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=0)
+    assert got[1] == pytest.approx(want[1], rel=1e-6)
+
+
+def _check_backend(backend, shape, teacher_form, temperature, weights, **fn_kwargs):
+    B, T, V, D, Dt, chunk = shape
+    hidden, weight, ids, teacher = _inputs(B, T, V, D, Dt, teacher_form)
+    kwargs = dict(temperature=temperature, kl_weight=weights[0], ce_weight=weights[1])
+    want = _value_and_grads(distill_loss_naive, hidden, weight, ids, teacher, **kwargs)
+    fn = functools.partial(fused_distillation_loss, backend=backend) if not fn_kwargs else \
+        functools.partial(distill_loss_chunk, **fn_kwargs)
+    _assert_close(_value_and_grads(fn, hidden, weight, ids, teacher, chunk_size=chunk, **kwargs), want)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS, ids=lambda w: f"kl{w[0]}-ce{w[1]}")
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_chunk_matches_naive_values_and_grads(shape, teacher_form, temperature, weights):
+    _check_backend("chunk", shape, teacher_form, temperature, weights)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.7, 0.3)], ids=lambda w: f"kl{w[0]}-ce{w[1]}")
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden"])
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=_id)
+def test_triton_matches_naive_values_and_grads(shape, teacher_form, temperature, weights):
+    _check_backend("triton", shape, teacher_form, temperature, weights)
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_triton_vocabulary_loop_over_several_partial_blocks(block):
+    from kernels.distill_loss.triton import chunk_math_triton
+
+    _check_backend(None, (2, 37, 101, 24, 20, 30), "hidden", 1.7, (0.6, 0.4),
+                   chunk_math=functools.partial(chunk_math_triton, block_size=block))
+
+
+def test_triton_reads_bf16_teacher_logits_like_their_fp32_copy():
+    hidden, weight, ids, teacher = _inputs(2, 11, 50, 8, 8, "logits")
+    low = teacher["teacher_logits"].bfloat16()
+    got = _value_and_grads(functools.partial(fused_distillation_loss, backend="triton"), hidden, weight, ids,
+                           {"teacher_logits": low}, ce_weight=0.5, chunk_size=7)
+    want = _value_and_grads(distill_loss_naive, hidden, weight, ids, {"teacher_logits": low.float()}, ce_weight=0.5)
+    _assert_close(got, want)
+
+
+def test_chunk_takes_bf16_hidden_and_computes_in_fp32():
+    hidden, weight, ids, teacher = _inputs(2, 37, 101, 24, 20, "hidden", hidden_dtype=torch.bfloat16)
+    kwargs = dict(temperature=2.0, kl_weight=0.7, ce_weight=0.3)
+    got = _value_and_grads(functools.partial(fused_distillation_loss, backend="chunk"), hidden, weight, ids, teacher,
+                           chunk_size=16, **kwargs)
+    assert got[2].dtype == torch.bfloat16 and got[3].dtype == torch.float32
+    want = _value_and_grads(distill_loss_naive, hidden, weight, ids, teacher, **kwargs)
+    _assert_close(got, want, rtol=1e-5)
+
+
+def test_grad_output_scales_the_saved_gradients_and_teacher_gets_none():
+    hidden, weight, ids, teacher = _inputs(1, 10, 20, 8, 8, "hidden")
+    teacher["teacher_hidden"].requires_grad_(True)
+    loss, _ = fused_distillation_loss(hidden, weight, ids, **teacher, ce_weight=0.5, chunk_size=3, backend="chunk")
+    (3 * loss).backward()
+    assert teacher["teacher_hidden"].grad is None
+    want = _value_and_grads(distill_loss_naive, hidden.detach().requires_grad_(True), weight.detach().requires_grad_(True),
+                            ids, {k: v.detach() for k, v in teacher.items()}, ce_weight=0.5)
+    torch.testing.assert_close(hidden.grad, 3 * want[2], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(weight.grad, 3 * want[3], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hidden=(2, 5)), "student_hidden (B, T, D)"),
+    (dict(weight=(7, 9)), "student_weight (V, D)"),
+    (dict(ids=(2, 4)), "input_ids must be (B, T)"),
+    (dict(teacher={}), "either teacher_logits or teacher_hidden"),
+    (dict(teacher={"teacher_logits": (2, 5, 8)}), "teacher_logits must be (B, T, V)"),
+    (dict(teacher={"teacher_hidden": (2, 5, 4)}), "teacher_hidden must be (B, T, Dt)"),
+    (dict(teacher={"teacher_hidden": (2, 5, 4), "teacher_weight": (7, 3)}), "teacher_hidden must be (B, T, Dt)"),
+    (dict(backend="cuda"), "unknown backend 'cuda'"),
+])
+def test_bad_shapes_give_one_clear_error(kwargs, message):
+    teacher = {k: torch.randn(*v) for k, v in kwargs.get("teacher", {"teacher_logits": (2, 5, 7)}).items()}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fused_distillation_loss(torch.randn(*kwargs.get("hidden", (2, 5, 3))), torch.randn(*kwargs.get("weight", (7, 3))),
+                                torch.zeros(*kwargs.get("ids", (2, 5)), dtype=torch.long), **teacher,
+                                backend=kwargs.get("backend", "auto"))
+
+
+# ---------------------------------------------------------------------------------------- end_to_end stage
+@pytest.fixture(scope="module")
+def teacher_and_ids(tiny_teacher_dir):
+    from students.surgery import load_teacher
+
+    teacher = load_teacher(str(tiny_teacher_dir))
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
+    return teacher, ids
+
+
+@pytest.mark.parametrize("student_name", ["gla", "llama_teacher_clone"])
+def test_end_to_end_fused_loss_equals_materialised_loss(student_name, teacher_and_ids, monkeypatch):
+    from students.surgery import build_student
+
+    teacher, ids = teacher_and_ids
+    calls = []
+    monkeypatch.setattr(stages, "fused_distillation_loss",
+                        lambda *args, **kwargs: calls.append(sorted(kwargs)) or fused_distillation_loss(*args, **kwargs))
+    if student_name == "llama_teacher_clone":  # an HF model as the student: the `model.model` hidden path
+        student = type(teacher)(teacher.config)
+        student.load_state_dict(teacher.state_dict())
+    else:
+        student = build_student(teacher, student_name, init="random")
+    results = []
+    for fused in (True, False):
+        options = stages.StageOptions(temperature=1.5, kl_weight=0.8, ce_weight=0.2, fused_loss=fused)
+        module = stages.StageModule(stages.STAGES["end_to_end"], student, [teacher], options)
+        student.zero_grad()
+        loss, metrics = module(ids)
+        loss.backward()
+        results.append((loss.detach(), metrics, {n: p.grad.clone() for n, p in student.named_parameters()}))
+    assert len(calls) == 1 and "teacher_hidden" in calls[0]  # fused once, from the teacher's hidden states
+    (loss_f, metrics_f, grads_f), (loss_m, metrics_m, grads_m) = results
+    torch.testing.assert_close(loss_f, loss_m, rtol=1e-5, atol=0)
+    assert metrics_f == pytest.approx(metrics_m, rel=1e-5)
+    assert grads_f.keys() == grads_m.keys()
+    for name in grads_f:
+        scale = grads_m[name].abs().max().clamp_min(1e-12)
+        torch.testing.assert_close(grads_f[name] / scale, grads_m[name] / scale, rtol=0, atol=1e-4, msg=name)
+
+
+def test_end_to_end_with_fsdp_sharded_teacher_passes_its_logits(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.train import shard_frozen
+
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2)
+    teacher, student = LlamaForCausalLM(config).eval(), LlamaForCausalLM(config)
+    ids = torch.randint(0, 50, (2, 9))
+    options = stages.StageOptions(fused_loss=False)
+    want = stages.StageModule(stages.STAGES["end_to_end"], student, [teacher], options)(ids)[0]
+    calls = []
+    monkeypatch.setattr(stages, "fused_distillation_loss",
+                        lambda *args, **kwargs: calls.append(sorted(kwargs)) or fused_distillation_loss(*args, **kwargs))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        shard_frozen(teacher)
+        got = stages.StageModule(stages.STAGES["end_to_end"], student, [teacher], stages.StageOptions())(ids)[0]
+    finally:
+        dist.destroy_process_group()
+    assert len(calls) == 1 and "teacher_logits" in calls[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)

@@ -1,0 +1,165 @@
+"""Fused mixer-matrix loss (MOHAWK stage 1): naive == matrix_distance; tiled and Triton == naive, values and
+gradients; the matrix_mixing stage gives the same loss and gradients fused and materialised."""
+import pytest
+import torch
+
+import students
+from bench import losses, stages
+from kernels import mixer_matrix_loss
+from kernels.mixer_loss import teacher_attention
+from students import MixerConfig, build_mixer
+from students.surgery import build_student, load_teacher
+from tests.helpers import assert_close
+
+MIXERS = [name for name in students.available() if name not in ("gated_deltanet", "attention")]
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton compiles on CUDA, interprets on CPU
+
+
+def _inputs(T, K=24, H=4, Hkv=2, D=16, decay="channel", bonus=False, extras=False, B=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=g).to(DEVICE)  # noqa: E731
+    rand = lambda *shape: torch.rand(*shape, generator=g).to(DEVICE)  # noqa: E731
+    student = dict(q=randn(B, T, H, K), k=randn(B, T, H, K))
+    if decay == "head":
+        student["log_decay"] = -rand(B, T, H) * 2
+    elif decay == "channel":  # RWKV-6 strength: down to −20 per step
+        student["log_decay"] = -rand(B, T, H, K).pow(4) * 20
+    if bonus:
+        student["bonus"] = randn(H, K)
+    if extras:
+        student["row_scale"] = rand(B, T, H) + 0.5
+        student["diagonal"] = randn(H)
+    for t in student.values():
+        t.requires_grad_(True)
+    return randn(B, T, H, D), randn(B, T, Hkv, D), student
+
+
+def _value_and_grads(backend, tq, tk, student, tile=16):
+    loss = mixer_matrix_loss(tq, tk, **student, tile=tile, backend=backend)
+    return loss, dict(zip(student, torch.autograd.grad(loss, list(student.values()))))
+
+
+def _compare(backend, tq, tk, student, tile=16):
+    want, want_grads = _value_and_grads("naive", tq, tk, student)
+    got, got_grads = _value_and_grads(backend, tq, tk, student, tile)
+    assert_close(got, want, 1e-5)
+    for name in student:
+        scale = want_grads[name].abs().max().clamp_min(1e-6)
+        err = (got_grads[name] - want_grads[name]).abs().max() / scale
+        assert err < 1e-4, (backend, name, err.item())
+
+
+CASES = {  # id: (T, decay, bonus, extras, tile)
+    "T37-nodecay-tile16": (37, None, False, False, 16),
+    "T37-head-rowscale-diag-tile8": (37, "head", False, True, 8),
+    "T70-channel-tile16": (70, "channel", False, False, 16),
+    "T70-channel-bonus-tile32": (70, "channel", True, False, 32),
+    "T37-head-bonus-rowscale-diag-tile64": (37, "head", True, True, 64),
+}
+
+
+def test_naive_equals_matrix_distance_on_materialised_matrices():
+    tq, tk, student = _inputs(37, decay="channel", bonus=True, extras=True, B=2)
+    A = teacher_attention(tq, tk, tq.shape[-1] ** -0.5)
+    assert_close(A.sum(-1), torch.ones(2, 4, 37), 1e-5)
+    from kernels.mixer_loss import student_matrix
+
+    M = student_matrix(**student)
+    assert_close(mixer_matrix_loss(tq, tk, **student, backend="naive"), losses.matrix_distance(A, M), 1e-6)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_matrix_terms_describe_the_mixer_matrix(name):
+    torch.manual_seed(0)
+    mixer = build_mixer(name, MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16))
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    x = torch.randn(2, 21, 48)
+    tq, tk = torch.randn(2, 21, 4, 16), torch.randn(2, 21, 2, 16)
+    want = losses.matrix_distance(teacher_attention(tq, tk, 0.25), mixer.mixer_matrix(x))
+    terms = mixer.matrix_terms(x)
+    assert_close(mixer_matrix_loss(tq, tk, **terms, backend="naive"), want, 1e-5)
+    assert_close(mixer_matrix_loss(tq, tk, **terms, tile=8, backend="tiled"), want, 1e-5)
+
+
+def test_unsupported_mixers_have_no_matrix_terms():
+    for name in ("gated_deltanet", "attention"):
+        mixer = build_mixer(name, MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16))
+        assert not mixer.supports_matrix_terms and mixer.matrix_terms(torch.randn(1, 5, 48)) is None
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tiled_matches_naive(case):
+    T, decay, bonus, extras, tile = CASES[case]
+    tq, tk, student = _inputs(T, decay=decay, bonus=bonus, extras=extras)
+    _compare("tiled", tq, tk, student, tile)
+
+
+@pytest.mark.parametrize("case", ["T37-nodecay-tile16", "T70-channel-bonus-tile32", "T37-head-bonus-rowscale-diag-tile64"])
+def test_triton_matches_naive(case):
+    T, decay, bonus, extras, _ = CASES[case]
+    tq, tk, student = _inputs(T, decay=decay, bonus=bonus, extras=extras)
+    _compare("triton", tq, tk, student)
+
+
+def test_triton_per_channel_with_row_scale_and_diagonal_batch2():
+    tq, tk, student = _inputs(37, decay="channel", extras=True, B=2)
+    _compare("triton", tq, tk, student)
+
+
+def test_tiled_strong_decay_over_long_span_stays_exact():
+    """−20 per step for the first 200 steps, then none: the late rows need exact local decay sums."""
+    tq, tk, student = _inputs(260, K=16, H=1, Hkv=1, decay=None)
+    decay = torch.zeros(1, 260, 1, 16, device=DEVICE)
+    decay[:, :200] = -20.0
+    student["log_decay"] = decay.requires_grad_(True)
+    _compare("tiled", tq, tk, student, tile=64)
+
+
+def test_bad_shapes_raise_one_clear_error():
+    tq, tk, s = _inputs(9, decay=None)
+    bad = {
+        "student q, k": dict(k=s["k"][..., :5]),
+        "teacher_q": dict(tq=tq[:, :, :3]),
+        "teacher_k": dict(tk=torch.randn(1, 9, 3, 16)),
+        "log_decay": dict(log_decay=torch.zeros(1, 9, 4, 5)),
+        "bonus": dict(bonus=torch.zeros(4, 3)),
+        "row_scale": dict(row_scale=torch.zeros(1, 9)),
+        "diagonal": dict(diagonal=torch.zeros(3)),
+        "backend": dict(backend="cuda"),
+    }
+    for message, change in bad.items():
+        args = dict(tq=tq, tk=tk, **s)
+        args.update(change)
+        with pytest.raises(ValueError, match=message):
+            mixer_matrix_loss(args.pop("tq"), args.pop("tk"), **args)
+
+
+# ------------------------------------------------------------------------------------------------ stage
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher_dir):
+    return load_teacher(str(tiny_teacher_dir))
+
+
+@pytest.mark.parametrize("name", ["mamba", "rwkv", "linear_attention", "gla", "xlstm"])
+def test_matrix_mixing_stage_fused_equals_materialised(teacher, name, monkeypatch):
+    calls = []
+    monkeypatch.setattr(stages, "mixer_matrix_loss", lambda *a, **kw: calls.append(1) or mixer_matrix_loss(*a, **kw))
+    student = build_student(teacher, name, "random", seed=0)
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
+    params = [p for layer in student.model.layers for p in layer.mixer.parameters()]
+    results = {}
+    for fused in (True, False):
+        batch = stages.Batch(ids, student, [teacher], None, stages.StageOptions(fused_matrix_loss=fused))
+        with stages.eager_attention([teacher], stages.STAGES["matrix_mixing"].needs_attention_weights):
+            loss, metrics = stages.STAGES["matrix_mixing"].loss(batch)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results[fused] = (loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+    assert len(calls) == len(student.model.layers) and teacher.config._attn_implementation != "capture_qk"
+    assert teacher.config.num_key_value_heads < teacher.config.num_attention_heads  # GQA teacher
+    assert_close(results[True][0], results[False][0], 1e-5)
+    for got, want in zip(results[True][1], results[False][1]):
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max().clamp_min(1e-6)
