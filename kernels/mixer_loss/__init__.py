@@ -8,7 +8,8 @@
 
 Backends: `naive` (both matrices materialised, the ground truth), `tiled` (torch, blocks of query rows,
 O(T · tile) memory, recomputed block by block in backward), `triton` (forward and backward kernels tiled
-over (query block, key block), teacher softmax recomputed from its log-sum-exp). Gradients flow to the
+over (query block, key block), teacher softmax recomputed from its log-sum-exp; proven in Triton's
+interpreter, not yet timed on a GPU, so `auto` picks `tiled` everywhere). Gradients flow to the
 student's q, k, log_decay, bonus, row_scale and diagonal; the teacher is treated as a constant.
 """
 from __future__ import annotations
@@ -77,8 +78,8 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     if tile < 1:
         raise ValueError(f"mixer_matrix_loss: tile must be positive, got {tile}")
     teacher_scale = teacher_q.shape[-1] ** -0.5 if teacher_scale is None else float(teacher_scale)
-    if backend == "auto":
-        backend = "triton" if q.is_cuda and _triton_available() else "tiled"
+    if backend == "auto":  # the Triton form is not yet proven on a GPU (see results/kernels_h100_mixer_loss.log)
+        backend = "tiled"
     if backend == "naive":
         return mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay, bonus, scale, row_scale, diagonal,
                                        teacher_scale)
@@ -90,14 +91,6 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     from kernels.mixer_loss.triton import mixer_loss_triton
 
     return mixer_loss_triton(tq, tk, q32, k32, g, diag, rs, teacher_scale, strict)
-
-
-def _triton_available() -> bool:
-    try:
-        import kernels.mixer_loss.triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 __all__ = ["mixer_matrix_loss", "mixer_matrix_loss_naive", "prepare", "student_matrix", "teacher_attention"]

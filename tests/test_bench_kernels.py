@@ -1,0 +1,43 @@
+"""The kernel benchmark runs end to end on tiny shapes, checks each backend before timing it, and refuses
+to print a speed-up for a backend whose outputs or gradients are wrong."""
+import json
+
+import torch
+
+from bench import bench_distill_loss, bench_mixer_loss
+from bench import kernels as bench_kernels
+from kernels.linear_recurrence import BACKENDS, linear_recurrence_chunk
+
+
+def test_recurrence_suite_checks_then_times_every_backend(tmp_path):
+    out = tmp_path / "k.json"
+    assert bench_kernels.main(["--lengths", "40", "--cases", "linear_recurrence:channel,delta_rule:head",
+                               "--backends", "naive,chunk,triton", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["device"] == "cpu" and result["matmul_gflops"] > 0
+    rows = {(r["op"], r["backend"]): r for r in result["rows"]}
+    assert set(rows) == {("linear_recurrence", b) for b in ("naive", "chunk", "triton")} | \
+        {("delta_rule", "naive"), ("delta_rule", "chunk")}  # no Triton delta rule: no row, no claim
+    for row in rows.values():
+        assert row["correct"] and row["fwd_s"] > 0 and row["speedup_fwd"] > 0
+
+
+def test_a_wrong_backend_gets_no_speedup(monkeypatch):
+    def off_by_one_percent(*args, **kwargs):
+        o, state = linear_recurrence_chunk(*args, **kwargs)
+        return o * 1.01, state
+
+    monkeypatch.setitem(BACKENDS, "broken", off_by_one_percent)
+    rows = bench_kernels.bench_case("linear_recurrence", "head", 1, 40, 2, 16, ["naive", "broken"], "naive",
+                                    "cpu", torch.float32, repeats=1)
+    broken = next(r for r in rows if r["backend"] == "broken")
+    assert not broken["correct"] and broken["rel_err"] > 5e-3
+    assert broken["speedup_fwd"] is None and broken["speedup_fwdbwd"] is None
+
+
+def test_loss_suites_agree_with_the_materialised_losses():
+    distill = bench_distill_loss.run("cpu", quick=True)
+    mixer = bench_mixer_loss.run("cpu", quick=True)
+    assert {r["backend"] for r in distill} == {"naive", "chunk"} and all(r["correct"] for r in distill)
+    assert {r["backend"] for r in mixer} == {"naive", "tiled"} and all(r["correct"] for r in mixer)
+    assert all(r["peak_mib"] is not None and r["fwdbwd_s"] > 0 for r in distill + mixer)
