@@ -212,11 +212,8 @@ def hidden_alignment(batch: Batch):
 
 def _final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """The hidden states the LM head reads (after the final norm), without forming the logits."""
-    if hasattr(model, "layer_forward"):  # a student: its decoder layers hold mixers, so run its own layer loop
-        x = model.model.embed_tokens(input_ids)
-        for idx in range(len(model.model.layers)):
-            x, _ = model.layer_forward(idx, x)
-        return model.model.norm(x)
+    if hasattr(model, "final_hidden"):  # a student: its decoder layers hold mixers
+        return model.final_hidden(input_ids)
     return model.model(input_ids=input_ids, use_cache=False).last_hidden_state  # HF: norm applied
 
 

@@ -133,6 +133,13 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
+    def final_hidden(self, input_ids: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """What the LM head reads (after the final norm), without forming logits (the fused losses' input)."""
+        x = self.model.embed_tokens(input_ids)
+        for idx in range(len(self.model.layers)):
+            x, _ = self.layer_forward(idx, x, backend=backend)
+        return self.model.norm(x)
+
     def layer_forward(self, idx: int, x: torch.Tensor, state: dict | None = None, backend: str = "auto"):
         """One pre-norm residual block with the mixer in place of attention: (hidden in) -> (hidden out, state)."""
         layer = self.model.layers[idx]

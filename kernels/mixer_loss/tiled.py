@@ -90,6 +90,6 @@ class _TiledLoss(torch.autograd.Function):
         return (None, None, *grads, None, None, None)
 
 
-def mixer_loss_tiled(tq, tk, q, k, g=None, diag=None, rs=None, tscale=1.0, strict=False, tile=64):
+def mixer_loss_tiled(tq, tk, q, k, g=None, diag=None, rs=None, tscale=1.0, strict=False, tile=32):
     """Prepared inputs (B, T, H, X) -> the loss, in O(T · tile) memory (O(T · K + tile² · K) with decays)."""
     return _TiledLoss.apply(tq, tk, q, k, g, diag, rs, tscale, strict, tile)
