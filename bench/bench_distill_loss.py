@@ -10,14 +10,11 @@ spawned process and reports its peak RSS growth (`ru_maxrss`) over the RSS after
 """
 from __future__ import annotations
 
-import argparse
-import multiprocessing
-import resource
 import sys
 
 import torch
 
-from bench.env import header, machine, time_call
+from bench.env import header, in_fresh_process, loss_suite_main, peak_memory, time_call
 
 FULL = {"B": 1, "T": 2048, "V": 49152, "D": 576}
 QUICK = {"B": 2, "T": 63, "V": 1000, "D": 32}
@@ -43,11 +40,6 @@ def _inputs(config: dict, device: str):
     return hidden, weight, ids, teacher_hidden, teacher_weight
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def measure(config: dict, device: str, backend: str, chunk: int, repeats: int) -> dict:
     """Run one variant (value, peak memory of the first forward+backward, then timing)."""
     from kernels import fused_distillation_loss
@@ -62,26 +54,11 @@ def measure(config: dict, device: str, backend: str, chunk: int, repeats: int) -
         loss.backward()
         return loss.item()
 
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        value = fwd_bwd()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_bytes()
-        value = fwd_bwd()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # Linux: KiB
+    value, peak = peak_memory(fwd_bwd, device)
     seconds = time_call(fwd_bwd, repeats=repeats, warmup=0)["median_s"]
     from kernels.distill_loss import default_chunk_size
     used = None if backend == "naive" else (chunk or default_chunk_size(weight.shape[0]))
     return {"backend": backend, "chunk": used, "loss": value, "fwdbwd_s": seconds, "peak_mib": peak / 2**20}
-
-
-def _measure_in_fresh_process(*args) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, args)
 
 
 def run(device: str, quick: bool = False) -> list[dict]:
@@ -95,7 +72,7 @@ def run(device: str, quick: bool = False) -> list[dict]:
     rows = []
     for backend, chunk in _variants(device, quick):
         args = (config, device, backend, chunk, repeats)
-        row = measure(*args) if device == "cuda" else _measure_in_fresh_process(*args)
+        row = measure(*args) if device == "cuda" else in_fresh_process(measure, *args)
         naive = rows[0] if rows else row
         row.update(config, device=device, rel_diff=abs(row["loss"] - naive["loss"]) / abs(naive["loss"]))
         row["correct"] = row["rel_diff"] <= 1e-5
@@ -109,19 +86,7 @@ def run(device: str, quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="a tiny configuration (seconds), for smoke tests")
-    parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
-    rows = run(args.device, args.quick)
-    if args.json:
-        from bench.io import atomic_write_json
-        atomic_write_json(args.json, {"machine": machine(), "rows": rows})
-    return 0 if all(r["correct"] for r in rows) else 1
+    return loss_suite_main(argv, __doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ after one small warm-up call, so thread pools and allocator set-up are not count
 """
 from __future__ import annotations
 
-import argparse
-import multiprocessing
-import resource
 import sys
 
 import torch
 
-from bench.env import header, machine, time_call
+from bench.env import header, in_fresh_process, loss_suite_main, peak_memory, time_call
 
 FULL = {"B": 1, "H": 16, "Hkv": 4, "K": 64, "lengths": (1024, 2048, 4096)}
 QUICK = {"B": 1, "H": 2, "Hkv": 1, "K": 16, "lengths": (40, 80)}
@@ -38,11 +35,6 @@ def _inputs(config: dict, T: int, device: str):
     return tq, tk, {n: t.to(device).requires_grad_(True) for n, t in student.items()}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def measure(config: dict, T: int, device: str, backend: str, tile: int, repeats: int) -> dict:
     """Run one variant (value and peak memory of the first forward+backward, then timing)."""
     from kernels import mixer_matrix_loss
@@ -60,24 +52,9 @@ def measure(config: dict, T: int, device: str, backend: str, tile: int, repeats:
         loss.backward()
         return loss.item()
 
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        value = fwd_bwd()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_bytes()
-        value = fwd_bwd()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # Linux: KiB
+    value, peak = peak_memory(fwd_bwd, device)
     seconds = time_call(fwd_bwd, repeats=repeats, warmup=0)["median_s"]
     return {"backend": backend, "tile": tile if backend == "tiled" else None, "T": T, "loss": value, "fwdbwd_s": seconds, "peak_mib": peak / 2**20}
-
-
-def _measure_in_fresh_process(*args) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, args)
 
 
 def run(device: str, quick: bool = False) -> list[dict]:
@@ -93,7 +70,7 @@ def run(device: str, quick: bool = False) -> list[dict]:
         materialised = None
         for backend, tile in _variants(device):
             args = (config, T, device, backend, tile, repeats)
-            row = measure(*args) if device == "cuda" else _measure_in_fresh_process(*args)
+            row = measure(*args) if device == "cuda" else in_fresh_process(measure, *args)
             materialised = materialised or row
             row.update(B=config["B"], H=config["H"], Hkv=config["Hkv"], K=config["K"], device=device,
                        rel_diff=abs(row["loss"] - materialised["loss"]) / abs(materialised["loss"]))
@@ -116,19 +93,7 @@ def run(device: str, quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="a tiny configuration (seconds), for smoke tests")
-    parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
-    rows = run(args.device, args.quick)
-    if args.json:
-        from bench.io import atomic_write_json
-        atomic_write_json(args.json, {"machine": machine(), "rows": rows})
-    return 0 if all(r["correct"] for r in rows) else 1
+    return loss_suite_main(argv, __doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":

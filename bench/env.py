@@ -66,3 +66,49 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> di
         sync()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> tuple[object, int]:
+    """fn's result and its peak memory in bytes above what was allocated before it: CUDA's
+    `max_memory_allocated`, or on CPU the growth of peak RSS (meaningful in a fresh process only)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        value = fn()
+        return value, torch.cuda.max_memory_allocated() - base
+    import resource
+
+    with open("/proc/self/statm") as f:
+        base = int(f.read().split()[1]) * resource.getpagesize()
+    value = fn()
+    return value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # Linux: KiB
+
+
+def in_fresh_process(fn: Callable, *args):
+    """fn(*args) in a spawned process, so a CPU peak-RSS reading belongs to that call alone."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def loss_suite_main(argv, description: str, run: Callable[[str, bool], list[dict]]) -> int:
+    """The shared CLI of the loss benchmarks: --device, --quick, --json; exit 1 if a row is incorrect."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="a tiny configuration (seconds), for smoke tests")
+    parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    rows = run(args.device, args.quick)
+    if args.json:
+        from bench.io import atomic_write_json
+        atomic_write_json(args.json, {"machine": machine(), "rows": rows})
+    return 0 if all(r["correct"] for r in rows) else 1

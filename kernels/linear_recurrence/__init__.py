@@ -1,6 +1,8 @@
 """linear_recurrence: S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from kernels._backend import check_qkv, pick_backend
@@ -10,11 +12,15 @@ from kernels.linear_recurrence.matrix import linear_recurrence_matrix
 from kernels.linear_recurrence.naive import linear_recurrence_naive
 
 BACKENDS = {"naive": linear_recurrence_naive, "chunk": linear_recurrence_chunk, "fla": linear_recurrence_fla}
-try:  # triton is an optional extra
-    from kernels.linear_recurrence.triton import linear_recurrence_triton
-    BACKENDS["triton"] = linear_recurrence_triton
-except ImportError:
-    pass
+
+
+def _triton(*args, **kwargs):
+    from kernels.linear_recurrence.triton import linear_recurrence_triton  # first use: triton is optional
+    return linear_recurrence_triton(*args, **kwargs)
+
+
+if importlib.util.find_spec("triton") is not None:
+    BACKENDS["triton"] = _triton
 
 
 def linear_recurrence(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,

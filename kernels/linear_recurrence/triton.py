@@ -34,6 +34,25 @@ def _dot(a, b, LOW_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H: tl.constexpr, K: tl.constexpr,
+                  DECAY: tl.constexpr, EXCLUSIVE: tl.constexpr):
+    """A chunk's local cumulative log decays: keys' b_s, queries' (b_{t−1} in the RWKV form) and the last."""
+    if DECAY == 1:
+        bc = tl.load(b + token, mask=mask_t, other=0.0)
+        bq = tl.load(b + token - H, mask=mask_t & (rows > 0), other=0.0) if EXCLUSIVE else bc
+        b_last = tl.load(b + last)
+    else:
+        bc = tl.load(b + token[:, None] * K + cols_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        if EXCLUSIVE:
+            bq = tl.load(b + (token - H)[:, None] * K + cols_k[None, :],
+                         mask=(mask_t & (rows > 0))[:, None] & mask_k[None, :], other=0.0)
+        else:
+            bq = bc
+        b_last = tl.load(b + last * K + cols_k, mask=mask_k, other=0.0)
+    return bc, bq, b_last
+
+
+@triton.jit
 def _fwd_kernel(q, k, v, b, h0, o, ht, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
                 EXCLUSIVE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -62,21 +81,13 @@ def _fwd_kernel(q, k, v, b, h0, o, ht, T, H: tl.constexpr, K: tl.constexpr, V: t
             oc += _dot(qc, S, LOW_PRECISION)
             S += _dot(tl.trans(kc), vc, LOW_PRECISION)
         elif DECAY == 1:
-            bc = tl.load(b + token, mask=mask_t, other=0.0)
-            bq = tl.load(b + token - H, mask=mask_t & (rows > 0), other=0.0) if EXCLUSIVE else bc
-            b_last = tl.load(b + last)
+            bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
             weight = tl.exp(tl.where(live, bq[:, None] - bc[None, :], float("-inf")))
             oc = _dot(_dot(qc, tl.trans(kc), LOW_PRECISION) * weight, vc, LOW_PRECISION)
             oc += _dot(qc, S, LOW_PRECISION) * tl.exp(bq)[:, None]
             S = S * tl.exp(b_last) + _dot(tl.trans(kc * tl.exp(b_last - bc)[:, None]), vc, LOW_PRECISION)
         else:
-            bc = tl.load(b + token[:, None] * K + cols_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-            if EXCLUSIVE:
-                bq = tl.load(b + (token - H)[:, None] * K + cols_k[None, :],
-                             mask=(mask_t & (rows > 0))[:, None] & mask_k[None, :], other=0.0)
-            else:
-                bq = bc
-            b_last = tl.load(b + last * K + cols_k, mask=mask_k, other=0.0)
+            bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
             oc = _dot(qc * tl.exp(bq), S, LOW_PRECISION)
             for j in range(C):  # column j of the intra-chunk scores, exact pairwise decays
                 token_j = (i_b * T + start + j) * H + i_h
@@ -125,21 +136,13 @@ def _bwd_dq_kernel(q, k, v, b, h0, do, dq, T, H: tl.constexpr, K: tl.constexpr, 
             dqc += _dot(doc, tl.trans(S), LOW_PRECISION)
             S += _dot(tl.trans(kc), vc, LOW_PRECISION)
         elif DECAY == 1:
-            bc = tl.load(b + token, mask=mask_t, other=0.0)
-            bq = tl.load(b + token - H, mask=mask_t & (rows > 0), other=0.0) if EXCLUSIVE else bc
-            b_last = tl.load(b + last)
+            bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
             weight = tl.exp(tl.where(live, bq[:, None] - bc[None, :], float("-inf")))
             dqc = _dot(_dot(doc, tl.trans(vc), LOW_PRECISION) * weight, kc, LOW_PRECISION)
             dqc += _dot(doc, tl.trans(S), LOW_PRECISION) * tl.exp(bq)[:, None]
             S = S * tl.exp(b_last) + _dot(tl.trans(kc * tl.exp(b_last - bc)[:, None]), vc, LOW_PRECISION)
         else:
-            bc = tl.load(b + token[:, None] * K + cols_k[None, :], mask=tile_k, other=0.0)
-            if EXCLUSIVE:
-                bq = tl.load(b + (token - H)[:, None] * K + cols_k[None, :],
-                             mask=(mask_t & (rows > 0))[:, None] & mask_k[None, :], other=0.0)
-            else:
-                bq = bc
-            b_last = tl.load(b + last * K + cols_k, mask=mask_k, other=0.0)
+            bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
             dqc = _dot(doc, tl.trans(S), LOW_PRECISION) * tl.exp(bq)
             for j in range(C):
                 token_j = (i_b * T + start + j) * H + i_h
@@ -192,9 +195,7 @@ def _bwd_dkv_kernel(q, k, v, b, do, dht, dk, dv, dh0, T, H: tl.constexpr, K: tl.
             dkc = _dot(tl.trans(dscores), qc, LOW_PRECISION) + _dot(vc, tl.trans(dS), LOW_PRECISION)
             dS += _dot(tl.trans(qc), doc, LOW_PRECISION)
         elif DECAY == 1:
-            bc = tl.load(b + token, mask=mask_t, other=0.0)
-            bq = tl.load(b + token - H, mask=mask_t & (rows > 0), other=0.0) if EXCLUSIVE else bc
-            b_last = tl.load(b + last)
+            bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
             weight = tl.exp(tl.where(live, bq[:, None] - bc[None, :], float("-inf")))
             to_end = tl.exp(b_last - bc)[:, None]
             scores = _dot(qc, tl.trans(kc), LOW_PRECISION) * weight
@@ -203,13 +204,7 @@ def _bwd_dkv_kernel(q, k, v, b, do, dht, dk, dv, dh0, T, H: tl.constexpr, K: tl.
             dkc = _dot(tl.trans(dscores), qc, LOW_PRECISION) + _dot(vc, tl.trans(dS), LOW_PRECISION) * to_end
             dS = dS * tl.exp(b_last) + _dot(tl.trans(qc * tl.exp(bq)[:, None]), doc, LOW_PRECISION)
         else:
-            bc = tl.load(b + token[:, None] * K + cols_k[None, :], mask=tile_k, other=0.0)
-            if EXCLUSIVE:
-                bq = tl.load(b + (token - H)[:, None] * K + cols_k[None, :],
-                             mask=(mask_t & (rows > 0))[:, None] & mask_k[None, :], other=0.0)
-            else:
-                bq = bc
-            b_last = tl.load(b + last * K + cols_k, mask=mask_k, other=0.0)
+            bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
             to_end = tl.exp(b_last[None, :] - bc)
             dvc = _dot(kc * to_end, dS, LOW_PRECISION)
             dkc = _dot(vc, tl.trans(dS), LOW_PRECISION) * to_end
