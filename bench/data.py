@@ -40,20 +40,49 @@ def eos_token_id(tokenizer) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def recall_texts(split: str, n_chars: int, max_tokens: int, seed: int = 0) -> list[str]:
-    """Alternating MQAR and passkey documents of random size up to about `max_tokens`, `n_chars` in all."""
-    rng = random.Random(_RECALL_SEED[split] + seed)
-    texts, total = [], 0
-    while total < n_chars:
-        kind = recall.KINDS[len(texts) % 2]
+def _recall_documents(rng: random.Random, max_tokens: int) -> Iterator[str]:
+    """Endless alternating MQAR and passkey documents of random size up to about `max_tokens`."""
+    for index in itertools.count():
+        kind = recall.KINDS[index % 2]
         # A 4k-token byte-level BPE spends ~8 tokens per MQAR pair and ~26 per passkey filler paragraph.
         # Sizes are log-uniform: many short documents, where copying is first learned, and some long ones.
         largest = max(2, max_tokens // 8) if kind == "mqar" else max(2, max_tokens // 26)
         size = round(math.exp(rng.uniform(math.log(2), math.log(largest))))
-        text = recall.make_doc(kind, rng, size).text
+        yield recall.make_doc(kind, rng, size).text
+
+
+def recall_texts(split: str, n_chars: int, max_tokens: int, seed: int = 0) -> list[str]:
+    """Recall documents of one split, `n_chars` characters in all."""
+    texts, total = [], 0
+    for text in _recall_documents(random.Random(_RECALL_SEED[split] + seed), max_tokens):
+        if total >= n_chars:
+            break
         texts.append(text)
         total += len(text)
     return texts
+
+
+def recall_blocks(tokenizer, seq_len: int, n_blocks: int, seed: int = 0) -> torch.Tensor:
+    """(n_blocks, seq_len) blocks of fresh training recall documents only, each block opening a document.
+
+    The stream is seeded apart from the mixture's splits; a block's last document is cut at the block end
+    (it loses queries, never gains wrong ones).
+    """
+    eos = eos_token_id(tokenizer)
+    documents = _recall_documents(random.Random(f"recall-pool-{seed}"), seq_len)
+    blocks: list[list[int]] = []
+    while len(blocks) < n_blocks:
+        # Documents average ~seq_len / 4 tokens; tokenize many at once (the Rust tokenizer runs in parallel).
+        ids = tokenizer(list(itertools.islice(documents, 8 * (n_blocks - len(blocks)) + 8)))["input_ids"]
+        block: list[int] = []
+        for doc in ids:
+            block.extend(doc + [eos])
+            if len(block) >= seq_len:
+                blocks.append(block[:seq_len])
+                block = []
+                if len(blocks) == n_blocks:
+                    break
+    return torch.tensor(blocks, dtype=torch.long)
 
 
 def embedded_texts(split: str, works_dir: Path | None = None) -> list[str]:

@@ -38,23 +38,29 @@ class TeacherRecipe:
     head_dim: int = 64
     context: int = 1024
     seq_len: int = 1024
-    batch_size: int = 8
+    batch_size: int = 32
     lr: float = 3e-3
-    warmup_steps: int = 100
-    max_steps: int = 1300
-    max_minutes: float = 55.0
-    eval_every: int = 100
+    warmup_steps: int = 200
+    max_steps: int = 20_000
+    max_minutes: float = 7.0  # of training steps; the cosine follows whichever budget runs out first
+    eval_every: int = 500
     eval_blocks: int = 64
-    patience: int = 6
+    patience: int = 40  # evaluations; copying emerges only after a long plateau of the validation loss
     recall_fraction: float = 0.5
+    # Copying emerges only after many steps, long after the ~1M Shakespeare training tokens are learnt by
+    # heart; so beyond `mixture_rows` rows per batch from the mixture, rows come from a pool of fresh
+    # recall-only blocks. `recall_pool=0` takes every row from the mixture.
+    recall_pool: int = 16_384
+    mixture_rows: int = 2
     recall_eval_docs: int = 20
+    device: str = "auto"
     seed: int = 0
 
     @classmethod
     def tiny(cls) -> "TeacherRecipe":
         return cls(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                    num_kv_heads=1, head_dim=16, context=128, seq_len=64, batch_size=4, warmup_steps=2,
-                   max_steps=6, eval_every=3, eval_blocks=4, recall_eval_docs=2)
+                   max_steps=6, eval_every=3, eval_blocks=4, recall_pool=8, mixture_rows=2, recall_eval_docs=2)
 
 
 def teacher_config(recipe: TeacherRecipe, tokenizer):
@@ -68,12 +74,36 @@ def teacher_config(recipe: TeacherRecipe, tokenizer):
                        tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
 
 
-def learning_rate(step: int, recipe: TeacherRecipe) -> float:
-    """Linear warm-up, then cosine to a tenth of the peak at `max_steps`."""
+def learning_rate(step: int, recipe: TeacherRecipe, minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine to a tenth of the peak at `max_steps` or `max_minutes`, whichever is first."""
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
-    progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps))
+    progress = min(1.0, max((step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps),
+                            minutes / recipe.max_minutes))
     return recipe.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise data_lib.DataError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+class MixedBatches:
+    """Batch `step`: `mixture_rows` rows of the mixture blocks, the rest from the recall pool (both seeded)."""
+
+    def __init__(self, mixture: torch.Tensor, pool: torch.Tensor, recipe: TeacherRecipe):
+        rows = recipe.mixture_rows if len(pool) else recipe.batch_size
+        if not 0 < rows <= recipe.batch_size:
+            raise data_lib.DataError(f"--mixture-rows {recipe.mixture_rows} must be in 1..--batch-size "
+                                     f"{recipe.batch_size}")
+        self.mixture = data_lib.Batches(mixture, rows, recipe.seed)
+        self.pool = data_lib.Batches(pool, recipe.batch_size - rows, recipe.seed + 1) if rows < recipe.batch_size else None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        return torch.cat([self.mixture(step)] + ([self.pool(step)] if self.pool else []))
 
 
 @torch.no_grad()
@@ -82,7 +112,7 @@ def mean_loss(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = blocks[start:start + batch_size]
+        batch = blocks[start:start + batch_size].to(next(model.parameters()).device)
         loss = model(input_ids=batch, labels=batch).loss
         n = batch.numel() - len(batch)
         total, count = total + loss.item() * n, count + n
@@ -104,18 +134,23 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
     started, machine = time.time(), env.machine()  # the commit that trains, not the one at the end
     spec = data_lib.DataSpec(seq_len=recipe.seq_len, recall_fraction=recipe.recall_fraction, works_dir=works_dir)
     train_texts, train_recall = data_lib.split_texts(spec, "train")
     tokenizer = data_lib.train_tokenizer(list(train_texts) + train_recall, recipe.vocab_size)
     train = data_lib.pack_blocks(train_texts, tokenizer, recipe.seq_len, train_recall)
+    pool = data_lib.recall_blocks(tokenizer, recipe.seq_len, recipe.recall_pool, recipe.seed)
     validation = data_lib.load_blocks(spec, tokenizer, "validation")[: recipe.eval_blocks]
-    model = LlamaForCausalLM(teacher_config(recipe, tokenizer))
+    model = LlamaForCausalLM(teacher_config(recipe, tokenizer)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"teacher: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
-        f"{len(train)} training blocks of {recipe.seq_len} tokens")
+    log(f"teacher: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, {len(train)} mixture "
+        f"and {len(pool)} recall-pool blocks of {recipe.seq_len} tokens, on {device} "
+        f"({(time.time() - started) / 60:.1f} min of data preparation)")
 
-    batches = data_lib.Batches(train, recipe.batch_size, recipe.seed)
+    batches = MixedBatches(train, pool, recipe)
+    # bf16 matmuls on a GPU (weights and optimizer stay fp32); fp32 on the CPU, where bf16 gains little.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim < 2 else decay).append(parameter)
@@ -132,12 +167,14 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
                 **probe()}]
     best, best_state, stale, step = float("inf"), None, 0, 0
     stop_reason = "max_steps"
+    train_started = time.time()
     while step < recipe.max_steps:
         model.train()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, recipe)
-        batch = batches(step)
-        loss = model(input_ids=batch, labels=batch).loss
+            group["lr"] = learning_rate(step, recipe, (time.time() - train_started) / 60)
+        batch = batches(step).to(device, non_blocking=True)
+        with autocast:
+            loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,7 +193,7 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
                 if stale >= recipe.patience:
                     stop_reason = "validation loss stopped improving"
                     break
-        if (time.time() - started) / 60 > recipe.max_minutes:
+        if (time.time() - train_started) / 60 > recipe.max_minutes:
             stop_reason = "time budget"
             break
     if best_state is not None:
@@ -191,6 +228,9 @@ def save_teacher(out: Path, model, tokenizer, record: dict) -> None:
 def model_card(record: dict) -> str:
     recipe, metrics, machine = record["recipe"], record["metrics"], record["machine"]
     rows = "\n".join(f"| {key} | {value} |" for key, value in metrics.items())
+    pool_rows = (f"{recipe['mixture_rows']} rows of each batch from the mixture, the rest from a pool of "
+                 f"{recipe['recall_pool']:,} fresh recall-only blocks" if recipe.get("recall_pool")
+                 else "every row from the mixture")
     return f"""---
 license: mit
 library_name: transformers
@@ -208,9 +248,10 @@ whole works (train / validation / test), mixed with generated recall documents (
 recall and passkey retrieval, {recipe['recall_fraction']:.0%} of training characters).
 
 Training: {record['steps']} steps of {recipe['batch_size']} x {recipe['seq_len']} tokens
-({record['tokens_seen']:,} tokens), AdamW, peak lr {recipe['lr']}, warm-up + cosine, seed {recipe['seed']};
-stopped by: {record['stop_reason']}; {record['train_minutes']} minutes on {machine['device_name']} with
-{machine['torch_threads']} threads (torch {machine['torch']}, commit {machine['commit']}). The best validation checkpoint is kept.
+({record['tokens_seen']:,} tokens; {pool_rows}), AdamW, peak lr {recipe['lr']}, warm-up + cosine, seed
+{recipe['seed']}; stopped by: {record['stop_reason']}; {record['train_minutes']} minutes in all on
+{machine['device_name']} (torch {machine['torch']}, commit {machine['commit']}). The best validation
+checkpoint is kept.
 
 | metric | value |
 |---|---|

@@ -271,3 +271,43 @@ def test_shipped_teacher_loads_offline_and_is_small(monkeypatch):
     assert model.config.num_key_value_heads < model.config.num_attention_heads
     ids = tokenizer("To be, or not to be", return_tensors="pt")["input_ids"]
     assert torch.isfinite(model(ids).logits).all()
+
+
+def test_recall_pool_blocks_open_with_a_document_and_are_deterministic(tokenizer):
+    blocks = data.recall_blocks(tokenizer, 96, n_blocks=6, seed=0)
+    assert blocks.shape == (6, 96)
+    assert torch.equal(blocks, data.recall_blocks(tokenizer, 96, n_blocks=6, seed=0))
+    assert not torch.equal(blocks, data.recall_blocks(tokenizer, 96, n_blocks=6, seed=1))
+    openings = {tokenizer.decode(block[:12]) for block in blocks.tolist()}
+    assert all(text.startswith(("Remember:", "There is a pass key")) for text in openings), openings
+    # the pool comes from its own stream: none of its documents is a validation or test document
+    held_out = set(data.recall_texts("validation", 5_000, 96) + data.recall_texts("test", 5_000, 96))
+    pooled = tokenizer.decode(blocks.flatten().tolist()).split(tokenizer.eos_token)
+    assert not held_out & set(pooled)
+
+
+def test_mixed_batches_take_fixed_rows_from_the_mixture_and_the_rest_from_the_pool():
+    from bench.teacher import MixedBatches
+
+    mixture, pool = torch.zeros(10, 4, dtype=torch.long), torch.ones(50, 4, dtype=torch.long)
+    recipe = TeacherRecipe.tiny()
+    recipe.batch_size, recipe.mixture_rows = 5, 2
+    batch = MixedBatches(mixture, pool, recipe)(7)
+    assert batch.shape == (5, 4) and batch[:, 0].tolist() == [0, 0, 1, 1, 1]
+    everything = MixedBatches(mixture, pool[:0], recipe)(7)  # no pool: every row from the mixture
+    assert everything.shape == (5, 4) and not everything.any()
+    recipe.mixture_rows = 0
+    with pytest.raises(data.DataError, match="--mixture-rows 0"):
+        MixedBatches(mixture, pool, recipe)
+
+
+def test_learning_rate_cosine_ends_with_whichever_budget_runs_out_first():
+    from bench.teacher import learning_rate
+
+    recipe = TeacherRecipe(lr=1.0, warmup_steps=10, max_steps=110, max_minutes=4.0)
+    assert learning_rate(0, recipe) == pytest.approx(0.1)
+    assert learning_rate(10, recipe) == pytest.approx(1.0)
+    assert learning_rate(110, recipe) == pytest.approx(0.1)
+    assert learning_rate(60, recipe) == pytest.approx(0.55)  # half the steps
+    assert learning_rate(20, recipe, minutes=2.0) == pytest.approx(0.55)  # half the time
+    assert learning_rate(20, recipe, minutes=9.0) == pytest.approx(0.1)
