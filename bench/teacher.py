@@ -41,8 +41,8 @@ class TeacherRecipe:
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 200
-    max_steps: int = 20_000
-    max_minutes: float = 7.0  # of training steps; the cosine follows whichever budget runs out first
+    max_steps: int = 40_000
+    max_minutes: float = 6.5  # of training steps; the cosine follows whichever budget runs out first
     eval_every: int = 500
     eval_blocks: int = 64
     patience: int = 40  # evaluations; copying emerges only after a long plateau of the validation loss
