@@ -1,6 +1,7 @@
 """Where a number was measured: device, threads, versions, commit — printed beside every benchmark."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import platform
@@ -47,6 +48,21 @@ def machine() -> dict:
         **{name: _version(name) for name in ("triton", "fla") if _version(name)},
         "commit": git_commit(),
     }
+
+
+def weights_fingerprint(path: str, model=None) -> str:
+    """First 12 hex digits of sha256 over a local model's weight files, or the hub revision it came from."""
+    directory = Path(path).expanduser()
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")) if directory.is_dir() else []
+    if not files:
+        revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+        return f"rev-{revision[:12]}" if revision else "unknown"
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 def header() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.io import atomic_write_text
 
 RECALL_LENGTHS = (256, 512, 1024, 2048, 4096)
-COLUMNS = (["run_id", "teacher", "student", "init", "stages", "tokens", "seed", "params", "state_bytes",
+COLUMNS = (["run_id", "teacher", "teacher_sha", "student", "init", "stages", "tokens", "seed", "params", "state_bytes",
             "val_ppl", "teacher_val_ppl", "val_kl"] + [f"recall_{n}" for n in RECALL_LENGTHS]
            + ["cloze_acc", "pct_recovered", "prefill_tok_s_2048", "prefill_tok_s_16384", "decode_ms_32768",
               "backend", "device", "dtype", "torch", "commit", "date"])
@@ -58,7 +58,8 @@ def row(record: dict) -> dict:
         kinds = [student_scores[k] for k in (f"recall_mqar_{length}", f"recall_passkey_{length}") if k in student_scores]
         recall[f"recall_{length}"] = sum(kinds) / len(kinds) if kinds else None
     out = {
-        "run_id": record["run"], "teacher": "+".join(settings["teachers"]), "student": settings["student"],
+        "run_id": record["run"], "teacher": "+".join(settings["teachers"]),
+        "teacher_sha": record.get("teacher_fingerprint"), "student": settings["student"],
         "init": settings["init"], "stages": "+".join(settings["stages"]), "tokens": settings["tokens"],
         "seed": settings["seed"], "params": record["params"]["student"],
         "state_bytes": max(record["state_bytes_per_layer"]) * len(record["state_bytes_per_layer"]),

@@ -348,7 +348,9 @@ def run(settings: RunSettings, args) -> dict:
             throughput = _throughput(student, teachers[0], preset)
         student.save_pretrained(output_dir / "student")
         tokenizer.save_pretrained(output_dir / "student")
-        record = {"run": settings.run_name, "settings": asdict(settings), "plans": train_lib.plan_summary(plans, config),
+        record = {"run": settings.run_name, "settings": asdict(settings),
+                  "teacher_fingerprint": "+".join(env.weights_fingerprint(p, t) for p, t in zip(teacher_paths, teachers)),
+                  "plans": train_lib.plan_summary(plans, config),
                   "stages": summaries, "metrics": metrics, "evaluation": evaluation, "throughput": throughput,
                   "params": {"student": sum(p.numel() for p in student.parameters()),
                              "teacher": sum(p.numel() for p in teachers[0].parameters())},

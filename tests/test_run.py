@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import data, losses, run, stages, train
+from bench import data, env, losses, run, stages, train
 from students.surgery import build_student, load_teacher
 
 
@@ -175,6 +175,7 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     assert len(rows) == 1 and rows[0]["run_id"] == record["run"] and rows[0]["student"] == "gla"
     assert float(rows[0]["pct_recovered"]) == pytest.approx(evaluation["recovered"]["avg"], rel=1e-6)
     assert float(rows[0]["teacher_prefill_tok_s_64"]) > 0 and float(rows[0]["val_kl"]) >= 0
+    assert rows[0]["teacher_sha"] == record["teacher_fingerprint"] == env.weights_fingerprint(str(tiny_teacher_dir))
     import students  # noqa: F401  registers the student class
     reloaded = AutoModelForCausalLM.from_pretrained(out / "student")
     assert reloaded.config.student == "gla"
@@ -283,3 +284,12 @@ def test_context_longer_than_the_teacher_is_refused(tmp_path, capsys, tiny_teach
     assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--seq-len", "4096",
                      "--tokens", str(100 * 4 * 4096)]) == 2
     assert "longer than the model's context" in capsys.readouterr().err
+
+
+def test_weights_fingerprint_follows_the_weight_bytes(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    first = env.weights_fingerprint(str(tmp_path))
+    assert len(first) == 12 and first == env.weights_fingerprint(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"weightz")
+    assert env.weights_fingerprint(str(tmp_path)) != first
+    assert env.weights_fingerprint(str(tmp_path / "absent")) == "unknown"  # a hub id with no revision known
