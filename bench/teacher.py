@@ -228,6 +228,7 @@ def save_teacher(out: Path, model, tokenizer, record: dict) -> None:
 def model_card(record: dict) -> str:
     recipe, metrics, machine = record["recipe"], record["metrics"], record["machine"]
     rows = "\n".join(f"| {key} | {value} |" for key, value in metrics.items())
+    best_step = min(record["history"], key=lambda entry: entry["val_loss"])["step"]
     pool_rows = (f"{recipe['mixture_rows']} rows of each batch from the mixture, the rest from a pool of "
                  f"{recipe['recall_pool']:,} fresh recall-only blocks" if recipe.get("recall_pool")
                  else "every row from the mixture")
@@ -249,9 +250,9 @@ recall and passkey retrieval, {recipe['recall_fraction']:.0%} of training charac
 
 Training: {record['steps']} steps of {recipe['batch_size']} x {recipe['seq_len']} tokens
 ({record['tokens_seen']:,} tokens; {pool_rows}), AdamW, peak lr {recipe['lr']}, warm-up + cosine, seed
-{recipe['seed']}; stopped by: {record['stop_reason']}; {record['train_minutes']} minutes in all on
-{machine['device_name']} (torch {machine['torch']}, commit {machine['commit']}). The best validation
-checkpoint is kept.
+{recipe['seed']}; the cosine ends at {recipe['max_steps']:,} steps or {recipe['max_minutes']} minutes of steps, whichever comes
+first; stopped by: {record['stop_reason']}; {record['train_minutes']} minutes in all on {machine['device_name']}
+(torch {machine['torch']}, commit {machine['commit']}). Kept: the best validation checkpoint (step {best_step:,}).
 
 | metric | value |
 |---|---|

@@ -311,3 +311,17 @@ def test_learning_rate_cosine_ends_with_whichever_budget_runs_out_first():
     assert learning_rate(60, recipe) == pytest.approx(0.55)  # half the steps
     assert learning_rate(20, recipe, minutes=2.0) == pytest.approx(0.55)  # half the time
     assert learning_rate(20, recipe, minutes=9.0) == pytest.approx(0.1)
+
+
+def test_shipped_teacher_copies_at_512_tokens(monkeypatch):
+    """The issue's bar for the embedded teacher: recall near perfect at 512 tokens (attention can copy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench import evaluate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_TEACHER)
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_TEACHER)
+    config = evaluate.EvalConfig(recall_lengths=(512,), recall_docs=8, seed=3)  # documents no card reported
+    scores = evaluate.recall_scores(model, tokenizer, config, progress=False)
+    assert scores["recall_mqar_512"] >= 0.95 and scores["recall_passkey_512"] >= 0.9, scores
