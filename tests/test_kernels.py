@@ -152,14 +152,15 @@ def test_delta_rule_matrix_times_v_equals_output(decay):
 
 @pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
 @pytest.mark.parametrize("T", [63, 257])
-def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bonus):
-    from kernels.linear_recurrence.chunk import FACTOR_RANGE, factored_chunk_size
+@pytest.mark.parametrize("shift", [-4.0, -1.5], ids=["whole-chunks", "sub-chunks"])
+def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bonus, shift):
+    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, factored_chunk_size
 
     inputs = _lr_inputs(T, "channel", bonus, True)
     with torch.no_grad():  # mild but not trivial: chunk totals of a few tens, as at RWKV/GLA inits
-        inputs["log_decay"].copy_(-torch.exp(torch.randn(B, T, H, K) - 1.5))
+        inputs["log_decay"].copy_(-torch.exp(torch.randn(B, T, H, K) + shift))
     size = factored_chunk_size(inputs["log_decay"])
-    assert size is not None
+    assert size is not None and (size == CHUNK) == (shift == -4.0)
     # a chunk of twice that size would leave the factor range: the test sits near the edge of the form
     assert size == 64 or factored_chunk_size(inputs["log_decay"], 2 * size) != 2 * size
     _compare(linear_recurrence, inputs, "chunk")
