@@ -6,7 +6,8 @@
 Recurrences: forward and forward+backward time of each backend (CPU default: naive, chunk; CUDA default:
 chunk (torch), triton (ours), fla (flash-linear-attention, when installed)), the speed-up over the
 baseline (naive on CPU, the torch chunk form on CUDA) and achieved GFLOP/s counted from the chunked
-algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for the state;
+algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for the state,
+C = 64 whichever per-channel form the torch chunk backend takes;
 the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as 2× forward).
 Before any timing each backend is checked against the fp32 loop on the same configuration (at most
 CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
@@ -24,10 +25,12 @@ from bench.env import header, machine, time_call
 from kernels import delta_rule, linear_recurrence
 from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
 from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
-from kernels.linear_recurrence.chunk import CHUNK
+from kernels.linear_recurrence.chunk import CHUNK, SUBCHUNK, factored_chunk_size
 
 CHECK_LENGTH = 256
-CASES = "linear_recurrence:head,linear_recurrence:channel,linear_recurrence:bonus,delta_rule:head"
+CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:channel_strong,"
+         "linear_recurrence:bonus,delta_rule:head")
+DECAYS = ("none", "head", "channel", "channel_strong", "bonus")
 TOLERANCE = {"chunk": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
 
 
@@ -40,16 +43,27 @@ def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dt
         args["beta"] = torch.rand(B, T, H, device=device).to(dtype)
     if decay == "head":
         args["log_decay"] = F.logsigmoid(torch.randn(B, T, H, device=device) + 3)
-    elif decay in ("channel", "bonus"):  # RWKV-6 style w = −exp(·)
+    elif decay in ("channel", "bonus"):  # RWKV-6 style w = −exp(·), ~−0.6 per step: the factored chunk form
         args["log_decay"] = -torch.exp(torch.randn(B, T, H, K, device=device) - 1)
+    elif decay == "channel_strong":  # channels reaching −20 per step and beyond: the stable sub-chunk form
+        args["log_decay"] = -torch.exp(1.5 * torch.randn(B, T, H, K, device=device))
     if decay == "bonus":
         args["bonus"] = torch.randn(H, K, device=device)
     return {n: t.requires_grad_(grad) for n, t in args.items()}
 
 
-def _flops(op: str, T: int, H: int, K: int) -> float:
+def chunk_form(op: str, log_decay) -> tuple[str, int]:
+    """Which chunked form `chunk` takes on these decays, and its chunk size."""
+    if op == "linear_recurrence" and log_decay is not None and log_decay.dim() == 4:
+        size = factored_chunk_size(log_decay)
+        if size == CHUNK:
+            return f"factored C={CHUNK}", CHUNK
+        return f"C={CHUNK}, {'factored' if size else 'pairwise'} sub-chunks of {size or SUBCHUNK}", CHUNK
+    return f"C={CHUNK}", CHUNK
+
+
+def _flops(op: str, T: int, H: int, K: int, C: int = CHUNK) -> float:
     """Nominal matmul work of the chunked algorithm (K = V), per the module docstring."""
-    C = CHUNK
     per_token = 2 * C * K + 2 * C * K + 4 * K * K  # q kᵀ, scores v, q S, kᵀ v
     if op == "delta_rule":  # + k kᵀ, triangular solve, attn w, transition and its state product
         per_token += 2 * C * K + C * 2 * K + 2 * C * K + 2 * K * K + 2 * K * K
@@ -91,6 +105,9 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
         row["correct"] = row["rel_err"] <= TOLERANCE.get(backend, 1e-4)
         slow = backend == "naive"
         args = _inputs(op, decay, B, T, H, K, device, dtype, grad=False)
+        form, size = chunk_form(op, args.get("log_decay"))  # the work is counted alike for every backend
+        if backend == "chunk":
+            row["form"] = form
         with torch.no_grad():
             fwd = time_call(lambda: fn(**args, backend=backend), repeats=1 if slow else repeats)
         grad_args = _inputs(op, decay, B, T, H, K, device, dtype, grad=True)
@@ -99,7 +116,7 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
             fn(**grad_args, backend=backend)[0].float().sum().backward()
 
         fb = time_call(fwd_bwd, repeats=1 if slow else repeats, warmup=0 if slow else 1)
-        flops = B * _flops(op, T, H, K)
+        flops = B * _flops(op, T, H, K, size)
         row.update(fwd_s=fwd["median_s"], fwdbwd_s=fb["median_s"], fwd_spread_s=[fwd["min_s"], fwd["max_s"]],
                    fwd_gflops=flops / fwd["median_s"] / 1e9, fwdbwd_gflops=3 * flops / fb["median_s"] / 1e9)
         if torch.cuda.is_available() and device == "cuda":
@@ -126,12 +143,12 @@ def matmul_gflops(device: str, dtype: torch.dtype, n: int = 1024) -> float:
 
 def _print_row(r: dict, peak: float) -> None:
     if "fwd_s" not in r:
-        print(f"{r['op']:18} {r['decay']:8} {r['T']:>6} {r['backend']:7} unavailable: {r.get('error')}", flush=True)
+        print(f"{r['op']:18} {r['decay']:14} {r['T']:>6} {r['backend']:7} unavailable: {r.get('error')}", flush=True)
         return
     sx = lambda s: f"{s:7.2f}" if s is not None else "   FAIL"
-    print(f"{r['op']:18} {r['decay']:8} {r['T']:>6} {r['backend']:7} {r['rel_err']:9.1e} {r['fwd_s'] * 1e3:10.2f} "
+    print(f"{r['op']:18} {r['decay']:14} {r['T']:>6} {r['backend']:7} {r['rel_err']:9.1e} {r['fwd_s'] * 1e3:10.2f} "
           f"{sx(r['speedup_fwd'])} {r['fwdbwd_s'] * 1e3:10.2f} {sx(r['speedup_fwdbwd'])} {r['fwd_gflops']:10.1f} "
-          f"{100 * r['fwd_gflops'] / peak:6.1f}%", flush=True)
+          f"{100 * r['fwd_gflops'] / peak:6.1f}%  {r.get('form', '')}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -146,15 +163,14 @@ def main(argv=None) -> int:
                         help="timing dtype (default fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--backends", default=None, help="comma list; default naive,chunk on CPU, chunk,triton,fla on CUDA")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default=CASES, help="op:decay,... with decay none|head|channel|bonus")
+    parser.add_argument("--cases", default=CASES, help=f"op:decay,... with decay {'|'.join(DECAYS)}")
     parser.add_argument("--quick", action="store_true", help="loss suites: tiny shapes")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
     args = parser.parse_args(argv)
     try:
         lengths = [int(x) for x in args.lengths.split(",")]
         cases = [tuple(c.split(":")) for c in args.cases.split(",")]
-        if any(t <= 0 for t in lengths) or any(len(c) != 2 or c[1] not in ("none", "head", "channel", "bonus")
-                                               for c in cases):
+        if any(t <= 0 for t in lengths) or any(len(c) != 2 or c[1] not in DECAYS for c in cases):
             raise ValueError
     except ValueError:
         print("error: --lengths must be positive integers like 512,2048 and --cases like op:decay,...", file=sys.stderr)
@@ -172,8 +188,8 @@ def main(argv=None) -> int:
         peak = matmul_gflops(args.device, dtype)
         result["matmul_gflops"] = peak
         print(f"{args.dtype or dtype} matmul yardstick: {peak:.1f} GFLOP/s; speed-ups are vs {baseline}")
-        print(f"{'op':18} {'decay':8} {'T':>6} {'backend':7} {'rel err':>9} {'fwd ms':>10} {'x':>7} "
-              f"{'f+b ms':>10} {'x':>7} {'GF/s fwd':>10} {'%peak':>7}")
+        print(f"{'op':18} {'decay':14} {'T':>6} {'backend':7} {'rel err':>9} {'fwd ms':>10} {'x':>7} "
+              f"{'f+b ms':>10} {'x':>7} {'GF/s fwd':>10} {'%peak':>7}  form")
         for op, decay in cases:
             for T in lengths:
                 rows = bench_case(op, decay, args.batch, T, args.heads, args.dim, backends, baseline, args.device,
