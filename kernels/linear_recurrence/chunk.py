@@ -82,15 +82,11 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     causal = idx[:, None] > idx[None, :] if bonus is not None else idx[:, None] >= idx[None, :]
 
     if factored:  # every |b| ≤ FACTOR_RANGE inside a chunk: exp(b_t − b_s) = exp(b_t) · exp(−b_s)
-        scores = torch.where(causal, (qc * b_query.exp()) @ (kc * (-b).exp()).transpose(-1, -2), 0.0)
+        o = torch.where(causal, (qc * b_query.exp()) @ (kc * (-b).exp()).transpose(-1, -2), 0.0) @ vc
     elif per_channel:
-        scores = None
-    else:
-        scores = qc @ kc.transpose(-1, -2) * _masked_exp(b_query - b.transpose(-1, -2), causal)
-    if scores is None:
         o = _per_channel_intra_output(qc, kc, vc, b, b_query, causal, subchunk_size, sub_factored)
     else:
-        o = scores @ vc
+        o = (qc @ kc.transpose(-1, -2) * _masked_exp(b_query - b.transpose(-1, -2), causal)) @ vc
     if bonus is not None:
         o = o + (qc * bonus.float()[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc
 
@@ -109,43 +105,12 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     return o.to(out_dtype), (state if output_final_state else None)
 
 
-def _per_channel_intra_scores(qc, kc, b, b_query, causal, sub):
-    """Intra-chunk scores A[t, s] = Σ_k q_tk k_sk exp(bq_tk − b_sk) for per-channel decays, stably.
-
-    Off-diagonal sub-blocks (s in sub-chunk j < i ∋ t) factor as
-    exp(bq_t − r_i) · exp(r_i − e_j) · exp(e_j − b_s), with r_i the log decay just before sub-chunk i and
-    e_j the one at the end of sub-chunk j; all three exponents are ≤ 0. Diagonal sub-blocks use the
-    pairwise differences directly.
-    """
-    B, H, N, C, K = qc.shape
-    sub = min(sub, C)
-    n_sub = C // sub
-    assert n_sub * sub == C, "chunk size must be a multiple of the sub-chunk size"
-    ends = b[:, :, :, sub - 1::sub]  # e_j, (B, H, N, n_sub, K)
-    starts = torch.cat([b.new_zeros(B, H, N, 1, K), ends[:, :, :, :-1]], dim=3)  # r_i
-    q_scaled = qc * (b_query - starts.repeat_interleave(sub, dim=3)).exp()
-    k_scaled = kc * (ends.repeat_interleave(sub, dim=3) - b).exp()
-    pair = torch.arange(n_sub, device=qc.device)
-    earlier = (pair[None, :] < pair[:, None])[..., None]  # (i, j, 1): sub-chunk j strictly before i
-    bridge = _masked_exp(starts[:, :, :, :, None] - ends[:, :, :, None], earlier)  # (B, H, N, i, j, K)
-    k_bridged = bridge.repeat_interleave(sub, dim=4) * k_scaled[:, :, :, None]  # (B, H, N, i, C, K)
-    scores = (q_scaled.view(B, H, N, n_sub, sub, K) @ k_bridged.transpose(-1, -2)).view(B, H, N, C, C)
-    # Diagonal sub-blocks: exact pairwise decay differences, (sub × sub × K) per block; the causal mask
-    # is applied after the sum over K, on the K-times smaller tensor.
-    decay = b_query.view(B, H, N, n_sub, sub, 1, K) - b.view(B, H, N, n_sub, 1, sub, K)
-    decay = decay.clamp_(-80.0, 0.0).exp_()  # entries above the diagonal are masked below
-    diag = (decay * qc.view(B, H, N, n_sub, sub, 1, K) * kc.view(B, H, N, n_sub, 1, sub, K)).sum(-1)
-    diag = diag * causal[:sub, :sub]  # (B, H, N, n_sub, sub, sub)
-    blocks = scores.view(B, H, N, n_sub, sub, n_sub, sub)
-    blocks.diagonal(dim1=3, dim2=5).add_(diag.permute(0, 1, 2, 4, 5, 3))
-    return scores
-
-
 def _per_channel_intra_output(qc, kc, vc, b, b_query, causal, sub, factored=False):
     """Intra-chunk output for per-channel decays, stably, without any (C × C × K) tensor.
 
-    Diagonal sub-blocks as in `_per_channel_intra_scores`, or, when `factored` (every sub-chunk's decay
-    range is within FACTOR_RANGE), as one masked product factored about the sub-chunk start; earlier sub-chunks of the same chunk reach a
+    Diagonal (sub × sub) blocks: A[t, s] = Σ_k q_tk k_sk exp(bq_tk − b_sk) from the pairwise differences,
+    or, when `factored` (every sub-chunk's decay range is within FACTOR_RANGE), as one masked product
+    factored about the sub-chunk start. Earlier sub-chunks of the same chunk reach a
     query through local states: S_i = exp(r_i − r_{i−1}) ⊙ S_{i−1} + Σ_{s ∈ i−1} exp(r_i − b_s) k_s v_sᵀ,
     read as (q_t ⊙ exp(bq_t − r_i)) S_i, with r_i the log decay just before sub-chunk i (exponents ≤ 0).
     """
