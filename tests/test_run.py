@@ -230,7 +230,9 @@ def test_fsdp_sharded_teacher_equals_a_replicated_one(tmp_path, tiny_teacher_dir
     one, two = _record(tmp_path / "one"), _record(tmp_path / "two")
     assert two["world_size"] == 2 and two["fsdp_teachers"] and not one["fsdp_teachers"]
     for stage_one, stage_two in zip(one["stages"], two["stages"]):  # matrix mixing reads sharded attention
-        assert stage_one["losses"] == pytest.approx(stage_two["losses"], rel=1e-4, abs=1e-6)
+        # first step: same weights, only the summation order differs; later steps: Adam grows that 1e-7 rounding
+        assert stage_one["losses"][0] == pytest.approx(stage_two["losses"][0], rel=1e-5, abs=1e-6)
+        assert stage_one["losses"] == pytest.approx(stage_two["losses"], rel=1e-3, abs=1e-6)
     # 40 steps of all-reduced gradients in another summation order: equal to fp32 rounding, not bitwise
     assert one["metrics"] == pytest.approx(two["metrics"], rel=5e-3)
 
