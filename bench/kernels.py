@@ -7,7 +7,7 @@ Recurrences: forward and forward+backward time of each backend (CPU default: nai
 chunk (torch), triton (ours), fla (flash-linear-attention, when installed)), the speed-up over the
 baseline (naive on CPU, the torch chunk form on CUDA) and achieved GFLOP/s counted from the chunked
 algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for the state,
-C = 64 whichever per-channel form the torch chunk backend takes;
+C = 64 whichever form the torch chunk backend takes per chunk;
 the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as 2× forward).
 Before any timing each backend is checked against the fp32 loop on the same configuration (at most
 CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
@@ -25,7 +25,7 @@ from bench.env import header, machine, time_call
 from kernels import delta_rule, linear_recurrence
 from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
 from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
-from kernels.linear_recurrence.chunk import CHUNK, SUBCHUNK, factored_chunk_size
+from kernels.linear_recurrence.chunk import CHUNK, chunk_forms
 
 CHECK_LENGTH = 256
 CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:channel_strong,"
@@ -53,12 +53,13 @@ def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dt
 
 
 def chunk_form(op: str, log_decay) -> tuple[str, int]:
-    """Which chunked form `chunk` takes on these decays, and its chunk size."""
-    if op == "linear_recurrence" and log_decay is not None and log_decay.dim() == 4:
-        size = factored_chunk_size(log_decay)
-        if size == CHUNK:
-            return f"factored C={CHUNK}", CHUNK
-        return f"C={CHUNK}, {'factored' if size else 'pairwise'} sub-chunks of {size or SUBCHUNK}", CHUNK
+    """Which chunked forms `chunk` takes on these decays (share of chunks factored), and its chunk size."""
+    if op == "linear_recurrence" and log_decay is not None:
+        forms = chunk_forms(log_decay)
+        text = f"C={CHUNK}, {100 * forms['factored_chunks']:.0f}% of chunks factored"
+        if "factored_subchunks_of_stable" in forms:
+            text += f", {100 * forms['factored_subchunks_of_stable']:.0f}% of their sub-chunks"
+        return text, CHUNK
     return f"C={CHUNK}", CHUNK
 
 

@@ -152,18 +152,40 @@ def test_delta_rule_matrix_times_v_equals_output(decay):
 
 @pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
 @pytest.mark.parametrize("T", [63, 257])
-@pytest.mark.parametrize("per_step", [(0.02, 0.12), (0.5, 1.5)], ids=["whole-chunks", "sub-chunks"])
-def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bonus, per_step):
-    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, factored_chunk_size
+def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bonus):
+    from kernels.linear_recurrence.chunk import chunk_forms
 
-    low, high = per_step  # log decay per step in −[low, high]: 64 tokens stay within −60 only for the first
     inputs = _lr_inputs(T, "channel", bonus, True)
-    with torch.no_grad():
-        inputs["log_decay"].copy_(-(low + (high - low) * torch.rand(B, T, H, K)))
-    size = factored_chunk_size(inputs["log_decay"])
-    assert size == (CHUNK if high * CHUNK <= FACTOR_RANGE else 32), size
+    with torch.no_grad():  # ≤ 0.12 per step: a 64-token chunk spans ≤ 7.7, far inside FACTOR_RANGE
+        inputs["log_decay"].copy_(-(0.02 + 0.1 * torch.rand(B, T, H, K)))
+    assert chunk_forms(inputs["log_decay"]) == {"factored_chunks": 1.0}
     _compare(linear_recurrence, inputs, "chunk")
-    strong = _lr_inputs(T, "channel", bonus, True, strong=True)["log_decay"]
-    assert factored_chunk_size(strong) is None  # ... while strong decays keep the stable sub-chunk form
-    edge = torch.full((1, 32, 1, 1), -FACTOR_RANGE / 31.5)  # one 32-token chunk totals −60.95
-    assert factored_chunk_size(edge) == 16
+
+
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+@pytest.mark.parametrize("per_head", [False, True], ids=["channel", "head"])
+def test_each_chunk_takes_its_own_form_and_all_match_naive(bonus, per_head):
+    from kernels.linear_recurrence.chunk import chunk_forms
+
+    T = 257  # chunks 0, 3, 4 factored; 1 spans ~160 (stable: factored sub-chunks); 2 has one sub-chunk spanning 240
+    inputs = _lr_inputs(T, "head" if per_head else "channel", bonus, True)
+    steps = torch.full((T,), 0.5)
+    steps[64:128] = 2.5
+    steps[136:144] = 30.0
+    with torch.no_grad():
+        inputs["log_decay"].copy_(-steps.view(1, T, 1, *([] if per_head else [1])) * (0.9 + 0.2 * torch.rand_like(inputs["log_decay"])))
+    forms = chunk_forms(inputs["log_decay"])
+    assert forms["factored_chunks"] == pytest.approx(3 / 5)
+    if not per_head:
+        assert forms["factored_subchunks_of_stable"] == pytest.approx(15 / 16)
+    _compare(linear_recurrence, inputs, "chunk")
+
+
+def test_the_factored_form_ends_at_factor_range():
+    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, chunk_forms
+
+    inside, outside = (torch.full((1, CHUNK, 1, 3), -FACTOR_RANGE / CHUNK * f) for f in (0.999, 1.001))
+    assert chunk_forms(inside) == {"factored_chunks": 1.0}
+    assert chunk_forms(outside) == {"factored_chunks": 0.0, "factored_subchunks_of_stable": 1.0}
+    strong = _lr_inputs(256, "channel", False, False, strong=True)["log_decay"]
+    assert chunk_forms(strong)["factored_chunks"] < 0.5  # RWKV-6's strong decays keep the stable form

@@ -1,25 +1,29 @@
 """Chunked parallel form of the linear recurrence (the CPU training path, differentiable by autograd).
 
-Inside a chunk of C tokens the output is a masked matrix product (GLA, Yang et al. 2024, §3.3);
-across chunks the fp32 state is carried. Decays are always factored relative to a nearby reference
-point inside the chunk, so every exponent that is evaluated is ≤ 0 and strong decays (RWKV-6 can
-reach log-decay −20 per step) never overflow: per-channel decays use sub-chunks of SUBCHUNK tokens, with
-the diagonal sub-blocks computed exactly from pairwise log-decay differences.
+Inside a chunk of C tokens the output is a masked matrix product (GLA, Yang et al. 2024, §3.3); across
+chunks the fp32 states are carried by a grouped scan whose groups are small matrix products.
 
-That stable per-channel form moves ~C/SUBCHUNK times more memory than a plain matrix product. When every
-chunk's total log decay stays above −FACTOR_RANGE (mild decays, as at most inits), the chunk is instead
-factored about its start, q·exp(b_t) and k·exp(−b_s) (GLA eq. 5), whose factors stay within
-exp(±FACTOR_RANGE), far inside fp32; the chunk size is halved (down to MIN_FACTOR_CHUNK) until that holds.
+Each chunk takes its own form, chosen from its decays:
+- factored (GLA eq. 5): when the chunk's log decay spans at most FACTOR_RANGE in every channel,
+  exp(b_t − b_s) = exp(b_t − c) · exp(c − b_s) about the chunk's midpoint c, each factor within
+  exp(±FACTOR_RANGE/2) ≈ 1e±26, so the scores are one plain masked matrix product;
+- stable, for chunks that decay faster (RWKV-6 channels reach −20 per step): per-head decays use the
+  exact pairwise C × C decay matrix; per-channel decays use sub-chunks of SUBCHUNK tokens whose diagonal
+  blocks are factored the same way where their span allows, else built from exact pairwise differences,
+  and earlier sub-chunks reach a query through local states. No C × C × K tensor is ever formed.
+Every exponent that is evaluated is ≤ FACTOR_RANGE/2, and ≤ 0 wherever the product is kept.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 CHUNK = 64
 SUBCHUNK = 8
-FACTOR_RANGE = 60.0  # exp(±60) ≈ 1e±26: products of such factors stay normal fp32 numbers
-MIN_FACTOR_CHUNK = 8
+FACTOR_RANGE = 120.0  # largest log-decay span that is factored: factors within exp(±60), normal fp32 numbers
+STATE_GROUP = 16  # chunks whose states come from one matrix product; groups are carried sequentially
 
 
 def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
@@ -37,19 +41,71 @@ def _masked_exp(diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, diff.clamp(-80.0, 0.0).exp(), 0.0)
 
 
-def factored_chunk_size(log_decay: torch.Tensor, chunk_size: int = CHUNK) -> int | None:
-    """Largest chunk size (halving from `chunk_size`) whose every in-chunk cumulative per-channel log decay
-    is ≥ −FACTOR_RANGE, or None when even MIN_FACTOR_CHUNK tokens decay more (use the stable form)."""
-    B, T, H, K = log_decay.shape
+def _span_fits(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Whether a block's log decay (from `start` before it to `end` after it, ≤ 0 steps) spans at most
+    FACTOR_RANGE in every channel; reduces all but the leading (block) dimension."""
+    return (end - start).flatten(1).amin(dim=1) >= -FACTOR_RANGE
+
+
+def _by_form(fits: torch.Tensor, tensors: tuple, factored: Callable, stable: Callable) -> torch.Tensor:
+    """Apply `factored` to the blocks (leading dimension) that fit and `stable` to the rest, each on its own
+    subset (no discarded branch, so no overflow can reach a gradient), and reassemble in order."""
+    if bool(fits.all()):
+        return factored(*tensors)
+    if not bool(fits.any()):
+        return stable(*tensors)
+    fast, slow = fits.nonzero().squeeze(1), (~fits).nonzero().squeeze(1)
+    out_fast = factored(*(t[fast] for t in tensors))
+    out_slow = stable(*(t[slow] for t in tensors))
+    out = out_fast.new_zeros((fits.shape[0],) + out_fast.shape[1:])
+    return out.index_copy(0, fast, out_fast).index_copy(0, slow, out_slow)
+
+
+def _causal(length: int, strict: bool, device) -> torch.Tensor:
+    """Which (t, s) pairs a query reads: s ≤ t, or s < t for RWKV's bonus form (it reads S_{t−1})."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril_(-1 if strict else 0)
+
+
+def _factored_scores(q, k, b_query, b, start, end, strict):
+    """Masked scores Σ_k q_tk k_sk exp(bq_tk − b_sk) of blocks whose span fits, factored about the midpoint.
+    Masked (t < s) products may overflow to inf; tril_ overwrites them and nothing multiplies them."""
+    mid = (start + end) / 2
+    scores = (q * (b_query - mid).exp()) @ (k * (mid - b).exp()).transpose(-1, -2)
+    return scores.tril_(-1 if strict else 0)  # in place: the product is fresh and its backward does not read it
+
+
+def _pairwise_scores(q, k, b_query, b, strict):
+    """Masked scores from exact pairwise log-decay differences (every kept exponent ≤ 0)."""
+    causal = _causal(q.shape[-2], strict, q.device)
+    if b.shape[-1] == 1:  # per head: a (C × C) decay matrix
+        return (q @ k.transpose(-1, -2)) * _masked_exp(b_query - b.transpose(-1, -2), causal)
+    decay = (b_query.unsqueeze(-2) - b.unsqueeze(-3)).clamp_(-80.0, 0.0).exp_()  # (..., L, L, K), L small
+    return (decay * q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) * causal
+
+
+def _with_bonus(scores, bonus_diag):
+    """RWKV-6's bonus term q_t·(u ⊙ k_t) sits on the diagonal, which the strict mask left empty."""
+    if bonus_diag is not None:
+        scores.diagonal(dim1=-2, dim2=-1).add_(bonus_diag)
+    return scores
+
+
+def chunk_forms(log_decay: torch.Tensor | None, chunk_size: int = CHUNK, subchunk_size: int = SUBCHUNK) -> dict:
+    """Fractions of chunks (and of the stable chunks' sub-chunks) that take each form on these decays."""
+    if log_decay is None:
+        return {"factored_chunks": 1.0}
     g = log_decay.detach().float()
-    C = chunk_size
-    while C >= min(MIN_FACTOR_CHUNK, chunk_size):
-        N = -(-T // C)
-        padded = F.pad(g, [0, 0, 0, 0, 0, N * C - T]).view(B, N, C, H, K)
-        if padded.sum(dim=2).min() >= -FACTOR_RANGE:  # decays are ≤ 0: the chunk total is the extreme
-            return C
-        C //= 2
-    return None
+    g = g if g.dim() == 4 else g[..., None]
+    B, T, H, K = g.shape
+    N = max(1, -(-T // chunk_size))
+    b = _to_chunks(g, N, chunk_size).cumsum(dim=3).flatten(0, 2)  # (M, C, K)
+    fits = _span_fits(torch.zeros_like(b[:, :1]), b[:, -1:])
+    forms = {"factored_chunks": fits.float().mean().item()}
+    if K > 1 and not bool(fits.all()):
+        ends = b[~fits].view(-1, chunk_size // subchunk_size, subchunk_size, K)[:, :, -1:]
+        starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)
+        forms["factored_subchunks_of_stable"] = _span_fits(starts.flatten(0, 1), ends.flatten(0, 1)).float().mean().item()
+    return forms
 
 
 def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
@@ -59,83 +115,119 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     out_dtype = v.dtype
     scale = K ** -0.5 if scale is None else scale
     C = chunk_size
-    factored, sub_factored = False, False
-    if log_decay is not None and log_decay.dim() == 4:
-        # Factor whole chunks when their decay range allows, else sub-chunks (two-level), else pairwise.
-        factored_size = factored_chunk_size(log_decay, chunk_size)
-        factored = factored_size == chunk_size
-        if factored_size is not None and not factored:
-            subchunk_size, sub_factored = factored_size, True
     N = max(1, -(-T // C))
     qc, kc, vc = (_to_chunks(x.float(), N, C) for x in (q, k, v))  # (B, H, N, C, K|V)
-    per_channel = log_decay is not None and log_decay.dim() == 4
+    strict = bonus is not None
+    bonus_diag = None if bonus is None else (qc * bonus.float()[None, :, None, None, :] * kc).sum(-1)  # (B, H, N, C)
+
     if log_decay is None:
-        g = qc.new_zeros(B, H, N, C, 1)
+        o = _with_bonus((qc @ kc.transpose(-1, -2)).tril_(-1 if strict else 0), bonus_diag) @ vc
+        chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, N, K, V)
+        states_before, state = _carry_states(chunk_kv, None, initial_state)
+        q_inter = qc
     else:
         g = _to_chunks(log_decay.float(), N, C)
-        g = g if per_channel else g[..., None]
-    b = g.cumsum(dim=3)  # inclusive log decay from the chunk start, (B, H, N, C, 1|K)
-    b_query = b - g if bonus is not None else b  # RWKV reads S_{t-1}: exclusive of token t's decay
-    b_last = b[:, :, :, -1:]  # (B, H, N, 1, 1|K)
-
-    idx = torch.arange(C, device=q.device)
-    causal = idx[:, None] > idx[None, :] if bonus is not None else idx[:, None] >= idx[None, :]
-
-    if factored:  # every |b| ≤ FACTOR_RANGE inside a chunk: exp(b_t − b_s) = exp(b_t) · exp(−b_s)
-        o = torch.where(causal, (qc * b_query.exp()) @ (kc * (-b).exp()).transpose(-1, -2), 0.0) @ vc
-    elif per_channel:
-        o = _per_channel_intra_output(qc, kc, vc, b, b_query, causal, subchunk_size, sub_factored)
-    else:
-        o = (qc @ kc.transpose(-1, -2) * _masked_exp(b_query - b.transpose(-1, -2), causal)) @ vc
-    if bonus is not None:
-        o = o + (qc * bonus.float()[None, :, None, None, :] * kc).sum(-1, keepdim=True) * vc
-
-    # Carry the state across chunks: only elementwise work is sequential.
-    k_to_end = kc * (b_last - b).exp()  # exponent ≤ 0
-    chunk_kv = k_to_end.transpose(-1, -2) @ vc  # (B, H, N, K, V)
-    chunk_decay = b_last.squeeze(3).exp()  # (B, H, N, 1|K)
-    state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    states_before = []
-    for n in range(N):
-        states_before.append(state)
-        state = chunk_decay[:, :, n, :, None] * state + chunk_kv[:, :, n]
-    states_before = torch.stack(states_before, dim=2)  # (B, H, N, K, V)
-    o = o + (qc * b_query.exp()) @ states_before
-    o = (scale * o).movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
+        g = g if log_decay.dim() == 4 else g[..., None]  # (B, H, N, C, 1|K)
+        b = g.cumsum(dim=3)  # inclusive log decay from the chunk start
+        b_query = b - g if strict else b  # RWKV reads S_{t-1}: exclusive of token t's decay
+        b_last = b[:, :, :, -1:]  # (B, H, N, 1, 1|K)
+        o = _intra_chunk(qc, kc, vc, b, b_query, strict, bonus_diag, subchunk_size)
+        chunk_kv = (kc * (b_last - b).exp()).transpose(-1, -2) @ vc  # exponent ≤ 0
+        states_before, state = _carry_states(chunk_kv, b_last.squeeze(3), initial_state)
+        q_inter = qc * b_query.exp()
+    # o + q S, times the scale, in one call (the inter-chunk product accumulates into the intra-chunk one)
+    o = torch.baddbmm(o.flatten(0, 2), q_inter.flatten(0, 2), states_before.flatten(0, 2), beta=scale, alpha=scale)
+    o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T].contiguous()
     return o.to(out_dtype), (state if output_final_state else None)
 
 
-def _per_channel_intra_output(qc, kc, vc, b, b_query, causal, sub, factored=False):
-    """Intra-chunk output for per-channel decays, stably, without any (C × C × K) tensor.
-
-    Diagonal (sub × sub) blocks: A[t, s] = Σ_k q_tk k_sk exp(bq_tk − b_sk) from the pairwise differences,
-    or, when `factored` (every sub-chunk's decay range is within FACTOR_RANGE), as one masked product
-    factored about the sub-chunk start. Earlier sub-chunks of the same chunk reach a
-    query through local states: S_i = exp(r_i − r_{i−1}) ⊙ S_{i−1} + Σ_{s ∈ i−1} exp(r_i − b_s) k_s v_sᵀ,
-    read as (q_t ⊙ exp(bq_t − r_i)) S_i, with r_i the log decay just before sub-chunk i (exponents ≤ 0).
-    """
+def _intra_chunk(qc, kc, vc, b, b_query, strict, bonus_diag, sub):
+    """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s for every chunk, each in its own form."""
     B, H, N, C, K = qc.shape
-    V = vc.shape[-1]
+    flat = tuple(x.flatten(0, 2) for x in (qc, kc, vc, b, b_query))  # (M, C, ·) with M = B·H·N chunks
+    end = flat[3][:, -1:]
+    start = torch.zeros_like(end)
+    diag = flat[0].new_zeros(flat[0].shape[:2]) if bonus_diag is None else bonus_diag.flatten(0, 2)
+
+    def factored(q, k, v, b, bq, start, end, diag):
+        return _with_bonus(_factored_scores(q, k, bq, b, start, end, strict), diag if strict else None) @ v
+
+    def stable(q, k, v, b, bq, start, end, diag):
+        if b.shape[-1] == 1:
+            return _with_bonus(_pairwise_scores(q, k, bq, b, strict), diag if strict else None) @ v
+        return _per_channel_subchunks(q, k, v, b, bq, strict, diag if strict else None, sub)
+
+    o = _by_form(_span_fits(start, end), flat + (start, end, diag), factored, stable)
+    return o.view(B, H, N, C, -1)
+
+
+def _per_channel_subchunks(q, k, v, b, b_query, strict, bonus_diag, sub):
+    """Intra-chunk output of fast-decaying chunks (M, C, ·) with per-channel decays, in sub-chunks.
+
+    Diagonal (sub × sub) blocks: factored about their midpoint where their span fits, else exact pairwise.
+    Earlier sub-chunks of the same chunk reach a query through local states:
+    S_i = exp(r_i − r_{i−1}) ⊙ S_{i−1} + Σ_{s ∈ i−1} exp(r_i − b_s) k_s v_sᵀ, read as (q_t ⊙ exp(bq_t − r_i)) S_i,
+    with r_i the log decay just before sub-chunk i (every exponent ≤ 0).
+    """
+    M, C, K = q.shape
+    V = v.shape[-1]
     sub = min(sub, C)
     n_sub = C // sub
     assert n_sub * sub == C, "chunk size must be a multiple of the sub-chunk size"
-    shape = (B, H, N, n_sub, sub)
-    q, k, v = qc.view(*shape, K), kc.view(*shape, K), vc.view(*shape, V)
-    bs, bq = b.view(*shape, K), b_query.view(*shape, K)
-    ends = bs[..., -1:, :]  # (B, H, N, n_sub, 1, K): log decay at the end of each sub-chunk
-    starts = torch.cat([ends.new_zeros(B, H, N, 1, 1, K), ends[:, :, :, :-1]], dim=3)
-    if factored:
-        scores = (q * (bq - starts).exp()) @ (k * (starts - bs).exp()).transpose(-1, -2)
-        scores = torch.where(causal[:sub, :sub], scores, 0.0)
-    else:
-        decay = (bq.unsqueeze(-2) - bs.unsqueeze(-3)).clamp_(-80.0, 0.0).exp_()  # (..., sub, sub, K)
-        scores = (decay * q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) * causal[:sub, :sub]
-    o = scores @ v  # (B, H, N, n_sub, sub, V)
+    q, k, v, bs, bq = (x.reshape(M, n_sub, sub, x.shape[-1]) for x in (q, k, v, b, b_query))
+    ends = bs[:, :, -1:]  # (M, n_sub, 1, K): log decay at the end of each sub-chunk
+    starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)
+    diag = q.new_zeros(M, n_sub, sub) if bonus_diag is None else bonus_diag.reshape(M, n_sub, sub)
+
+    def factored(q, k, v, b, bq, start, end, diag):
+        return _with_bonus(_factored_scores(q, k, bq, b, start, end, strict), diag if strict else None) @ v
+
+    def pairwise(q, k, v, b, bq, start, end, diag):
+        return _with_bonus(_pairwise_scores(q, k, bq, b, strict), diag if strict else None) @ v
+
+    blocks = tuple(x.flatten(0, 1) for x in (q, k, v, bs, bq, starts, ends, diag))
+    o = _by_form(_span_fits(blocks[5], blocks[6]), blocks, factored, pairwise).view(M, n_sub, sub, V)
     if n_sub > 1:
-        kv = (k * (ends - bs).exp()).transpose(-1, -2) @ v  # (B, H, N, n_sub, K, V)
-        step = (ends - starts).exp().squeeze(-2)[..., None]  # (B, H, N, n_sub, K, 1)
-        states = [kv.new_zeros(B, H, N, K, V)]
+        kv = (k * (ends - bs).exp()).transpose(-1, -2) @ v  # (M, n_sub, K, V)
+        step = (ends - starts).exp().squeeze(-2)[..., None]  # (M, n_sub, K, 1)
+        states = [kv.new_zeros(M, K, V)]
         for i in range(n_sub - 1):
-            states.append(step[:, :, :, i] * states[-1] + kv[:, :, :, i])
-        o = o + (q * (bq - starts).exp()) @ torch.stack(states, dim=3)
-    return o.reshape(B, H, N, C, V)
+            states.append(step[:, i] * states[-1] + kv[:, i])
+        o = o + (q * (bq - starts).exp()) @ torch.stack(states, dim=1)
+    return o.reshape(M, C, V)
+
+
+def _carry_states(chunk_kv, chunk_log_decay, initial_state):
+    """States before each chunk, S_n = exp(a_{n−1}) ⊙ S_{n−1} + chunk_kv_{n−1}, and the final state.
+
+    chunk_kv: (B, H, N, K, V); chunk_log_decay a_n: (B, H, N, 1|K) or None. Inside a group of G chunks,
+    S_{g+i} = exp(P_i) ⊙ S_g + Σ_{j<i} exp(P_i − P_{j+1}) ⊙ chunk_kv_{g+j} with P the group's exclusive
+    cumulative log decay: one (G+1) × G matrix product per group (exponents ≤ 0); groups run in sequence.
+    """
+    B, H, N, K, V = chunk_kv.shape
+    G = min(STATE_GROUP, N)
+    n_groups = -(-N // G)
+    pad = n_groups * G - N
+    kv = F.pad(chunk_kv, [0, 0, 0, 0, 0, pad]).view(B, H, n_groups, G, K, V)
+    state = chunk_kv.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    if chunk_log_decay is None:  # no decay: prefix sums
+        local = torch.cat([kv.new_zeros(B, H, n_groups, 1, K, V), kv.cumsum(dim=3)], dim=3)
+        from_start = None
+    else:
+        a = F.pad(chunk_log_decay, [0, 0, 0, pad]).view(B, H, n_groups, G, -1)  # (B, H, n_groups, G, 1|K)
+        P = torch.cat([torch.zeros_like(a[:, :, :, :1]), a.cumsum(dim=3)], dim=3)  # (…, G+1, 1|K)
+        below = torch.arange(G + 1, device=kv.device)[:, None] > torch.arange(G, device=kv.device)[None, :]
+        # decay[i, j] = exp(P_i − P_{j+1}) for j < i, as (B, H, n_groups, 1|K, G+1, G)
+        decay = _masked_exp((P[:, :, :, :, None] - P[:, :, :, None, 1:]).movedim(-1, 3), below)
+        if decay.shape[3] == 1:  # per head: one matrix for all K·V entries
+            local = (decay[:, :, :, 0] @ kv.flatten(4)).view(B, H, n_groups, G + 1, K, V)
+        else:  # per channel: one matrix per key channel
+            local = (decay @ kv.transpose(3, 4)).transpose(3, 4)  # (B, H, n_groups, G+1, K, V)
+        from_start = P.exp()[..., None]  # (B, H, n_groups, G+1, 1|K, 1)
+    groups = []
+    for n in range(n_groups):  # only the carry between groups is sequential
+        with_carry = local[:, :, n] + (state[:, :, None] if from_start is None else from_start[:, :, n] * state[:, :, None])
+        groups.append(with_carry[:, :, :G])
+        state = with_carry[:, :, G]
+    # padded chunks carry nothing and do not decay: the state after the last group is the final one
+    return torch.cat(groups, dim=2)[:, :, :N], state
