@@ -189,3 +189,17 @@ def test_the_factored_form_ends_at_factor_range():
     assert chunk_forms(outside) == {"factored_chunks": 0.0, "factored_subchunks_of_stable": 1.0}
     strong = _lr_inputs(256, "channel", False, False, strong=True)["log_decay"]
     assert chunk_forms(strong)["factored_chunks"] < 0.5  # RWKV-6's strong decays keep the stable form
+
+
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+def test_chunks_spanning_almost_factor_range_carry_their_state_exactly(bonus):
+    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, chunk_forms
+
+    # Every chunk is factored at the edge of the range: the state update is scaled up to exp(+range/2) and
+    # its weight down to exp(−range); an underflow there would drop O(1) contributions across chunk borders.
+    T = 3 * CHUNK + 5
+    inputs = _lr_inputs(T, "channel", bonus, True)
+    with torch.no_grad():
+        inputs["log_decay"].copy_(-(FACTOR_RANGE / CHUNK) * (0.97 + 0.02 * torch.rand(B, T, H, K)))
+    assert chunk_forms(inputs["log_decay"]) == {"factored_chunks": 1.0}
+    _compare(linear_recurrence, inputs, "chunk")

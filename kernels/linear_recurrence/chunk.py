@@ -6,7 +6,7 @@ chunks the fp32 states are carried by a grouped scan whose groups are small matr
 Each chunk takes its own form, chosen from its decays:
 - factored (GLA eq. 5): when the chunk's log decay spans at most FACTOR_RANGE in every channel,
   exp(b_t − b_s) = exp(b_t − c) · exp(c − b_s) about the chunk's midpoint c, each factor within
-  exp(±FACTOR_RANGE/2) ≈ 1e±26, so the scores are one plain masked matrix product;
+  exp(±FACTOR_RANGE/2) ≈ 1e±13, so the scores are one plain masked matrix product;
 - stable, for chunks that decay faster (RWKV-6 channels reach −20 per step): per-head decays use the
   exact pairwise C × C decay matrix; per-channel decays use sub-chunks of SUBCHUNK tokens whose diagonal
   blocks are factored the same way where their span allows, else built from exact pairwise differences,
@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 CHUNK = 64
 SUBCHUNK = 8
-FACTOR_RANGE = 120.0  # largest log-decay span that is factored: factors within exp(±60), normal fp32 numbers
+# Largest log-decay span that is factored. Factors stay within exp(±30); the carry meets an update scaled up
+# to exp(30) with a weight down to exp(−60 + decay), so only contributions below exp(−27) can underflow.
+FACTOR_RANGE = 60.0
 STATE_GROUP = 16  # chunks whose states come from one matrix product; groups are carried sequentially
 
 
@@ -117,48 +119,53 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     C = chunk_size
     N = max(1, -(-T // C))
     qc, kc, vc = (_to_chunks(x.float(), N, C) for x in (q, k, v))  # (B, H, N, C, K|V)
-    strict = bonus is not None
+    strict = bonus is not None  # RWKV reads S_{t-1}: exclusive of token t's decay, bonus on the diagonal
     bonus_diag = None if bonus is None else (qc * bonus.float()[None, :, None, None, :] * kc).sum(-1)  # (B, H, N, C)
-
     if log_decay is None:
-        o = _with_bonus((qc @ kc.transpose(-1, -2)).tril_(-1 if strict else 0), bonus_diag) @ vc
-        chunk_kv = kc.transpose(-1, -2) @ vc  # (B, H, N, K, V)
-        states_before, state = _carry_states(chunk_kv, None, initial_state)
-        q_inter = qc
+        g = qc.new_zeros(B, H, N, C, 1)
     else:
         g = _to_chunks(log_decay.float(), N, C)
         g = g if log_decay.dim() == 4 else g[..., None]  # (B, H, N, C, 1|K)
-        b = g.cumsum(dim=3)  # inclusive log decay from the chunk start
-        b_query = b - g if strict else b  # RWKV reads S_{t-1}: exclusive of token t's decay
-        b_last = b[:, :, :, -1:]  # (B, H, N, 1, 1|K)
-        o = _intra_chunk(qc, kc, vc, b, b_query, strict, bonus_diag, subchunk_size)
-        chunk_kv = (kc * (b_last - b).exp()).transpose(-1, -2) @ vc  # exponent ≤ 0
-        states_before, state = _carry_states(chunk_kv, b_last.squeeze(3), initial_state)
-        q_inter = qc * b_query.exp()
+    b = g.cumsum(dim=3)  # inclusive log decay from the chunk start
+    b_query = b - g if strict else b
+    b_last = b[:, :, :, -1:]  # (B, H, N, 1, 1|K)
+    fits = _span_fits(torch.zeros_like(b_last).flatten(0, 2), b_last.flatten(0, 2)).view(B, H, N, 1, 1)
+    # One pair of factors per chunk serves its scores, its state update and its state read:
+    # q_t·exp(bq_t − ref_q) and k_s·exp(ref_k − b_s), about the midpoint where the chunk's span fits
+    # (|exponent| ≤ FACTOR_RANGE/2), else ref_q = 0 and ref_k = the chunk's end (exponents ≤ 0).
+    mid = b_last / 2
+    ref_q = torch.where(fits, mid, 0.0)
+    ref_k = torch.where(fits, mid, b_last)
+    q_f = qc * (b_query - ref_q).exp()
+    k_f = kc * (ref_k - b).exp()
+    o = _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag, subchunk_size)
+    # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s and q_t exp(bq_t) = exp(ref_q) q_f,t: the carry applies both
+    chunk_kv = k_f.transpose(-1, -2) @ vc  # (B, H, N, K, V)
+    states_read, state = _carry_states(chunk_kv, b_last.squeeze(3), (b_last - ref_k).squeeze(3),
+                                       ref_q.squeeze(3), initial_state)
     # o + q S, times the scale, in one call (the inter-chunk product accumulates into the intra-chunk one)
-    o = torch.baddbmm(o.flatten(0, 2), q_inter.flatten(0, 2), states_before.flatten(0, 2), beta=scale, alpha=scale)
+    o = torch.baddbmm(o.flatten(0, 2), q_f.flatten(0, 2), states_read.flatten(0, 2), beta=scale, alpha=scale)
     o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T].contiguous()
     return o.to(out_dtype), (state if output_final_state else None)
 
 
-def _intra_chunk(qc, kc, vc, b, b_query, strict, bonus_diag, sub):
-    """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s for every chunk, each in its own form."""
+def _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag, sub):
+    """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s for every chunk, each in its own form:
+    factored chunks reuse the shared factors, the others are rebuilt stably from the raw q, k and decays."""
     B, H, N, C, K = qc.shape
-    flat = tuple(x.flatten(0, 2) for x in (qc, kc, vc, b, b_query))  # (M, C, ·) with M = B·H·N chunks
-    end = flat[3][:, -1:]
-    start = torch.zeros_like(end)
+    flat = tuple(x.flatten(0, 2) for x in (qc, kc, vc, b, b_query, q_f, k_f))  # (M, C, ·), M = B·H·N chunks
     diag = flat[0].new_zeros(flat[0].shape[:2]) if bonus_diag is None else bonus_diag.flatten(0, 2)
+    bonus_of = (lambda d: d) if strict else (lambda d: None)
 
-    def factored(q, k, v, b, bq, start, end, diag):
-        return _with_bonus(_factored_scores(q, k, bq, b, start, end, strict), diag if strict else None) @ v
+    def factored(q, k, v, b, bq, q_f, k_f, diag):
+        return _with_bonus((q_f @ k_f.transpose(-1, -2)).tril_(-1 if strict else 0), bonus_of(diag)) @ v
 
-    def stable(q, k, v, b, bq, start, end, diag):
+    def stable(q, k, v, b, bq, q_f, k_f, diag):
         if b.shape[-1] == 1:
-            return _with_bonus(_pairwise_scores(q, k, bq, b, strict), diag if strict else None) @ v
-        return _per_channel_subchunks(q, k, v, b, bq, strict, diag if strict else None, sub)
+            return _with_bonus(_pairwise_scores(q, k, bq, b, strict), bonus_of(diag)) @ v
+        return _per_channel_subchunks(q, k, v, b, bq, strict, bonus_of(diag), sub)
 
-    o = _by_form(_span_fits(start, end), flat + (start, end, diag), factored, stable)
-    return o.view(B, H, N, C, -1)
+    return _by_form(fits.flatten(), flat + (diag,), factored, stable).view(B, H, N, C, -1)
 
 
 def _per_channel_subchunks(q, k, v, b, b_query, strict, bonus_diag, sub):
@@ -197,37 +204,37 @@ def _per_channel_subchunks(q, k, v, b, b_query, strict, bonus_diag, sub):
     return o.reshape(M, C, V)
 
 
-def _carry_states(chunk_kv, chunk_log_decay, initial_state):
-    """States before each chunk, S_n = exp(a_{n−1}) ⊙ S_{n−1} + chunk_kv_{n−1}, and the final state.
+def _carry_states(chunk_kv, chunk_log_decay, write_log_scale, read_log_scale, initial_state):
+    """States read by each chunk and the final state of S_{n+1} = exp(a_n) ⊙ S_n + exp(w_n) ⊙ chunk_kv_n.
 
-    chunk_kv: (B, H, N, K, V); chunk_log_decay a_n: (B, H, N, 1|K) or None. Inside a group of G chunks,
-    S_{g+i} = exp(P_i) ⊙ S_g + Σ_{j<i} exp(P_i − P_{j+1}) ⊙ chunk_kv_{g+j} with P the group's exclusive
+    chunk_kv: (B, H, N, K, V); a_n (chunk log decays), w_n (write scales) and r_n (read scales, the state
+    chunk n reads is exp(r_n) ⊙ S_n): (B, H, N, 1|K), all ≤ 0. Inside a group of G chunks,
+    S_{g+i} = exp(P_i) ⊙ S_g + Σ_{j<i} exp(P_i − P_{j+1} + w_{g+j}) ⊙ chunk_kv_{g+j}, P the group's exclusive
     cumulative log decay: one (G+1) × G matrix product per group (exponents ≤ 0); groups run in sequence.
     """
     B, H, N, K, V = chunk_kv.shape
     G = min(STATE_GROUP, N)
     n_groups = -(-N // G)
-    pad = n_groups * G - N
+    pad = n_groups * G - N  # padded chunks carry nothing and do not decay
     kv = F.pad(chunk_kv, [0, 0, 0, 0, 0, pad]).view(B, H, n_groups, G, K, V)
+    a, w, r = (F.pad(x, [0, 0, 0, pad]).view(B, H, n_groups, G, -1) for x in (chunk_log_decay, write_log_scale,
+                                                                            read_log_scale))
+    P = torch.cat([torch.zeros_like(a[:, :, :, :1]), a.cumsum(dim=3)], dim=3)  # (B, H, n_groups, G+1, 1|K)
+    read = torch.cat([r, torch.zeros_like(r[:, :, :, :1])], dim=3) + P  # row G: the unscaled carry
+    below = torch.arange(G + 1, device=kv.device)[:, None] > torch.arange(G, device=kv.device)[None, :]
+    # decay[i, j] = exp(r_i + P_i − P_{j+1} + w_j) for j < i, as (B, H, n_groups, 1|K, G+1, G)
+    # no −80 floor here: a factored chunk's update can be ~exp(+60) and must meet its true, tiny weight
+    exponent = (read[:, :, :, :, None] - (P[:, :, :, 1:] - w)[:, :, :, None]).movedim(-1, 3)
+    decay = torch.where(below, exponent.clamp(max=0.0).exp(), 0.0)
+    if decay.shape[3] == 1:  # per head: one matrix for all K·V entries
+        local = (decay[:, :, :, 0] @ kv.flatten(4)).view(B, H, n_groups, G + 1, K, V)
+    else:  # per channel: one matrix per key channel
+        local = (decay @ kv.transpose(3, 4)).transpose(3, 4)  # (B, H, n_groups, G+1, K, V)
+    from_start = read.exp()[..., None]  # (B, H, n_groups, G+1, 1|K, 1)
     state = chunk_kv.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    if chunk_log_decay is None:  # no decay: prefix sums
-        local = torch.cat([kv.new_zeros(B, H, n_groups, 1, K, V), kv.cumsum(dim=3)], dim=3)
-        from_start = None
-    else:
-        a = F.pad(chunk_log_decay, [0, 0, 0, pad]).view(B, H, n_groups, G, -1)  # (B, H, n_groups, G, 1|K)
-        P = torch.cat([torch.zeros_like(a[:, :, :, :1]), a.cumsum(dim=3)], dim=3)  # (…, G+1, 1|K)
-        below = torch.arange(G + 1, device=kv.device)[:, None] > torch.arange(G, device=kv.device)[None, :]
-        # decay[i, j] = exp(P_i − P_{j+1}) for j < i, as (B, H, n_groups, 1|K, G+1, G)
-        decay = _masked_exp((P[:, :, :, :, None] - P[:, :, :, None, 1:]).movedim(-1, 3), below)
-        if decay.shape[3] == 1:  # per head: one matrix for all K·V entries
-            local = (decay[:, :, :, 0] @ kv.flatten(4)).view(B, H, n_groups, G + 1, K, V)
-        else:  # per channel: one matrix per key channel
-            local = (decay @ kv.transpose(3, 4)).transpose(3, 4)  # (B, H, n_groups, G+1, K, V)
-        from_start = P.exp()[..., None]  # (B, H, n_groups, G+1, 1|K, 1)
     groups = []
     for n in range(n_groups):  # only the carry between groups is sequential
-        with_carry = local[:, :, n] + (state[:, :, None] if from_start is None else from_start[:, :, n] * state[:, :, None])
+        with_carry = local[:, :, n] + from_start[:, :, n] * state[:, :, None]
         groups.append(with_carry[:, :, :G])
         state = with_carry[:, :, G]
-    # padded chunks carry nothing and do not decay: the state after the last group is the final one
     return torch.cat(groups, dim=2)[:, :, :N], state
