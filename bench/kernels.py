@@ -57,8 +57,10 @@ def chunk_form(op: str, log_decay) -> tuple[str, int]:
     if op == "linear_recurrence" and log_decay is not None:
         forms = chunk_forms(log_decay)
         text = f"C={CHUNK}, {100 * forms['factored_chunks']:.0f}% of chunks factored"
-        if "factored_subchunks_of_stable" in forms:
-            text += f", {100 * forms['factored_subchunks_of_stable']:.0f}% of their sub-chunks"
+        rest = [f"{100 * share:.0f}% {name.replace('_', ' ')}" for name, share in forms.items()
+                if name != "factored_chunks" and share > 0]
+        if rest:
+            text += f"; their tokens: {', '.join(rest)}"
         return text, CHUNK
     return f"C={CHUNK}", CHUNK
 

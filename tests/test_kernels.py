@@ -167,7 +167,7 @@ def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bon
 def test_each_chunk_takes_its_own_form_and_all_match_naive(bonus, per_head):
     from kernels.linear_recurrence.chunk import chunk_forms
 
-    T = 257  # chunks 0, 3, 4 factored; 1 spans ~160 (stable: factored sub-chunks); 2 has one sub-chunk spanning 240
+    T = 257  # chunks 0, 3, 4 factored; 1 spans ~160 (stable: factored halves); 2 has one 8-token block spanning 240
     inputs = _lr_inputs(T, "head" if per_head else "channel", bonus, True)
     steps = torch.full((T,), 0.5)
     steps[64:128] = 2.5
@@ -177,7 +177,9 @@ def test_each_chunk_takes_its_own_form_and_all_match_naive(bonus, per_head):
     forms = chunk_forms(inputs["log_decay"])
     assert forms["factored_chunks"] == pytest.approx(3 / 5)
     if not per_head:
-        assert forms["factored_subchunks_of_stable"] == pytest.approx(15 / 16)
+        # chunk 1 factors in two 32-token halves; chunk 2 in 32 + 16 + 8 tokens and 8 pairwise: of 128 tokens
+        assert forms == pytest.approx({"factored_chunks": 3 / 5, "factored_32": 96 / 128, "factored_16": 16 / 128,
+                                       "factored_8": 8 / 128, "pairwise": 8 / 128})
     _compare(linear_recurrence, inputs, "chunk")
 
 
@@ -186,7 +188,7 @@ def test_the_factored_form_ends_at_factor_range():
 
     inside, outside = (torch.full((1, CHUNK, 1, 3), -FACTOR_RANGE / CHUNK * f) for f in (0.999, 1.001))
     assert chunk_forms(inside) == {"factored_chunks": 1.0}
-    assert chunk_forms(outside) == {"factored_chunks": 0.0, "factored_subchunks_of_stable": 1.0}
+    assert chunk_forms(outside) == {"factored_chunks": 0.0, "factored_32": 1.0, "pairwise": 0.0}
     strong = _lr_inputs(256, "channel", False, False, strong=True)["log_decay"]
     assert chunk_forms(strong)["factored_chunks"] < 0.5  # RWKV-6's strong decays keep the stable form
 

@@ -6,11 +6,11 @@ chunks the fp32 states are carried by a grouped scan whose groups are small matr
 Each chunk takes its own form, chosen from its decays:
 - factored (GLA eq. 5): when the chunk's log decay spans at most FACTOR_RANGE in every channel,
   exp(b_t − b_s) = exp(b_t − c) · exp(c − b_s) about the chunk's midpoint c, each factor within
-  exp(±FACTOR_RANGE/2) ≈ 1e±13, so the scores are one plain masked matrix product;
+  exp(±FACTOR_RANGE/2) ≈ 1e±26, so the scores are one plain masked matrix product;
 - stable, for chunks that decay faster (RWKV-6 channels reach −20 per step): per-head decays use the
-  exact pairwise C × C decay matrix; per-channel decays use sub-chunks of SUBCHUNK tokens whose diagonal
-  blocks are factored the same way where their span allows, else built from exact pairwise differences,
-  and earlier sub-chunks reach a query through local states. No C × C × K tensor is ever formed.
+  exact pairwise C × C decay matrix; per-channel decays are halved recursively, each half factored about
+  its own midpoint where its span allows, down to SUBCHUNK-token blocks built from exact pairwise
+  differences, the second half reading the first through a local state. No C × C × K tensor is formed.
 Every exponent that is evaluated is ≤ FACTOR_RANGE/2, and ≤ 0 wherever the product is kept.
 """
 from __future__ import annotations
@@ -22,10 +22,9 @@ import torch.nn.functional as F
 
 CHUNK = 64
 SUBCHUNK = 8
-# Largest log-decay span that is factored. Factors stay within exp(±30); the carry meets an update scaled up
-# to exp(30) with a weight down to exp(−60 + decay), so only contributions below exp(−27) can underflow.
-FACTOR_RANGE = 60.0
-STATE_GROUP = 16  # chunks whose states come from one matrix product; groups are carried sequentially
+# Largest log-decay span that is factored: factors within exp(±60), normal fp32 numbers. A query factor up to
+# exp(60) meets a state read scaled down to exp(−60 + decay): only contributions below exp(−27) can underflow.
+FACTOR_RANGE = 120.0
 
 
 def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
@@ -38,9 +37,9 @@ def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
 
 
 def _masked_exp(diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """exp(diff) where mask, else 0. Valid entries have diff ≤ 0; clamping at −80 keeps exp off the
-    slow denormal path (exp(−80) ≈ 2e−35, below fp32 resolution of any sum it enters)."""
-    return torch.where(mask, diff.clamp(-80.0, 0.0).exp(), 0.0)
+    """exp(diff) where mask, else 0, for diff ≤ 0. Below −80 it is 0 too: that keeps the slow denormal path out
+    of the products it enters (anything it meets is at most exp(+60), so dropped terms are below exp(−20))."""
+    return torch.where(mask & (diff > -80.0), diff.clamp(max=0.0).exp(), 0.0)
 
 
 def _span_fits(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -92,8 +91,9 @@ def _with_bonus(scores, bonus_diag):
     return scores
 
 
-def chunk_forms(log_decay: torch.Tensor | None, chunk_size: int = CHUNK, subchunk_size: int = SUBCHUNK) -> dict:
-    """Fractions of chunks (and of the stable chunks' sub-chunks) that take each form on these decays."""
+def chunk_forms(log_decay: torch.Tensor | None, chunk_size: int = CHUNK) -> dict:
+    """Share of chunks factored whole and, for per-channel decays, of the other chunks' tokens by the size of
+    the block that factors them (halving down to SUBCHUNK; `pairwise` for the rest): the forms `chunk` takes."""
     if log_decay is None:
         return {"factored_chunks": 1.0}
     g = log_decay.detach().float()
@@ -103,15 +103,24 @@ def chunk_forms(log_decay: torch.Tensor | None, chunk_size: int = CHUNK, subchun
     b = _to_chunks(g, N, chunk_size).cumsum(dim=3).flatten(0, 2)  # (M, C, K)
     fits = _span_fits(torch.zeros_like(b[:, :1]), b[:, -1:])
     forms = {"factored_chunks": fits.float().mean().item()}
-    if K > 1 and not bool(fits.all()):
-        ends = b[~fits].view(-1, chunk_size // subchunk_size, subchunk_size, K)[:, :, -1:]
-        starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)
-        forms["factored_subchunks_of_stable"] = _span_fits(starts.flatten(0, 1), ends.flatten(0, 1)).float().mean().item()
+    if K == 1 or bool(fits.all()):
+        return forms
+    blocks = b[~fits]
+    starts = torch.zeros_like(blocks[:, :1])
+    total = blocks.shape[0] * chunk_size
+    while blocks.shape[1] > SUBCHUNK and blocks.shape[0]:
+        L = blocks.shape[1] // 2
+        starts = torch.stack([starts, blocks[:, L - 1:L]], dim=1).flatten(0, 1)
+        blocks = blocks.reshape(-1, L, K)
+        fit = _span_fits(starts, blocks[:, -1:])
+        forms[f"factored_{L}"] = fit.sum().item() * L / total
+        blocks, starts = blocks[~fit], starts[~fit]
+    forms["pairwise"] = blocks.shape[0] * blocks.shape[1] / total
     return forms
 
 
 def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
-                            output_final_state=False, chunk_size: int = CHUNK, subchunk_size: int = SUBCHUNK):
+                            output_final_state=False, chunk_size: int = CHUNK):
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = v.dtype
@@ -138,18 +147,18 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     ref_k = torch.where(fits, mid, b_last)
     q_f = qc * (b_query - ref_q).exp()
     k_f = kc * (ref_k - b).exp()
-    o = _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag, subchunk_size)
-    # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s and q_t exp(bq_t) = exp(ref_q) q_f,t: the carry applies both
-    chunk_kv = k_f.transpose(-1, -2) @ vc  # (B, H, N, K, V)
-    states_read, state = _carry_states(chunk_kv, b_last.squeeze(3), (b_last - ref_k).squeeze(3),
-                                       ref_q.squeeze(3), initial_state)
+    o = _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag)
+    # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
+    # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
+    chunk_kv = (k_f.transpose(-1, -2) @ vc) * (b_last - ref_k).exp().transpose(-1, -2)  # (B, H, N, K, V)
+    states_read, state = _carry_states(chunk_kv, b_last.squeeze(3), ref_q.squeeze(3), initial_state)
     # o + q S, times the scale, in one call (the inter-chunk product accumulates into the intra-chunk one)
     o = torch.baddbmm(o.flatten(0, 2), q_f.flatten(0, 2), states_read.flatten(0, 2), beta=scale, alpha=scale)
     o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T].contiguous()
     return o.to(out_dtype), (state if output_final_state else None)
 
 
-def _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag, sub):
+def _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag):
     """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s for every chunk, each in its own form:
     factored chunks reuse the shared factors, the others are rebuilt stably from the raw q, k and decays."""
     B, H, N, C, K = qc.shape
@@ -163,78 +172,83 @@ def _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag, sub
     def stable(q, k, v, b, bq, q_f, k_f, diag):
         if b.shape[-1] == 1:
             return _with_bonus(_pairwise_scores(q, k, bq, b, strict), bonus_of(diag)) @ v
-        return _per_channel_subchunks(q, k, v, b, bq, strict, bonus_of(diag), sub)
+        return _per_channel_halves(q, k, v, b, bq, torch.zeros_like(b[:, :1]), strict, bonus_of(diag))
 
     return _by_form(fits.flatten(), flat + (diag,), factored, stable).view(B, H, N, C, -1)
 
 
-def _per_channel_subchunks(q, k, v, b, b_query, strict, bonus_diag, sub):
-    """Intra-chunk output of fast-decaying chunks (M, C, ·) with per-channel decays, in sub-chunks.
+def _per_channel_halves(q, k, v, b, b_query, start, strict, bonus_diag):
+    """Intra-block output of fast-decaying blocks (M, L, ·) with per-channel decays, by recursive halving.
 
-    Diagonal (sub × sub) blocks: factored about their midpoint where their span fits, else exact pairwise.
-    Earlier sub-chunks of the same chunk reach a query through local states:
-    S_i = exp(r_i − r_{i−1}) ⊙ S_{i−1} + Σ_{s ∈ i−1} exp(r_i − b_s) k_s v_sᵀ, read as (q_t ⊙ exp(bq_t − r_i)) S_i,
-    with r_i the log decay just before sub-chunk i (every exponent ≤ 0).
+    Each half is factored about its own midpoint where its span fits, else halved again, down to SUBCHUNK
+    tokens built from exact pairwise differences; the second half reads the first through one local state
+    S = Σ_{s ∈ first} exp(e − b_s) k_s v_sᵀ, as (q_t ⊙ exp(bq_t − e)) S, e the log decay at the split
+    (every exponent ≤ 0). No (L × L × K) tensor is formed above SUBCHUNK tokens.
     """
-    M, C, K = q.shape
-    V = v.shape[-1]
-    sub = min(sub, C)
-    n_sub = C // sub
-    assert n_sub * sub == C, "chunk size must be a multiple of the sub-chunk size"
-    q, k, v, bs, bq = (x.reshape(M, n_sub, sub, x.shape[-1]) for x in (q, k, v, b, b_query))
-    ends = bs[:, :, -1:]  # (M, n_sub, 1, K): log decay at the end of each sub-chunk
-    starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)
-    diag = q.new_zeros(M, n_sub, sub) if bonus_diag is None else bonus_diag.reshape(M, n_sub, sub)
+    L = q.shape[1]
+    if L <= SUBCHUNK:
+        return _with_bonus(_pairwise_scores(q, k, b_query, b, strict), bonus_diag) @ v
+    h = L // 2
+    e = b[:, h - 1:h]  # (M, 1, K): log decay at the end of the first half
 
-    def factored(q, k, v, b, bq, start, end, diag):
-        return _with_bonus(_factored_scores(q, k, bq, b, start, end, strict), diag if strict else None) @ v
+    def half(q, k, v, b, bq, start, diag):
+        def factored(q, k, v, b, bq, start, diag):
+            scores = _factored_scores(q, k, bq, b, start, b[:, -1:], strict)
+            return _with_bonus(scores, diag if strict else None) @ v
 
-    def pairwise(q, k, v, b, bq, start, end, diag):
-        return _with_bonus(_pairwise_scores(q, k, bq, b, strict), diag if strict else None) @ v
+        def split(q, k, v, b, bq, start, diag):
+            return _per_channel_halves(q, k, v, b, bq, start, strict, diag if strict else None)
 
-    blocks = tuple(x.flatten(0, 1) for x in (q, k, v, bs, bq, starts, ends, diag))
-    o = _by_form(_span_fits(blocks[5], blocks[6]), blocks, factored, pairwise).view(M, n_sub, sub, V)
-    if n_sub > 1:
-        kv = (k * (ends - bs).exp()).transpose(-1, -2) @ v  # (M, n_sub, K, V)
-        step = (ends - starts).exp().squeeze(-2)[..., None]  # (M, n_sub, K, 1)
-        states = [kv.new_zeros(M, K, V)]
-        for i in range(n_sub - 1):
-            states.append(step[:, i] * states[-1] + kv[:, i])
-        o = o + (q * (bq - starts).exp()) @ torch.stack(states, dim=1)
-    return o.reshape(M, C, V)
+        diag = q.new_zeros(q.shape[:2]) if diag is None else diag
+        return _by_form(_span_fits(start, b[:, -1:]), (q, k, v, b, bq, start, diag), factored, split)
+
+    first = half(q[:, :h], k[:, :h], v[:, :h], b[:, :h], b_query[:, :h], start,
+                 None if bonus_diag is None else bonus_diag[:, :h])
+    second = half(q[:, h:], k[:, h:], v[:, h:], b[:, h:], b_query[:, h:], e,
+                  None if bonus_diag is None else bonus_diag[:, h:])
+    first_state = (k[:, :h] * (e - b[:, :h]).exp()).transpose(-1, -2) @ v[:, :h]  # (M, K, V)
+    second = torch.baddbmm(second, q[:, h:] * (b_query[:, h:] - e).exp(), first_state)
+    return torch.cat([first, second], dim=1)
 
 
-def _carry_states(chunk_kv, chunk_log_decay, write_log_scale, read_log_scale, initial_state):
-    """States read by each chunk and the final state of S_{n+1} = exp(a_n) ⊙ S_n + exp(w_n) ⊙ chunk_kv_n.
+def _carry_states(chunk_kv, chunk_log_decay, read_log_scale, initial_state):
+    """States read by each chunk, exp(r_n) ⊙ S_n, and the final state, for S_{n+1} = exp(a_n) ⊙ S_n + chunk_kv_n.
 
-    chunk_kv: (B, H, N, K, V); a_n (chunk log decays), w_n (write scales) and r_n (read scales, the state
-    chunk n reads is exp(r_n) ⊙ S_n): (B, H, N, 1|K), all ≤ 0. Inside a group of G chunks,
-    S_{g+i} = exp(P_i) ⊙ S_g + Σ_{j<i} exp(P_i − P_{j+1} + w_{g+j}) ⊙ chunk_kv_{g+j}, P the group's exclusive
-    cumulative log decay: one (G+1) × G matrix product per group (exponents ≤ 0); groups run in sequence.
+    chunk_kv: (B, H, N, K, V); a_n (chunk log decays) and r_n (read scales): (B, H, N, 1|K), both ≤ 0.
     """
     B, H, N, K, V = chunk_kv.shape
-    G = min(STATE_GROUP, N)
-    n_groups = -(-N // G)
-    pad = n_groups * G - N  # padded chunks carry nothing and do not decay
-    kv = F.pad(chunk_kv, [0, 0, 0, 0, 0, pad]).view(B, H, n_groups, G, K, V)
-    a, w, r = (F.pad(x, [0, 0, 0, pad]).view(B, H, n_groups, G, -1) for x in (chunk_log_decay, write_log_scale,
-                                                                            read_log_scale))
-    P = torch.cat([torch.zeros_like(a[:, :, :, :1]), a.cumsum(dim=3)], dim=3)  # (B, H, n_groups, G+1, 1|K)
-    read = torch.cat([r, torch.zeros_like(r[:, :, :, :1])], dim=3) + P  # row G: the unscaled carry
-    below = torch.arange(G + 1, device=kv.device)[:, None] > torch.arange(G, device=kv.device)[None, :]
-    # decay[i, j] = exp(r_i + P_i − P_{j+1} + w_j) for j < i, as (B, H, n_groups, 1|K, G+1, G)
-    # no −80 floor here: a factored chunk's update can be ~exp(+60) and must meet its true, tiny weight
-    exponent = (read[:, :, :, :, None] - (P[:, :, :, 1:] - w)[:, :, :, None]).movedim(-1, 3)
-    decay = torch.where(below, exponent.clamp(max=0.0).exp(), 0.0)
-    if decay.shape[3] == 1:  # per head: one matrix for all K·V entries
-        local = (decay[:, :, :, 0] @ kv.flatten(4)).view(B, H, n_groups, G + 1, K, V)
-    else:  # per channel: one matrix per key channel
-        local = (decay @ kv.transpose(3, 4)).transpose(3, 4)  # (B, H, n_groups, G+1, K, V)
-    from_start = read.exp()[..., None]  # (B, H, n_groups, G+1, 1|K, 1)
+    everywhere = torch.ones((), dtype=torch.bool, device=chunk_kv.device)
+    decay = _masked_exp(chunk_log_decay, everywhere)[..., None]  # (B, H, N, 1|K, 1)
     state = chunk_kv.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    groups = []
-    for n in range(n_groups):  # only the carry between groups is sequential
-        with_carry = local[:, :, n] + from_start[:, :, n] * state[:, :, None]
-        groups.append(with_carry[:, :, :G])
-        state = with_carry[:, :, G]
-    return torch.cat(groups, dim=2)[:, :, :N], state
+    states = _ChunkCarry.apply(chunk_kv, decay, state)  # (B, H, N+1, K, V)
+    return states[:, :, :N] * _masked_exp(read_log_scale, everywhere)[..., None], states[:, :, N]
+
+
+class _ChunkCarry(torch.autograd.Function):
+    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks: the only sequential part, run as one in-place loop each way
+    (autograd through a Python loop would record and replay a graph node per chunk).
+    Backward: dS_n = G_n + d_n ⊙ dS_{n+1}, d kv_n = dS_{n+1}, d d_n = Σ dS_{n+1} ⊙ S_n over broadcast dims."""
+
+    @staticmethod
+    def forward(ctx, chunk_kv, decay, initial_state):
+        B, H, N, K, V = chunk_kv.shape
+        states = chunk_kv.new_empty(B, H, N + 1, K, V)
+        states[:, :, 0] = initial_state
+        for n in range(N):
+            torch.addcmul(chunk_kv[:, :, n], decay[:, :, n], states[:, :, n], out=states[:, :, n + 1])
+        ctx.save_for_backward(decay, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        decay, states = ctx.saved_tensors
+        N = decay.shape[2]
+        reduce = (-2, -1) if decay.shape[-2] == 1 else (-1,)  # per head: the decay is shared by all K·V entries
+        grad_kv = torch.empty_like(states[:, :, 1:])
+        grad_decay = torch.empty_like(decay)
+        grad = grad_states[:, :, N].clone()  # dS_N
+        for n in range(N - 1, -1, -1):
+            grad_kv[:, :, n] = grad
+            torch.sum(grad * states[:, :, n], dim=reduce, keepdim=True, out=grad_decay[:, :, n])
+            grad = torch.addcmul(grad_states[:, :, n], decay[:, :, n], grad)
+        return grad_kv, grad_decay, grad
