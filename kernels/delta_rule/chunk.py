@@ -47,11 +47,40 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
     chunk_kv = k_to_end @ u_free  # (B, H, N, K, V)
 
     state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    states_before = []
-    for n in range(N):
-        states_before.append(state)
-        state = torch.baddbmm(chunk_kv[:, :, n].reshape(B * H, K, V), transition[:, :, n].reshape(B * H, K, K),
-                              state.reshape(B * H, K, V)).view(B, H, K, V)
-    o = query_to_state @ torch.stack(states_before, dim=2) + attn @ u_free  # (B, H, N, C, V)
-    o = (scale * o).movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
-    return o.to(out_dtype), (state if output_final_state else None)
+    states = _MatrixCarry.apply(transition.flatten(0, 1), chunk_kv.flatten(0, 1), state.flatten(0, 1))
+    states = states.view(B, H, N + 1, K, V)
+    # o = (q γ − attn w) S_0 + attn u_free, times the scale, the state term accumulated into the other in one call
+    o = torch.baddbmm((attn @ u_free).flatten(0, 2), query_to_state.flatten(0, 2), states[:, :, :N].flatten(0, 2),
+                      beta=scale, alpha=scale)
+    o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T].contiguous()
+    return o.to(out_dtype), (states[:, :, N] if output_final_state else None)
+
+
+class _MatrixCarry(torch.autograd.Function):
+    """S_{n+1} = A_n S_n + U_n over chunks (A: K × K transitions), one in-place loop each way, chunk-major so
+    every product writes a contiguous block. Backward: dS_n = G_n + A_nᵀ dS_{n+1}, dU_n = dS_{n+1}, dA_n = dS_{n+1} S_nᵀ."""
+
+    @staticmethod
+    def forward(ctx, transition, chunk_kv, initial_state):  # (BH, N, K, K), (BH, N, K, V), (BH, K, V)
+        BH, N, K, V = chunk_kv.shape
+        transition, chunk_kv = transition.transpose(0, 1).contiguous(), chunk_kv.transpose(0, 1).contiguous()
+        states = chunk_kv.new_empty(N + 1, BH, K, V)
+        states[0] = initial_state
+        for n in range(N):
+            torch.baddbmm(chunk_kv[n], transition[n], states[n], out=states[n + 1])
+        ctx.save_for_backward(transition, states)
+        return states.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        transition, states = ctx.saved_tensors
+        N = transition.shape[0]
+        grad_states = grad_states.transpose(0, 1).contiguous()
+        grad_kv = torch.empty_like(states[1:])
+        grad_transition = torch.empty_like(transition)
+        grad = grad_states[N].clone()
+        for n in range(N - 1, -1, -1):
+            grad_kv[n] = grad
+            torch.bmm(grad, states[n].transpose(-1, -2), out=grad_transition[n])
+            grad = torch.baddbmm(grad_states[n], transition[n].transpose(-1, -2), grad)
+        return grad_transition.transpose(0, 1), grad_kv.transpose(0, 1), grad
