@@ -56,8 +56,9 @@ def chunk_form(op: str, log_decay) -> tuple[str, int]:
     """Which chunked forms `chunk` takes on these decays (share of chunks factored), and its chunk size."""
     if op == "linear_recurrence" and log_decay is not None:
         forms = chunk_forms(log_decay)
-        text = f"C={CHUNK}, {100 * forms['factored_chunks']:.0f}% of chunks factored"
-        rest = [f"{100 * share:.0f}% {name.replace('_', ' ')}" for name, share in forms.items()
+        share = forms["factored_chunks"]
+        text = f"C={CHUNK}, {'all' if share == 1 else f'{100 * share:.1f}%'} of chunks factored"
+        rest = [f"{100 * share:.1f}% {name.replace('_', ' ')}" for name, share in forms.items()
                 if name != "factored_chunks" and share > 0]
         if rest:
             text += f"; their tokens: {', '.join(rest)}"

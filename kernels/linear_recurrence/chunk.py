@@ -39,7 +39,12 @@ def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
 def _masked_exp(diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """exp(diff) where mask, else 0, for diff ≤ 0. Below −80 it is 0 too: that keeps the slow denormal path out
     of the products it enters (anything it meets is at most exp(+60), so dropped terms are below exp(−20))."""
-    return torch.where(mask & (diff > -80.0), diff.clamp(max=0.0).exp(), 0.0)
+    return torch.where(mask & (diff > -80.0), diff.clamp(-80.0, 0.0).exp(), 0.0)
+
+
+def _exp_floored(x: torch.Tensor) -> torch.Tensor:
+    """exp(x), with 0 below −80 (exp would be denormal there, and every product with it ~100× slower)."""
+    return torch.where(x > -80.0, x.clamp(min=-80.0).exp(), 0.0)
 
 
 def _span_fits(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -145,8 +150,9 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     mid = b_last / 2
     ref_q = torch.where(fits, mid, 0.0)
     ref_k = torch.where(fits, mid, b_last)
-    q_f = qc * (b_query - ref_q).exp()
-    k_f = kc * (ref_k - b).exp()
+    exp = torch.exp if bool(fits.all()) else _exp_floored  # factored exponents are ≥ −60; stable ones unbounded
+    q_f = qc * exp(b_query - ref_q)
+    k_f = kc * exp(ref_k - b)
     o = _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag)
     # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
     # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
@@ -206,8 +212,8 @@ def _per_channel_halves(q, k, v, b, b_query, start, strict, bonus_diag):
                  None if bonus_diag is None else bonus_diag[:, :h])
     second = half(q[:, h:], k[:, h:], v[:, h:], b[:, h:], b_query[:, h:], e,
                   None if bonus_diag is None else bonus_diag[:, h:])
-    first_state = (k[:, :h] * (e - b[:, :h]).exp()).transpose(-1, -2) @ v[:, :h]  # (M, K, V)
-    second = torch.baddbmm(second, q[:, h:] * (b_query[:, h:] - e).exp(), first_state)
+    first_state = (k[:, :h] * _exp_floored(e - b[:, :h])).transpose(-1, -2) @ v[:, :h]  # (M, K, V)
+    second = torch.baddbmm(second, q[:, h:] * _exp_floored(b_query[:, h:] - e), first_state)
     return torch.cat([first, second], dim=1)
 
 
