@@ -77,6 +77,16 @@ def test_delta_rule_chunk_matches_naive(T, decay, init):
     _compare(delta_rule, _delta_inputs(T, decay, init), "chunk")
 
 
+def test_delta_rule_chunk_exact_for_strong_decay():
+    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE
+
+    inputs = _delta_inputs(200, True, True)
+    with torch.no_grad():  # ~−3 per step: a 64-token chunk decays far beyond FACTOR_RANGE (the pairwise form)
+        inputs["log_decay"].copy_(F.logsigmoid(torch.randn(B, 200, H) - 3))
+    assert inputs["log_decay"][:, :CHUNK].sum(1).max() < -FACTOR_RANGE
+    _compare(delta_rule, inputs, "chunk")
+
+
 @pytest.mark.parametrize("backend", ["naive", "chunk"])
 @pytest.mark.parametrize("decay", ["none", "head", "channel"])
 def test_linear_recurrence_split_in_two_calls(backend, decay):

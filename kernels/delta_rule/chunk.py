@@ -3,13 +3,14 @@
 Writing the update as S_t = α_t S_{t-1} + k_t u_tᵀ with u_t = β_t (v_t − α_t S_{t-1}ᵀ k_t), the
 "new values" u of a chunk solve a unit lower-triangular system (I + L) U = diag(β) V − diag(β γ) K S_0,
 L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), γ_t the cumulative decay inside the chunk. Everything except
-the chunk-to-chunk state hand-over is parallel; every decay ratio evaluated is γ_t/γ_s with s ≤ t (≤ 1).
+the chunk-to-chunk state hand-over is parallel. Decay ratios are factored about each chunk's midpoint when
+every chunk decays by at most exp(−FACTOR_RANGE) (factors within exp(±60)), else taken pairwise (≤ 1).
 """
 from __future__ import annotations
 
 import torch
 
-from kernels.linear_recurrence.chunk import CHUNK, _masked_exp, _to_chunks
+from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, _masked_exp, _to_chunks
 
 
 def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False,
@@ -27,23 +28,29 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
     else:
         g = _to_chunks(log_decay.float()[..., None], N, C)
     b = g.cumsum(dim=3)  # log γ_t, (B, H, N, C, 1)
-    idx = torch.arange(C, device=q.device)
-    ratio_incl = _masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :])  # γ_t/γ_s, s ≤ t
-    strict = ratio_incl.tril(-1)
-    L = bc * (kc @ kc.transpose(-1, -2)) * strict
-    eye = torch.eye(C, dtype=qc.dtype, device=qc.device)
-    system = eye + L
-    # Both right-hand sides at once: [β v | β γ k]
-    rhs = torch.cat([bc * vc, bc * b.exp() * kc], dim=-1)
-    solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    u_free, w = solved[..., :V], solved[..., V:]  # new values U = u_free − w S_0
-    attn = (qc @ kc.transpose(-1, -2)) * ratio_incl  # (B, H, N, C, C)
+    b_last = b[:, :, :, -1:]
+    if bool((b_last >= -FACTOR_RANGE).all()):  # γ_t/γ_s = exp(b_t − c)·exp(c − b_s) about each chunk's midpoint
+        mid = b_last / 2
+        k_down = kc * (mid - b).exp()
+        k_up, q_up = kc * (b - mid).exp(), qc * (b - mid).exp()
+        L = bc * (k_up @ k_down.transpose(-1, -2)).tril_(-1)
+        attn = (q_up @ k_down.transpose(-1, -2)).tril_()  # (B, H, N, C, C)
+    else:  # a chunk decays by more than exp(−FACTOR_RANGE): exact pairwise ratios (every exponent ≤ 0)
+        idx = torch.arange(C, device=q.device)
+        ratio_incl = _masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :])  # γ_t/γ_s, s ≤ t
+        L = bc * (kc @ kc.transpose(-1, -2)) * ratio_incl.tril(-1)
+        attn = (qc @ kc.transpose(-1, -2)) * ratio_incl
+    system = L + torch.eye(C, dtype=qc.dtype, device=qc.device)
+    # new values U = u_free − w S_0 from (I + L) U = β v − β γ k S_0
+    u_free = torch.linalg.solve_triangular(system, bc * vc, upper=False, unitriangular=True)
+    w = torch.linalg.solve_triangular(system, bc * b.exp() * kc, upper=False, unitriangular=True)
     # With U = u_free − w S_0:  o = (q γ − attn w) S_0 + attn u_free,
     # S_next = (γ_C I − k̃ᵀ w) S_0 + k̃ᵀ u_free, k̃ = k γ_C/γ. Only the last line is sequential.
-    query_to_state = qc * b.exp() - attn @ w
-    k_to_end = (kc * (b[:, :, :, -1:] - b).exp()).transpose(-1, -2)  # (B, H, N, K, C)
+    query_to_state = torch.baddbmm((qc * b.exp()).flatten(0, 2), attn.flatten(0, 2), w.flatten(0, 2), alpha=-1.0)
+    query_to_state = query_to_state.view(B, H, N, C, K)
+    k_to_end = (kc * (b_last - b).exp()).transpose(-1, -2)  # (B, H, N, K, C)
     eye_k = torch.eye(K, dtype=qc.dtype, device=qc.device)
-    transition = b[:, :, :, -1, :, None].exp() * eye_k - k_to_end @ w  # (B, H, N, K, K)
+    transition = b_last[:, :, :, 0, :, None].exp() * eye_k - k_to_end @ w  # (B, H, N, K, K)
     chunk_kv = k_to_end @ u_free  # (B, H, N, K, V)
 
     state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
