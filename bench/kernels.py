@@ -45,7 +45,7 @@ def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dt
         args["log_decay"] = F.logsigmoid(torch.randn(B, T, H, device=device) + 3)
     elif decay in ("channel", "bonus"):  # RWKV-6 style w = −exp(·), ~−0.6 per step: the factored chunk form
         args["log_decay"] = -torch.exp(torch.randn(B, T, H, K, device=device) - 1)
-    elif decay == "channel_strong":  # channels reaching −20 per step and beyond: the stable sub-chunk form
+    elif decay == "channel_strong":  # channels reaching −20 per step and beyond: the stable (halved, pairwise) form
         args["log_decay"] = -torch.exp(1.5 * torch.randn(B, T, H, K, device=device))
     if decay == "bonus":
         args["bonus"] = torch.randn(H, K, device=device)

@@ -1,7 +1,7 @@
 """Chunked parallel form of the linear recurrence (the CPU training path, differentiable by autograd).
 
 Inside a chunk of C tokens the output is a masked matrix product (GLA, Yang et al. 2024, §3.3); across
-chunks the fp32 states are carried by a grouped scan whose groups are small matrix products.
+chunks the fp32 state is carried by the only sequential part, an in-place loop with a hand-written backward.
 
 Each chunk takes its own form, chosen from its decays:
 - factored (GLA eq. 5): when the chunk's log decay spans at most FACTOR_RANGE in every channel,
