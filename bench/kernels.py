@@ -52,22 +52,21 @@ def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dt
     return {n: t.requires_grad_(grad) for n, t in args.items()}
 
 
-def chunk_form(op: str, log_decay) -> tuple[str, int]:
-    """Which chunked forms `chunk` takes on these decays (share of chunks factored), and its chunk size."""
-    if op == "linear_recurrence" and log_decay is not None:
-        forms = chunk_forms(log_decay)
-        share = forms["factored_chunks"]
-        text = f"C={CHUNK}, {'all' if share == 1 else f'{100 * share:.1f}%'} of chunks factored"
-        rest = [f"{100 * share:.1f}% {name.replace('_', ' ')}" for name, share in forms.items()
-                if name != "factored_chunks" and share > 0]
-        if rest:
-            text += f"; their tokens: {', '.join(rest)}"
-        return text, CHUNK
-    return f"C={CHUNK}", CHUNK
+def chunk_form(op: str, log_decay) -> str:
+    """Which forms the torch `chunk` backend takes on these decays: the share of chunks factored whole and
+    how the other chunks' tokens are computed."""
+    if op != "linear_recurrence" or log_decay is None:
+        return f"C={CHUNK}"
+    forms = chunk_forms(log_decay)
+    factored = forms.pop("factored_chunks")
+    text = f"C={CHUNK}, {'all' if factored == 1 else f'{100 * factored:.1f}%'} of chunks factored"
+    rest = [f"{100 * share:.1f}% {name.replace('_', ' ')}" for name, share in forms.items() if share > 0]
+    return text + (f"; their tokens: {', '.join(rest)}" if rest else "")
 
 
-def _flops(op: str, T: int, H: int, K: int, C: int = CHUNK) -> float:
-    """Nominal matmul work of the chunked algorithm (K = V), per the module docstring."""
+def _flops(op: str, T: int, H: int, K: int) -> float:
+    """Nominal matmul work of the chunked algorithm (K = V, C = CHUNK), per the module docstring."""
+    C = CHUNK
     per_token = 2 * C * K + 2 * C * K + 4 * K * K  # q kᵀ, scores v, q S, kᵀ v
     if op == "delta_rule":  # + k kᵀ, triangular solve, attn w, transition and its state product
         per_token += 2 * C * K + C * 2 * K + 2 * C * K + 2 * K * K + 2 * K * K
@@ -109,9 +108,8 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
         row["correct"] = row["rel_err"] <= TOLERANCE.get(backend, 1e-4)
         slow = backend == "naive"
         args = _inputs(op, decay, B, T, H, K, device, dtype, grad=False)
-        form, size = chunk_form(op, args.get("log_decay"))  # the work is counted alike for every backend
         if backend == "chunk":
-            row["form"] = form
+            row["form"] = chunk_form(op, args.get("log_decay"))
         with torch.no_grad():
             fwd = time_call(lambda: fn(**args, backend=backend), repeats=1 if slow else repeats)
         grad_args = _inputs(op, decay, B, T, H, K, device, dtype, grad=True)
@@ -120,7 +118,7 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
             fn(**grad_args, backend=backend)[0].float().sum().backward()
 
         fb = time_call(fwd_bwd, repeats=1 if slow else repeats, warmup=0 if slow else 1)
-        flops = B * _flops(op, T, H, K, size)
+        flops = B * _flops(op, T, H, K)
         row.update(fwd_s=fwd["median_s"], fwdbwd_s=fb["median_s"], fwd_spread_s=[fwd["min_s"], fwd["max_s"]],
                    fwd_gflops=flops / fwd["median_s"] / 1e9, fwdbwd_gflops=3 * flops / fb["median_s"] / 1e9)
         if torch.cuda.is_available() and device == "cuda":

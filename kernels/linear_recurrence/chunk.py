@@ -36,15 +36,15 @@ def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
     return x.transpose(1, 2).contiguous().view(B, H, n_chunks, chunk, *x.shape[3:])
 
 
-def _masked_exp(diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """exp(diff) where mask, else 0, for diff ≤ 0. Below −80 it is 0 too: that keeps the slow denormal path out
-    of the products it enters (anything it meets is at most exp(+60), so dropped terms are below exp(−20))."""
-    return torch.where(mask & (diff > -80.0), diff.clamp(-80.0, 0.0).exp(), 0.0)
-
-
 def _exp_floored(x: torch.Tensor) -> torch.Tensor:
-    """exp(x), with 0 below −80 (exp would be denormal there, and every product with it ~100× slower)."""
+    """exp(x), with 0 below −80: exp would be denormal there, and every product with it ~100× slower
+    (anything it meets is at most exp(+60), so the dropped terms are below exp(−20))."""
     return torch.where(x > -80.0, x.clamp(min=-80.0).exp(), 0.0)
+
+
+def _masked_exp(diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """exp(diff) where mask (there diff ≤ 0), else 0."""
+    return torch.where(mask, _exp_floored(diff.clamp(max=0.0)), 0.0)
 
 
 def _span_fits(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -223,11 +223,10 @@ def _carry_states(chunk_kv, chunk_log_decay, read_log_scale, initial_state):
     chunk_kv: (B, H, N, K, V); a_n (chunk log decays) and r_n (read scales): (B, H, N, 1|K), both ≤ 0.
     """
     B, H, N, K, V = chunk_kv.shape
-    everywhere = torch.ones((), dtype=torch.bool, device=chunk_kv.device)
-    decay = _masked_exp(chunk_log_decay, everywhere)[..., None]  # (B, H, N, 1|K, 1)
+    decay = _exp_floored(chunk_log_decay)[..., None]  # (B, H, N, 1|K, 1)
     state = chunk_kv.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
     states = _ChunkCarry.apply(chunk_kv, decay, state)  # (B, H, N+1, K, V)
-    return states[:, :, :N] * _masked_exp(read_log_scale, everywhere)[..., None], states[:, :, N]
+    return states[:, :, :N] * _exp_floored(read_log_scale)[..., None], states[:, :, N]
 
 
 class _ChunkCarry(torch.autograd.Function):
