@@ -27,13 +27,25 @@ SUBCHUNK = 8
 FACTOR_RANGE = 120.0
 
 
-def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
-    """(B, T, H, ...) -> contiguous (B, H, N, C, ...), zero padded at the end."""
-    B, T, H = x.shape[:3]
-    pad = n_chunks * chunk - T
+def _chunk_view(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
+    """(B, T, H, ...) -> (N, B, H, C, ...) view, zero padded at the end (a copy only when padding)."""
+    pad = n_chunks * chunk - x.shape[1]
     if pad:
         x = F.pad(x, [0, 0] * (x.dim() - 3) + [0, 0, 0, pad])
-    return x.transpose(1, 2).contiguous().view(B, H, n_chunks, chunk, *x.shape[3:])
+    return x.unflatten(1, (n_chunks, chunk)).permute(1, 0, 3, 2, *range(4, x.dim() + 1))
+
+
+def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
+    """(B, T, H, ...) -> contiguous (N, B, H, C, ...): chunk-major, so each chunk's slice of the carried
+    states is one contiguous block."""
+    return _chunk_view(x, n_chunks, chunk).contiguous()
+
+
+def _from_chunks(o: torch.Tensor, length: int) -> torch.Tensor:
+    """(N, B, H, C, V) -> contiguous (B, T, H, V), dropping the padding."""
+    N, B, H, C, V = o.shape
+    o = o.permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)
+    return o if length == N * C else o[:, :length].contiguous()
 
 
 def _exp_floored(x: torch.Tensor) -> torch.Tensor:
@@ -127,60 +139,72 @@ def chunk_forms(log_decay: torch.Tensor | None, chunk_size: int = CHUNK) -> dict
 def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
                             output_final_state=False, chunk_size: int = CHUNK):
     B, T, H, K = q.shape
-    V = v.shape[-1]
     out_dtype = v.dtype
     scale = K ** -0.5 if scale is None else scale
     C = chunk_size
     N = max(1, -(-T // C))
-    qc, kc, vc = (_to_chunks(x.float(), N, C) for x in (q, k, v))  # (B, H, N, C, K|V)
+    q_view, k_view = (_chunk_view(x.float(), N, C) for x in (q, k))  # (N, B, H, C, K), strided
+    vc = _to_chunks(v.float(), N, C)  # (N, B, H, C, V)
     strict = bonus is not None  # RWKV reads S_{t-1}: exclusive of token t's decay, bonus on the diagonal
-    bonus_diag = None if bonus is None else (qc * bonus.float()[None, :, None, None, :] * kc).sum(-1)  # (B, H, N, C)
     if log_decay is None:
-        g = qc.new_zeros(B, H, N, C, 1)
+        g = vc.new_zeros(N, B, H, C, 1)
     else:
         g = _to_chunks(log_decay.float(), N, C)
-        g = g if log_decay.dim() == 4 else g[..., None]  # (B, H, N, C, 1|K)
+        g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K)
     b = g.cumsum(dim=3)  # inclusive log decay from the chunk start
     b_query = b - g if strict else b
-    b_last = b[:, :, :, -1:]  # (B, H, N, 1, 1|K)
-    fits = _span_fits(torch.zeros_like(b_last).flatten(0, 2), b_last.flatten(0, 2)).view(B, H, N, 1, 1)
+    b_last = b[:, :, :, -1:]  # (N, B, H, 1, 1|K)
+    fits = _span_fits(torch.zeros_like(b_last).flatten(0, 2), b_last.flatten(0, 2))  # (M,), M = N·B·H chunks
+    all_fit = bool(fits.all())
     # One pair of factors per chunk serves its scores, its state update and its state read:
     # q_t·exp(bq_t − ref_q) and k_s·exp(ref_k − b_s), about the midpoint where the chunk's span fits
     # (|exponent| ≤ FACTOR_RANGE/2), else ref_q = 0 and ref_k = the chunk's end (exponents ≤ 0).
     mid = b_last / 2
-    ref_q = torch.where(fits, mid, 0.0)
-    ref_k = torch.where(fits, mid, b_last)
-    exp = torch.exp if bool(fits.all()) else _exp_floored  # factored exponents are ≥ −60; stable ones unbounded
-    q_f = qc * exp(b_query - ref_q)
-    k_f = kc * exp(ref_k - b)
-    o = _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag)
+    chunk_fits = fits.view(N, B, H, 1, 1)
+    ref_q = torch.where(chunk_fits, mid, 0.0)
+    ref_k = torch.where(chunk_fits, mid, b_last)
+    # factored exponents are ≥ −60; stable ones unbounded. The factor multiplies the strided chunk view and
+    # comes out contiguous, so the layout change costs no pass of its own.
+    exp = (lambda x: x.exp_()) if all_fit else _exp_floored
+    q_f = (exp(b_query - ref_q) * q_view).contiguous()
+    k_f = (exp(ref_k - b) * k_view).contiguous()
+    bonus_diag = None if bonus is None else (q_view * bonus.float()[None, None, :, None, :] * k_view).sum(-1)
+    o = _intra_chunk(q_f, k_f, vc, (q_view, k_view, b, b_query), fits, strict, bonus_diag)  # (M, C, V)
     # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
     # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
-    chunk_kv = (k_f.transpose(-1, -2) @ vc) * (b_last - ref_k).exp().transpose(-1, -2)  # (B, H, N, K, V)
+    chunk_kv = (k_f.transpose(-1, -2) @ vc).mul_((b_last - ref_k).exp().transpose(-1, -2))  # (N, B, H, K, V)
     states_read, state = _carry_states(chunk_kv, b_last.squeeze(3), ref_q.squeeze(3), initial_state)
-    # o + q S, times the scale, in one call (the inter-chunk product accumulates into the intra-chunk one)
-    o = torch.baddbmm(o.flatten(0, 2), q_f.flatten(0, 2), states_read.flatten(0, 2), beta=scale, alpha=scale)
-    o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T].contiguous()
-    return o.to(out_dtype), (state if output_final_state else None)
+    # o + q S, times the scale, in one call accumulating in place (out of place would first copy o)
+    o = o.baddbmm_(q_f.flatten(0, 2), states_read.flatten(0, 2), beta=scale, alpha=scale)
+    return _from_chunks(o.view(N, B, H, C, -1), T).to(out_dtype), (state if output_final_state else None)
 
 
-def _intra_chunk(qc, kc, vc, b, b_query, q_f, k_f, fits, strict, bonus_diag):
-    """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s for every chunk, each in its own form:
-    factored chunks reuse the shared factors, the others are rebuilt stably from the raw q, k and decays."""
-    B, H, N, C, K = qc.shape
-    flat = tuple(x.flatten(0, 2) for x in (qc, kc, vc, b, b_query, q_f, k_f))  # (M, C, ·), M = B·H·N chunks
-    diag = flat[0].new_zeros(flat[0].shape[:2]) if bonus_diag is None else bonus_diag.flatten(0, 2)
+def _intra_chunk(q_f, k_f, vc, raw, fits, strict, bonus_diag):
+    """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s for every chunk (M, C, V), each in its own form.
+
+    The factored product runs on every chunk (the factors of chunks that do not fit have exponents ≤ 0, so
+    their wrong but finite rows are simply overwritten); the chunks that do not fit are rebuilt stably from
+    the raw q, k and decays on their own subset, and copied over (index_copy passes them no gradient).
+    """
+    flat = lambda x: x.flatten(0, 2)
+    diag = None if bonus_diag is None else flat(bonus_diag)
     bonus_of = (lambda d: d) if strict else (lambda d: None)
-
-    def factored(q, k, v, b, bq, q_f, k_f, diag):
-        return _with_bonus((q_f @ k_f.transpose(-1, -2)).tril_(-1 if strict else 0), bonus_of(diag)) @ v
-
-    def stable(q, k, v, b, bq, q_f, k_f, diag):
-        if b.shape[-1] == 1:
-            return _with_bonus(_pairwise_scores(q, k, bq, b, strict), bonus_of(diag)) @ v
-        return _per_channel_halves(q, k, v, b, bq, torch.zeros_like(b[:, :1]), strict, bonus_of(diag))
-
-    return _by_form(fits.flatten(), flat + (diag,), factored, stable).view(B, H, N, C, -1)
+    slow = None if bool(fits.all()) else (~fits).nonzero().squeeze(1)
+    if slow is not None and slow.numel() == fits.numel():
+        factored = None
+    else:
+        scores = (flat(q_f) @ flat(k_f).transpose(-1, -2)).tril_(-1 if strict else 0)
+        factored = _with_bonus(scores, bonus_of(diag)) @ flat(vc)
+    if slow is None:
+        return factored
+    q, k, b, b_query = (flat(x)[slow] for x in raw)
+    v = flat(vc)[slow]
+    diag = None if diag is None else diag[slow]
+    if b.shape[-1] == 1:
+        stable = _with_bonus(_pairwise_scores(q, k, b_query, b, strict), bonus_of(diag)) @ v
+    else:
+        stable = _per_channel_halves(q, k, v, b, b_query, torch.zeros_like(b[:, :1]), strict, bonus_of(diag))
+    return stable if factored is None else factored.index_copy(0, slow, stable)
 
 
 def _per_channel_halves(q, k, v, b, b_query, start, strict, bonus_diag):
@@ -213,47 +237,48 @@ def _per_channel_halves(q, k, v, b, b_query, start, strict, bonus_diag):
     second = half(q[:, h:], k[:, h:], v[:, h:], b[:, h:], b_query[:, h:], e,
                   None if bonus_diag is None else bonus_diag[:, h:])
     first_state = (k[:, :h] * _exp_floored(e - b[:, :h])).transpose(-1, -2) @ v[:, :h]  # (M, K, V)
-    second = torch.baddbmm(second, q[:, h:] * _exp_floored(b_query[:, h:] - e), first_state)
+    second = second.baddbmm_(q[:, h:] * _exp_floored(b_query[:, h:] - e), first_state)
     return torch.cat([first, second], dim=1)
 
 
 def _carry_states(chunk_kv, chunk_log_decay, read_log_scale, initial_state):
     """States read by each chunk, exp(r_n) ⊙ S_n, and the final state, for S_{n+1} = exp(a_n) ⊙ S_n + chunk_kv_n.
 
-    chunk_kv: (B, H, N, K, V); a_n (chunk log decays) and r_n (read scales): (B, H, N, 1|K), both ≤ 0.
+    chunk_kv: (N, B, H, K, V); a_n (chunk log decays) and r_n (read scales): (N, B, H, 1|K), both ≤ 0.
     """
-    B, H, N, K, V = chunk_kv.shape
-    decay = _exp_floored(chunk_log_decay)[..., None]  # (B, H, N, 1|K, 1)
+    N, B, H, K, V = chunk_kv.shape
+    decay = _exp_floored(chunk_log_decay)[..., None]  # (N, B, H, 1|K, 1)
     state = chunk_kv.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    states = _ChunkCarry.apply(chunk_kv, decay, state)  # (B, H, N+1, K, V)
-    return states[:, :, :N] * _exp_floored(read_log_scale)[..., None], states[:, :, N]
+    states = _ChunkCarry.apply(chunk_kv, decay, state)  # (N+1, B, H, K, V)
+    return states[:N] * _exp_floored(read_log_scale)[..., None], states[N]
 
 
 class _ChunkCarry(torch.autograd.Function):
-    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks: the only sequential part, run as one in-place loop each way
-    (autograd through a Python loop would record and replay a graph node per chunk).
+    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks: the only sequential part, run as one in-place loop each way over
+    contiguous chunk slices (autograd through a Python loop would record and replay a graph node per chunk).
     Backward: dS_n = G_n + d_n ⊙ dS_{n+1}, d kv_n = dS_{n+1}, d d_n = Σ dS_{n+1} ⊙ S_n over broadcast dims."""
 
     @staticmethod
     def forward(ctx, chunk_kv, decay, initial_state):
-        B, H, N, K, V = chunk_kv.shape
-        states = chunk_kv.new_empty(B, H, N + 1, K, V)
-        states[:, :, 0] = initial_state
+        N = chunk_kv.shape[0]
+        states = chunk_kv.new_empty((N + 1,) + chunk_kv.shape[1:])
+        states[0] = initial_state
         for n in range(N):
-            torch.addcmul(chunk_kv[:, :, n], decay[:, :, n], states[:, :, n], out=states[:, :, n + 1])
+            torch.addcmul(chunk_kv[n], decay[n], states[n], out=states[n + 1])
         ctx.save_for_backward(decay, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
         decay, states = ctx.saved_tensors
-        N = decay.shape[2]
+        N = decay.shape[0]
         reduce = (-2, -1) if decay.shape[-2] == 1 else (-1,)  # per head: the decay is shared by all K·V entries
-        grad_kv = torch.empty_like(states[:, :, 1:])
+        grad_states = grad_states.contiguous()
+        grad_kv = torch.empty_like(states[1:])
         grad_decay = torch.empty_like(decay)
-        grad = grad_states[:, :, N].clone()  # dS_N
+        grad = grad_states[N].clone()  # dS_N
         for n in range(N - 1, -1, -1):
-            grad_kv[:, :, n] = grad
-            torch.sum(grad * states[:, :, n], dim=reduce, keepdim=True, out=grad_decay[:, :, n])
-            grad = torch.addcmul(grad_states[:, :, n], decay[:, :, n], grad)
+            grad_kv[n] = grad
+            torch.sum(grad * states[n], dim=reduce, keepdim=True, out=grad_decay[n])
+            grad = torch.addcmul(grad_states[n], decay[n], grad)
         return grad_kv, grad_decay, grad
