@@ -43,9 +43,23 @@ def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
 
 def _from_chunks(o: torch.Tensor, length: int) -> torch.Tensor:
     """(N, B, H, C, V) -> contiguous (B, T, H, V), dropping the padding."""
-    N, B, H, C, V = o.shape
-    o = o.permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)
-    return o if length == N * C else o[:, :length].contiguous()
+    return _FromChunks.apply(o, length)
+
+
+class _FromChunks(torch.autograd.Function):
+    """The output's layout change, whose backward hands on a contiguous chunk-layout gradient (autograd's own
+    permute backward passes a strided view, and the batched products that read it then loop per matrix)."""
+
+    @staticmethod
+    def forward(ctx, o, length):
+        N, B, H, C, V = o.shape
+        ctx.chunks = (N, C)
+        o = o.permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)
+        return o if length == N * C else o[:, :length].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _to_chunks(grad, *ctx.chunks), None
 
 
 def _exp_floored(x: torch.Tensor) -> torch.Tensor:
@@ -197,9 +211,9 @@ def _intra_chunk(q_f, k_f, vc, raw, fits, strict, bonus_diag):
         factored = _with_bonus(scores, bonus_of(diag)) @ flat(vc)
     if slow is None:
         return factored
-    q, k, b, b_query = (flat(x)[slow] for x in raw)
-    v = flat(vc)[slow]
-    diag = None if diag is None else diag[slow]
+    pick = (lambda x: x) if factored is None else (lambda x: x[slow])  # every chunk slow: no gather
+    q, k, b, b_query, v = (pick(flat(x)) for x in raw + (vc,))
+    diag = None if diag is None else pick(diag)
     if b.shape[-1] == 1:
         stable = _with_bonus(_pairwise_scores(q, k, b_query, b, strict), bonus_of(diag)) @ v
     else:
@@ -260,11 +274,11 @@ class _ChunkCarry(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, chunk_kv, decay, initial_state):
-        N = chunk_kv.shape[0]
-        states = chunk_kv.new_empty((N + 1,) + chunk_kv.shape[1:])
+        states = chunk_kv.new_empty((chunk_kv.shape[0] + 1,) + chunk_kv.shape[1:])
         states[0] = initial_state
-        for n in range(N):
-            torch.addcmul(chunk_kv[n], decay[n], states[n], out=states[n + 1])
+        state_of = states.unbind(0)  # views made once: the loop body is the one product per chunk
+        for n, (kv, d) in enumerate(zip(chunk_kv.unbind(0), decay.unbind(0))):
+            torch.addcmul(kv, d, state_of[n], out=state_of[n + 1])
         ctx.save_for_backward(decay, states)
         return states
 
@@ -272,13 +286,13 @@ class _ChunkCarry(torch.autograd.Function):
     def backward(ctx, grad_states):
         decay, states = ctx.saved_tensors
         N = decay.shape[0]
-        reduce = (-2, -1) if decay.shape[-2] == 1 else (-1,)  # per head: the decay is shared by all K·V entries
         grad_states = grad_states.contiguous()
-        grad_kv = torch.empty_like(states[1:])
-        grad_decay = torch.empty_like(decay)
-        grad = grad_states[N].clone()  # dS_N
-        for n in range(N - 1, -1, -1):
-            grad_kv[n] = grad
-            torch.sum(grad * states[n], dim=reduce, keepdim=True, out=grad_decay[n])
-            grad = torch.addcmul(grad_states[n], decay[n], grad)
-        return grad_kv, grad_decay, grad
+        grad_kv = torch.empty_like(states[1:])  # d kv_n = dS_{n+1}, written in place by the loop
+        grad_kv[N - 1] = grad_states[N]
+        grad_of, given, decays = grad_kv.unbind(0), grad_states.unbind(0), decay.unbind(0)
+        for n in range(N - 1, 0, -1):
+            torch.addcmul(given[n], decays[n], grad_of[n], out=grad_of[n - 1])
+        grad_initial = torch.addcmul(given[0], decays[0], grad_of[0])
+        reduce = (-2, -1) if decay.shape[-2] == 1 else (-1,)  # per head: the decay is shared by all K·V entries
+        grad_decay = (grad_kv * states[:N]).sum(dim=reduce, keepdim=True)  # all chunks in one product
+        return grad_kv, grad_decay, grad_initial
