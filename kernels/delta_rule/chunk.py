@@ -63,11 +63,10 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
     state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
     states = _MatrixCarry.apply(transition.flatten(1, 2), chunk_kv.flatten(1, 2), state.flatten(0, 1))
     states = states.view(N + 1, B, H, K, V)
-    # o = (q γ − attn w) S_0 + attn u_free, times the scale, the state term accumulated into the other in one call
-    o = (attn @ u_free).flatten(0, 2).baddbmm_(query_to_state.flatten(0, 2), states[:N].flatten(0, 2),
-                                              beta=scale, alpha=scale)
-    o = _from_chunks(o.view(N, B, H, C, V), T)
-    return o.to(out_dtype), (states[N] if output_final_state else None)
+    # o = (q γ − attn w) S_0 + attn u_free, the state term accumulated into the other in one call
+    o = (attn @ u_free).flatten(0, 2).baddbmm_(query_to_state.flatten(0, 2), states[:N].flatten(0, 2))
+    o = _from_chunks(o.view(N, B, H, C, V), T, scale, out_dtype)
+    return o, (states[N] if output_final_state else None)
 
 
 class _MatrixCarry(torch.autograd.Function):

@@ -41,25 +41,30 @@ def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
     return _chunk_view(x, n_chunks, chunk).contiguous()
 
 
-def _from_chunks(o: torch.Tensor, length: int) -> torch.Tensor:
-    """(N, B, H, C, V) -> contiguous (B, T, H, V), dropping the padding."""
-    return _FromChunks.apply(o, length)
+def _from_chunks(o: torch.Tensor, length: int, scale: float = 1.0, dtype: torch.dtype | None = None):
+    """scale · o, (N, B, H, C, V) -> contiguous (B, T, H, V) in `dtype`, dropping the padding."""
+    return _FromChunks.apply(o, length, scale, dtype or o.dtype)
 
 
 class _FromChunks(torch.autograd.Function):
-    """The output's layout change, whose backward hands on a contiguous chunk-layout gradient (autograd's own
-    permute backward passes a strided view, and the batched products that read it then loop per matrix)."""
+    """The output's layout change, with the attention scale and the cast riding on the same pass each way.
+    Its backward hands on a contiguous chunk-layout gradient: autograd's own permute backward passes a
+    strided view, and the batched products that read it then loop per matrix."""
 
     @staticmethod
-    def forward(ctx, o, length):
+    def forward(ctx, o, length, scale, dtype):
         N, B, H, C, V = o.shape
-        ctx.chunks = (N, C)
-        o = o.permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)
-        return o if length == N * C else o[:, :length].contiguous()
+        ctx.chunks, ctx.scale = (N, C), scale
+        out = o.new_empty(B, N * C, H, V, dtype=dtype)
+        torch.mul(o.permute(1, 0, 3, 2, 4), scale, out=out.view(B, N, C, H, V))
+        return out if length == N * C else out[:, :length].contiguous()
 
     @staticmethod
     def backward(ctx, grad):
-        return _to_chunks(grad, *ctx.chunks), None
+        N, C = ctx.chunks
+        grad = _chunk_view(grad, N, C)
+        out = torch.empty(grad.shape, dtype=torch.float32, device=grad.device)
+        return torch.mul(grad, ctx.scale, out=out), None, None, None
 
 
 def _exp_floored(x: torch.Tensor) -> torch.Tensor:
@@ -163,9 +168,9 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     if log_decay is None:
         g = vc.new_zeros(N, B, H, C, 1)
     else:
-        g = _to_chunks(log_decay.float(), N, C)
-        g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K)
-    b = g.cumsum(dim=3)  # inclusive log decay from the chunk start
+        g = _chunk_view(log_decay.float(), N, C)
+        g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K), strided
+    b = g.cumsum(dim=3)  # inclusive log decay from the chunk start; contiguous, read straight from the view
     b_query = b - g if strict else b
     b_last = b[:, :, :, -1:]  # (N, B, H, 1, 1|K)
     fits = _span_fits(torch.zeros_like(b_last).flatten(0, 2), b_last.flatten(0, 2))  # (M,), M = N·B·H chunks
@@ -177,20 +182,22 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     chunk_fits = fits.view(N, B, H, 1, 1)
     ref_q = torch.where(chunk_fits, mid, 0.0)
     ref_k = torch.where(chunk_fits, mid, b_last)
-    # factored exponents are ≥ −60; stable ones unbounded. The factor multiplies the strided chunk view and
-    # comes out contiguous, so the layout change costs no pass of its own.
-    exp = (lambda x: x.exp_()) if all_fit else _exp_floored
-    q_f = (exp(b_query - ref_q) * q_view).contiguous()
-    k_f = (exp(ref_k - b) * k_view).contiguous()
+    # The factors multiply the strided chunk views and come out contiguous: the layout change costs no pass.
+    if all_fit:  # every exponent within ±FACTOR_RANGE/2 (not 1/exp(b − c) for k: its gradient would square it)
+        q_f = ((b_query - mid).exp_() * q_view).contiguous()
+        k_f = ((mid - b).exp_() * k_view).contiguous()
+    else:  # stable chunks' exponents are ≤ 0 but unbounded below: floored, never denormal
+        q_f = (_exp_floored(b_query - ref_q) * q_view).contiguous()
+        k_f = (_exp_floored(ref_k - b) * k_view).contiguous()
     bonus_diag = None if bonus is None else (q_view * bonus.float()[None, None, :, None, :] * k_view).sum(-1)
     o = _intra_chunk(q_f, k_f, vc, (q_view, k_view, b, b_query), fits, strict, bonus_diag)  # (M, C, V)
     # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
     # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
     chunk_kv = (k_f.transpose(-1, -2) @ vc).mul_((b_last - ref_k).exp().transpose(-1, -2))  # (N, B, H, K, V)
     states_read, state = _carry_states(chunk_kv, b_last.squeeze(3), ref_q.squeeze(3), initial_state)
-    # o + q S, times the scale, in one call accumulating in place (out of place would first copy o)
-    o = o.baddbmm_(q_f.flatten(0, 2), states_read.flatten(0, 2), beta=scale, alpha=scale)
-    return _from_chunks(o.view(N, B, H, C, -1), T).to(out_dtype), (state if output_final_state else None)
+    # o + q S in one call accumulating in place (out of place would first copy o); scaled on the way out
+    o = o.baddbmm_(q_f.flatten(0, 2), states_read.flatten(0, 2))
+    return _from_chunks(o.view(N, B, H, C, -1), T, scale, out_dtype), (state if output_final_state else None)
 
 
 def _intra_chunk(q_f, k_f, vc, raw, fits, strict, bonus_diag):
