@@ -215,3 +215,22 @@ def test_chunks_spanning_almost_factor_range_carry_their_state_exactly(bonus):
         inputs["log_decay"].copy_(-(FACTOR_RANGE / CHUNK) * (0.97 + 0.02 * torch.rand(B, T, H, K)))
     assert chunk_forms(inputs["log_decay"]) == {"factored_chunks": 1.0}
     _compare(linear_recurrence, inputs, "chunk")
+
+
+@pytest.mark.parametrize("op", ["linear_recurrence", "delta_rule"])
+def test_chunk_returns_the_input_dtype_and_bf16_gradients(op):
+    """bf16 q/k/v: the chunk form computes in fp32 and casts on the way out (a fused pass); the gradients come
+    back in bf16 and match the fp32 loop's on the same rounded values to bf16 precision."""
+    fn = linear_recurrence if op == "linear_recurrence" else delta_rule
+    inputs = _lr_inputs(100, "channel", True, True) if fn is linear_recurrence else _delta_inputs(100, True, True)
+    low = {n: t.detach().to(torch.bfloat16).requires_grad_() if n in ("q", "k", "v") else t
+           for n, t in inputs.items()}
+    exact = {n: t.detach().float().requires_grad_() if n in ("q", "k", "v") else t for n, t in low.items()}
+    o, state, grads = _run_with_grads(fn, low, backend="chunk")
+    o_ref, state_ref, grads_ref = _run_with_grads(fn, exact, backend="naive")
+    assert o.dtype == torch.bfloat16 and state.dtype == torch.float32
+    assert_close(o.float(), o_ref, 1e-2, "output")
+    assert_close(state, state_ref, 1e-4, "final state")
+    for name in ("q", "k", "v"):
+        assert grads[name].dtype == torch.bfloat16
+        assert_close(grads[name].float(), grads_ref[name], 2e-2, f"grad {name}")
