@@ -41,3 +41,16 @@ def test_loss_suites_agree_with_the_materialised_losses():
     assert {r["backend"] for r in distill} == {"naive", "chunk"} and all(r["correct"] for r in distill)
     assert {r["backend"] for r in mixer} == {"naive", "tiled"} and all(r["correct"] for r in mixer)
     assert all(r["peak_mib"] is not None and r["fwdbwd_s"] > 0 for r in distill + mixer)
+
+
+def test_ab_timing_against_a_checkout_runs_and_rejects_a_bad_directory(tmp_path, capsys):
+    from pathlib import Path
+
+    from bench import kernels_ab
+
+    repo = Path(__file__).resolve().parents[1]
+    assert kernels_ab.main(["--base-dir", str(repo), "--cases", "lr:channel:70,dr:head:70", "--repeats", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| base" in line]
+    assert len(lines) == 2 and all(float(line.split("|")[-1]) < 1e-6 for line in lines)  # the same code
+    assert kernels_ab.main(["--base-dir", str(tmp_path), "--repeats", "1"]) == 2
+    assert "no kernels" in capsys.readouterr().err
