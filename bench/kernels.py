@@ -28,9 +28,9 @@ from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
 from kernels.linear_recurrence.chunk import CHUNK, chunk_forms
 
 CHECK_LENGTH = 256
-CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:channel_strong,"
-         "linear_recurrence:bonus,delta_rule:head")
-DECAYS = ("none", "head", "channel", "channel_strong", "bonus")
+CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:channel_edge,"
+         "linear_recurrence:channel_strong,linear_recurrence:bonus,delta_rule:head,delta_rule:head_strong")
+DECAYS = ("none", "head", "head_strong", "channel", "channel_edge", "channel_strong", "bonus")
 TOLERANCE = {"chunk": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
 
 
@@ -43,6 +43,10 @@ def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dt
         args["beta"] = torch.rand(B, T, H, device=device).to(dtype)
     if decay == "head":
         args["log_decay"] = F.logsigmoid(torch.randn(B, T, H, device=device) + 3)
+    elif decay == "head_strong":  # −1 to −2 per step: 64-token chunks span 64–128 (Gated DeltaNet's fast heads)
+        args["log_decay"] = -(1 + torch.rand(B, T, H, device=device))
+    elif decay == "channel_edge":  # −1.4 to −1.9 per step: chunks span 90–120, where factor products go denormal
+        args["log_decay"] = -(1.4 + 0.5 * torch.rand(B, T, H, K, device=device))
     elif decay in ("channel", "bonus"):  # RWKV-6 style w = −exp(·), ~−0.6 per step: the factored chunk form
         args["log_decay"] = -torch.exp(torch.randn(B, T, H, K, device=device) - 1)
     elif decay == "channel_strong":  # channels reaching −20 per step and beyond: the stable (halved, pairwise) form
@@ -58,8 +62,8 @@ def chunk_form(op: str, log_decay) -> str:
     if op != "linear_recurrence" or log_decay is None:
         return f"C={CHUNK}"
     forms = chunk_forms(log_decay)
-    factored = forms.pop("factored_chunks")
-    text = f"C={CHUNK}, {'all' if factored == 1 else f'{100 * factored:.1f}%'} of chunks factored"
+    chunk, factored = forms.pop("chunk"), forms.pop("factored_chunks")
+    text = f"C={chunk}, {'all' if factored == 1 else f'{100 * factored:.1f}%'} of chunks factored"
     rest = [f"{100 * share:.1f}% {name.replace('_', ' ')}" for name, share in forms.items() if share > 0]
     return text + (f"; their tokens: {', '.join(rest)}" if rest else "")
 

@@ -27,7 +27,8 @@ from bench.env import header
 from bench.kernels import _inputs
 
 OPS = {"lr": "linear_recurrence", "dr": "delta_rule"}
-DEFAULT_CASES = "lr:head:2048,lr:channel:2048,lr:bonus:2048,dr:head:2048,lr:head:8192,lr:channel:8192,dr:head:8192"
+DEFAULT_CASES = ("lr:head:2048,lr:channel:2048,lr:channel_edge:2048,lr:bonus:2048,dr:head:2048,dr:head_strong:2048,"
+                 "lr:head:8192,lr:channel:8192,dr:head:8192")
 
 
 def load_base(base_dir: Path) -> dict:

@@ -77,13 +77,21 @@ def test_delta_rule_chunk_matches_naive(T, decay, init):
     _compare(delta_rule, _delta_inputs(T, decay, init), "chunk")
 
 
-def test_delta_rule_chunk_exact_for_strong_decay():
-    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE
+@pytest.mark.parametrize("per_step", [1.5, 7.0], ids=["halved", "pairwise"])
+def test_delta_rule_chunk_exact_for_strong_decay(per_step):
+    """~1.5 per step: 64-token chunks span ~96, so the call runs at 32-token chunks (factored); ~7 per step:
+    even 16-token chunks span beyond DENORMAL_SAFE_SPAN, so the ratios are taken pairwise."""
+    from kernels.delta_rule.chunk import HALVE_ABOVE_SPAN, MIN_CHUNK
+    from kernels.linear_recurrence.chunk import CHUNK, DENORMAL_SAFE_SPAN
 
     inputs = _delta_inputs(200, True, True)
-    with torch.no_grad():  # ~−3 per step: a 64-token chunk decays far beyond FACTOR_RANGE (the pairwise form)
-        inputs["log_decay"].copy_(F.logsigmoid(torch.randn(B, 200, H) - 3))
-    assert inputs["log_decay"][:, :CHUNK].sum(1).max() < -FACTOR_RANGE
+    with torch.no_grad():
+        inputs["log_decay"].copy_(-per_step * (0.8 + 0.4 * torch.rand(B, 200, H)))
+    span = lambda length: -inputs["log_decay"][:, :length].sum(1)
+    if per_step > 5:
+        assert (span(MIN_CHUNK) > DENORMAL_SAFE_SPAN).all()
+    else:
+        assert (span(CHUNK) > HALVE_ABOVE_SPAN).all() and (span(CHUNK // 2) < HALVE_ABOVE_SPAN).all()
     _compare(delta_rule, inputs, "chunk")
 
 
@@ -168,7 +176,7 @@ def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bon
     inputs = _lr_inputs(T, "channel", bonus, True)
     with torch.no_grad():  # ≤ 0.12 per step: a 64-token chunk spans ≤ 7.7, far inside FACTOR_RANGE
         inputs["log_decay"].copy_(-(0.02 + 0.1 * torch.rand(B, T, H, K)))
-    assert chunk_forms(inputs["log_decay"]) == {"factored_chunks": 1.0}
+    assert chunk_forms(inputs["log_decay"]) == {"chunk": 64, "factored_chunks": 1.0}
     _compare(linear_recurrence, inputs, "chunk")
 
 
@@ -177,10 +185,11 @@ def test_mild_per_channel_decay_takes_the_factored_form_and_matches_naive(T, bon
 def test_each_chunk_takes_its_own_form_and_all_match_naive(bonus, per_head):
     from kernels.linear_recurrence.chunk import chunk_forms
 
-    T = 257  # chunks 0, 3, 4 factored; 1 spans ~160 (stable: factored halves); 2 has one 8-token block spanning 240
+    T = 257  # chunks 0, 3, 4 factored (span ~32); 1 spans ~192 (factored halves); 2 has one 8-token block
+    # spanning 240
     inputs = _lr_inputs(T, "head" if per_head else "channel", bonus, True)
     steps = torch.full((T,), 0.5)
-    steps[64:128] = 2.5
+    steps[64:128] = 3.0
     steps[136:144] = 30.0
     with torch.no_grad():
         inputs["log_decay"].copy_(-steps.view(1, T, 1, *([] if per_head else [1])) * (0.9 + 0.2 * torch.rand_like(inputs["log_decay"])))
@@ -188,32 +197,58 @@ def test_each_chunk_takes_its_own_form_and_all_match_naive(bonus, per_head):
     assert forms["factored_chunks"] == pytest.approx(3 / 5)
     if not per_head:
         # chunk 1 factors in two 32-token halves; chunk 2 in 32 + 16 + 8 tokens and 8 pairwise: of 128 tokens
-        assert forms == pytest.approx({"factored_chunks": 3 / 5, "factored_32": 96 / 128, "factored_16": 16 / 128,
-                                       "factored_8": 8 / 128, "pairwise": 8 / 128})
+        assert forms == pytest.approx({"chunk": 64, "factored_chunks": 3 / 5, "factored_32": 96 / 128,
+                                       "factored_16": 16 / 128, "factored_8": 8 / 128, "pairwise": 8 / 128})
     _compare(linear_recurrence, inputs, "chunk")
 
 
 def test_the_factored_form_ends_at_factor_range():
     from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, chunk_forms
 
-    inside, outside = (torch.full((1, CHUNK, 1, 3), -FACTOR_RANGE / CHUNK * f) for f in (0.999, 1.001))
-    assert chunk_forms(inside) == {"factored_chunks": 1.0}
-    assert chunk_forms(outside) == {"factored_chunks": 0.0, "factored_32": 1.0, "pairwise": 0.0}
+    def one_chunk_spanning(factor):  # 16 chunks of mild decay, chunk 5 spanning factor × FACTOR_RANGE
+        log_decay = torch.full((1, 16 * CHUNK, 1, 3), -0.1)
+        log_decay[:, 5 * CHUNK:6 * CHUNK] = -FACTOR_RANGE / CHUNK * factor
+        return log_decay
+
+    assert chunk_forms(one_chunk_spanning(0.999)) == {"chunk": CHUNK, "factored_chunks": 1.0}
+    assert chunk_forms(one_chunk_spanning(1.001)) == {"chunk": CHUNK, "factored_chunks": 15 / 16, "factored_32": 1.0,
+                                                      "pairwise": 0.0}
     strong = _lr_inputs(256, "channel", False, False, strong=True)["log_decay"]
     assert chunk_forms(strong)["factored_chunks"] < 0.5  # RWKV-6's strong decays keep the stable form
+
+
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+@pytest.mark.parametrize("per_head", [False, True], ids=["channel", "head"])
+def test_denormal_prone_spans_run_at_half_the_chunk_size_and_match_naive(bonus, per_head):
+    """Chunks spanning 84–120 could be factored, but a product of two factors can then be denormal (the matmul
+    slows down ~100× per such operand): when many chunks do, the call runs at half the chunk size instead,
+    unless the halves would span too much as well."""
+    from kernels.linear_recurrence.chunk import CHUNK, DENORMAL_SAFE_SPAN, FACTOR_RANGE, chunk_forms
+
+    T = 257
+    inputs = _lr_inputs(T, "head" if per_head else "channel", bonus, True)
+    span = (DENORMAL_SAFE_SPAN + FACTOR_RANGE) / 2  # ~102 per 64 tokens: halves span ~51
+    with torch.no_grad():
+        inputs["log_decay"].copy_(-(span / CHUNK) * (0.95 + 0.1 * torch.rand_like(inputs["log_decay"])))
+    assert chunk_forms(inputs["log_decay"]) == {"chunk": CHUNK // 2, "factored_chunks": 1.0}
+    _compare(linear_recurrence, inputs, "chunk")
+    too_wide = inputs["log_decay"].detach() * 2  # halves would span ~102 too: stays at CHUNK, the stable form
+    assert chunk_forms(too_wide)["chunk"] == CHUNK
 
 
 @pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
 def test_chunks_spanning_almost_factor_range_carry_their_state_exactly(bonus):
     from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, chunk_forms
 
-    # Every chunk is factored at the edge of the range: the state update is scaled up to exp(+range/2) and
-    # its weight down to exp(−range); an underflow there would drop O(1) contributions across chunk borders.
-    T = 3 * CHUNK + 5
+    # Chunk 3 of 13 is factored at the edge of the range: its state update is scaled up to exp(+range/2) and
+    # its weight down to exp(−range); an underflow there would drop O(1) contributions across the border into
+    # chunk 4. The other chunks decay mildly (one edge chunk in 13 keeps the full chunk size).
+    T = 12 * CHUNK + 5
     inputs = _lr_inputs(T, "channel", bonus, True)
     with torch.no_grad():
-        inputs["log_decay"].copy_(-(FACTOR_RANGE / CHUNK) * (0.97 + 0.02 * torch.rand(B, T, H, K)))
-    assert chunk_forms(inputs["log_decay"]) == {"factored_chunks": 1.0}
+        inputs["log_decay"].copy_(-0.05 * torch.rand(B, T, H, K))
+        inputs["log_decay"][:, 3 * CHUNK:4 * CHUNK] = -(FACTOR_RANGE / CHUNK) * (0.97 + 0.02 * torch.rand(B, CHUNK, H, K))
+    assert chunk_forms(inputs["log_decay"]) == {"chunk": CHUNK, "factored_chunks": 1.0}
     _compare(linear_recurrence, inputs, "chunk")
 
 

@@ -11,7 +11,9 @@ Each chunk takes its own form, chosen from its decays:
   exact pairwise C × C decay matrix; per-channel decays are halved recursively, each half factored about
   its own midpoint where its span allows, down to SUBCHUNK-token blocks built from exact pairwise
   differences, the second half reading the first through a local state. No C × C × K tensor is formed.
-Every exponent that is evaluated is ≤ FACTOR_RANGE/2, and ≤ 0 wherever the product is kept.
+Every exponent that is evaluated is ≤ FACTOR_RANGE/2, and ≤ 0 wherever the product is kept. Factored
+chunks spanning beyond DENORMAL_SAFE_SPAN can give denormal products (slow, not wrong); when many do and
+half-size chunks would not, the whole call runs at half the chunk size.
 """
 from __future__ import annotations
 
@@ -25,6 +27,12 @@ SUBCHUNK = 8
 # Largest log-decay span that is factored: factors within exp(±60), normal fp32 numbers. A query factor up to
 # exp(60) meets a state read scaled down to exp(−60 + decay): only contributions below exp(−27) can underflow.
 FACTOR_RANGE = 120.0
+# Beyond this span a product of two factors can fall below fp32's normal range (exp(−87)), and every denormal
+# operand takes the matmul ~100× off its fast path: chunks spanning 88–92 ran the forward 1.6–2.4× slower.
+# When more than DENORMAL_SHARE of the chunks span beyond it and every half-chunk spans within it, the call
+# runs at half the chunk size instead (measured 10–25% dearer than clean 64-token chunks).
+DENORMAL_SAFE_SPAN = 84.0
+DENORMAL_SHARE = 1 / 8
 
 
 def _chunk_view(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
@@ -67,15 +75,24 @@ class _FromChunks(torch.autograd.Function):
         return torch.mul(grad, ctx.scale, out=out), None, None, None
 
 
-def _exp_floored(x: torch.Tensor) -> torch.Tensor:
-    """exp(x), with 0 below −80: exp would be denormal there, and every product with it ~100× slower
+def _exp_floored(x: torch.Tensor, floor: float = -80.0) -> torch.Tensor:
+    """exp(x), with 0 below `floor`: exp would be (near) denormal there, and every product with it ~100× slower
     (anything it meets is at most exp(+60), so the dropped terms are below exp(−20))."""
-    return torch.where(x > -80.0, x.clamp(min=-80.0).exp(), 0.0)
+    return F.threshold(x, floor, float("-inf")).exp_()  # exp(−inf) = 0 exactly, and its gradient 0
 
 
-def _masked_exp(diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _exp_clamped(x: torch.Tensor, fits: torch.Tensor) -> torch.Tensor:
+    """exp(x), with x clamped from below where its chunk does not fit (`fits` False; there x ≤ 0) at
+    −DENORMAL_SAFE_SPAN/2, so that a product of two such factors is never denormal: a term changes only where
+    its true weight is below exp(−42) ≈ 6e-19, by at most that much. Factored chunks' exponents (≥ −60) are
+    left exact."""
+    lower = torch.where(fits, -FACTOR_RANGE / 2, -DENORMAL_SAFE_SPAN / 2)
+    return x.clamp_(min=lower).exp_()  # in place: callers pass a fresh difference
+
+
+def _masked_exp(diff: torch.Tensor, mask: torch.Tensor, floor: float = -80.0) -> torch.Tensor:
     """exp(diff) where mask (there diff ≤ 0), else 0."""
-    return torch.where(mask, _exp_floored(diff.clamp(max=0.0)), 0.0)
+    return torch.where(mask, _exp_floored(diff.clamp(max=0.0), floor), 0.0)
 
 
 def _span_fits(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -127,18 +144,37 @@ def _with_bonus(scores, bonus_diag):
     return scores
 
 
+def _halve_chunks(b: torch.Tensor) -> bool:
+    """Whether to run at half the chunk size: more than DENORMAL_SHARE of the chunks span beyond
+    DENORMAL_SAFE_SPAN, while both halves of every chunk span within it. b: (M, C, 1|K), the inclusive
+    cumulative log decay of each chunk."""
+    C = b.shape[1]
+    if C < 2 * SUBCHUNK or C % 2:
+        return False
+    if (b[:, -1].amin(dim=-1) < -DENORMAL_SAFE_SPAN).float().mean().item() <= DENORMAL_SHARE:
+        return False
+    middle = b[:, C // 2 - 1]
+    widest = torch.maximum(-middle.amin(dim=-1), -(b[:, -1] - middle).amin(dim=-1)).max().item()
+    return widest <= DENORMAL_SAFE_SPAN
+
+
 def chunk_forms(log_decay: torch.Tensor | None, chunk_size: int = CHUNK) -> dict:
-    """Share of chunks factored whole and, for per-channel decays, of the other chunks' tokens by the size of
-    the block that factors them (halving down to SUBCHUNK; `pairwise` for the rest): the forms `chunk` takes."""
+    """The forms `chunk` takes: its chunk size (halved while its rule for denormal-prone spans says so), the
+    share of chunks factored whole and, for per-channel decays, of the other chunks' tokens by the size of
+    the block that factors them (halving down to SUBCHUNK; `pairwise` for the rest)."""
     if log_decay is None:
-        return {"factored_chunks": 1.0}
+        return {"chunk": chunk_size, "factored_chunks": 1.0}
     g = log_decay.detach().float()
     g = g if g.dim() == 4 else g[..., None]
     B, T, H, K = g.shape
-    N = max(1, -(-T // chunk_size))
-    b = _to_chunks(g, N, chunk_size).cumsum(dim=3).flatten(0, 2)  # (M, C, K)
+    while True:
+        N = max(1, -(-T // chunk_size))
+        b = _to_chunks(g, N, chunk_size).cumsum(dim=3).flatten(0, 2)  # (M, C, K)
+        if not _halve_chunks(b):
+            break
+        chunk_size //= 2
     fits = _span_fits(torch.zeros_like(b[:, :1]), b[:, -1:])
-    forms = {"factored_chunks": fits.float().mean().item()}
+    forms = {"chunk": chunk_size, "factored_chunks": fits.float().mean().item()}
     if K == 1 or bool(fits.all()):
         return forms
     blocks = b[~fits]
@@ -171,6 +207,8 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
         g = _chunk_view(log_decay.float(), N, C)
         g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K), strided
     b = g.cumsum(dim=3)  # inclusive log decay from the chunk start; contiguous, read straight from the view
+    if log_decay is not None and _halve_chunks(b.flatten(0, 2)):
+        return linear_recurrence_chunk(q, k, v, log_decay, bonus, scale, initial_state, output_final_state, C // 2)
     b_last = b[:, :, :, -1:]  # (N, B, H, 1, 1|K)
     fits = _span_fits(0.0, b_last.flatten(0, 2))  # (M,), M = N·B·H chunks
     all_fit = bool(fits.all())
@@ -186,10 +224,10 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
         b_query = None  # only the stable form reads it
         q_f = (((b - mid).sub_(g) if strict else b - mid).exp_() * q_view).contiguous()
         k_f = ((mid - b).exp_() * k_view).contiguous()
-    else:  # stable chunks' exponents are ≤ 0 but unbounded below: floored, never denormal
+    else:  # the other chunks' exponents are ≤ 0 but unbounded below: clamped
         b_query = b - g if strict else b
-        q_f = (_exp_floored(b_query - ref_q) * q_view).contiguous()
-        k_f = (_exp_floored(ref_k - b) * k_view).contiguous()
+        q_f = (_exp_clamped(b_query - ref_q, chunk_fits) * q_view).contiguous()
+        k_f = (_exp_clamped(ref_k - b, chunk_fits) * k_view).contiguous()
     bonus_diag = None  # q_t·(u ⊙ k_t) as a batched product in the input layout (a mul-then-sum is ~5× slower)
     if bonus is not None:
         bonus_diag = _chunk_view(torch.einsum("bthk,bthk->bth", q.float() * bonus.float(), k.float()), N, C)
@@ -221,14 +259,17 @@ def _intra_chunk(q_f, k_f, vc, raw, fits, strict, bonus_diag):
         factored = _with_bonus(scores, bonus_of(diag)) @ flat(vc)
     if slow is None:
         return factored
-    pick = (lambda x: x) if factored is None else (lambda x: x[slow])  # every chunk slow: no gather
-    q, k, b, b_query, v = (pick(flat(x)) for x in raw + (vc,))
-    diag = None if diag is None else pick(diag)
+    if factored is None:  # every chunk slow: all of them, flattened
+        q, k, b, b_query, v = (flat(x) for x in raw + (vc,))
+    else:  # gather the slow chunks only (flattening the strided views first would copy them whole)
+        where = torch.unravel_index(slow, q_f.shape[:3])
+        q, k, b, b_query, v = (x[where] for x in raw + (vc,))
+        diag = None if diag is None else diag[slow]
     if b.shape[-1] == 1:
         stable = _with_bonus(_pairwise_scores(q, k, b_query, b, strict), bonus_of(diag)) @ v
     else:
         stable = _per_channel_halves(q, k, v, b, b_query, torch.zeros_like(b[:, :1]), strict, bonus_of(diag))
-    return stable if factored is None else factored.index_copy(0, slow, stable)
+    return stable if factored is None else factored.index_copy_(0, slow, stable)  # fresh: in place is safe
 
 
 def _per_channel_halves(q, k, v, b, b_query, start, strict, bonus_diag):
