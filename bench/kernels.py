@@ -7,7 +7,7 @@ Recurrences: forward and forward+backward time of each backend (CPU default: nai
 chunk (torch), triton (ours), fla (flash-linear-attention, when installed)), the speed-up over the
 baseline (naive on CPU, the torch chunk form on CUDA) and achieved GFLOP/s counted from the chunked
 algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for the state,
-C = 64 whichever form the torch chunk backend takes per chunk;
+C = 64 whichever form or chunk size the torch chunk backend takes;
 the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as 2× forward).
 Before any timing each backend is checked against the fp32 loop on the same configuration (at most
 CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from bench.env import header, machine, time_call
 from kernels import delta_rule, linear_recurrence
 from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
+from kernels.delta_rule.chunk import chunk_size_for as delta_chunk_size
 from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
 from kernels.linear_recurrence.chunk import CHUNK, chunk_forms
 
@@ -59,7 +60,9 @@ def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dt
 def chunk_form(op: str, log_decay) -> str:
     """Which forms the torch `chunk` backend takes on these decays: the share of chunks factored whole and
     how the other chunks' tokens are computed."""
-    if op != "linear_recurrence" or log_decay is None:
+    if op == "delta_rule":
+        return f"C={delta_chunk_size(log_decay)}"
+    if log_decay is None:
         return f"C={CHUNK}"
     forms = chunk_forms(log_decay)
     chunk, factored = forms.pop("chunk"), forms.pop("factored_chunks")

@@ -10,6 +10,7 @@ else taken pairwise (≤ 1).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kernels.linear_recurrence.chunk import (CHUNK, DENORMAL_SAFE_SPAN, _exp_floored, _from_chunks, _masked_exp,
                                              _to_chunks)
@@ -24,13 +25,28 @@ HALVE_ABOVE_SPAN = 64.0
 MIN_CHUNK = 16
 
 
+def chunk_size_for(log_decay: torch.Tensor | None, chunk_size: int = CHUNK) -> int:
+    """The chunk size `delta_rule_chunk` runs at: halved (down to MIN_CHUNK) while a chunk spans beyond
+    HALVE_ABOVE_SPAN."""
+    if log_decay is None:
+        return chunk_size
+    g = log_decay.detach().float()
+    while chunk_size > MIN_CHUNK:
+        n = -(-g.shape[1] // chunk_size)
+        spans = -F.pad(g, [0, 0, 0, n * chunk_size - g.shape[1]]).unflatten(1, (n, chunk_size)).sum(dim=2)
+        if spans.max().item() <= HALVE_ABOVE_SPAN:
+            break
+        chunk_size //= 2
+    return chunk_size
+
+
 def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False,
                      chunk_size: int = CHUNK):
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = v.dtype
     scale = K ** -0.5 if scale is None else scale
-    C = chunk_size
+    C = chunk_size_for(log_decay, chunk_size)
     N = max(1, -(-T // C))
     qc, kc, vc = (_to_chunks(x.float(), N, C) for x in (q, k, v))  # (N, B, H, C, K|V)
     bc = _to_chunks(beta.float()[..., None], N, C)  # (N, B, H, C, 1)
@@ -40,8 +56,6 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
         g = _to_chunks(log_decay.float()[..., None], N, C)
     b = g.cumsum(dim=3)  # log γ_t, (N, B, H, C, 1)
     b_last = b[:, :, :, -1:]
-    if C > MIN_CHUNK and log_decay is not None and b_last.min().item() < -HALVE_ABOVE_SPAN:
-        return delta_rule_chunk(q, k, v, beta, log_decay, scale, initial_state, output_final_state, C // 2)
     # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), solved as Uᵀ (I + L)ᵀ = Rᵀ: LAPACK is
     # column-major, so this right-sided form on the transposed system reads and writes our row-major
     # memory as it is (measured ~1.4× faster than the left-sided solve). Lᵀ is built directly.
