@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
                         help="timing dtype (default fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--backends", default=None, help="comma list; default naive,chunk on CPU, chunk,triton,fla on CUDA")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per non-naive backend (median)")
     parser.add_argument("--cases", default=CASES, help=f"op:decay,... with decay {'|'.join(DECAYS)}")
     parser.add_argument("--quick", action="store_true", help="loss suites: tiny shapes")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
