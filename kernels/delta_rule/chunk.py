@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.linear_recurrence.chunk import (CHUNK, DENORMAL_SAFE_SPAN, _exp_floored, _from_chunks, _masked_exp,
-                                             _to_chunks)
+                                             _scan, _scan_backward, _to_chunks)
 
 # Decays below exp(−42) are dropped (set to 0), so that products of two kept factors stay normal fp32 numbers
 # (a denormal operand costs a matmul or solve ~100×).
@@ -99,31 +99,21 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
 
 
 class _MatrixCarry(torch.autograd.Function):
-    """S_{n+1} = A_n S_n + U_n over chunks (A: K × K transitions), one in-place loop each way over the
-    chunk-major layout, so every product writes a contiguous block.
+    """S_{n+1} = A_n S_n + U_n over chunks (A: K × K transitions), on the linear recurrence's in-place scan.
     Backward: dS_n = G_n + A_nᵀ dS_{n+1}, dU_n = dS_{n+1}, dA_n = dS_{n+1} S_nᵀ (all chunks in one product)."""
 
     @staticmethod
     def forward(ctx, transition, chunk_kv, initial_state):  # (N, BH, K, K), (N, BH, K, V), (BH, K, V)
-        N, BH, K, V = chunk_kv.shape
-        states = chunk_kv.new_empty(N + 1, BH, K, V)
-        states[0] = initial_state
-        state_of = states.unbind(0)  # views made once: the loop body is the one product per chunk
-        for n, (kv, a) in enumerate(zip(chunk_kv.unbind(0), transition.unbind(0))):
-            torch.baddbmm(kv, a, state_of[n], out=state_of[n + 1])
+        matrices = transition.unbind(0)
+        states = _scan(chunk_kv, initial_state, lambda kv, n, s, out: torch.baddbmm(kv, matrices[n], s, out=out))
         ctx.save_for_backward(transition, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
         transition, states = ctx.saved_tensors
-        N = transition.shape[0]
-        grad_states = grad_states.contiguous()
-        grad_kv = torch.empty_like(states[1:])  # dU_n = dS_{n+1}, written in place by the loop
-        grad_kv[N - 1] = grad_states[N]
-        grad_of, given, transposed = grad_kv.unbind(0), grad_states.unbind(0), transition.transpose(-1, -2).unbind(0)
-        for n in range(N - 1, 0, -1):
-            torch.baddbmm(given[n], transposed[n], grad_of[n], out=grad_of[n - 1])
-        grad_initial = torch.baddbmm(given[0], transposed[0], grad_of[0])
-        grad_transition = (grad_kv.flatten(0, 1) @ states[:N].flatten(0, 1).transpose(-1, -2)).view_as(transition)
+        transposed = transition.transpose(-1, -2).unbind(0)
+        grad_kv, grad_initial = _scan_backward(
+            grad_states, lambda g, n, s, out: torch.baddbmm(g, transposed[n], s, out=out))
+        grad_transition = (grad_kv.flatten(0, 1) @ states[:-1].flatten(0, 1).transpose(-1, -2)).view_as(transition)
         return grad_transition, grad_kv, grad_initial

@@ -319,34 +319,50 @@ def _carry_states(chunk_kv, chunk_log_decay, read_log_scale, initial_state):
     return states[:N] * _exp_floored(read_log_scale)[..., None], states[N]
 
 
+def _scan(chunk_kv, initial_state, step):
+    """S_0 = initial_state, S_{n+1} = step(kv_n, n, S_n, out): the chunks' only sequential part, one in-place loop
+    over contiguous chunk slices (autograd through a Python loop would record a graph node per chunk).
+    Returns the states (N+1, ...)."""
+    states = chunk_kv.new_empty((chunk_kv.shape[0] + 1,) + chunk_kv.shape[1:])
+    states[0] = initial_state
+    state_of = states.unbind(0)  # views made once: the loop body is the one product per chunk
+    for n, kv in enumerate(chunk_kv.unbind(0)):
+        step(kv, n, state_of[n], state_of[n + 1])
+    return states
+
+
+def _scan_backward(grad_states, step):
+    """The gradient of `_scan` for a step linear in S: dS_n = G_n + step_backᵀ(dS_{n+1}), written as
+    step(G_n, n, dS_{n+1}, out). Returns d kv (= dS_{n+1} per chunk, filled in place) and dS_0."""
+    N = grad_states.shape[0] - 1
+    grad_states = grad_states.contiguous()
+    grad_kv = torch.empty_like(grad_states[1:])
+    grad_kv[N - 1] = grad_states[N]
+    grad_of, given = grad_kv.unbind(0), grad_states.unbind(0)
+    for n in range(N - 1, 0, -1):
+        step(given[n], n, grad_of[n], grad_of[n - 1])
+    return grad_kv, step(given[0], 0, grad_of[0], None)
+
+
 class _ChunkCarry(torch.autograd.Function):
-    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks: the only sequential part, run as one in-place loop each way over
-    contiguous chunk slices (autograd through a Python loop would record and replay a graph node per chunk).
-    Backward: dS_n = G_n + d_n ⊙ dS_{n+1}, d kv_n = dS_{n+1}, d d_n = Σ dS_{n+1} ⊙ S_n over broadcast dims."""
+    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks. Backward: dS_n = G_n + d_n ⊙ dS_{n+1}, d kv_n = dS_{n+1},
+    d d_n = Σ dS_{n+1} ⊙ S_n over the broadcast dims."""
 
     @staticmethod
     def forward(ctx, chunk_kv, decay, initial_state):
-        states = chunk_kv.new_empty((chunk_kv.shape[0] + 1,) + chunk_kv.shape[1:])
-        states[0] = initial_state
-        state_of = states.unbind(0)  # views made once: the loop body is the one product per chunk
-        for n, (kv, d) in enumerate(zip(chunk_kv.unbind(0), decay.unbind(0))):
-            torch.addcmul(kv, d, state_of[n], out=state_of[n + 1])
+        decays = decay.unbind(0)
+        states = _scan(chunk_kv, initial_state, lambda kv, n, s, out: torch.addcmul(kv, decays[n], s, out=out))
         ctx.save_for_backward(decay, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
         decay, states = ctx.saved_tensors
-        N = decay.shape[0]
-        grad_states = grad_states.contiguous()
-        grad_kv = torch.empty_like(states[1:])  # d kv_n = dS_{n+1}, written in place by the loop
-        grad_kv[N - 1] = grad_states[N]
-        grad_of, given, decays = grad_kv.unbind(0), grad_states.unbind(0), decay.unbind(0)
-        for n in range(N - 1, 0, -1):
-            torch.addcmul(given[n], decays[n], grad_of[n], out=grad_of[n - 1])
-        grad_initial = torch.addcmul(given[0], decays[0], grad_of[0])
+        decays = decay.unbind(0)
+        grad_kv, grad_initial = _scan_backward(
+            grad_states, lambda g, n, s, out: torch.addcmul(g, decays[n], s, out=out))
         # Σ dS_{n+1} ⊙ S_n over V, and over K too per head (the decay is shared by all K·V entries), for all
         # chunks in one batched product
         grad_decay = torch.einsum("...kv,...kv->...k" if decay.shape[-2] > 1 else "...kv,...kv->...",
-                                  grad_kv, states[:N]).view(decay.shape)
+                                  grad_kv, states[:-1]).view(decay.shape)
         return grad_kv, grad_decay, grad_initial
