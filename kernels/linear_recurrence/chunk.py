@@ -30,8 +30,8 @@ FACTOR_RANGE = 120.0
 # Beyond this span a product of two factors can fall below fp32's normal range (exp(−87)), and every denormal
 # operand takes the matmul ~100× off its fast path: chunks spanning 88–92 ran the forward 1.6–2.4× slower.
 # When more than DENORMAL_SHARE of the chunks span beyond it and every half-chunk spans within it, the call
-# runs at half the chunk size instead (measured: forward 0–18%, forward+backward up to 24% dearer than clean
-# 64-token chunks, against 1.6–4× for the denormals).
+# runs at half the chunk size instead (measured on clean decays: forward 1–31%, forward+backward 14–35% dearer
+# than 64-token chunks, against 1.6–5× for the denormals).
 DENORMAL_SAFE_SPAN = 84.0
 DENORMAL_SHARE = 1 / 8
 
