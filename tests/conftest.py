@@ -71,7 +71,7 @@ def works_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, works_dir):
     """A tokenizer + Llama teacher pretrained by `bench.teacher` on the stand-in slice (seconds)."""
-    from bench.teacher import TeacherRecipe, pretrain
+    from bench.data.teacher import TeacherRecipe, pretrain
 
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     pretrain(out, TeacherRecipe.tiny(), works_dir=str(works_dir), log=lambda *_: None)

@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from bench import bench_distill_loss, bench_mixer_loss
-from bench import kernels as bench_kernels
+from bench.perf import distill_loss_bench, mixer_loss_bench
+from bench.perf import kernel_bench as bench_kernels
 from kernels.linear_recurrence import BACKENDS, linear_recurrence_chunk
 
 
@@ -36,8 +36,8 @@ def test_a_wrong_backend_gets_no_speedup(monkeypatch):
 
 
 def test_loss_suites_agree_with_the_materialised_losses():
-    distill = bench_distill_loss.run("cpu", quick=True)
-    mixer = bench_mixer_loss.run("cpu", quick=True)
+    distill = distill_loss_bench.run("cpu", quick=True)
+    mixer = mixer_loss_bench.run("cpu", quick=True)
     assert {r["backend"] for r in distill} == {"naive", "chunk"} and all(r["correct"] for r in distill)
     assert {r["backend"] for r in mixer} == {"naive", "tiled"} and all(r["correct"] for r in mixer)
     assert all(r["peak_mib"] is not None and r["fwdbwd_s"] > 0 for r in distill + mixer)
@@ -46,7 +46,7 @@ def test_loss_suites_agree_with_the_materialised_losses():
 def test_ab_timing_against_a_checkout_runs_and_rejects_a_bad_directory(tmp_path, capsys):
     from pathlib import Path
 
-    from bench import kernels_ab
+    from bench.perf import kernel_ab as kernels_ab
 
     repo = Path(__file__).resolve().parents[1]
     assert kernels_ab.main(["--base-dir", str(repo), "--cases", "lr:channel:70,dr:head:70", "--repeats", "1"]) == 0

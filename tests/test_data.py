@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import corpus, data, recall
-from bench.teacher import EMBEDDED_TEACHER, TeacherRecipe
+from bench.data import corpus, packing, recall
+from bench.data.teacher import EMBEDDED_TEACHER, TeacherRecipe
 
 
 def _archive(path: Path, files: dict[str, str]) -> Path:
@@ -76,8 +76,8 @@ def test_work_split_is_disjoint_complete_and_stable():
 # ------------------------------------------------------------------------------------------------ recall
 @pytest.fixture(scope="module")
 def tokenizer(works_dir):
-    texts = data.embedded_texts("train", works_dir)
-    return data.train_tokenizer(texts + data.recall_texts("train", 20_000, 200), vocab_size=400)
+    texts = packing.embedded_texts("train", works_dir)
+    return packing.train_tokenizer(texts + packing.recall_texts("train", 20_000, 200), vocab_size=400)
 
 
 @pytest.mark.parametrize("kind", recall.KINDS)
@@ -131,7 +131,7 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tokenizer, tmp_path):
 def test_packing_keeps_whole_documents_at_block_starts_in_proportion(tokenizer):
     texts = ["alpha beta gamma " * 40, "delta epsilon " * 60]
     whole = [f"Remember: kobi {i}. Recall: kobi {i}." for i in range(12)]
-    blocks = data.pack_blocks(texts, tokenizer, 32, whole)
+    blocks = packing.pack_blocks(texts, tokenizer, 32, whole)
     assert blocks.shape[1] == 32 and blocks.dtype == torch.long
     eos = tokenizer.eos_token_id
     doc_ids = [tokenizer(doc)["input_ids"] + [eos] for doc in whole]
@@ -157,22 +157,22 @@ def test_packing_keeps_whole_documents_at_block_starts_in_proportion(tokenizer):
 
 
 def test_embedded_splits_never_overlap(works_dir, tokenizer):
-    spec = data.DataSpec(seq_len=64, works_dir=str(works_dir))
-    texts = {split: data.split_texts(spec, split) for split in data.SPLITS}
-    for a in data.SPLITS:
-        for b in data.SPLITS:
+    spec = packing.DataSpec(seq_len=64, works_dir=str(works_dir))
+    texts = {split: packing.split_texts(spec, split) for split in packing.SPLITS}
+    for a in packing.SPLITS:
+        for b in packing.SPLITS:
             if a < b:
                 assert not set(texts[a][0]) & set(texts[b][0]), f"works shared by {a} and {b}"
                 assert not set(texts[a][1]) & set(texts[b][1]), f"recall documents shared by {a} and {b}"
-    assert all(texts[split][1] for split in data.SPLITS)
-    blocks = {split: data.load_blocks(spec, tokenizer, split) for split in data.SPLITS}
-    rows = {split: {tuple(r.tolist()) for r in blocks[split]} for split in data.SPLITS}
+    assert all(texts[split][1] for split in packing.SPLITS)
+    blocks = {split: packing.load_blocks(spec, tokenizer, split) for split in packing.SPLITS}
+    rows = {split: {tuple(r.tolist()) for r in blocks[split]} for split in packing.SPLITS}
     assert not rows["train"] & rows["test"] and not rows["train"] & rows["validation"]
 
 
 def test_same_seed_same_batches_and_ranks_partition_the_global_batch():
     blocks = torch.arange(40 * 8).view(40, 8)
-    batches, again, other = data.Batches(blocks, 6, seed=1), data.Batches(blocks, 6, seed=1), data.Batches(blocks, 6, seed=2)
+    batches, again, other = packing.Batches(blocks, 6, seed=1), packing.Batches(blocks, 6, seed=1), packing.Batches(blocks, 6, seed=2)
     assert all(torch.equal(batches(s), again(s)) for s in range(20))
     assert not all(torch.equal(batches(s), other(s)) for s in range(3))
     epoch = torch.cat([batches(s) for s in range(batches.steps_per_epoch)])
@@ -186,12 +186,12 @@ def test_local_jsonl_dataset_hash_split_is_disjoint_and_complete(tmp_path, token
     docs = [f"document {i} " + "thou art the king " * (i % 7 + 3) for i in range(300)]
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"text": d}) for d in docs))
-    got = {split: list(data.dataset_texts(str(path), split)) for split in data.SPLITS}
+    got = {split: list(packing.dataset_texts(str(path), split)) for split in packing.SPLITS}
     assert sorted(sum(got.values(), [])) == sorted(docs)
     assert len(got["validation"]) > 0 and len(got["test"]) > 0
-    assert got == {split: list(data.dataset_texts(str(path), split)) for split in data.SPLITS}
-    spec = data.DataSpec(dataset=str(path), seq_len=32, streaming=True, max_blocks=5)
-    assert data.load_blocks(spec, tokenizer, "train").shape == (5, 32)
+    assert got == {split: list(packing.dataset_texts(str(path), split)) for split in packing.SPLITS}
+    spec = packing.DataSpec(dataset=str(path), seq_len=32, streaming=True, max_blocks=5)
+    assert packing.load_blocks(spec, tokenizer, "train").shape == (5, 32)
 
 
 def test_text_files_and_parquet_load(tmp_path, tokenizer):
@@ -199,12 +199,12 @@ def test_text_files_and_parquet_load(tmp_path, tokenizer):
     folder.mkdir()
     for i in range(30):
         (folder / f"{i}.txt").write_text(f"book {i}\n\nthe time is out of joint {i}\n")
-    got = {split: list(data.dataset_texts(str(folder), split)) for split in data.SPLITS}
+    got = {split: list(packing.dataset_texts(str(folder), split)) for split in packing.SPLITS}
     assert sum(map(len, got.values())) == 30  # one document per file
     import pandas
 
     pandas.DataFrame({"body": ["a b c"] * 3 + ["d e f"]}).to_parquet(tmp_path / "p.parquet")
-    rows = list(data.dataset_texts(str(tmp_path / "p.parquet"), "train", text_field="body"))
+    rows = list(packing.dataset_texts(str(tmp_path / "p.parquet"), "train", text_field="body"))
     assert set(rows) <= {"a b c", "d e f"}
 
 
@@ -217,20 +217,20 @@ def test_bad_data_inputs_give_one_clear_line(case, message, tmp_path, tokenizer)
     paths["empty"].write_text(json.dumps({"text": ""}) + "\n")
     paths["no_files"].mkdir()
     paths["field"].write_text(json.dumps({"body": "x"}) + "\n")
-    spec = data.DataSpec(dataset=str(paths[case]), seq_len=16)
-    with pytest.raises(data.DataError) as error:
-        data.load_blocks(spec, tokenizer, "bogus" if case == "unknown_split" else "train")
+    spec = packing.DataSpec(dataset=str(paths[case]), seq_len=16)
+    with pytest.raises(packing.DataError) as error:
+        packing.load_blocks(spec, tokenizer, "bogus" if case == "unknown_split" else "train")
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_vocabulary_mismatch_and_long_context_are_refused(tokenizer):
     from transformers import LlamaConfig
 
-    with pytest.raises(data.DataError, match="vocabulary"):
-        data.check_compatible(tokenizer, LlamaConfig(vocab_size=100, max_position_embeddings=64), 32)
-    with pytest.raises(data.DataError, match="context of 64"):
-        data.check_compatible(tokenizer, LlamaConfig(vocab_size=400, max_position_embeddings=64), 128)
-    data.check_compatible(tokenizer, LlamaConfig(vocab_size=400, max_position_embeddings=64), 64)
+    with pytest.raises(packing.DataError, match="vocabulary"):
+        packing.check_compatible(tokenizer, LlamaConfig(vocab_size=100, max_position_embeddings=64), 32)
+    with pytest.raises(packing.DataError, match="context of 64"):
+        packing.check_compatible(tokenizer, LlamaConfig(vocab_size=400, max_position_embeddings=64), 128)
+    packing.check_compatible(tokenizer, LlamaConfig(vocab_size=400, max_position_embeddings=64), 64)
 
 
 # ------------------------------------------------------------------------------------------------ teacher
@@ -251,7 +251,7 @@ def test_tiny_teacher_is_rebuilt_through_the_same_code_and_loads_offline(tiny_te
 
 
 def test_teacher_training_lowers_validation_loss(works_dir, tmp_path):
-    from bench.teacher import pretrain
+    from bench.data.teacher import pretrain
 
     recipe = TeacherRecipe.tiny()
     recipe.max_steps, recipe.eval_every, recipe.lr, recipe.patience = 30, 10, 1e-2, 10
@@ -274,20 +274,20 @@ def test_shipped_teacher_loads_offline_and_is_small(monkeypatch):
 
 
 def test_recall_pool_blocks_open_with_a_document_and_are_deterministic(tokenizer):
-    blocks = data.recall_blocks(tokenizer, 96, n_blocks=6, seed=0)
+    blocks = packing.recall_blocks(tokenizer, 96, n_blocks=6, seed=0)
     assert blocks.shape == (6, 96)
-    assert torch.equal(blocks, data.recall_blocks(tokenizer, 96, n_blocks=6, seed=0))
-    assert not torch.equal(blocks, data.recall_blocks(tokenizer, 96, n_blocks=6, seed=1))
+    assert torch.equal(blocks, packing.recall_blocks(tokenizer, 96, n_blocks=6, seed=0))
+    assert not torch.equal(blocks, packing.recall_blocks(tokenizer, 96, n_blocks=6, seed=1))
     openings = {tokenizer.decode(block[:12]) for block in blocks.tolist()}
     assert all(text.startswith(("Remember:", "There is a pass key")) for text in openings), openings
     # the pool comes from its own stream: none of its documents is a validation or test document
-    held_out = set(data.recall_texts("validation", 5_000, 96) + data.recall_texts("test", 5_000, 96))
+    held_out = set(packing.recall_texts("validation", 5_000, 96) + packing.recall_texts("test", 5_000, 96))
     pooled = tokenizer.decode(blocks.flatten().tolist()).split(tokenizer.eos_token)
     assert not held_out & set(pooled)
 
 
 def test_mixed_batches_take_fixed_rows_from_the_mixture_and_the_rest_from_the_pool():
-    from bench.teacher import MixedBatches
+    from bench.data.teacher import MixedBatches
 
     mixture, pool = torch.zeros(10, 4, dtype=torch.long), torch.ones(50, 4, dtype=torch.long)
     recipe = TeacherRecipe.tiny()
@@ -297,12 +297,12 @@ def test_mixed_batches_take_fixed_rows_from_the_mixture_and_the_rest_from_the_po
     everything = MixedBatches(mixture, pool[:0], recipe)(7)  # no pool: every row from the mixture
     assert everything.shape == (5, 4) and not everything.any()
     recipe.mixture_rows = 0
-    with pytest.raises(data.DataError, match="--mixture-rows 0"):
+    with pytest.raises(packing.DataError, match="--mixture-rows 0"):
         MixedBatches(mixture, pool, recipe)
 
 
 def test_learning_rate_cosine_ends_with_whichever_budget_runs_out_first():
-    from bench.teacher import learning_rate
+    from bench.data.teacher import learning_rate
 
     recipe = TeacherRecipe(lr=1.0, warmup_steps=10, max_steps=110, max_minutes=4.0)
     assert learning_rate(0, recipe) == pytest.approx(0.1)
@@ -317,11 +317,11 @@ def test_shipped_teacher_copies_at_512_tokens(monkeypatch):
     """The issue's bar for the embedded teacher: recall near perfect at 512 tokens (attention can copy)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench import evaluate
+    from bench.evaluation import tasks
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = AutoModelForCausalLM.from_pretrained(EMBEDDED_TEACHER)
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_TEACHER)
-    config = evaluate.EvalConfig(recall_lengths=(512,), recall_docs=8, seed=3)  # documents no card reported
-    scores = evaluate.recall_scores(model, tokenizer, config, progress=False)
+    config = tasks.EvalConfig(recall_lengths=(512,), recall_docs=8, seed=3)  # documents no card reported
+    scores = tasks.recall_scores(model, tokenizer, config, progress=False)
     assert scores["recall_mqar_512"] >= 0.95 and scores["recall_passkey_512"] >= 0.9, scores

@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from bench import losses, stages
+from bench.distill import losses, stages
 from kernels import fused_distillation_loss
 from kernels.distill_loss.chunk import distill_loss_chunk
 from kernels.distill_loss.naive import distill_loss_naive
@@ -195,7 +195,7 @@ def test_end_to_end_with_fsdp_sharded_teacher_passes_its_logits(tmp_path, monkey
     import torch.distributed as dist
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bench.train import shard_frozen
+    from bench.distill.loop import shard_frozen
 
     config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2)

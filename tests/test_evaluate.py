@@ -9,8 +9,9 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import students
-from bench import evaluate as ev
-from bench import recall
+from bench.data import recall
+from bench.errors import EvalError
+from bench.evaluation import cli, recovery, scoring, tasks
 
 
 # --------------------------------------------------------------------------------------- toy models
@@ -110,12 +111,12 @@ def direct_logprob(model, context: list[int], continuation: list[int]) -> float:
 def test_uniform_model_perplexity_equals_vocabulary_size():
     ids = torch.randint(0, 37, (203,), generator=torch.Generator().manual_seed(1))
     for window, stride in [(16, 5), (16, 16), (300, 150)]:  # rel 1e-6: log(37) in fp32 logits
-        assert ev.perplexity(uniform_lm(37), ids, window, stride, batch_size=3) == pytest.approx(37.0, rel=1e-6)
+        assert scoring.perplexity(uniform_lm(37), ids, window, stride, batch_size=3) == pytest.approx(37.0, rel=1e-6)
 
 
 @pytest.mark.parametrize("n_tokens,window,stride", [(2, 4, 1), (10, 4, 4), (63, 16, 5), (100, 16, 16), (257, 64, 63)])
 def test_sliding_windows_score_every_target_exactly_once(n_tokens, window, stride):
-    windows = ev.sliding_windows(n_tokens, window, stride)
+    windows = scoring.sliding_windows(n_tokens, window, stride)
     scored = [position + 1 for start, stop, score_from in windows for position in range(score_from, stop)]
     assert scored == list(range(1, n_tokens))
     assert all(stop - start == min(window, n_tokens - 1) and start <= score_from for start, stop, score_from in windows)
@@ -127,7 +128,7 @@ def test_sliding_window_equals_single_pass_when_the_text_fits():
     with torch.no_grad():
         single = model(ids[None], labels=ids[None]).loss.item() * (len(ids) - 1)
     for stride in (1, 7, 64):
-        total, count = ev.sliding_window_nll(model, ids, window=64, stride=stride)
+        total, count = scoring.sliding_window_nll(model, ids, window=64, stride=stride)
         assert count == len(ids) - 1 and total == pytest.approx(single, rel=1e-5)
 
 
@@ -138,7 +139,7 @@ def test_sliding_window_counts_each_token_once_when_the_text_does_not_fit():
         logprobs = torch.log_softmax(model(ids[None]).logits[0].double(), -1)
     expected = -logprobs[torch.arange(149), ids[1:]].sum().item()
     for stride in (1, 5, 16):
-        total, count = ev.sliding_window_nll(model, ids, window=16, stride=stride, batch_size=4)
+        total, count = scoring.sliding_window_nll(model, ids, window=16, stride=stride, batch_size=4)
         assert count == 149 and total == pytest.approx(expected, rel=1e-6)
 
 
@@ -147,9 +148,9 @@ def test_sliding_window_counts_each_token_once_when_the_text_does_not_fit():
 def test_recall_scores_an_oracle_fully_and_a_guesser_near_chance(kind, tokenizer):
     docs = recall.docs_for_length(kind, tokenizer, 200, n_docs=6, seed=4)
     vocab = len(tokenizer)
-    assert ev.recall_accuracy(oracle_lm(vocab), tokenizer, docs, batch_size=4) == 1.0
-    assert ev.recall_accuracy(guessing_lm(vocab), tokenizer, docs, batch_size=4) < 0.05
-    partial = ev.recall_accuracy(partial_oracle_lm(vocab), tokenizer, docs, batch_size=4)
+    assert tasks.recall_accuracy(oracle_lm(vocab), tokenizer, docs, batch_size=4) == 1.0
+    assert tasks.recall_accuracy(guessing_lm(vocab), tokenizer, docs, batch_size=4) < 0.05
+    partial = tasks.recall_accuracy(partial_oracle_lm(vocab), tokenizer, docs, batch_size=4)
     assert 0 < partial < 1 and partial == recall.recall_accuracy(partial_oracle_lm(vocab), tokenizer, docs)
 
 
@@ -157,37 +158,37 @@ def test_batched_recall_matches_the_unbatched_reference(tokenizer, student):
     docs = recall.docs_for_length("mqar", tokenizer, 120, n_docs=5, seed=5)
     docs += recall.docs_for_length("passkey", tokenizer, 90, n_docs=3, seed=5)  # mixed lengths: padded batches
     reference = recall.recall_accuracy(student, tokenizer, docs)
-    assert ev.recall_accuracy(student, tokenizer, docs, batch_size=8) == reference
+    assert tasks.recall_accuracy(student, tokenizer, docs, batch_size=8) == reference
 
 
 # ---------------------------------------------------------------------------------------------- cloze
 def test_cloze_items_are_deterministic_by_seed_and_end_with_their_target(works_dir):
-    config = ev.EvalConfig(works_dir=str(works_dir), cloze_items=12, cloze_context_words=20)
-    texts = ev.held_out_texts(config)
-    first = ev.cloze_items(texts, 12, seed=0, context_words=20)
-    assert first == ev.cloze_items(texts, 12, seed=0, context_words=20)
-    assert first != ev.cloze_items(texts, 12, seed=1, context_words=20)
+    config = tasks.EvalConfig(works_dir=str(works_dir), cloze_items=12, cloze_context_words=20)
+    texts = tasks.held_out_texts(config)
+    first = tasks.cloze_items(texts, 12, seed=0, context_words=20)
+    assert first == tasks.cloze_items(texts, 12, seed=0, context_words=20)
+    assert first != tasks.cloze_items(texts, 12, seed=1, context_words=20)
     for item in first:
         passage = item.context + " " + item.target
         assert any(passage in text for text in texts)
         assert passage.split()[-1] == item.target and item.target.isalpha()
         assert len(item.context.split()) == 20
-    with pytest.raises(ev.EvalError, match="cloze passages"):
-        ev.cloze_items(texts, 10**6, seed=0)
+    with pytest.raises(EvalError, match="cloze passages"):
+        tasks.cloze_items(texts, 10**6, seed=0)
 
 
 def test_cloze_accuracy_of_an_oracle_and_a_guesser(works_dir, tokenizer):
-    items = ev.cloze_items(ev.held_out_texts(ev.EvalConfig(works_dir=str(works_dir))), 10, seed=0, context_words=10)
-    passages = [sum(ev.encode_cloze(item, tokenizer), []) for item in items]
-    assert ev.cloze_accuracy(lookup_oracle_lm(len(tokenizer), passages), tokenizer, items, batch_size=3) == 1.0
-    assert ev.cloze_accuracy(guessing_lm(len(tokenizer)), tokenizer, items, batch_size=3) < 0.2
+    items = tasks.cloze_items(tasks.held_out_texts(tasks.EvalConfig(works_dir=str(works_dir))), 10, seed=0, context_words=10)
+    passages = [sum(tasks.encode_cloze(item, tokenizer), []) for item in items]
+    assert tasks.cloze_accuracy(lookup_oracle_lm(len(tokenizer), passages), tokenizer, items, batch_size=3) == 1.0
+    assert tasks.cloze_accuracy(guessing_lm(len(tokenizer)), tokenizer, items, batch_size=3) < 0.2
 
 
 def test_padded_batches_score_as_one_request_at_a_time(student, tokenizer):
     rng = random.Random(6)
     requests = [([rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 30))],
                  [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 4))]) for _ in range(9)]
-    batched = ev.score_continuations(student, requests, tokenizer.eos_token_id, batch_size=4)
+    batched = scoring.score_continuations(student, requests, tokenizer.eos_token_id, batch_size=4)
     for (logprob, greedy), (context, continuation) in zip(batched, requests):
         ids = torch.tensor([context + continuation])
         with torch.no_grad():
@@ -202,15 +203,15 @@ def test_recovered_is_student_over_teacher_and_inverted_for_perplexity():
                "lm_lambada_openai_perplexity": 40.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.4}
     teacher = {"ppl": 10.0, "cloze_acc": 0.6, "recall_mqar_256": 1.0, "recall_mqar_4096": 0.01,
                "lm_lambada_openai_perplexity": 30.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.0}
-    percents = ev.recovered(student, teacher)
+    percents = recovery.recovered(student, teacher)
     assert percents["ppl"] == pytest.approx(50.0) and percents["cloze_acc"] == pytest.approx(50.0)
     assert percents["lm_lambada_openai_perplexity"] == pytest.approx(75.0)
     assert percents["recall_mqar_4096"] == pytest.approx(2000.0)  # reported, but beyond context: not averaged
     assert "recall_passkey_256" not in percents and "beyond_context_4096" not in percents  # teacher 0 / marker
     assert percents["avg"] == pytest.approx((50 + 50 + 50 + 75) / 4)
-    assert ev.recovered(teacher, teacher)["avg"] == pytest.approx(100.0)
+    assert recovery.recovered(teacher, teacher)["avg"] == pytest.approx(100.0)
     chance_teacher = {**teacher, "recall_mqar_256": 0.01}  # a teacher that never learned to copy
-    percents = ev.recovered({**student, "recall_mqar_256": 0.02}, chance_teacher)
+    percents = recovery.recovered({**student, "recall_mqar_256": 0.02}, chance_teacher)
     assert percents["recall_mqar_256"] == pytest.approx(200.0)  # reported...
     assert percents["avg"] == pytest.approx((50 + 50 + 75) / 3)  # ...but not averaged
 
@@ -231,21 +232,21 @@ def test_lm_eval_adapter_matches_a_direct_forward_pass(tmp_path, works_dir, teac
     lm_eval = offline_lm_eval
     from lm_eval.tasks import TaskManager
 
-    from bench.lm_eval_adapter import DistillBenchLM
+    from bench.evaluation.lm_eval_adapter import DistillBenchLM
 
-    items = ev.cloze_items(ev.held_out_texts(ev.EvalConfig(works_dir=str(works_dir))), 6, seed=0, context_words=12)
-    ev.write_cloze_task(items, tmp_path, seed=0)
+    items = tasks.cloze_items(tasks.held_out_texts(tasks.EvalConfig(works_dir=str(works_dir))), 6, seed=0, context_words=12)
+    tasks.write_cloze_task(items, tmp_path, seed=0)
     results = lm_eval.simple_evaluate(model=DistillBenchLM(model=teacher, tokenizer=tokenizer, batch_size=4),
-                                      tasks=[ev.CLOZE_TASK], task_manager=TaskManager(include_path=str(tmp_path),
+                                      tasks=[tasks.CLOZE_TASK], task_manager=TaskManager(include_path=str(tmp_path),
                                                                                       include_defaults=False),
                                       log_samples=True, bootstrap_iters=0)
-    samples = results["samples"][ev.CLOZE_TASK]
+    samples = results["samples"][tasks.CLOZE_TASK]
     assert len(samples) == len(items)
     for sample in samples:
-        item = ev.ClozeItem(sample["doc"]["context"], sample["doc"]["target"])
+        item = tasks.ClozeItem(sample["doc"]["context"], sample["doc"]["target"])
         logprob, _ = sample["filtered_resps"][0]
-        assert logprob == pytest.approx(direct_logprob(teacher, *ev.encode_cloze(item, tokenizer)), abs=1e-4)
-    assert results["results"][ev.CLOZE_TASK]["acc,none"] == ev.cloze_accuracy(teacher, tokenizer, items)
+        assert logprob == pytest.approx(direct_logprob(teacher, *tasks.encode_cloze(item, tokenizer)), abs=1e-4)
+    assert results["results"][tasks.CLOZE_TASK]["acc,none"] == tasks.cloze_accuracy(teacher, tokenizer, items)
 
 
 def test_lm_eval_adapter_rolling_and_generation(student, tokenizer):
@@ -253,7 +254,7 @@ def test_lm_eval_adapter_rolling_and_generation(student, tokenizer):
     from lm_eval.api.instance import Instance
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-    from bench.lm_eval_adapter import DistillBenchLM
+    from bench.evaluation.lm_eval_adapter import DistillBenchLM
 
     lm = DistillBenchLM(model=student, tokenizer=tokenizer, batch_size=2, max_length=16)
     text = "Ham. What say you, my lord? The time is out of joint, good night sweet lady."
@@ -279,7 +280,7 @@ def test_lm_eval_adapter_rolling_and_generation(student, tokenizer):
 
 def test_flat_scores_and_standard_tasks():
     import lm_eval  # noqa: F401  (a test dependency)
-    from bench.lm_eval_adapter import STANDARD_TASKS, flat_scores, resolve_tasks
+    from bench.evaluation.lm_eval_adapter import STANDARD_TASKS, flat_scores, resolve_tasks
 
     assert resolve_tasks("standard,piqa,distill_cloze") == [*STANDARD_TASKS, "distill_cloze"]
     scores = flat_scores({"results": {"piqa": {"alias": "piqa", "acc,none": 0.6, "acc_stderr,none": 0.1,
@@ -289,14 +290,14 @@ def test_flat_scores_and_standard_tasks():
 
 # ------------------------------------------------------------------------------------ evaluate and CLI
 def test_evaluate_a_tiny_student_and_its_teacher(student, teacher, tokenizer, works_dir):
-    config = ev.EvalConfig(works_dir=str(works_dir), seq_len=64, max_blocks=3, recall_lengths=(64, 160),
+    config = tasks.EvalConfig(works_dir=str(works_dir), seq_len=64, max_blocks=3, recall_lengths=(64, 160),
                            recall_docs=2, cloze_items=4, cloze_context_words=8, batch_size=4)
-    scores = ev.evaluate(student, tokenizer, config, progress=False)
+    scores = tasks.evaluate(student, tokenizer, config, progress=False)
     assert set(scores) == {"ppl", "recall_mqar_64", "recall_passkey_64", "recall_mqar_160", "recall_passkey_160",
                            "cloze_acc", "beyond_context_160"}  # the tiny teacher's context is 128
     assert 1 < scores["ppl"] < len(tokenizer) * 10 and all(0 <= scores[k] <= 1 for k in scores if "recall" in k)
-    assert ev.evaluate(student, tokenizer, config, progress=False) == scores  # deterministic
-    percents = ev.recovered(scores, ev.evaluate(teacher, tokenizer, config, progress=False))
+    assert tasks.evaluate(student, tokenizer, config, progress=False) == scores  # deterministic
+    percents = recovery.recovered(scores, tasks.evaluate(teacher, tokenizer, config, progress=False))
     assert "ppl" in percents and math.isfinite(percents["avg"])
 
 
@@ -309,17 +310,17 @@ def test_evaluate_a_tiny_student_and_its_teacher(student, teacher, tokenizer, wo
     ([], "required"),
 ])
 def test_bad_cli_input_gives_one_line_and_exit_code_2(arguments, message, tiny_teacher_dir, capsys):
-    code = ev.main([a.format(teacher=tiny_teacher_dir) for a in arguments])
+    code = cli.main([a.format(teacher=tiny_teacher_dir) for a in arguments])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and err.startswith("error:") and "\n" not in err
 
 
 def test_cli_writes_scores_as_json(tiny_teacher_dir, works_dir, tmp_path, monkeypatch, capsys):
-    from bench import env
+    from bench import provenance as env
 
     monkeypatch.setattr(env, "git_commit", lambda: "test")
     out = tmp_path / "scores.json"
-    code = ev.main(["--model", str(tiny_teacher_dir), "--teacher", str(tiny_teacher_dir), "--works-dir",
+    code = cli.main(["--model", str(tiny_teacher_dir), "--teacher", str(tiny_teacher_dir), "--works-dir",
                     str(works_dir), "--seq-len", "64", "--max-blocks", "2", "--lengths", "64", "--recall-docs", "1",
                     "--cloze-items", "3", "--seed", "3", "--no-progress", "--json", str(out)])
     assert code == 0
@@ -329,13 +330,13 @@ def test_cli_writes_scores_as_json(tiny_teacher_dir, works_dir, tmp_path, monkey
 
 
 def test_evaluate_scores_lm_eval_tasks_on_the_same_cloze_items(tokenizer, works_dir, tmp_path, offline_lm_eval):
-    config = ev.EvalConfig(works_dir=str(works_dir), seq_len=32, max_blocks=1, recall_lengths=(32,), recall_docs=1,
-                           cloze_items=5, cloze_context_words=8, lm_eval_tasks=(ev.CLOZE_TASK,), task_dir=str(tmp_path))
-    passages = [sum(ev.encode_cloze(item, tokenizer), []) for item in ev.config_cloze_items(config)]
-    scores = ev.evaluate(lookup_oracle_lm(len(tokenizer), passages), tokenizer, config, progress=False)
+    config = tasks.EvalConfig(works_dir=str(works_dir), seq_len=32, max_blocks=1, recall_lengths=(32,), recall_docs=1,
+                           cloze_items=5, cloze_context_words=8, lm_eval_tasks=(tasks.CLOZE_TASK,), task_dir=str(tmp_path))
+    passages = [sum(tasks.encode_cloze(item, tokenizer), []) for item in tasks.config_cloze_items(config)]
+    scores = tasks.evaluate(lookup_oracle_lm(len(tokenizer), passages), tokenizer, config, progress=False)
     assert scores["cloze_acc"] == scores["lm_distill_cloze_acc"] == 1.0
-    assert (tmp_path / f"{ev.CLOZE_TASK}.yaml").exists() and (tmp_path / f"{ev.CLOZE_TASK}.jsonl").exists()
-    from bench.lm_eval_adapter import task_manager
+    assert (tmp_path / f"{tasks.CLOZE_TASK}.yaml").exists() and (tmp_path / f"{tasks.CLOZE_TASK}.jsonl").exists()
+    from bench.evaluation.lm_eval_adapter import task_manager
 
-    with pytest.raises(ev.EvalError, match="unknown lm-eval task"):  # before any scoring starts
-        task_manager(["no_such_task", ev.CLOZE_TASK], str(tmp_path), include_defaults=False)
+    with pytest.raises(EvalError, match="unknown lm-eval task"):  # before any scoring starts
+        task_manager(["no_such_task", tasks.CLOZE_TASK], str(tmp_path), include_defaults=False)

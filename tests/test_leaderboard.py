@@ -5,7 +5,7 @@ import json
 import multiprocessing
 
 
-from bench import leaderboard
+from bench.report import leaderboard
 
 
 def _record(name: str, student: str = "gla", seed: int = 0, recovered: float = 90.0) -> dict:
@@ -82,7 +82,7 @@ def test_cli_prints_the_table_and_refuses_a_missing_results_dir(tmp_path, capsys
 
 
 def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teacher_dir, works_dir, capsys):
-    from bench import sweep
+    from bench.distill import sweep
 
     assert len(sweep.GRIDS["paper"]) == 8 * 3 * 2
     common = ["--", "--teacher", str(tiny_teacher_dir), "--preset", "tiny", "--works-dir", str(works_dir),
@@ -99,7 +99,7 @@ def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teache
 
 
 def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
-    from bench import figures
+    from bench.report import figures
 
     for index, (student, init) in enumerate([("gla", "random"), ("gla", "qkv_copy"), ("xlstm", "qkv_copy")]):
         record = _record(f"r{index}", student, seed=index % 2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import students
-from bench import losses, stages
+from bench.distill import losses, stages
 from kernels import mixer_matrix_loss
 from kernels.mixer_loss import teacher_attention
 from students import MixerConfig, build_mixer

@@ -10,7 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import data, env, losses, run, stages, train
+from bench import provenance as env
+from bench.data import packing as data
+from bench.distill import loop as train
+from bench.distill import losses, run, stages
+from bench.errors import UsageError
 from students.surgery import build_student, load_teacher
 
 
@@ -128,7 +132,7 @@ def test_budget_split_follows_the_reference_proportions():
     steps = run.split_budget(1000 * 64, ["matrix_mixing", "hidden_alignment", "end_to_end"], 64)
     assert steps == [26, 53, 920]
     assert run.split_budget(1000 * 64, ["hidden_alignment", "end_to_end"], 64) == [54, 945]
-    with pytest.raises(run.UsageError, match="too small.*--tokens"):
+    with pytest.raises(UsageError, match="too small.*--tokens"):
         run.split_budget(30 * 64, ["matrix_mixing", "end_to_end"], 64)
 
 
@@ -203,7 +207,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_teacher_dir, works_
     assert run.main(args + _cli(tmp_path / "one", tiny_teacher_dir, works_dir)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29533", "-m", "bench.run", *args,
+                           "--standalone", "-m", "bench.run", *args,
                            *_cli(tmp_path / "two", tiny_teacher_dir, works_dir)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -223,7 +227,7 @@ def test_fsdp_sharded_teacher_equals_a_replicated_one(tmp_path, tiny_teacher_dir
     assert run.main(args + _cli(tmp_path / "one", tiny_teacher_dir, works_dir)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29534", "-m", "bench.run", *args, "--fsdp",
+                           "--standalone", "-m", "bench.run", *args, "--fsdp",
                            *_cli(tmp_path / "two", tiny_teacher_dir, works_dir)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

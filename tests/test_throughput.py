@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import students
-from bench import throughput
+from bench.perf import throughput
 
 LENGTHS = (16, 40)
 CONTEXTS = (8, 48)  # decode at two contexts: recurrent state must not grow, a KV cache must

@@ -1,6 +1,6 @@
 """Fused mixer-matrix alignment loss: MOHAWK stage 1 (Bick et al. 2024, "matrix orientation") without T × T.
 
-    loss = mean over (b, h) of ‖A − M‖²_F / T            (= bench.losses.matrix_distance(A, M))
+    loss = mean over (b, h) of ‖A − M‖²_F / T
     A[t, s] = softmax_{s ≤ t}(teacher_scale · q̃_t · k̃_s)   teacher, post-RoPE, GQA (kv head h // (Hq / Hkv))
     M[t, s] = row_scale_t · (scale · Σ_c q_tc k_sc exp(Bq_tc − B_sc) + [t = s] · diagonal_t)
               s ≤ t; B = cumsum of log_decay; RWKV "bonus" form: s < t, Bq = B − log_decay, and
@@ -70,7 +70,7 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     inputs; log_decay None, (B, T, H) or (B, T, H, K), ≤ 0; bonus (H, K): RWKV form; scale: default K^-½;
     row_scale (B, T, H): row multiplier (normalisers); diagonal (B, T, H) or (H,): added on the diagonal
     before row_scale (Mamba's D); teacher_scale: default D^-½. Equals
-    `bench.losses.matrix_distance(A, M)` with M = the mixer's `mixer_matrix`. Scalar fp32.
+    the materialised loss of `naive.py` with M = the mixer's `mixer_matrix`. Scalar fp32.
     """
     _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal)
     if backend not in BACKENDS + ("auto",):

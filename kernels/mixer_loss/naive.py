@@ -31,7 +31,7 @@ def student_matrix(q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
 
 def mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
                             diagonal=None, teacher_scale=None) -> torch.Tensor:
-    """Mean over (B, H) of ‖A − M‖²_F / T, both matrices held in memory (bench.losses.matrix_distance)."""
+    """Mean over (B, H) of ‖A − M‖²_F / T, both matrices held in memory."""
     teacher_scale = teacher_q.shape[-1] ** -0.5 if teacher_scale is None else teacher_scale
     A = teacher_attention(teacher_q.detach(), teacher_k.detach(), teacher_scale)
     M = student_matrix(q, k, log_decay, bonus, scale, row_scale, diagonal)

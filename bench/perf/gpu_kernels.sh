@@ -14,11 +14,11 @@ export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATAS
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 shape=(--lengths 2048,8192 --batch 4 --heads 16 --dim 64)
 cases=linear_recurrence:none,linear_recurrence:head,linear_recurrence:channel,linear_recurrence:bonus,delta_rule:head
-timeout "${RECURRENCE_S:-110}" python3 -m bench.kernels --backends chunk,triton "${shape[@]}" --cases "$cases" \
+timeout "${RECURRENCE_S:-110}" python3 -m bench.perf.kernel_bench --backends chunk,triton "${shape[@]}" --cases "$cases" \
   --json "$out/kernels_recurrence.json" 2>&1 | tee "$out/recurrence.log"
-timeout "${DISTILL_S:-60}" python3 -m bench.bench_distill_loss --device cuda --json "$out/kernels_distill_loss.json" 2>&1 | tee "$out/distill_loss.log"
-timeout "${MIXER_S:-60}" python3 -m bench.bench_mixer_loss --device cuda --json "$out/kernels_mixer_loss.json" 2>&1 | tee "$out/mixer_loss.log"
+timeout "${DISTILL_S:-60}" python3 -m bench.perf.distill_loss_bench --device cuda --json "$out/kernels_distill_loss.json" 2>&1 | tee "$out/distill_loss.log"
+timeout "${MIXER_S:-60}" python3 -m bench.perf.mixer_loss_bench --device cuda --json "$out/kernels_mixer_loss.json" 2>&1 | tee "$out/mixer_loss.log"
 timeout "${TESTS_S:-60}" python3 -m pytest ${TESTS:-tests/test_distill_loss.py tests/test_mixer_loss.py} -k triton -q -x \
   -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
-timeout "${FLA_S:-60}" python3 -m bench.kernels --backends fla "${shape[@]}" --cases "$cases" --json "$out/kernels_fla.json" 2>&1 | tee "$out/fla.log"
+timeout "${FLA_S:-60}" python3 -m bench.perf.kernel_bench --backends fla "${shape[@]}" --cases "$cases" --json "$out/kernels_fla.json" 2>&1 | tee "$out/fla.log"
 exit 0

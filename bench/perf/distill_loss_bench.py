@@ -1,6 +1,6 @@
 """Distillation-loss benchmark: materialised logits (naive) vs the chunked fused loss (torch, Triton).
 
-    python -m bench.bench_distill_loss [--device cpu|cuda] [--quick] [--json FILE]
+    python -m bench.perf.distill_loss_bench [--device cpu|cuda] [--quick] [--json FILE]
 
 One row per variant at B=1, T=2048, V=49152, D=576 (teacher from its hidden states and head, Dt = D):
 the loss value and its relative difference from naive (must be ≤ 1e-5, else the row says FAIL and no
@@ -14,7 +14,8 @@ import sys
 
 import torch
 
-from bench.env import header, in_fresh_process, loss_suite_main, peak_memory, time_call
+from bench.perf.timing import in_fresh_process, loss_suite_main, peak_memory, time_call
+from bench.provenance import header
 
 FULL = {"B": 1, "T": 2048, "V": 49152, "D": 576}
 QUICK = {"B": 2, "T": 63, "V": 1000, "D": 32}

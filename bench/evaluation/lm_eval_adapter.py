@@ -1,11 +1,11 @@
 """lm-eval model adapter: any HF causal LM or student directory as `--model distill-bench`.
 
-    python -m bench.lm_eval_adapter --model distill-bench --model_args pretrained=DIR --tasks standard
+    python -m bench.evaluation.lm_eval_adapter --model distill-bench --model_args pretrained=DIR --tasks standard
 
 runs lm-eval's own CLI (same flags) with this adapter registered; `lm_eval` alone cannot see it, since
 lm-eval discovers models only by import. From Python: `DistillBenchLM(model=..., tokenizer=...)` or
 `lm_eval.simple_evaluate(model="distill-bench", model_args={"pretrained": DIR}, ...)` after importing this
-module. Scores come from `bench.evaluate.score_continuations`, the same code as the built-in metrics:
+module. Scores come from `bench.evaluation.scoring.score_continuations`, the same code as the built-in metrics:
 requests are sorted by length and right-padded without an attention mask, exact for causal models,
 so recurrent students (which refuse padded masks) batch too. Generation runs one request at a time.
 """
@@ -22,7 +22,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from bench import evaluate as evaluation
+from bench.data.packing import eos_token_id
+from bench.errors import EvalError
+from bench.evaluation.scoring import (context_limit, load_model, model_device, pad_token_id,
+                                      score_continuations)
 
 NAME = "distill-bench"
 # The zero-shot set of Haller et al. 2025 (arXiv 2504.14366) and of SmolLM2 / MOHAWK comparisons.
@@ -44,23 +47,23 @@ class DistillBenchLM(TemplateLM):
             if device and device.startswith("cuda") and not torch.cuda.is_available():
                 logging.getLogger(__name__).warning("device %s is not available; running on cpu", device)
                 device = "cpu"  # lm-eval's CLI asks for cuda:0 unless told otherwise
-            model, loaded_tokenizer = evaluation.load_model(pretrained, tokenizer if isinstance(tokenizer, str)
+            model, loaded_tokenizer = load_model(pretrained, tokenizer if isinstance(tokenizer, str)
                                                             else None, dtype, device)
             tokenizer = loaded_tokenizer
         elif tokenizer is None:
             raise ValueError("pass the tokenizer together with the model")
         self.model, self.tokenizer = model.eval(), tokenizer
-        self._device = evaluation._device(model)
+        self._device = model_device(model)
         # "auto" has no meaning here: requests are grouped by length under max_batch_tokens instead.
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_gen_toks = int(max_gen_toks)
-        limit = evaluation.context_limit(model)
+        limit = context_limit(model)
         self._max_length = int(max_length) if max_length else (limit or 2048)
 
     @property
     def eot_token_id(self) -> int:
-        return evaluation.data_lib.eos_token_id(self.tokenizer)
+        return eos_token_id(self.tokenizer)
 
     @property
     def max_length(self) -> int:
@@ -77,9 +80,9 @@ class DistillBenchLM(TemplateLM):
         return self.tokenizer.decode(list(tokens), skip_special_tokens=False)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        results = evaluation.score_continuations(
+        results = score_continuations(
             self.model, [(context, continuation) for _, context, continuation in requests],
-            evaluation._pad_id(self.tokenizer), self.batch_size, self.max_length, self.max_batch_tokens,
+            pad_token_id(self.tokenizer), self.batch_size, self.max_length, self.max_batch_tokens,
             progress=not disable_tqdm, desc="loglikelihood")
         for (key, _, _), result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", key, result)
@@ -93,8 +96,8 @@ class DistillBenchLM(TemplateLM):
                     self.tok_encode(text), self.prefix_token_id, self.max_length, context_len=1)):
                 windows.append(window)
                 owners.append(index)
-        scored = evaluation.score_continuations(
-            self.model, windows, evaluation._pad_id(self.tokenizer), self.batch_size, self.max_length,
+        scored = score_continuations(
+            self.model, windows, pad_token_id(self.tokenizer), self.batch_size, self.max_length,
             self.max_batch_tokens, progress=not disable_tqdm, desc="loglikelihood_rolling")
         totals = [0.0] * len(requests)
         for owner, (logprob, _) in zip(owners, scored):
@@ -117,7 +120,7 @@ class DistillBenchLM(TemplateLM):
             input_ids = torch.tensor([ids], device=self._device)
             generated = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                             max_new_tokens=max_new, do_sample=False,
-                                            pad_token_id=evaluation._pad_id(self.tokenizer),
+                                            pad_token_id=pad_token_id(self.tokenizer),
                                             eos_token_id=self.eot_token_id)
             text = self.tok_decode(generated[0, len(ids):].tolist())
             for stop in until:
@@ -159,7 +162,7 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None, include_
     known = set(manager.all_tasks)
     unknown = [name for name in resolve_tasks(tasks) if name not in known]
     if unknown:
-        raise evaluation.EvalError(f"unknown lm-eval task(s) {', '.join(unknown)}; list them with `lm-eval ls tasks` "
+        raise EvalError(f"unknown lm-eval task(s) {', '.join(unknown)}; list them with `lm-eval ls tasks` "
                                    f"or put a task YAML in the include path")
     return manager
 

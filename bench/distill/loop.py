@@ -19,8 +19,8 @@ import torch.distributed as torch_dist
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
-from bench import stages as stage_lib
-from bench.io import atomic_directory, atomic_write_json, atomic_write_text, previous_version
+from bench.distill import stages as stage_lib
+from bench.files import atomic_directory, atomic_write_json, atomic_write_text, previous_version
 
 SCHEDULES = ("cosine", "wsd")
 

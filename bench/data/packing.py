@@ -19,7 +19,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from bench import corpus, recall
+from bench.data import corpus, recall
+from bench.errors import DataError
 
 EMBEDDED = "shakespeare"
 SPLITS = ("train", "validation", "test")
@@ -27,10 +28,6 @@ SPLITS = ("train", "validation", "test")
 _RECALL_SEED = {"train": 1_000, "validation": 2_000, "test": 3_000}
 _HASH_SPLIT = {"validation": (0, 5), "test": (5, 10)}  # percent buckets; the rest is train
 _FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """Bad data input; the message names the problem and the fix."""
 
 
 def eos_token_id(tokenizer) -> int:

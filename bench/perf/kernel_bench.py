@@ -1,6 +1,6 @@
 """Kernel benchmark: every backend of the recurrences side by side in one run, plus the fused losses.
 
-    python -m bench.kernels [--suite recurrence|distill_loss|mixer_loss|all] [--lengths 512,2048,8192]
+    python -m bench.perf.kernel_bench [--suite recurrence|distill_loss|mixer_loss|all] [--lengths 512,2048,8192]
                             [--batch 1] [--heads 4] [--dim 64] [--dtype fp32|bf16] [--backends ...] [--json FILE]
 
 Recurrences: forward and forward+backward time of each backend (CPU default: naive, chunk; CUDA default:
@@ -11,7 +11,7 @@ C = 64 whichever form or chunk size the torch chunk backend takes;
 the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as 2× forward).
 Before any timing each backend is checked against the fp32 loop on the same configuration (at most
 CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
-passes. The loss suites live in `bench.bench_distill_loss` and `bench.bench_mixer_loss`.
+passes. The loss suites live in `bench.perf.distill_loss_bench` and `bench.perf.mixer_loss_bench`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from bench.env import header, machine, time_call
+from bench.perf.timing import time_call
+from bench.provenance import header, machine
 from kernels import delta_rule, linear_recurrence
 from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
 from kernels.delta_rule.chunk import chunk_size_for as delta_chunk_size
@@ -35,7 +36,7 @@ DECAYS = ("none", "head", "head_strong", "channel", "channel_edge", "channel_str
 TOLERANCE = {"chunk": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
 
 
-def _inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dtype: torch.dtype, grad: bool):
+def make_inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dtype: torch.dtype, grad: bool):
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, T, H, K, device=device) for _ in range(3))
     args = dict(q=q, k=F.normalize(k, dim=-1) if op == "delta_rule" else k, v=v)
@@ -90,7 +91,7 @@ def _outputs_and_grads(fn, args, backend):
 def check_backend(op: str, decay: str, backend: str, B: int, T: int, H: int, K: int, device: str) -> float:
     """Largest error (relative to the reference's magnitude) of outputs and gradients vs the fp32 loop."""
     fn = linear_recurrence if op == "linear_recurrence" else delta_rule
-    args = _inputs(op, decay, B, min(T, CHECK_LENGTH), H, K, device, torch.float32, grad=True)
+    args = make_inputs(op, decay, B, min(T, CHECK_LENGTH), H, K, device, torch.float32, grad=True)
     reference = _outputs_and_grads(fn, args, "naive")
     candidate = _outputs_and_grads(fn, args, backend)
     return max(((c - r).abs().max() / r.abs().max().clamp_min(1.0)).item() for c, r in zip(candidate, reference))
@@ -114,12 +115,12 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
             continue
         row["correct"] = row["rel_err"] <= TOLERANCE.get(backend, 1e-4)
         slow = backend == "naive"
-        args = _inputs(op, decay, B, T, H, K, device, dtype, grad=False)
+        args = make_inputs(op, decay, B, T, H, K, device, dtype, grad=False)
         if backend == "chunk":
             row["form"] = chunk_form(op, args.get("log_decay"))
         with torch.no_grad():
             fwd = time_call(lambda: fn(**args, backend=backend), repeats=1 if slow else repeats)
-        grad_args = _inputs(op, decay, B, T, H, K, device, dtype, grad=True)
+        grad_args = make_inputs(op, decay, B, T, H, K, device, dtype, grad=True)
 
         def fwd_bwd():
             fn(**grad_args, backend=backend)[0].float().sum().backward()
@@ -208,12 +209,12 @@ def main(argv=None) -> int:
                 result["rows"] += rows
                 _write(args.json, result)
     if args.suite in ("distill_loss", "all"):
-        from bench import bench_distill_loss
-        result["distill_loss"] = bench_distill_loss.run(args.device, quick=args.quick)
+        from bench.perf import distill_loss_bench
+        result["distill_loss"] = distill_loss_bench.run(args.device, quick=args.quick)
         _write(args.json, result)
     if args.suite in ("mixer_loss", "all"):
-        from bench import bench_mixer_loss
-        result["mixer_loss"] = bench_mixer_loss.run(args.device, quick=args.quick)
+        from bench.perf import mixer_loss_bench
+        result["mixer_loss"] = mixer_loss_bench.run(args.device, quick=args.quick)
         _write(args.json, result)
     return 0
 
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
 def _write(path, result) -> None:
     """Rewritten after every case, so a run cut short still leaves what it measured."""
     if path:
-        from bench.io import atomic_write_json
+        from bench.files import atomic_write_json
         atomic_write_json(path, result)
 
 

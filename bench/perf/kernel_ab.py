@@ -1,7 +1,7 @@
 """A/B timing of the torch chunk forms against another checkout, interleaved in one process.
 
     git worktree add /tmp/base <ref>
-    python -m bench.kernels_ab --base-dir /tmp/base [--cases lr:head:2048,dr:head:8192] [--repeats 12]
+    python -m bench.perf.kernel_ab --base-dir /tmp/base [--cases lr:head:2048,dr:head:8192] [--repeats 12]
 
 On a shared 2-core machine the same kernel's time moves by ±20% between runs, so separate benchmark runs
 cannot show a 10% change. Here the base and the working tree's `chunk` forms alternate call by call on the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from bench.env import header
-from bench.kernels import _inputs
+from bench.provenance import header
+from bench.perf.kernel_bench import make_inputs
 
 OPS = {"lr": "linear_recurrence", "dr": "delta_rule"}
 DEFAULT_CASES = ("lr:head:2048,lr:channel:2048,lr:channel_edge:2048,lr:bonus:2048,dr:head:2048,dr:head_strong:2048,"
@@ -64,8 +64,8 @@ def _seconds(fn) -> float:
 
 
 def compare(op: str, decay: str, T: int, base, new, repeats: int) -> dict:
-    args = _inputs(op, decay, 1, T, 4, 64, "cpu", torch.float32, grad=False)
-    grad_args = _inputs(op, decay, 1, T, 4, 64, "cpu", torch.float32, grad=True)
+    args = make_inputs(op, decay, 1, T, 4, 64, "cpu", torch.float32, grad=False)
+    grad_args = make_inputs(op, decay, 1, T, 4, 64, "cpu", torch.float32, grad=True)
     with torch.no_grad():  # like with like: both forms must give the same output before either is timed
         reference, candidate = base(**args)[0], new(**args)[0]
     difference = ((candidate - reference).abs().max() / reference.abs().max().clamp_min(1.0)).item()

@@ -1,0 +1,408 @@
+"""`python -m bench.run --student mamba --init qkv_copy`: one distillation run, end to end.
+
+teacher → student (surgery + init) → stages → evaluation → throughput → record → leaderboard row.
+Under `torchrun --nproc_per_node N` the same command trains with DDP (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from bench.data import packing as data_lib
+from bench import provenance
+from bench.distill import losses
+from bench.distill import stages as stage_lib
+from bench.distill import loop as train_lib
+from bench.errors import BenchError, UsageError, fail
+from bench.files import atomic_write_json
+
+INITS = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
+EMBEDDED = "embedded"
+DTYPES = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Token budget and batch shape; per-stage peak learning rates."""
+
+    tokens: int
+    seq_len: int
+    batch_size: int
+    lr: dict = field(default_factory=dict)
+    eval_blocks: int = 32
+    recall_lengths: tuple[int, ...] = (256, 512, 1024)
+    recall_docs: int = 20
+    checkpoint_every: int = 50
+    throughput_lengths: tuple[int, ...] = (256, 512, 1024)
+    decode_contexts: tuple[int, ...] = (256, 1024)
+    doc: str = ""
+
+
+_LR_CPU = {"matrix_mixing": 3e-3, "hidden_alignment": 3e-3, "end_to_end": 1e-3, "attention_transfer": 1e-3,
+           "multi_teacher": 1e-3}
+PRESETS = {
+    "tiny": Preset(tokens=40 * 4 * 32, seq_len=32, batch_size=4, lr=_LR_CPU, eval_blocks=4, recall_lengths=(32,),
+                   recall_docs=2, checkpoint_every=5, throughput_lengths=(32, 64), decode_contexts=(32, 64),
+                   doc="seconds; for tests"),
+    "default": Preset(tokens=100 * 8 * 512, seq_len=512, batch_size=8, lr=_LR_CPU,
+                      doc="about five minutes on 2 CPU cores with the embedded teacher"),
+    # MOHAWK's 3B tokens split 80M / 160M / 2.76B, with GPU-sized batches of 96 x 2048 tokens.
+    "paper": Preset(tokens=3_000_000_000, seq_len=2048, batch_size=96,
+                    lr={"matrix_mixing": 1e-3, "hidden_alignment": 1e-3, "end_to_end": 3e-4,
+                        "attention_transfer": 3e-4, "multi_teacher": 3e-4},
+                    eval_blocks=256, recall_lengths=(512, 1024, 2048, 4096), recall_docs=100,
+                    checkpoint_every=500, throughput_lengths=(2048, 8192, 32768), decode_contexts=(2048, 32768),
+                    doc="the reference study's proportions, for GPUs"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+def build_parser() -> argparse.ArgumentParser:
+    from students import available
+
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--student", required=True, help=f"one of: {', '.join(available())}")
+    p.add_argument("--init", default="qkv_copy", help=f"one of: {', '.join(INITS)}")
+    p.add_argument("--teacher", action="append", default=None,
+                   help="hub id or local directory (default: the embedded teacher); repeat for multi-teacher")
+    p.add_argument("--dataset", default=data_lib.EMBEDDED, help="'shakespeare' (embedded), a hub id or a path")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--streaming", action="store_true", help="stream the dataset (needs --max-blocks)")
+    p.add_argument("--max-blocks", type=int, default=None, help="cap on training blocks read")
+    p.add_argument("--works-dir", default=None, help=argparse.SUPPRESS)  # embedded texts elsewhere (tests)
+    p.add_argument("--preset", default="default", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--tokens", type=int, default=None, help="total token budget across stages")
+    p.add_argument("--stages", default=None, help=f"comma list overriding the pipeline; from: {', '.join(stage_lib.STAGES)}")
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (sequences)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate for every stage")
+    p.add_argument("--schedule", default="cosine", help=f"one of: {', '.join(train_lib.SCHEDULES)}")
+    p.add_argument("--warmup-fraction", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--ce-weight", type=float, default=0.2)
+    p.add_argument("--matrix-loss", default="frobenius", help=f"one of: {', '.join(stage_lib.MATRIX_LOSSES)}")
+    p.add_argument("--attention-alpha", type=float, default=0.5)
+    p.add_argument("--teacher-weights", default=None, help="comma list of prior weights per --teacher")
+    p.add_argument("--entropy-sharpness", type=float, default=1.0)
+    p.add_argument("--feature-weight", type=float, default=0.1)
+    p.add_argument("--no-fused-loss", action="store_true",
+                   help="end_to_end: materialise the (B, T, V) logits instead of the chunked fused loss")
+    p.add_argument("--no-fused-matrix-loss", action="store_true",
+                   help="matrix_mixing: materialise the (B, H, T, T) matrices instead of the tiled fused loss")
+    p.add_argument("--mixer-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="student-specific option, e.g. feature_map=elu (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on GPUs that support it), fp32, bf16")
+    p.add_argument("--output-dir", type=Path, default=Path("runs"), help="checkpoints, logs, the student")
+    p.add_argument("--results-dir", type=Path, default=provenance.REPO_ROOT / "results", help="run records, leaderboard")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after N optimiser steps")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--skip-eval", action="store_true", help="only the validation KL/perplexity")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard the frozen teachers with FSDP2 (for teachers too large to replicate); "
+                        "the student trains with DDP")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _choice(value: str, valid, what: str) -> str:
+    if value not in valid:
+        raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(valid)}")
+    return value
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+@dataclass
+class RunSettings:
+    """Everything that defines a run, validated; recorded verbatim."""
+
+    student: str
+    init: str
+    teachers: list[str]
+    dataset: str
+    preset: str
+    tokens: int
+    seq_len: int
+    batch_size: int
+    stages: list[str]
+    lrs: dict
+    seed: int
+    dtype: str
+    schedule: str
+    options: dict
+    mixer_options: dict
+    run_name: str
+
+
+def default_stages(init: str, n_teachers: int) -> list[str]:
+    """init's matrix_mixing stage when named, then hidden alignment, then end-to-end (or multi-teacher)."""
+    return (["matrix_mixing"] if "matrix_mixing" in init else []) + \
+        ["hidden_alignment", "multi_teacher" if n_teachers > 1 else "end_to_end"]
+
+
+def split_budget(tokens: int, stages: list[str], tokens_per_step: int) -> list[int]:
+    """Steps per stage: the budget split by the reference proportions of the stages that run."""
+    weights = [stage_lib.REFERENCE_SPLIT.get(name, stage_lib.REFERENCE_SPLIT["end_to_end"]) for name in stages]
+    steps = [int(tokens * w / sum(weights)) // tokens_per_step for w in weights]
+    if min(steps) < 1:
+        need = math.ceil(tokens_per_step * sum(weights) / min(weights))
+        small = stages[steps.index(min(steps))]
+        raise UsageError(f"token budget {tokens} is too small: stage {small} gets less than one batch of "
+                         f"{tokens_per_step} tokens; use --tokens {need} or more (or a smaller batch)")
+    return steps
+
+
+def settings_from_args(args) -> RunSettings:
+    from students import available
+
+    student = _choice(args.student, available(), "student")
+    init = _choice(args.init, INITS, "init")
+    preset = PRESETS[_choice(args.preset, PRESETS, "preset")]
+    _choice(args.schedule, train_lib.SCHEDULES, "schedule")
+    _choice(args.matrix_loss, stage_lib.MATRIX_LOSSES, "matrix loss")
+    _choice(args.dtype, DTYPES, "dtype")
+    teachers = args.teacher or [EMBEDDED]
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else \
+        default_stages(init, len(teachers))
+    if not stages:
+        raise UsageError(f"--stages is empty; choose from: {', '.join(stage_lib.STAGES)}")
+    for name in stages:
+        _choice(name, stage_lib.STAGES, "stage")
+        if len(teachers) < stage_lib.STAGES[name].min_teachers:
+            raise UsageError(f"stage {name} needs at least {stage_lib.STAGES[name].min_teachers} teachers; "
+                             f"repeat --teacher")
+    for name, value in (("--tokens", args.tokens), ("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive, got {value}")
+    seq_len, batch_size = args.seq_len or preset.seq_len, args.batch_size or preset.batch_size
+    tokens = args.tokens or preset.tokens
+    split_budget(tokens, stages, seq_len * batch_size)
+    weights = ()
+    if args.teacher_weights:
+        weights = tuple(float(w) for w in args.teacher_weights.split(","))
+        if len(weights) != len(teachers) or min(weights) <= 0:
+            raise UsageError(f"--teacher-weights needs {len(teachers)} positive numbers, one per --teacher")
+    mixer_options = {}
+    for item in args.mixer_option:
+        if "=" not in item:
+            raise UsageError(f"--mixer-option {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        mixer_options[key.strip()] = _parse_value(value.strip())
+    options = asdict(stage_lib.StageOptions(
+        temperature=args.temperature, kl_weight=args.kl_weight, ce_weight=args.ce_weight,
+        matrix_loss=args.matrix_loss, attention_alpha=args.attention_alpha, teacher_weights=weights,
+        entropy_sharpness=args.entropy_sharpness, feature_weight=args.feature_weight,
+        fused_loss=not args.no_fused_loss, fused_matrix_loss=not args.no_fused_matrix_loss))
+    lrs = {name: args.lr or preset.lr.get(name, preset.lr["end_to_end"]) for name in stages}
+    teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
+    name = args.run_name or f"{teacher_tag}__{student}__{init}__{args.preset}" + \
+        (f"__{'-'.join(stages)}" if args.stages else "") + f"__seed{args.seed}"
+    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
+        raise UsageError(f"--run-name {name!r} may only hold letters, digits and _ . + -")
+    return RunSettings(student, init, teachers, args.dataset, args.preset, tokens, seq_len, batch_size, stages, lrs,
+                       args.seed, args.dtype, args.schedule, options, mixer_options, name)
+
+
+def check_output_dir(path: Path, what: str) -> Path:
+    """Refuse a path that is a file or cannot be created, before anything is written."""
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} exists and is not a directory; pass a directory")
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{what} {path} cannot be created (no writable parent); pass a writable directory")
+    return path
+
+
+def portable_path(path: Path) -> str:
+    """The path relative to the working directory when under it, else `<output-dir>/<name>`: records stay
+    free of machine-specific absolute paths."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return f"<output-dir>/{path.name}"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def resolve_teacher(name: str) -> str:
+    if name == EMBEDDED:
+        from bench.data.teacher import EMBEDDED_TEACHER
+
+        if not (EMBEDDED_TEACHER / "config.json").exists():
+            raise UsageError(f"the embedded teacher is missing at {EMBEDDED_TEACHER}; rebuild it with "
+                             f"`python -m bench.teacher` or pass --teacher")
+        return str(EMBEDDED_TEACHER)
+    return name
+
+
+@torch.no_grad()
+def validation_metrics(student, teacher, blocks: torch.Tensor, batch_size: int, temperature: float = 1.0) -> dict:
+    """Per-token KL(teacher ‖ student), and both models' next-token perplexity, on validation blocks."""
+    student.eval()
+    kl = ce_student = ce_teacher = 0.0
+    batches = range(0, len(blocks), batch_size)
+    for start in batches:
+        ids = blocks[start:start + batch_size]
+        teacher_logits, student_logits = teacher(input_ids=ids).logits, student(input_ids=ids).logits
+        kl += losses.token_kl(teacher_logits, student_logits, temperature).item() * len(ids)
+        ce_student += losses.next_token_ce(student_logits, ids).item() * len(ids)
+        ce_teacher += losses.next_token_ce(teacher_logits, ids).item() * len(ids)
+    n = len(blocks)
+    return {"val_kl": kl / n, "val_ppl_student": math.exp(ce_student / n), "val_ppl_teacher": math.exp(ce_teacher / n)}
+
+
+def run(settings: RunSettings, args) -> dict:
+    from transformers import AutoTokenizer
+
+    from students.surgery import build_student, load_teacher
+
+    output_dir = check_output_dir(args.output_dir, "--output-dir") / settings.run_name
+    results_dir = check_output_dir(args.results_dir, "--results-dir")
+    dist = train_lib.Distributed.from_env()
+    if settings.batch_size % dist.world_size:
+        raise UsageError(f"--batch-size {settings.batch_size} is not divisible by the {dist.world_size} processes")
+    torch.manual_seed(settings.seed)
+    started = time.time()
+    teacher_paths = [resolve_teacher(t) for t in settings.teachers]
+    try:
+        teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device) for t in teacher_paths]
+    except ValueError as error:  # load_teacher's messages are already one line with the fix
+        raise UsageError(str(error)) from None
+    tokenizer = AutoTokenizer.from_pretrained(teacher_paths[0], trust_remote_code=args.trust_remote_code)
+    for path, teacher in zip(teacher_paths, teachers):
+        data_lib.check_compatible(tokenizer, teacher.config, settings.seq_len)
+        if teacher.config.vocab_size != teachers[0].config.vocab_size:
+            raise UsageError(f"teacher {path} has vocabulary {teacher.config.vocab_size}, the first teacher "
+                             f"{teachers[0].config.vocab_size}; multi-teacher runs need one shared tokenizer")
+    spec = data_lib.DataSpec(dataset=settings.dataset, seq_len=settings.seq_len, text_field=args.text_field,
+                             streaming=args.streaming, max_blocks=args.max_blocks, works_dir=args.works_dir)
+    preset = PRESETS[settings.preset]
+    train_blocks = data_lib.load_blocks(spec, tokenizer, "train")
+    eval_spec = replace(spec, max_blocks=preset.eval_blocks)
+    validation = data_lib.load_blocks(eval_spec, tokenizer, "validation")
+    batches = data_lib.Batches(train_blocks, settings.batch_size, settings.seed)
+
+    weights_init = "qkv_copy" if "qkv_copy" in settings.init else "random"
+    student = build_student(teachers[0], settings.student, weights_init, settings.mixer_options,
+                            seed=settings.seed).to(dist.device)
+    sharded = args.fsdp and dist.world_size > 1  # after surgery, which copies from the whole teacher
+    train_teachers = [train_lib.shard_frozen(t) for t in teachers] if sharded else teachers
+    steps = split_budget(settings.tokens, settings.stages, settings.seq_len * settings.batch_size)
+    plans = [train_lib.StagePlan(name, n, settings.lrs[name]) for name, n in zip(settings.stages, steps)]
+    bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and dist.device.type == "cuda"
+                                        and torch.cuda.is_bf16_supported())
+    config = train_lib.TrainConfig(batch_size=settings.batch_size, seq_len=settings.seq_len,
+                                   schedule=settings.schedule, warmup_fraction=args.warmup_fraction,
+                                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=bf16,
+                                   checkpoint_every=args.checkpoint_every or preset.checkpoint_every,
+                                   stop_after=args.stop_after, progress=not args.no_progress)
+    resume = None
+    if args.resume:
+        resume = train_lib.checkpoint_state(output_dir / "checkpoint")
+        if resume is None:
+            raise UsageError(f"--resume: no checkpoint under {output_dir}; run without --resume first")
+        train_lib.load_student_weights(student, resume)
+    elif dist.is_main and (output_dir / "log.jsonl").exists():
+        (output_dir / "log.jsonl").unlink()  # a fresh run starts a fresh log
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    options = stage_lib.StageOptions(**{**settings.options, "teacher_weights": tuple(settings.options["teacher_weights"])})
+    summaries = train_lib.train(plans, student, train_teachers, options, batches, config, output_dir, dist, resume)
+    train_seconds = time.time() - started
+
+    record = None
+    if dist.is_main:
+        if sharded:  # sharded teachers need every rank in each forward; evaluation runs on rank 0 alone
+            teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device) for t in teacher_paths]
+        metrics = validation_metrics(student, teachers[0], validation, max(1, settings.batch_size))
+        evaluation, throughput = {}, {}
+        if not args.skip_eval:
+            evaluation = _evaluate(student, teachers[0], tokenizer, spec, preset, settings.seed, args.no_progress)
+        if not args.skip_throughput:
+            throughput = _throughput(student, teachers[0], preset)
+        student.save_pretrained(output_dir / "student")
+        tokenizer.save_pretrained(output_dir / "student")
+        record = {"run": settings.run_name, "settings": asdict(settings),
+                  "teacher_fingerprint": "+".join(provenance.weights_fingerprint(p, t) for p, t in zip(teacher_paths, teachers)),
+                  "plans": train_lib.plan_summary(plans, config),
+                  "stages": summaries, "metrics": metrics, "evaluation": evaluation, "throughput": throughput,
+                  "params": {"student": sum(p.numel() for p in student.parameters()),
+                             "teacher": sum(p.numel() for p in teachers[0].parameters())},
+                  "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
+                  "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16, "seconds": round(time.time() - started, 1),
+                  "train_seconds": round(train_seconds, 1), "machine": provenance.machine(),
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
+        atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)
+        from bench.report import leaderboard
+
+        leaderboard.rebuild(results_dir)
+    dist.barrier()
+    return record
+
+
+def _evaluate(student, teacher, tokenizer, spec, preset: Preset, seed: int, quiet: bool) -> dict:
+    """Built-in downstream scores for teacher and student, and the share of the teacher recovered."""
+    from bench.evaluation import recovery, tasks
+
+    config = tasks.EvalConfig(dataset=spec.dataset, works_dir=spec.works_dir, seq_len=spec.seq_len,
+                                     max_blocks=preset.eval_blocks, recall_lengths=preset.recall_lengths,
+                                     recall_docs=preset.recall_docs, seed=seed)
+    teacher_scores = tasks.evaluate(teacher, tokenizer, config, progress=not quiet)
+    student_scores = tasks.evaluate(student, tokenizer, config, progress=not quiet)
+    return {"teacher": teacher_scores, "student": student_scores,
+            "recovered": recovery.recovered(student_scores, teacher_scores)}
+
+
+def _throughput(student, teacher, preset: Preset) -> dict:
+    from bench.perf import throughput as throughput_lib
+
+    return throughput_lib.short_sweep(teacher, student, preset.throughput_lengths, preset.decode_contexts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        record = run(settings, args)
+    except BenchError as error:
+        return fail(error)
+    except train_lib.NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except train_lib.Interrupted as error:
+        print(str(error), file=sys.stderr)
+        return 0
+    if record is not None:
+        m = record["metrics"]
+        print(f"{settings.run_name}: val KL {m['val_kl']:.4f}, student ppl {m['val_ppl_student']:.2f}, "
+              f"teacher ppl {m['val_ppl_teacher']:.2f}, {record['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

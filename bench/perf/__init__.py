@@ -1,0 +1,1 @@
+"""Performance: model throughput (prefill, training, decode, cache), kernel and fused-loss benchmarks."""

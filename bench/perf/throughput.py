@@ -1,0 +1,663 @@
+"""Throughput and memory: the floor, the teacher and each student side by side, measured in one run.
+
+    python -m bench.throughput --student NAME|all [--teacher DIR|HUB_ID] [--lengths 512,1024,...,16384]
+        [--train-lengths ...] [--decode-contexts 1024,...,32768] [--decode-steps 8] [--repeats 3]
+        [--dtype float32] [--device cpu|cuda] [--threads N] [--init random|qkv_copy] [--json FILE]
+
+In the run pipeline: `short_sweep(teacher, student)` (student, teacher and floor at short lengths);
+both use `measure(model, kind, lengths, decode_contexts, repeats, dtype)`; `validate(doc)` checks either.
+
+For every model, batch 1:
+- prefill: one forward over T tokens (all logits, no cache), time and tokens/s per length;
+- training step: forward + backward of the next-token loss, tokens/s per length (no optimizer step);
+- decode: the model's own cache is filled to exactly N tokens by chunked prefill (transformers'
+  DynamicCache for the teacher, the recurrent StudentCache for students), then single-token greedy
+  steps are timed: ms per token, and the cache's bytes per sequence at that context;
+- peak memory of each block: CUDA's max_memory_allocated, or on CPU the process's resident high-water
+  mark (VmHWM) reset before each block through /proc/self/clear_refs (reported as absolute and as the
+  delta over the resident size at the start of the block; the source is recorded).
+
+The floor is the same model with a mixer that costs nothing beyond its projections (`FloorMixer`: q/k/v/o
+projections, o = v, no token mixing), so "student / floor" is the price of a student's token mixing.
+Every timing is a median over repeats after a warm-up, with its spread (bench.perf.timing.time_call); every
+result carries the machine header (device, threads, torch, commit), dtype and the backend actually used.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import resource
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bench.perf.timing import time_call
+from bench.provenance import header, machine
+from kernels._backend import pick_backend
+from kernels.delta_rule import BACKENDS as DELTA_RULE_BACKENDS
+from kernels.linear_recurrence import BACKENDS as LINEAR_RECURRENCE_BACKENDS
+from students.base import Mixer, RecurrentMixer
+from students.modeling import _CACHE_FIELD
+from students.registry import available
+from students.surgery import build_student, load_teacher
+
+REPORT_SCHEMA = "throughput-report/1"
+SWEEP_SCHEMA = "throughput-sweep/1"
+KINDS = ("floor", "teacher", "student")
+CONTROL = "attention"  # softmax attention: a control, never the "best student"
+DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
+DEFAULT_DECODE_CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
+DECODE_STEPS = 8  # tokens per timed decode call: long enough to drown timer noise, short enough to keep N fixed
+PREFILL_CHUNK = 2048  # chunk size used to fill a cache to the decode context
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Targets from the issue, checked on the benchmark output (never in tests).
+FLOOR_TARGET = (1.5, 2048, 16384)  # every student's prefill ≤ 1.5× the floor for lengths 2048..16384
+TEACHER_TARGET = (3.0, 16384)  # best student ≥ 3× faster than the teacher at 16384
+DECODE_FLAT_TARGET = (1.25, 1024, 32768)  # student decode latency within 25% from 1k to 32k context
+
+
+class FloorMixer(Mixer):
+    """The cost floor: a student's q/k/v/o projections and nothing else (o = v, no token mixing, no state).
+
+    q, k and v come from one fused projection of H·K channels each, the width of the students' expanded
+    heads, so forward and backward pay for all three matmuls although only v is read.
+    """
+
+    name = "floor"
+
+    def __init__(self, config):
+        super().__init__(config)
+        width = config.num_heads * config.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * width, bias=False)
+        self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
+
+    def forward(self, x, state=None, backend="auto"):
+        values = self.qkv_proj(x)[..., 2 * self.o_proj.in_features:]
+        return self.o_proj(values), {}
+
+    def state_size(self, seq_len: int = 1, dtype: torch.dtype = torch.float32) -> int:
+        return 0
+
+
+def build_floor(teacher) -> nn.Module:
+    """The teacher-shaped student with every mixer swapped for `FloorMixer` (for timing only: never saved,
+    and not a registry entry, so `students.available()` is unchanged)."""
+    model = build_student(teacher, CONTROL, init="random", seed=0)
+    dtype = next(model.parameters()).dtype
+    for layer in model.model.layers:
+        layer.mixer = FloorMixer(layer.mixer.config).to(dtype)
+    return model.eval()
+
+
+def embedded_shape_teacher():
+    """An untrained Llama of exactly the embedded teacher's shape (weights do not matter for speed)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.data.teacher import TeacherRecipe
+
+    recipe = TeacherRecipe()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size,
+                         intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
+                         num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
+                         head_dim=recipe.head_dim, max_position_embeddings=recipe.context,
+                         tie_word_embeddings=True, attn_implementation="sdpa")
+    return LlamaForCausalLM(config).eval()
+
+
+# ---------------------------------------------------------------- memory, caches, backends
+
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_resident_peak() -> bool:
+    """Reset VmHWM to the current resident size (Linux ≥ 4.0); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_source(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cuda max_memory_allocated, reset per block"
+    if _proc_status_bytes("VmHWM") is not None and _reset_resident_peak():
+        return "process VmHWM, reset per block via /proc/self/clear_refs"
+    return "process ru_maxrss, lifetime high-water mark (not reset: only the delta is meaningful, if any)"
+
+
+class PeakMemory:
+    """Peak memory of a `with` block: absolute and above the level at the block's start."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.baseline = self.peak = 0
+
+    def _current(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device)
+        return _proc_status_bytes("VmRSS") or 0
+
+    def _high_water(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _reset_resident_peak()
+        self.baseline = self._current()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.peak = self._high_water()
+
+    def report(self) -> dict:
+        return {"peak_memory_bytes": self.peak, "peak_memory_delta_bytes": max(0, self.peak - self.baseline)}
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes held by a generation cache: StudentCache's states, or DynamicCache's keys and values."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "nbytes"):
+        return int(cache.nbytes())
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if torch.is_tensor(tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def resolved_backend(model, kind: str, device: torch.device) -> dict:
+    """What actually runs: the kernel `backend="auto"` resolves to, or the teacher's attention implementation."""
+    if kind == "teacher":
+        implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+        return {"requested": "attn_implementation", "prefill": implementation,
+                "decode": f"{implementation} with transformers DynamicCache (grows with context)"}
+    if kind == "floor":
+        return {"requested": "none", "prefill": "none (no token mixing)", "decode": "none (no state)"}
+    mixer = model.mixers[0]
+    if isinstance(mixer, RecurrentMixer):
+        op, backends = (("delta_rule", DELTA_RULE_BACKENDS) if mixer.uses_delta_rule
+                        else ("linear_recurrence", LINEAR_RECURRENCE_BACKENDS))
+        chosen = pick_backend("auto", backends, device, op)
+        name = next(n for n, fn in backends.items() if fn is chosen)
+        return {"requested": "auto", "prefill": f"{op}:{name}",
+                "decode": "recurrent step (naive, O(1) per token, constant state)"}
+    return {"requested": "auto", "prefill": "torch scaled_dot_product_attention",
+            "decode": "KV cache in StudentCache (grows with context)"}
+
+
+@contextmanager
+def _trainable(model):
+    """Gradients on for every parameter for the duration (a frozen teacher included); restored after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(True)
+    try:
+        yield
+    finally:
+        model.zero_grad(set_to_none=True)
+        for parameter, flag in zip(model.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------- measurement
+
+def _check_lengths(name: str, values) -> list[int]:
+    values = list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive integers, got {values!r}")
+    return values
+
+
+def measure(model, kind: str, lengths, decode_contexts, repeats: int, dtype: torch.dtype = torch.float32,
+            train_lengths=None, decode_steps: int = DECODE_STEPS, prefill_chunk: int = PREFILL_CHUNK) -> dict:
+    """Prefill, training-step and decode timings and memory of one model (batch 1), JSON-able.
+
+    `kind` is "teacher" (a transformers causal LM, DynamicCache), "student" or "floor" (StudentForCausalLM,
+    StudentCache). The model is cast to `dtype` in place; its weights are left unchanged and its `.grad`
+    cleared. Keys of the per-length maps are strings (as JSON writes them). `train_lengths` defaults to
+    `lengths`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    lengths = _check_lengths("lengths", lengths)
+    train_lengths = _check_lengths("train_lengths", lengths if train_lengths is None else train_lengths)
+    decode_contexts = sorted(_check_lengths("decode_contexts", decode_contexts))
+    if repeats < 1 or decode_steps < 1 or prefill_chunk < 1:
+        raise ValueError("repeats, decode_steps and prefill_chunk must be ≥ 1")
+    was_training = model.training
+    gc.collect()  # once per model, not per block: a full collection costs a fifth of a second here
+    model.to(dtype).eval()
+    device = next(model.parameters()).device
+    vocab_size = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+
+    def random_tokens(n: int) -> torch.Tensor:
+        return torch.randint(0, vocab_size, (1, n), generator=generator).to(device)
+
+    result = {
+        "kind": kind, "machine": machine(), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "backend": resolved_backend(model, kind, device), "memory_source": memory_source(device),
+        "parameters": sum(p.numel() for p in model.parameters()), "batch_size": 1, "repeats": repeats,
+        "warmup": 1, "prefill": {}, "train": {}, "decode": {},
+    }
+
+    for length in lengths:
+        ids = random_tokens(length)
+        with torch.no_grad(), PeakMemory(device) as peak:
+            timing = time_call(lambda: model(ids, use_cache=False), repeats=repeats)
+        result["prefill"][str(length)] = {**timing, "tokens_per_s": length / timing["median_s"], **peak.report()}
+
+    with _trainable(model):
+        for length in train_lengths:
+            ids = random_tokens(length)
+
+            def train_step():
+                model.zero_grad(set_to_none=True)
+                model(ids, labels=ids).loss.backward()
+
+            with PeakMemory(device) as peak:
+                timing = time_call(train_step, repeats=repeats)
+            result["train"][str(length)] = {**timing, "tokens_per_s": length / timing["median_s"], **peak.report()}
+
+    with torch.no_grad():
+        cache, seen = None, 0
+        for context in decode_contexts:
+            if seen > context:  # the previous context's timed steps overshot this one: start afresh
+                cache, seen = None, 0
+            while seen < context:  # fill the cache by chunked prefill, not N single steps
+                n = min(prefill_chunk, context - seen)
+                cache = getattr(model(random_tokens(n), use_cache=True, **{_CACHE_FIELD: cache}), _CACHE_FIELD)
+                seen += n
+            state_bytes = cache_nbytes(cache)
+            token = random_tokens(1)
+
+            def decode():
+                nonlocal cache, token
+                for _ in range(decode_steps):
+                    output = model(token, use_cache=True, **{_CACHE_FIELD: cache})
+                    cache, token = getattr(output, _CACHE_FIELD), output.logits[:, -1:].argmax(-1)
+
+            with PeakMemory(device) as peak:
+                timing = time_call(decode, repeats=repeats)
+            seen += decode_steps * (repeats + 1)
+            entry = {"context_tokens": context, "decode_steps": decode_steps,
+                     "ms_per_token": 1e3 * timing["median_s"] / decode_steps,
+                     "min_ms": 1e3 * timing["min_s"] / decode_steps, "max_ms": 1e3 * timing["max_s"] / decode_steps,
+                     "repeats": repeats, "state_bytes": state_bytes, **peak.report()}
+            if kind != "teacher":  # the mixers' own account, as the leaderboard's state-size column uses
+                entry["mixer_state_size_bytes"] = sum(m.state_size(context, dtype) for m in model.mixers)
+            result["decode"][str(context)] = entry
+        del cache
+    model.train(was_training)
+    return result
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def _prefill_s(result: dict, length: str) -> float | None:
+    return result["prefill"].get(length, {}).get("median_s")
+
+
+def _decode_growth(result: dict) -> dict | None:
+    """Decode latency at the longest context over the one at 1k (or the shortest measured)."""
+    contexts = sorted(result["decode"], key=int)
+    if len(contexts) < 2:
+        return None
+    end = contexts[-1]
+    start = "1024" if "1024" in contexts[:-1] else contexts[0]
+    return {"from_context": int(start), "to_context": int(end),
+            "ratio": result["decode"][end]["ms_per_token"] / result["decode"][start]["ms_per_token"]}
+
+
+def compare(models: dict[str, dict]) -> dict:
+    """Ratios between models measured in the same run: student/floor prefill, teacher/best student, decode growth."""
+    floor, teacher = models.get("floor"), models.get("teacher")
+    students = {name: r for name, r in models.items() if r["kind"] == "student"}
+    ratios: dict = {"prefill_vs_floor": {}, "decode_growth": {}}
+    if floor:
+        for name, r in {**students, **({"teacher": teacher} if teacher else {})}.items():
+            ratios["prefill_vs_floor"][name] = {length: _ratio(_prefill_s(r, length), _prefill_s(floor, length))
+                                                for length in r["prefill"]}
+    for name, r in models.items():
+        ratios["decode_growth"][name] = _decode_growth(r)
+    candidates = {n: r for n, r in students.items() if n != CONTROL} or students
+    if teacher and candidates:
+        longest = max(teacher["prefill"], key=int)
+        timed = {n: _prefill_s(r, longest) for n, r in candidates.items() if _prefill_s(r, longest)}
+        if timed:
+            best = min(timed, key=timed.get)
+            ratios["teacher_prefill_vs_best_student"] = {"length": int(longest), "best_student": best,
+                                                         "ratio": _prefill_s(teacher, longest) / timed[best]}
+    return ratios
+
+
+def check_targets(models: dict[str, dict], ratios: dict) -> dict:
+    """The issue's targets, judged on what this run measured (None where the needed length was not measured)."""
+    limit, low, high = FLOOR_TARGET
+    within_floor = {}
+    for name, by_length in ratios["prefill_vs_floor"].items():
+        if name in ("teacher", CONTROL):
+            continue
+        checked = [r for length, r in by_length.items() if low <= int(length) <= high and r is not None]
+        within_floor[name] = all(r <= limit for r in checked) if checked else None
+    speedup, at_length = TEACHER_TARGET
+    best = ratios.get("teacher_prefill_vs_best_student")
+    faster = best["ratio"] >= speedup if best and best["length"] == at_length else None
+    growth_limit, start, end = DECODE_FLAT_TARGET
+    flat, teacher_grows = {}, None
+    for name, growth in ratios["decode_growth"].items():
+        spans = growth and growth["from_context"] == start and growth["to_context"] == end
+        if models[name]["kind"] == "teacher":
+            teacher_grows = growth["ratio"] > growth_limit if spans else None
+        elif name not in ("floor", CONTROL):
+            flat[name] = growth["ratio"] <= growth_limit if spans else None
+    return {f"prefill_within_{limit}x_floor_{low}_to_{high}": within_floor,
+            f"best_student_{speedup}x_faster_than_teacher_at_{at_length}": faster,
+            f"student_decode_flat_within_{round(100 * (growth_limit - 1))}pct_{start}_to_{end}": flat,
+            f"teacher_decode_grows_{start}_to_{end}": teacher_grows}
+
+
+def _per_role(models: dict[str, dict], section: str, field: str) -> dict:
+    """{role: {length: entry[field]}} from the measurements of each role."""
+    return {role: {length: entry[field] for length, entry in result[section].items()}
+            for role, result in models.items()}
+
+
+def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256, 1024), repeats=3) -> dict:
+    """The run pipeline's throughput record: student, teacher and floor measured in one go, JSON-able.
+
+    Per-role maps `{"student": {length: value}, "teacher": ..., "floor": ...}` for prefill and training
+    tokens/s and decode ms/token; `state_bytes_per_sequence` is the student's cache and
+    `kv_cache_bytes_per_sequence` the teacher's, both `{context: bytes}`. Full measurements under `details`.
+    """
+    dtype = next(student.parameters()).dtype
+    models = {"student": measure(student, "student", lengths, decode_contexts, repeats, dtype),
+              "teacher": measure(teacher, "teacher", lengths, decode_contexts, repeats, dtype)}
+    floor = build_floor(teacher)
+    models["floor"] = measure(floor, "floor", lengths, decode_contexts, repeats, dtype)
+    del floor
+    ratios = compare({"floor": models["floor"], "teacher": models["teacher"],
+                      student.config.student: models["student"]})
+    sweep = {
+        "schema": SWEEP_SCHEMA, "machine": machine(), "student": student.config.student,
+        "dtype": str(dtype).removeprefix("torch."),
+        "backend": {role: r["backend"] for role, r in models.items()},
+        "prefill_tokens_per_s": _per_role(models, "prefill", "tokens_per_s"),
+        "train_tokens_per_s": _per_role(models, "train", "tokens_per_s"),
+        "decode_ms_per_token": _per_role(models, "decode", "ms_per_token"),
+        "state_bytes_per_sequence": _per_role(models, "decode", "state_bytes")["student"],
+        "kv_cache_bytes_per_sequence": _per_role(models, "decode", "state_bytes")["teacher"],
+        "prefill_vs_floor": ratios["prefill_vs_floor"].get(student.config.student, {}),
+        "details": models,
+    }
+    validate(sweep)
+    return sweep
+
+
+# ---------------------------------------------------------------- schema
+
+def _fail(path: str, message: str):
+    raise ValueError(f"invalid throughput document at {path}: {message}")
+
+
+def _need(document: dict, key: str, kind, path: str):
+    if not isinstance(document, dict) or key not in document:
+        _fail(path, f"missing key {key!r}")
+    value = document[key]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        _fail(f"{path}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _positive(value, path: str, allow_zero: bool = False):
+    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number_ok or value < 0 or (value == 0 and not allow_zero):
+        _fail(path, f"expected a finite {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+def _length_key(key, path: str):
+    if not (isinstance(key, str) and key.isdigit() and int(key) > 0):
+        _fail(path, f"length key {key!r} is not a positive integer string")
+
+
+def _length_map(mapping, path: str, allow_zero: bool = False):
+    """{length: number}, non-empty, every number finite and positive (or zero where allowed)."""
+    if not isinstance(mapping, dict) or not mapping:
+        _fail(path, "expected a non-empty {length: value} map")
+    for key, value in mapping.items():
+        _length_key(key, path)
+        _positive(value, f"{path}[{key}]", allow_zero)
+
+
+def _length_entries(result: dict, section: str, path: str) -> dict:
+    """{length: {field: value}}, non-empty, keyed by positive integer strings."""
+    entries = _need(result, section, dict, path)
+    if not entries:
+        _fail(f"{path}.{section}", "nothing measured")
+    for key, entry in entries.items():
+        _length_key(key, f"{path}.{section}")
+        if not isinstance(entry, dict):
+            _fail(f"{path}.{section}[{key}]", f"expected an object, got {type(entry).__name__}")
+    return entries
+
+
+def _validate_machine(document: dict, path: str):
+    header_fields = _need(document, "machine", dict, path)
+    for key in ("device", "torch", "commit", "torch_threads"):
+        _need(header_fields, key, (str, int), f"{path}.machine")
+
+
+# Fields every measurement entry carries: (section, positive fields, non-negative fields).
+MEASUREMENT_FIELDS = (
+    ("prefill", ("median_s", "min_s", "max_s", "tokens_per_s"), ("peak_memory_bytes", "peak_memory_delta_bytes")),
+    ("train", ("median_s", "min_s", "max_s", "tokens_per_s"), ("peak_memory_bytes", "peak_memory_delta_bytes")),
+    ("decode", ("ms_per_token", "min_ms", "max_ms"), ("state_bytes", "peak_memory_bytes", "peak_memory_delta_bytes")),
+)
+
+
+def _validate_measurement(result: dict, path: str):
+    _validate_machine(result, path)
+    for key in ("device", "dtype", "kind", "memory_source"):
+        _need(result, key, str, path)
+    _need(result, "backend", dict, path)
+    for section, positive, non_negative in MEASUREMENT_FIELDS:
+        for length, entry in _length_entries(result, section, path).items():
+            for key in positive:
+                _positive(entry.get(key), f"{path}.{section}[{length}].{key}")
+            for key in non_negative:
+                _positive(entry.get(key), f"{path}.{section}[{length}].{key}", allow_zero=True)
+
+
+def validate(document: dict) -> None:
+    """Raise ValueError naming the first bad path, for a CLI report or a `short_sweep` record."""
+    if not isinstance(document, dict):
+        _fail("$", "expected an object")
+    schema = _need(document, "schema", str, "$")
+    _validate_machine(document, "$")
+    if schema == SWEEP_SCHEMA:
+        for key in ("prefill_tokens_per_s", "train_tokens_per_s", "decode_ms_per_token"):
+            roles = _need(document, key, dict, "$")
+            for role in ("student", "teacher"):
+                _length_map(_need(roles, role, dict, f"$.{key}"), f"$.{key}.{role}")
+        _length_map(_need(document, "state_bytes_per_sequence", dict, "$"), "$.state_bytes_per_sequence",
+                    allow_zero=True)
+        _length_map(_need(document, "kv_cache_bytes_per_sequence", dict, "$"), "$.kv_cache_bytes_per_sequence")
+        for role, result in _need(document, "details", dict, "$").items():
+            _validate_measurement(result, f"$.details.{role}")
+    elif schema == REPORT_SCHEMA:
+        _need(document, "settings", dict, "$")
+        _need(document, "teacher", dict, "$")
+        models = _need(document, "models", dict, "$")
+        for required in ("floor", "teacher"):
+            _need(models, required, dict, "$.models")
+        for name, result in models.items():
+            _validate_measurement(result, f"$.models.{name}")
+        _need(document, "ratios", dict, "$")
+        _need(document, "targets", dict, "$")
+    else:
+        _fail("$.schema", f"unknown schema {schema!r}; expected {REPORT_SCHEMA!r} or {SWEEP_SCHEMA!r}")
+
+
+# ---------------------------------------------------------------- CLI
+
+def _parse_lengths(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} must be positive integers like 512,1024, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise ValueError(f"{option} must be positive integers like 512,1024, got {text!r}")
+    return values
+
+
+def _print_result(name: str, r: dict) -> None:
+    prefill = "  ".join(f"{k}:{v['median_s'] * 1e3:.1f}ms/{v['tokens_per_s']:.0f}tok/s"
+                        for k, v in r["prefill"].items())
+    train = "  ".join(f"{k}:{v['tokens_per_s']:.0f}tok/s" for k, v in r["train"].items())
+    decode = "  ".join(f"{k}:{v['ms_per_token']:.2f}ms/{v['state_bytes'] / 2 ** 20:.2f}MiB"
+                       for k, v in r["decode"].items())
+    print(f"{name:16} [{r['backend']['prefill']}]\n  prefill  {prefill}\n  train    {train}\n"
+          f"  decode   {decode}  (ms/token / cache per sequence)", flush=True)
+
+
+def _print_ratios(ratios: dict, targets: dict) -> None:
+    print("prefill time / floor:")
+    for name, by_length in ratios["prefill_vs_floor"].items():
+        print(f"  {name:16} " + "  ".join(f"{k}:{v:.2f}x" for k, v in by_length.items() if v is not None))
+    best = ratios.get("teacher_prefill_vs_best_student")
+    if best:
+        print(f"teacher prefill / best student ({best['best_student']}) at {best['length']}: {best['ratio']:.2f}x")
+    print("decode latency growth (longest context / 1k):")
+    for name, growth in ratios["decode_growth"].items():
+        if growth:
+            print(f"  {name:16} {growth['ratio']:.2f}x ({growth['from_context']} -> {growth['to_context']})")
+    print("targets:", targets, flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", required=True, help=f"a registry name ({', '.join(available())}), "
+                                                         "a comma-separated list, or 'all'")
+    parser.add_argument("--teacher", help="local HF directory or hub id; default: the embedded teacher if present, "
+                                          "else an untrained model of its shape")
+    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="prefill lengths")
+    parser.add_argument("--train-lengths", help="training-step lengths (default: --lengths)")
+    parser.add_argument("--decode-contexts", default=",".join(map(str, DEFAULT_DECODE_CONTEXTS)))
+    parser.add_argument("--decode-steps", type=int, default=DECODE_STEPS, help="tokens per timed decode call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--init", choices=("random", "qkv_copy"), default="random",
+                        help="weights do not matter for speed")
+    parser.add_argument("--json", help="also write the report (with the machine header) to this file")
+    args = parser.parse_args(argv)
+
+    names = available() if args.student == "all" else [n.strip() for n in args.student.split(",")]
+    unknown = [n for n in names if n not in available()]
+    try:
+        if unknown:
+            raise ValueError(f"unknown student {unknown[0]!r}; choose one of {', '.join(available())} or all")
+        lengths = _parse_lengths(args.lengths, "--lengths")
+        train_lengths = _parse_lengths(args.train_lengths, "--train-lengths") if args.train_lengths else lengths
+        contexts = _parse_lengths(args.decode_contexts, "--decode-contexts")
+        if min(args.repeats, args.decode_steps) < 1 or (args.threads is not None and args.threads < 1):
+            raise ValueError("--repeats, --decode-steps and --threads must be ≥ 1")
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    except (ValueError, RuntimeError) as err:  # torch.device raises RuntimeError for a malformed name
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    # Positions the run reaches: the longest forward, or a decode context plus its timed steps.
+    positions_needed = max(max(lengths), max(train_lengths), max(contexts) + args.decode_steps * (args.repeats + 1))
+
+    from bench.data.teacher import EMBEDDED_TEACHER
+
+    try:
+        if args.teacher or EMBEDDED_TEACHER.is_dir():
+            source = args.teacher or "embedded (bench/embedded/teacher)"  # no local paths in results
+            teacher = load_teacher(args.teacher or str(EMBEDDED_TEACHER), dtype=dtype).to(device)
+        else:
+            source = "untrained LlamaConfig of the embedded teacher's shape (bench/embedded/teacher absent)"
+            teacher = embedded_shape_teacher().to(device, dtype)
+    except (ValueError, OSError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    declared_positions = teacher.config.max_position_embeddings
+    if positions_needed > declared_positions:  # timing only; the weights were not trained this far
+        teacher.config.max_position_embeddings = positions_needed
+    config = teacher.config
+    teacher_record = {
+        "source": source, "model_type": config.model_type,
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "num_hidden_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+        "num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+        "vocab_size": config.vocab_size, "max_position_embeddings": config.max_position_embeddings,
+        "max_position_embeddings_declared": declared_positions,
+        "max_position_embeddings_raised_for_timing": positions_needed > declared_positions,
+    }
+    settings = {"batch_size": 1, "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+                "repeats": args.repeats, "warmup": 1, "lengths": lengths, "train_lengths": train_lengths, "decode_contexts": contexts,
+                "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "init": args.init, "seed": 0,
+                "students": names}
+    print(header())
+    print(f"teacher: {source} ({teacher_record['attn_implementation']}), dtype {args.dtype}, "
+          f"threads {settings['threads']}", flush=True)
+
+    def run(name: str, kind: str, model) -> dict:
+        result = measure(model.to(device), kind, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
+                         decode_steps=args.decode_steps)
+        _print_result(name, result)
+        return result
+
+    models = {"floor": run("floor", "floor", build_floor(teacher)), "teacher": run("teacher", "teacher", teacher)}
+    gc.collect()
+    for name in names:
+        student = build_student(teacher, name, init=args.init, seed=0).eval()
+        models[name] = run(name, "student", student)
+        del student
+        gc.collect()
+    ratios = compare(models)
+    targets = check_targets(models, ratios)
+    _print_ratios(ratios, targets)
+    report = {"schema": REPORT_SCHEMA, "machine": machine(), "settings": settings, "teacher": teacher_record,
+              "models": models, "ratios": ratios, "targets": targets}
+    validate(report)
+    if args.json:
+        from bench.files import atomic_write_json
+        atomic_write_json(Path(args.json), report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

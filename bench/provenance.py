@@ -1,0 +1,66 @@
+"""Where a number was measured: device, threads, versions, commit, teacher weights — stored beside every result."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    if os.environ.get("DISTILL_BENCH_COMMIT"):  # a copy of the tree without .git (e.g. a GPU machine)
+        return os.environ["DISTILL_BENCH_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except ImportError:
+        return None
+
+
+def machine() -> dict:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    return {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device_name": device,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        **{name: _version(name) for name in ("triton", "fla") if _version(name)},
+        "commit": git_commit(),
+    }
+
+
+def weights_fingerprint(path: str, model=None) -> str:
+    """First 12 hex digits of sha256 over a local model's weight files, or the hub revision it came from."""
+    directory = Path(path).expanduser()
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")) if directory.is_dir() else []
+    if not files:
+        revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+        return f"rev-{revision[:12]}" if revision else "unknown"
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def header() -> str:
+    return " | ".join(f"{k}={v}" for k, v in machine().items())
