@@ -43,14 +43,44 @@ def test_loss_suites_agree_with_the_materialised_losses():
     assert all(r["peak_mib"] is not None and r["fwdbwd_s"] > 0 for r in distill + mixer)
 
 
-def test_ab_timing_against_a_checkout_runs_and_rejects_a_bad_directory(tmp_path, capsys):
+def _base_checkout(tmp_path, name: str, appended: str):
+    """A copy of this tree's kernels whose linear-recurrence chunk form is replaced by `appended` code."""
+    import shutil
     from pathlib import Path
 
-    from bench.perf import kernel_ab as kernels_ab
+    base = tmp_path / name
+    shutil.copytree(Path(__file__).resolve().parents[1] / "kernels", base / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    chunk = base / "kernels" / "linear_recurrence" / "chunk.py"
+    chunk.write_text(chunk.read_text() + appended)
+    return base
 
-    repo = Path(__file__).resolve().parents[1]
-    assert kernels_ab.main(["--base-dir", str(repo), "--cases", "lr:channel:70,dr:head:70", "--repeats", "1"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "| base" in line]
-    assert len(lines) == 2 and all(float(line.split("|")[-1]) < 1e-6 for line in lines)  # the same code
-    assert kernels_ab.main(["--base-dir", str(tmp_path), "--repeats", "1"]) == 2
+
+def test_ab_loads_the_base_checkouts_own_code_and_refuses_to_time_different_outputs(tmp_path, capsys):
+    from pathlib import Path
+
+    from bench.perf import kernel_ab
+
+    slow_but_equal = _base_checkout(tmp_path, "naive", """
+from kernels.linear_recurrence.naive import linear_recurrence_naive
+def linear_recurrence_chunk(q, k, v, chunk_size=None, **kwargs):
+    return linear_recurrence_naive(q, k, v, **kwargs)
+""")
+    assert kernel_ab.main(["--base-dir", str(slow_but_equal), "--cases", "lr:channel:70", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| base" in line]
+    assert len(rows) == 1 and float(rows[0].split("|")[-1]) < 1e-4  # the loop's outputs equal the chunk form's
+    wrong = _base_checkout(tmp_path, "wrong", """
+_right = linear_recurrence_chunk
+def linear_recurrence_chunk(*args, **kwargs):
+    o, state = _right(*args, **kwargs)
+    return o * 1.01, state
+""")
+    assert kernel_ab.main(["--base-dir", str(wrong), "--cases", "lr:head:70,dr:head:70", "--repeats", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "outputs differ" in out and out.count("| base") == 1  # only the unchanged delta rule is timed
+    import importlib
+
+    ours = importlib.import_module("kernels.linear_recurrence.chunk")  # ours put back, unchanged
+    assert ours.__file__.startswith(str(Path(__file__).resolve().parents[1])) and hasattr(ours, "chunk_forms")
+    assert kernel_ab.main(["--base-dir", str(tmp_path / "empty"), "--repeats", "1"]) == 2
     assert "no kernels" in capsys.readouterr().err

@@ -80,18 +80,17 @@ def test_delta_rule_chunk_matches_naive(T, decay, init):
 @pytest.mark.parametrize("per_step", [1.5, 7.0], ids=["halved", "pairwise"])
 def test_delta_rule_chunk_exact_for_strong_decay(per_step):
     """~1.5 per step: 64-token chunks span ~96, so the call runs at 32-token chunks (factored); ~7 per step:
-    even 16-token chunks span beyond DENORMAL_SAFE_SPAN, so the ratios are taken pairwise."""
-    from kernels.delta_rule.chunk import HALVE_ABOVE_SPAN, MIN_CHUNK
-    from kernels.linear_recurrence.chunk import CHUNK, DENORMAL_SAFE_SPAN
+    even 16-token chunks span beyond the policy's safe span, so the ratios are taken pairwise."""
+    from kernels.chunking import CHUNK, DENORMALS
 
     inputs = _delta_inputs(200, True, True)
     with torch.no_grad():
         inputs["log_decay"].copy_(-per_step * (0.8 + 0.4 * torch.rand(B, 200, H)))
     span = lambda length: -inputs["log_decay"][:, :length].sum(1)
     if per_step > 5:
-        assert (span(MIN_CHUNK) > DENORMAL_SAFE_SPAN).all()
+        assert (span(DENORMALS.delta_min_chunk) > DENORMALS.safe_span).all()
     else:
-        assert (span(CHUNK) > HALVE_ABOVE_SPAN).all() and (span(CHUNK // 2) < HALVE_ABOVE_SPAN).all()
+        assert (span(CHUNK) > DENORMALS.delta_halve_span).all() and (span(CHUNK // 2) < DENORMALS.delta_halve_span).all()
     _compare(delta_rule, inputs, "chunk")
 
 
@@ -203,7 +202,9 @@ def test_each_chunk_takes_its_own_form_and_all_match_naive(bonus, per_head):
 
 
 def test_the_factored_form_ends_at_factor_range():
-    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, chunk_forms
+    from kernels.chunking import CHUNK, DENORMALS
+    from kernels.linear_recurrence.chunk import chunk_forms
+    FACTOR_RANGE = DENORMALS.factor_range
 
     def one_chunk_spanning(factor):  # 16 chunks of mild decay, chunk 5 spanning factor × FACTOR_RANGE
         log_decay = torch.full((1, 16 * CHUNK, 1, 3), -0.1)
@@ -223,7 +224,9 @@ def test_denormal_prone_spans_run_at_half_the_chunk_size_and_match_naive(bonus, 
     """Chunks spanning 84–120 could be factored, but a product of two factors can then be denormal (the matmul
     slows down ~100× per such operand): when many chunks do, the call runs at half the chunk size instead,
     unless the halves would span too much as well."""
-    from kernels.linear_recurrence.chunk import CHUNK, DENORMAL_SAFE_SPAN, FACTOR_RANGE, chunk_forms
+    from kernels.chunking import CHUNK, DENORMALS
+    from kernels.linear_recurrence.chunk import chunk_forms
+    DENORMAL_SAFE_SPAN, FACTOR_RANGE = DENORMALS.safe_span, DENORMALS.factor_range
 
     T = 257
     inputs = _lr_inputs(T, "head" if per_head else "channel", bonus, True)
@@ -238,7 +241,9 @@ def test_denormal_prone_spans_run_at_half_the_chunk_size_and_match_naive(bonus, 
 
 @pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
 def test_chunks_spanning_almost_factor_range_carry_their_state_exactly(bonus):
-    from kernels.linear_recurrence.chunk import CHUNK, FACTOR_RANGE, chunk_forms
+    from kernels.chunking import CHUNK, DENORMALS
+    from kernels.linear_recurrence.chunk import chunk_forms
+    FACTOR_RANGE = DENORMALS.factor_range
 
     # Chunk 3 of 13 is factored at the edge of the range: its state update is scaled up to exp(+range/2) and
     # its weight down to exp(−range); an underflow there would drop O(1) contributions across the border into

@@ -27,7 +27,8 @@ from kernels import delta_rule, linear_recurrence
 from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
 from kernels.delta_rule.chunk import chunk_size_for as delta_chunk_size
 from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
-from kernels.linear_recurrence.chunk import CHUNK, chunk_forms
+from kernels.chunking import CHUNK
+from kernels.linear_recurrence.chunk import chunk_forms
 
 CHECK_LENGTH = 256
 CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:channel_edge,"

@@ -4,37 +4,29 @@ Writing the update as S_t = α_t S_{t-1} + k_t u_tᵀ with u_t = β_t (v_t − �
 "new values" u of a chunk solve a unit lower-triangular system (I + L) U = diag(β) V − diag(β γ) K S_0,
 L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), γ_t the cumulative decay inside the chunk. Everything except
 the chunk-to-chunk state hand-over is parallel. Decay ratios are factored about each chunk's midpoint when
-every chunk decays by at most exp(−DENORMAL_SAFE_SPAN) (factors within exp(±42), no product of two denormal),
-else taken pairwise (≤ 1).
+every chunk decays by at most exp(−safe_span) (no product of two factors denormal), else taken pairwise
+(≤ 1); thresholds in `kernels.chunking.DENORMALS`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kernels.linear_recurrence.chunk import (CHUNK, DENORMAL_SAFE_SPAN, _exp_floored, _from_chunks, _masked_exp,
-                                             _scan, _scan_backward, _to_chunks)
+from kernels.chunking import CHUNK, DENORMALS, exp_floored, from_chunks, masked_exp, scan, scan_backward, to_chunks
 
-# Decays below exp(−42) are dropped (set to 0), so that products of two kept factors stay normal fp32 numbers
-# (a denormal operand costs a matmul or solve ~100×).
-FLOOR = -DENORMAL_SAFE_SPAN / 2
-# The solve and the state products chain three decayed factors: beyond this span per chunk some of them leave
-# the normal range anyway (measured: 64-token chunks spanning 80 ran the forward 8× slower than spanning 72),
-# so such calls run at half the chunk size (measured −6%…+25% against the unhalved time where both are clean).
-HALVE_ABOVE_SPAN = 64.0
-MIN_CHUNK = 16
+FLOOR = DENORMALS.delta_floor
 
 
 def chunk_size_for(log_decay: torch.Tensor | None, chunk_size: int = CHUNK) -> int:
-    """The chunk size `delta_rule_chunk` runs at: halved (down to MIN_CHUNK) while a chunk spans beyond
-    HALVE_ABOVE_SPAN."""
+    """The chunk size `delta_rule_chunk` runs at: halved (down to DENORMALS.delta_min_chunk) while a chunk spans beyond
+    DENORMALS.delta_halve_span."""
     if log_decay is None:
         return chunk_size
     g = log_decay.detach().float()
-    while chunk_size > MIN_CHUNK:
+    while chunk_size > DENORMALS.delta_min_chunk:
         n = -(-g.shape[1] // chunk_size)
         spans = -F.pad(g, [0, 0, 0, n * chunk_size - g.shape[1]]).unflatten(1, (n, chunk_size)).sum(dim=2)
-        if spans.max().item() <= HALVE_ABOVE_SPAN:
+        if spans.max().item() <= DENORMALS.delta_halve_span:
             break
         chunk_size //= 2
     return chunk_size
@@ -48,27 +40,27 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
     scale = K ** -0.5 if scale is None else scale
     C = chunk_size_for(log_decay, chunk_size)
     N = max(1, -(-T // C))
-    qc, kc, vc = (_to_chunks(x.float(), N, C) for x in (q, k, v))  # (N, B, H, C, K|V)
-    bc = _to_chunks(beta.float()[..., None], N, C)  # (N, B, H, C, 1)
+    qc, kc, vc = (to_chunks(x.float(), N, C) for x in (q, k, v))  # (N, B, H, C, K|V)
+    bc = to_chunks(beta.float()[..., None], N, C)  # (N, B, H, C, 1)
     if log_decay is None:
         g = bc.new_zeros(N, B, H, C, 1)
     else:
-        g = _to_chunks(log_decay.float()[..., None], N, C)
+        g = to_chunks(log_decay.float()[..., None], N, C)
     b = g.cumsum(dim=3)  # log γ_t, (N, B, H, C, 1)
     b_last = b[:, :, :, -1:]
     # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), solved as Uᵀ (I + L)ᵀ = Rᵀ: LAPACK is
     # column-major, so this right-sided form on the transposed system reads and writes our row-major
     # memory as it is (measured ~1.4× faster than the left-sided solve). Lᵀ is built directly.
-    if bool((b_last >= -DENORMAL_SAFE_SPAN).all()):  # γ_t/γ_s = exp(b_t − c)·exp(c − b_s), c the midpoint
+    if bool((b_last >= -DENORMALS.safe_span).all()):  # γ_t/γ_s = exp(b_t − c)·exp(c − b_s), c the midpoint
         mid = b_last / 2
         up = (b - mid).exp()  # (N, B, H, C, 1): per-head factors are small, β rides on k's
         k_down = kc * (mid - b).exp()
         k_up_beta, q_up = kc * (up * bc), qc * up
         L_t = (k_down @ k_up_beta.transpose(-1, -2)).triu_(1)
         attn = (q_up @ k_down.transpose(-1, -2)).tril_()  # (N, B, H, C, C)
-    else:  # a chunk decays by more than exp(−DENORMAL_SAFE_SPAN): exact pairwise ratios (every exponent ≤ 0)
+    else:  # a chunk decays by more than exp(−safe_span): exact pairwise ratios (every exponent ≤ 0)
         idx = torch.arange(C, device=q.device)
-        ratio_incl = _masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :], FLOOR)  # γ_t/γ_s, s ≤ t
+        ratio_incl = masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :], FLOOR)  # γ_t/γ_s, s ≤ t
         L_t = (kc @ kc.transpose(-1, -2)) * ratio_incl.tril(-1).transpose(-1, -2) * bc.transpose(-1, -2)
         attn = (qc @ kc.transpose(-1, -2)) * ratio_incl
 
@@ -78,15 +70,15 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
 
     # new values U = u_free + w S_0 from (I + L) U = β v − β γ k S_0 (w carries the minus sign: no extra pass)
     u_free = solve(bc * vc)
-    gamma = _exp_floored(b, FLOOR)  # γ_t
+    gamma = exp_floored(b, FLOOR)  # γ_t
     w = solve((-bc * gamma) * kc)
     # With U = u_free + w S_0:  o = (q γ + attn w) S_0 + attn u_free,
     # S_next = (γ_C I + k̃ᵀ w) S_0 + k̃ᵀ u_free, k̃ = k γ_C/γ. Only the last line is sequential.
     query_to_state = (qc * gamma).flatten(0, 2).baddbmm_(attn.flatten(0, 2), w.flatten(0, 2))
     query_to_state = query_to_state.view(N, B, H, C, K)
-    k_to_end = (kc * _exp_floored(b_last - b, FLOOR)).transpose(-1, -2)  # (N, B, H, K, C)
+    k_to_end = (kc * exp_floored(b_last - b, FLOOR)).transpose(-1, -2)  # (N, B, H, K, C)
     transition = k_to_end @ w  # (N, B, H, K, K), plus γ_C on the diagonal:
-    transition.diagonal(dim1=-2, dim2=-1).add_(_exp_floored(b_last.squeeze(-1), FLOOR))
+    transition.diagonal(dim1=-2, dim2=-1).add_(exp_floored(b_last.squeeze(-1), FLOOR))
     chunk_kv = k_to_end @ u_free  # (N, B, H, K, V)
 
     state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
@@ -94,7 +86,7 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
     states = states.view(N + 1, B, H, K, V)
     # o = (q γ + attn w) S_0 + attn u_free, the state term accumulated into the other in one call
     o = (attn @ u_free).flatten(0, 2).baddbmm_(query_to_state.flatten(0, 2), states[:N].flatten(0, 2))
-    o = _from_chunks(o.view(N, B, H, C, V), T, scale, out_dtype)
+    o = from_chunks(o.view(N, B, H, C, V), T, scale, out_dtype)
     return o, (states[N] if output_final_state else None)
 
 
@@ -105,7 +97,7 @@ class _MatrixCarry(torch.autograd.Function):
     @staticmethod
     def forward(ctx, transition, chunk_kv, initial_state):  # (N, BH, K, K), (N, BH, K, V), (BH, K, V)
         matrices = transition.unbind(0)
-        states = _scan(chunk_kv, initial_state, lambda kv, n, s, out: torch.baddbmm(kv, matrices[n], s, out=out))
+        states = scan(chunk_kv, initial_state, lambda kv, n, s, out: torch.baddbmm(kv, matrices[n], s, out=out))
         ctx.save_for_backward(transition, states)
         return states
 
@@ -113,7 +105,7 @@ class _MatrixCarry(torch.autograd.Function):
     def backward(ctx, grad_states):
         transition, states = ctx.saved_tensors
         transposed = transition.transpose(-1, -2).unbind(0)
-        grad_kv, grad_initial = _scan_backward(
+        grad_kv, grad_initial = scan_backward(
             grad_states, lambda g, n, s, out: torch.baddbmm(g, transposed[n], s, out=out))
         grad_transition = (grad_kv.flatten(0, 1) @ states[:-1].flatten(0, 1).transpose(-1, -2)).view_as(transition)
         return grad_transition, grad_kv, grad_initial
