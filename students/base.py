@@ -82,11 +82,12 @@ class Mixer(nn.Module):
         return y[:, 0], state
 
     def state_size(self, seq_len: int = 1, dtype: torch.dtype = torch.float32) -> int:
-        """Bytes of generation state per sequence after `seq_len` tokens, measured on a real step."""
+        """Bytes of generation state per sequence after `seq_len` tokens, in `dtype`: measured on the state a
+        real forward pass over `seq_len` tokens leaves (a recurrent state stays put, a KV cache grows)."""
         param = next(self.parameters())
-        x = torch.zeros(1, 1, self.hidden_size, dtype=param.dtype, device=param.device)
+        x = torch.zeros(1, max(1, seq_len), self.hidden_size, dtype=param.dtype, device=param.device)
         with torch.no_grad():
-            _, state = self.forward(x, None, backend="naive")
+            _, state = self.forward(x, None)
         itemsize = torch.empty(0, dtype=dtype).element_size()
         return sum(t.numel() * itemsize for t in state.values() if torch.is_tensor(t) and t.is_floating_point())
 
@@ -120,6 +121,16 @@ class RecurrentMixer(Mixer):
     """
 
     uses_delta_rule = False
+    # init="qkv_copy": which teacher attention projection initialises which of ours (k/v expanded from GQA).
+    # Mixers whose projections play other roles rename them here (Mamba: C <- W_Q, B <- W_K, x <- W_V).
+    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
+
+    def add_attention_projections(self) -> None:
+        """The teacher-shaped projections `QKV_COPY` names, without bias: D → H·K where the teacher's is a
+        query, key or value projection, H·K → D for its output projection, so qkv_copy copies them as they are."""
+        D, HK = self.hidden_size, self.num_heads * self.head_dim
+        for ours, theirs in self.QKV_COPY.items():
+            setattr(self, ours, nn.Linear(*((HK, D) if theirs == "o_proj" else (D, HK)), bias=False))
 
     def featurize(self, x: torch.Tensor, state: State) -> Features:
         raise NotImplementedError
@@ -135,23 +146,26 @@ class RecurrentMixer(Mixer):
         """Apply `finish_core`'s effect to the kernel's matrix."""
         return matrix
 
-    def recurrence(self, f: Features, initial_state: torch.Tensor | None, backend: str, state: State):
+    def recurrence(self, f: Features, backend: str, state: State) -> tuple[torch.Tensor, State]:
+        """(kernel output, the recurrence's part of the next state) from the features and the current state."""
         if self.uses_delta_rule:
-            return delta_rule(f.q, f.k, f.v, f.beta, f.log_decay, scale=f.scale, initial_state=initial_state,
-                              output_final_state=True, backend=backend)
-        return linear_recurrence(f.q, f.k, f.v, f.log_decay, f.bonus, scale=f.scale, initial_state=initial_state,
-                                 output_final_state=True, backend=backend)
+            o, final = delta_rule(f.q, f.k, f.v, f.beta, f.log_decay, scale=f.scale, initial_state=state.get("kernel"),
+                                  output_final_state=True, backend=backend)
+        else:
+            o, final = linear_recurrence(f.q, f.k, f.v, f.log_decay, f.bonus, scale=f.scale,
+                                         initial_state=state.get("kernel"), output_final_state=True, backend=backend)
+        return o, {"kernel": final}
 
     def forward(self, x, state=None, backend="auto"):
         state = state or {}
         f = self.featurize(x, state)
-        o, final = self.recurrence(f, state.get("kernel"), backend, state)
+        o, kernel_state = self.recurrence(f, backend, state)
         y = self.readout(self.finish_core(o, f), f, x)
-        return y.to(x.dtype), {**f.carry, "kernel": final}
+        return y.to(x.dtype), {**f.carry, **kernel_state}
 
     def core(self, x, backend="auto"):
         f = self.featurize(x, {})
-        o, _ = self.recurrence(f, None, backend, {})
+        o, _ = self.recurrence(f, backend, {})
         return self.finish_core(o, f), f.values
 
     def mixer_matrix(self, x):

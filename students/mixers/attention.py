@@ -78,7 +78,3 @@ class AttentionMixer(Mixer):
         T = x.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return scores.masked_fill(~causal, float("-inf")).softmax(-1)
-
-    def state_size(self, seq_len: int = 1, dtype: torch.dtype = torch.float32) -> int:
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        return 2 * seq_len * self.num_kv_heads * self.head_dim * itemsize

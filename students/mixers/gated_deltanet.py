@@ -18,17 +18,13 @@ from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads
 
 class GatedDeltaNetMixer(RecurrentMixer):
     name = "gated_deltanet"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
-    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
     IDENTITY_CONVS = ('q_conv', 'k_conv', 'v_conv')  # start as pass-through so copied projections act as in the teacher
     uses_delta_rule = True
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
         D, H, K = config.hidden_size, config.num_heads, config.head_dim
-        self.q_proj = nn.Linear(D, H * K, bias=False)
-        self.k_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.add_attention_projections()  # q, k, v, o as the teacher's
         self.q_conv = ShortConv(H * K, config.conv_size, bias=False)
         self.k_conv = ShortConv(H * K, config.conv_size, bias=False)
         self.v_conv = ShortConv(H * K, config.conv_size, bias=False)
@@ -39,7 +35,6 @@ class GatedDeltaNetMixer(RecurrentMixer):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.g_proj = nn.Linear(D, H * K, bias=False)
         self.norm = HeadRMSNorm(K, config.norm_eps)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
 
     def featurize(self, x, state):
         H = self.num_heads

@@ -17,20 +17,15 @@ GATE_TEMPERATURE = 16.0
 
 class GLAMixer(RecurrentMixer):
     name = "gla"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
-    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
         D, H, K = config.hidden_size, config.num_heads, config.head_dim
-        self.q_proj = nn.Linear(D, H * K, bias=False)
-        self.k_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.add_attention_projections()  # q, k, v, o as the teacher's
         self.g_proj = nn.Linear(D, H * K, bias=False)
         self.gk_down = nn.Linear(D, GATE_RANK, bias=False)
         self.gk_up = nn.Linear(GATE_RANK, H * K, bias=True)
         self.norm = HeadRMSNorm(K, config.norm_eps)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
 
     def featurize(self, x, state):
         H = self.num_heads

@@ -19,8 +19,6 @@ EPS = 1e-6
 
 class LinearAttentionMixer(RecurrentMixer):
     name = "linear_attention"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
-    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
@@ -29,10 +27,7 @@ class LinearAttentionMixer(RecurrentMixer):
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"linear_attention: unknown feature_map {self.feature_map!r}; choose one of {FEATURE_MAPS}")
         self.normalize = config.options.get("normalize", self.feature_map != "identity")
-        self.q_proj = nn.Linear(D, H * K, bias=False)
-        self.k_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
+        self.add_attention_projections()  # q, k, v, o as the teacher's
         if self.feature_map == "hedgehog":
             # Per-head learnable map, identity at init so φ starts as softmax(±x) of the copied q/k.
             self.hedgehog = nn.Parameter(torch.eye(K).repeat(H, 1, 1))

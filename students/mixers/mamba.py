@@ -17,16 +17,14 @@ from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads
 
 class Mamba2Mixer(RecurrentMixer):
     name = "mamba"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    # qkv_copy: C <- W_Q, B <- W_K, x <- W_V, out <- W_O
     QKV_COPY = {"C_proj": "q_proj", "B_proj": "k_proj", "x_proj": "v_proj", "out_proj": "o_proj"}
     IDENTITY_CONVS = ('conv',)  # start as pass-through so copied projections act as in the teacher
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
         D, H, P = config.hidden_size, config.num_heads, config.head_dim
-        self.x_proj = nn.Linear(D, H * P, bias=False)  # x (value)
-        self.B_proj = nn.Linear(D, H * P, bias=False)  # B (key)
-        self.C_proj = nn.Linear(D, H * P, bias=False)  # C (query)
+        self.add_attention_projections()  # C (query), B (key), x (value), out
         self.z_proj = nn.Linear(D, H * P, bias=False)  # output gate
         self.dt_proj = nn.Linear(D, H, bias=False)
         self.conv = ShortConv(3 * H * P, config.conv_size)
@@ -36,7 +34,6 @@ class Mamba2Mixer(RecurrentMixer):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.D = nn.Parameter(torch.ones(H))
         self.norm = HeadRMSNorm(P, config.norm_eps)
-        self.out_proj = nn.Linear(H * P, D, bias=False)
 
     def featurize(self, x, state):
         H = self.num_heads

@@ -27,13 +27,10 @@ class MetaLAMixer(RecurrentMixer):
         super().__init__(config)
         D, H, K = config.hidden_size, config.num_heads, config.head_dim
         self.conv = ShortConv(D, config.conv_size, bias=False)
-        self.q_proj = nn.Linear(D, H * K, bias=False)
-        self.decay_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.add_attention_projections()  # q, decay (the key's role), v, o as the teacher's q, k, v, o
         self.g_proj = nn.Linear(D, H * K, bias=True)
         self.aug_balance = nn.Parameter(torch.zeros(H, K))
         self.norm = HeadLayerNorm(K, eps=config.norm_eps, affine=False)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
 
     def featurize(self, x, state):
         H = self.num_heads

@@ -15,17 +15,12 @@ from students.layers import HeadLayerNorm, Rotary, merge_heads, split_heads
 
 class RetNetMixer(RecurrentMixer):
     name = "retnet"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
-    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
         D, H, K = config.hidden_size, config.num_heads, config.head_dim
-        self.q_proj = nn.Linear(D, H * K, bias=False)
-        self.k_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.add_attention_projections()  # q, k, v, o as the teacher's
         self.g_proj = nn.Linear(D, H * K, bias=False)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
         self.group_norm = HeadLayerNorm(K, config.norm_eps)
         self.rotary = Rotary(K, config.rope_theta, config.options.get("rope_fn"))
 

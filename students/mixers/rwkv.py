@@ -19,7 +19,7 @@ DECAY_RANK = 64
 
 class RWKV6Mixer(RecurrentMixer):
     name = "rwkv"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
+    # qkv_copy: receptance r <- W_Q
     QKV_COPY = {"r_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
@@ -45,11 +45,8 @@ class RWKV6Mixer(RecurrentMixer):
         self.decay_w2 = nn.Parameter(torch.empty(DECAY_RANK, H * K).uniform_(-1e-2, 1e-2))
         bonus = ratio_0_to_1 * (1 - n / max(H * K - 1, 1)) + ((n + 1) % 3 - 1) * 0.1
         self.bonus = nn.Parameter(bonus.reshape(H, K))
-        self.r_proj = nn.Linear(D, H * K, bias=False)
-        self.k_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.add_attention_projections()  # r, k, v, o as the teacher's q, k, v, o
         self.g_proj = nn.Linear(D, H * K, bias=False)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
         self.group_norm = HeadLayerNorm(K, eps=64e-5)
 
     def featurize(self, x, state):

@@ -25,15 +25,11 @@ def soft_cap(x: torch.Tensor, cap: float = GATE_SOFT_CAP) -> torch.Tensor:
 
 class MLSTMMixer(RecurrentMixer):
     name = "xlstm"
-    # qkv_copy: student projection <- teacher attention projection (k/v heads expanded from GQA)
-    QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
         D, H, K = config.hidden_size, config.num_heads, config.head_dim
-        self.q_proj = nn.Linear(D, H * K, bias=False)
-        self.k_proj = nn.Linear(D, H * K, bias=False)
-        self.v_proj = nn.Linear(D, H * K, bias=False)
+        self.add_attention_projections()  # q, k, v, o as the teacher's
         self.o_gate = nn.Linear(D, H * K, bias=False)
         self.i_gate = nn.Linear(D, H, bias=True)
         self.f_gate = nn.Linear(D, H, bias=True)
@@ -43,7 +39,6 @@ class MLSTMMixer(RecurrentMixer):
             self.f_gate.weight.zero_()
             self.f_gate.bias.copy_(torch.linspace(3.0, 6.0, H))
         self.norm = HeadLayerNorm(K, config.norm_eps)
-        self.o_proj = nn.Linear(H * K, D, bias=False)
 
     def featurize(self, x, state):
         H = self.num_heads
@@ -55,22 +50,23 @@ class MLSTMMixer(RecurrentMixer):
                         log_decay=log_forget, value_dim=v.shape[-1],
                         context={"k_raw": k, "log_input": log_input, "o": self.o_gate(x)})
 
-    def recurrence(self, f, initial_state, backend, state):
+    def recurrence(self, f, backend, state):
+        """Chunked: the unstabilised kernel (n rides along as the last value column); the state keeps C′ and m
+        with C = C′·exp(m), m = 0 after a chunked call. naive: the paper's stabilised loop."""
         B, T, H, K = f.q.shape
         m = state.get("m", f.q.new_zeros(B, H, dtype=torch.float32))
+        memory = state.get("kernel")
         if backend == "naive":
-            o, memory, m = self._stabilised_loop(f, initial_state, m)
-            f.context["normalised"] = True
-        else:
-            unstabilised = None if initial_state is None else initial_state * m.exp()[..., None, None]
-            o, memory = linear_recurrence(f.q, f.k, f.v, f.log_decay, scale=f.scale, initial_state=unstabilised,
-                                          output_final_state=True, backend=backend)
-            m = torch.zeros_like(m)
-        f.carry["m"] = m
-        return o, memory
+            o, memory, m = self._stabilised_loop(f, memory, m)
+            return o, {"kernel": memory, "m": m}
+        unstabilised = None if memory is None else memory * m.exp()[..., None, None]
+        o, memory = linear_recurrence(f.q, f.k, f.v, f.log_decay, scale=f.scale, initial_state=unstabilised,
+                                      output_final_state=True, backend=backend)
+        return o, {"kernel": memory, "m": torch.zeros_like(m)}
 
     def _stabilised_loop(self, f, memory, m):
-        """xLSTM eq. 19-27 with the running-max stabiliser, one token at a time in fp32."""
+        """xLSTM eq. 19-27 with the running-max stabiliser, one token at a time in fp32. The outputs come back
+        normalised, with a unit normaliser column, so `finish_core` leaves them as they are."""
         q, k, v = f.q.float(), f.context["k_raw"].float(), f.v.float()  # v carries the ones column (n)
         B, T, H, K = q.shape
         scale = K ** -0.5 if f.scale is None else f.scale
@@ -83,13 +79,11 @@ class MLSTMMixer(RecurrentMixer):
             memory = forget[..., None, None] * memory + inp[..., None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
             read = scale * torch.einsum("bhk,bhkv->bhv", q[:, t], memory)
             denom = torch.maximum(read[..., -1:].abs(), (-m_new).exp()[..., None])
-            outputs.append(read[..., :-1] / denom)
+            outputs.append(torch.cat([read[..., :-1] / denom, torch.ones_like(denom)], dim=-1))
             m = m_new
-        return torch.stack(outputs, 1) if T else v.new_zeros(B, 0, H, v.shape[-1] - 1), memory, m
+        return torch.stack(outputs, 1) if T else v.new_zeros(B, 0, H, v.shape[-1]), memory, m
 
     def finish_core(self, o, f):
-        if f.context.get("normalised"):
-            return o
         return o[..., :f.value_dim] / o[..., f.value_dim:].abs().clamp(min=1.0)
 
     def finish_matrix(self, matrix, f):
