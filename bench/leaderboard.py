@@ -1,4 +1,5 @@
-"""`python -m bench.leaderboard`: rebuild results/leaderboard.csv from the run records (the code lives in `bench.report.leaderboard`)."""
+"""`python -m bench.leaderboard`: rebuild results/leaderboard.csv from the run records
+(the code lives in `bench.report.leaderboard`)."""
 from bench.report.leaderboard import main
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from students.modeling import SUPPORTED_FAMILIES, StudentConfig, StudentForCausalLM
-from students.registry import available, mixer_class
+from students.registry import available
 
 log = logging.getLogger("students.surgery")
 INITS = ("random", "qkv_copy")
@@ -93,7 +93,8 @@ def build_student(teacher: PreTrainedModel, name: str, init: str = "random", mix
         copied = {r.student_key for r in records}
         for key, tensor in student.named_parameters():
             if key not in copied:
-                records.append(CopyRecord(None, key, tuple(tensor.shape), "paper init (no teacher counterpart)" if init == "qkv_copy" else "random init"))
+                note = "paper init (no teacher counterpart)" if init == "qkv_copy" else "random init"
+                records.append(CopyRecord(None, key, tuple(tensor.shape), note))
     for record in records:
         log.info("%s", record)
     student.surgery_log = records

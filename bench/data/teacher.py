@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from bench.data import packing as data_lib
 from bench import provenance
+from bench.data import packing as data_lib
 from bench.data import recall
 from bench.errors import BenchError, fail
 from bench.files import atomic_directory, atomic_write_json, atomic_write_text
@@ -154,7 +153,7 @@ def pretrain(out: Path, recipe: TeacherRecipe, works_dir: str | None = None, log
     # bf16 matmuls on a GPU (weights and optimizer stay fp32); fp32 on the CPU, where bf16 gains little.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         (no_decay if parameter.ndim < 2 else decay).append(parameter)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from bench.data import packing as data_lib
 from bench import provenance
+from bench.data import packing as data_lib
+from bench.distill import loop as train_lib
 from bench.distill import losses
 from bench.distill import stages as stage_lib
-from bench.distill import loop as train_lib
 from bench.errors import BenchError, UsageError, fail
 from bench.files import atomic_write_json
 
@@ -353,7 +353,8 @@ def run(settings: RunSettings, args) -> dict:
                   "params": {"student": sum(p.numel() for p in student.parameters()),
                              "teacher": sum(p.numel() for p in teachers[0].parameters())},
                   "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
-                  "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16, "seconds": round(time.time() - started, 1),
+                  "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16,
+                  "seconds": round(time.time() - started, 1),
                   "train_seconds": round(train_seconds, 1), "machine": provenance.machine(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"grid {args.grid} shard {args.shard}: {len(configs)} runs, {len(configs) - len(todo)} done, "
           f"{len(todo)} to run", flush=True)
     if args.dry_run:
-        for config, done, name in status:
+        for _, done, name in status:
             print(f"  {'done' if done else 'todo'}  {name}")
         return 0
     failed = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import torch
 
 from bench import provenance
 from bench.errors import BenchError, EvalError, fail
-from bench.files import atomic_write_json
 from bench.evaluation.recovery import MARKER_PREFIX, is_score, recovered
 from bench.evaluation.scoring import check_model_path, load_model
 from bench.evaluation.tasks import EvalConfig, evaluate
+from bench.files import atomic_write_json
 
 
 class _Parser(argparse.ArgumentParser):

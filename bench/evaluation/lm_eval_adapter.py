@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 
 from bench.data.packing import eos_token_id
 from bench.errors import EvalError
-from bench.evaluation.scoring import (context_limit, load_model, model_device, pad_token_id,
-                                      score_continuations)
+from bench.evaluation.scoring import context_limit, load_model, model_device, pad_token_id, score_continuations
 
 NAME = "distill-bench"
 # The zero-shot set of Haller et al. 2025 (arXiv 2504.14366) and of SmolLM2 / MOHAWK comparisons.

@@ -140,8 +140,9 @@ def check_model_path(path: str) -> None:
 
 def load_model(path: str, tokenizer_path: str | None = None, dtype: str = "float32", device: str | None = None):
     """(model, tokenizer) from a save_pretrained directory or hub id; `import students` registers students."""
-    import students  # noqa: F401  (registers StudentForCausalLM with AutoModelForCausalLM)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import students  # noqa: F401  (registers StudentForCausalLM with AutoModelForCausalLM)
 
     check_model_path(path)
     if not hasattr(torch, dtype):

@@ -31,10 +31,16 @@ from tqdm.auto import tqdm
 
 from bench.data import packing, recall
 from bench.errors import EvalError
-from bench.files import atomic_write_text
 from bench.evaluation.recovery import MARKER_PREFIX
-from bench.evaluation.scoring import (context_limit, length_batches, padded_logits, pad_token_id, perplexity,
-                                      score_continuations)
+from bench.evaluation.scoring import (
+    context_limit,
+    length_batches,
+    pad_token_id,
+    padded_logits,
+    perplexity,
+    score_continuations,
+)
+from bench.files import atomic_write_text
 
 CLOZE_TASK = "distill_cloze"
 _CLOZE_WORD = re.compile(r"[A-Za-z]+")

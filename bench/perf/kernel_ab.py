@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from bench.provenance import header
 from bench.perf.kernel_bench import make_inputs
+from bench.provenance import header
 
 OPS = {"lr": "linear_recurrence", "dr": "delta_rule"}
 DEFAULT_CASES = ("lr:head:2048,lr:channel:2048,lr:channel_edge:2048,lr:bonus:2048,dr:head:2048,dr:head_strong:2048,"

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from bench.perf.timing import time_call
 from bench.provenance import header, machine
 from kernels import delta_rule, linear_recurrence
+from kernels.chunking import CHUNK
 from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
 from kernels.delta_rule.chunk import chunk_size_for as delta_chunk_size
 from kernels.linear_recurrence import BACKENDS as LR_BACKENDS
-from kernels.chunking import CHUNK
 from kernels.linear_recurrence.chunk import chunk_forms
 
 CHECK_LENGTH = 256

@@ -55,7 +55,8 @@ def measure(config: dict, T: int, device: str, backend: str, tile: int, repeats:
 
     value, peak = peak_memory(fwd_bwd, device)
     seconds = time_call(fwd_bwd, repeats=repeats, warmup=0)["median_s"]
-    return {"backend": backend, "tile": tile if backend == "tiled" else None, "T": T, "loss": value, "fwdbwd_s": seconds, "peak_mib": peak / 2**20}
+    return {"backend": backend, "tile": tile if backend == "tiled" else None, "T": T, "loss": value,
+            "fwdbwd_s": seconds, "peak_mib": peak / 2**20}
 
 
 def run(device: str, quick: bool = False) -> list[dict]:
@@ -89,7 +90,8 @@ def run(device: str, quick: bool = False) -> list[dict]:
         growth = ", ".join(f"T={r['T']}: {r['peak_mib']:.1f} MiB" for r in mine)
         ratio = next((r["memory_ratio"] for r in mine if r["T"] == longest), None)
         shown = "FAIL" if ratio is None else f"{ratio:.1f}x"
-        print(f"{backend}{f'-{tile}' if backend == 'tiled' else ''}: materialised/fused memory at T={longest}: {shown}; fused peak by length: {growth}")
+        print(f"{backend}{f'-{tile}' if backend == 'tiled' else ''}: materialised/fused memory at T={longest}: {shown}; "
+              f"fused peak by length: {growth}")
     return rows
 
 

@@ -627,7 +627,8 @@ def main(argv=None) -> int:
         "max_position_embeddings_raised_for_timing": positions_needed > declared_positions,
     }
     settings = {"batch_size": 1, "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-                "repeats": args.repeats, "warmup": 1, "lengths": lengths, "train_lengths": train_lengths, "decode_contexts": contexts,
+                "repeats": args.repeats, "warmup": 1, "lengths": lengths, "train_lengths": train_lengths,
+                "decode_contexts": contexts,
                 "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "init": args.init, "seed": 0,
                 "students": names}
     print(header())

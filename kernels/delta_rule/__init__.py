@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from kernels._backend import check_qkv, pick_backend
-from kernels.fla_backends import delta_rule_fla
 from kernels.delta_rule.chunk import delta_rule_chunk
-from kernels.delta_rule.matrix import delta_rule_matrix
+from kernels.delta_rule.matrix import delta_rule_matrix as delta_rule_matrix
 from kernels.delta_rule.naive import delta_rule_naive
+from kernels.fla_backends import delta_rule_fla
 
 BACKENDS = {"naive": delta_rule_naive, "chunk": delta_rule_chunk, "fla": delta_rule_fla}
 

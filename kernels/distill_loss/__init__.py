@@ -41,7 +41,8 @@ def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teache
 
     student_hidden: (B, T, D) after the final norm; student_weight: (V, D), the LM head; input_ids: (B, T).
     Teacher: teacher_logits (B, T, V), or teacher_hidden (B, T, Dt) with teacher_weight (V, Dt); no gradient
-    flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V)`). Returns (loss, {"kl": τ²·KL, "ce": CE}), equal to the materialised loss of `naive.py`
+    flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V)`). Returns
+    (loss, {"kl": τ²·KL, "ce": CE}), equal to the materialised loss of `naive.py`
     on the materialised logits. Backends: naive, chunk (torch), triton; auto = triton on CUDA, else chunk.
     """
     op = "fused_distillation_loss"

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import importlib.util
 
-import torch
-
 from kernels._backend import check_qkv, pick_backend
 from kernels.fla_backends import linear_recurrence_fla
 from kernels.linear_recurrence.chunk import linear_recurrence_chunk
-from kernels.linear_recurrence.matrix import linear_recurrence_matrix
+from kernels.linear_recurrence.matrix import linear_recurrence_matrix as linear_recurrence_matrix
 from kernels.linear_recurrence.naive import linear_recurrence_naive
 
 BACKENDS = {"naive": linear_recurrence_naive, "chunk": linear_recurrence_chunk, "fla": linear_recurrence_fla}

@@ -22,7 +22,18 @@ from typing import Callable
 
 import torch
 
-from kernels.chunking import CHUNK, DENORMALS, chunk_view, exp_floored, from_chunks, masked_exp, scan, scan_backward, to_chunks
+from kernels.chunking import (
+    CHUNK,
+    DENORMALS,
+    chunk_view,
+    exp_floored,
+    from_chunks,
+    masked_exp,
+    scan,
+    scan_backward,
+    to_chunks,
+)
+
 
 def _exp_clamped(x: torch.Tensor, fits: torch.Tensor) -> torch.Tensor:
     """exp(x), with x clamped from below where its chunk does not fit (`fits` False; there x ≤ 0) at

@@ -22,7 +22,7 @@ class LinearAttentionMixer(RecurrentMixer):
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
-        D, H, K = config.hidden_size, config.num_heads, config.head_dim
+        H, K = config.num_heads, config.head_dim
         self.feature_map = config.options.get("feature_map", "elu")
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"linear_attention: unknown feature_map {self.feature_map!r}; choose one of {FEATURE_MAPS}")

@@ -1,5 +1,7 @@
-"""Throughput harness: finite positive numbers for every model, O(1) student decode state, a growing teacher
-KV cache, the JSON schema (valid and invalid documents), and one-line CLI errors with exit code 2."""
+"""bench.perf. Throughput harness: finite positive numbers for every model, O(1) student decode state, a growing
+teacher KV cache, the JSON schema (valid and invalid documents), one-line CLI errors with exit code 2. Kernel
+benchmarks: each backend checked before it is timed, no speed-up printed for a wrong one; the A/B tool loads the
+other checkout's own code."""
 import copy
 import json
 import math
@@ -9,7 +11,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import students
-from bench.perf import throughput
+from bench.perf import distill_loss_bench, mixer_loss_bench, throughput
+from bench.perf import kernel_bench as bench_kernels
+from kernels.linear_recurrence import BACKENDS, linear_recurrence_chunk
 
 LENGTHS = (16, 40)
 CONTEXTS = (8, 48)  # decode at two contexts: recurrent state must not grow, a KV cache must
@@ -131,6 +135,7 @@ def test_invalid_documents_are_rejected(sweep, corrupt, where):
         throughput.validate(document)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, tmp_path, capsys):
     out = tmp_path / "throughput.json"
     code = throughput.main(["--student", "retnet", "--teacher", str(teacher_dir), "--lengths", "16,32",
@@ -158,3 +163,84 @@ def test_bad_input_is_one_error_line_and_exit_code_2(args, message, capsys):
     assert throughput.main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+# ------------------------------------------------------------------------------------------ kernel benchmarks
+@pytest.mark.slow
+def test_recurrence_suite_checks_then_times_every_backend(tmp_path):
+    out = tmp_path / "k.json"
+    assert bench_kernels.main(["--lengths", "40", "--cases", "linear_recurrence:channel,delta_rule:head",
+                               "--backends", "naive,chunk,triton", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["device"] == "cpu" and result["matmul_gflops"] > 0
+    rows = {(r["op"], r["backend"]): r for r in result["rows"]}
+    assert set(rows) == {("linear_recurrence", b) for b in ("naive", "chunk", "triton")} | \
+        {("delta_rule", "naive"), ("delta_rule", "chunk")}  # no Triton delta rule: no row, no claim
+    for row in rows.values():
+        assert row["correct"] and row["fwd_s"] > 0 and row["speedup_fwd"] > 0
+
+
+def test_a_wrong_backend_gets_no_speedup(monkeypatch):
+    def off_by_one_percent(*args, **kwargs):
+        o, state = linear_recurrence_chunk(*args, **kwargs)
+        return o * 1.01, state
+
+    monkeypatch.setitem(BACKENDS, "broken", off_by_one_percent)
+    rows = bench_kernels.bench_case("linear_recurrence", "head", 1, 40, 2, 16, ["naive", "broken"], "naive",
+                                    "cpu", torch.float32, repeats=1)
+    broken = next(r for r in rows if r["backend"] == "broken")
+    assert not broken["correct"] and broken["rel_err"] > 5e-3
+    assert broken["speedup_fwd"] is None and broken["speedup_fwdbwd"] is None
+
+
+@pytest.mark.slow
+def test_loss_suites_agree_with_the_materialised_losses():
+    distill = distill_loss_bench.run("cpu", quick=True)
+    mixer = mixer_loss_bench.run("cpu", quick=True)
+    assert {r["backend"] for r in distill} == {"naive", "chunk"} and all(r["correct"] for r in distill)
+    assert {r["backend"] for r in mixer} == {"naive", "tiled"} and all(r["correct"] for r in mixer)
+    assert all(r["peak_mib"] is not None and r["fwdbwd_s"] > 0 for r in distill + mixer)
+
+
+def _base_checkout(tmp_path, name: str, appended: str):
+    """A copy of this tree's kernels whose linear-recurrence chunk form is replaced by `appended` code."""
+    import shutil
+    from pathlib import Path
+
+    base = tmp_path / name
+    shutil.copytree(Path(__file__).resolve().parents[1] / "kernels", base / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    chunk = base / "kernels" / "linear_recurrence" / "chunk.py"
+    chunk.write_text(chunk.read_text() + appended)
+    return base
+
+
+@pytest.mark.slow
+def test_ab_loads_the_base_checkouts_own_code_and_refuses_to_time_different_outputs(tmp_path, capsys):
+    from pathlib import Path
+
+    from bench.perf import kernel_ab
+
+    slow_but_equal = _base_checkout(tmp_path, "naive", """
+from kernels.linear_recurrence.naive import linear_recurrence_naive
+def linear_recurrence_chunk(q, k, v, chunk_size=None, **kwargs):
+    return linear_recurrence_naive(q, k, v, **kwargs)
+""")
+    assert kernel_ab.main(["--base-dir", str(slow_but_equal), "--cases", "lr:channel:70", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| base" in line]
+    assert len(rows) == 1 and float(rows[0].split("|")[-1]) < 1e-4  # the loop's outputs equal the chunk form's
+    wrong = _base_checkout(tmp_path, "wrong", """
+_right = linear_recurrence_chunk
+def linear_recurrence_chunk(*args, **kwargs):
+    o, state = _right(*args, **kwargs)
+    return o * 1.01, state
+""")
+    assert kernel_ab.main(["--base-dir", str(wrong), "--cases", "lr:head:70,dr:head:70", "--repeats", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "outputs differ" in out and out.count("| base") == 1  # only the unchanged delta rule is timed
+    import importlib
+
+    ours = importlib.import_module("kernels.linear_recurrence.chunk")  # ours put back, unchanged
+    assert ours.__file__.startswith(str(Path(__file__).resolve().parents[1])) and hasattr(ours, "chunk_forms")
+    assert kernel_ab.main(["--base-dir", str(tmp_path / "empty"), "--repeats", "1"]) == 2
+    assert "no kernels" in capsys.readouterr().err

@@ -3,8 +3,17 @@ import logging
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 import students
 from students.surgery import _expand_kv
@@ -110,7 +119,8 @@ def test_surgery_logs_every_tensor(teacher, caplog):
     with caplog.at_level(logging.INFO, logger="students.surgery"):
         students.build_student(teacher, "mamba", "qkv_copy")
     assert "model.layers.0.self_attn.q_proj.weight -> model.layers.0.mixer.C_proj.weight [128, 64]" in caplog.text
-    assert "model.layers.1.self_attn.k_proj.weight -> model.layers.1.mixer.B_proj.weight [128, 64] (GQA 2 -> 4 heads)" in caplog.text
+    assert ("model.layers.1.self_attn.k_proj.weight -> model.layers.1.mixer.B_proj.weight [128, 64] (GQA 2 -> 4 heads)"
+            in caplog.text)
     assert "(init) -> model.layers.0.mixer.A_log" in caplog.text
 
 

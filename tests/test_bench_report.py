@@ -4,6 +4,7 @@ import csv
 import json
 import multiprocessing
 
+import pytest
 
 from bench.report import leaderboard
 
@@ -81,23 +82,7 @@ def test_cli_prints_the_table_and_refuses_a_missing_results_dir(tmp_path, capsys
     assert err.startswith("error:") and err.count("\n") == 1
 
 
-def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teacher_dir, works_dir, capsys):
-    from bench.distill import sweep
-
-    assert len(sweep.GRIDS["paper"]) == 8 * 3 * 2
-    common = ["--", "--teacher", str(tiny_teacher_dir), "--preset", "tiny", "--works-dir", str(works_dir),
-              "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress",
-              "--skip-eval", "--skip-throughput"]
-    assert sweep.main(["--grid", "smoke", "--shard", "1/2", *common]) == 0
-    records = sorted(p.name for p in (tmp_path / "results" / "runs").glob("*.json"))
-    assert records == ["teacher__mamba__qkv_copy__tiny__seed0.json"]  # shard 1 of 2 is the second config
-    assert sweep.main(["--grid", "smoke", "--dry-run", *common]) == 0
-    out = capsys.readouterr().out
-    assert "1 done, 1 to run" in out and "done  teacher__mamba" in out and "todo  teacher__gla" in out
-    assert sweep.main(["--grid", "smoke", "--shard", "2/2", *common]) == 2
-    assert sweep.main(["--grid", "nope", *common]) == 2
-
-
+@pytest.mark.slow
 def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
     from bench.report import figures
 

@@ -1,5 +1,5 @@
-"""Stages, losses and `python -m bench.run` on a tiny teacher: each stage learns, runs resume exactly,
-two gloo processes equal one, bad input gets one line."""
+"""bench.distill: losses, stages (fused forms equal materialised ones), the loop and `python -m bench.run` on a
+tiny teacher: each stage learns, runs resume exactly, two gloo processes equal one, bad input gets one line; sweeps."""
 import json
 import math
 import os
@@ -15,7 +15,9 @@ from bench.data import packing as data
 from bench.distill import loop as train
 from bench.distill import losses, run, stages
 from bench.errors import UsageError
+from kernels import fused_distillation_loss, mixer_matrix_loss
 from students.surgery import build_student, load_teacher
+from tests.helpers import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +157,7 @@ def _record(tmp_path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teacher_dir, works_dir):
     from transformers import AutoModelForCausalLM
 
@@ -185,6 +188,7 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     assert reloaded.config.student == "gla"
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_teacher_dir, works_dir):
     base = ["--student", "mamba", "--init", "qkv_copy+matrix_mixing", "--skip-eval", "--checkpoint-every", "1000"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -201,6 +205,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_teach
     assert log_steps == list(range(1, 40))  # no duplicated or missing steps across the interruptions
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tmp_path, tiny_teacher_dir, works_dir):
     args = ["--student", "gla", "--init", "qkv_copy", "--skip-eval", "--tokens", str(20 * 4 * 32),
             "--stages", "hidden_alignment,end_to_end"]
@@ -218,6 +223,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_teacher_dir, works_
     assert one["metrics"] == pytest.approx(two["metrics"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_fsdp_sharded_teacher_equals_a_replicated_one(tmp_path, tiny_teacher_dir, works_dir):
     # The fused losses round differently with the batch split over ranks (and a sharded teacher feeds logits,
     # a whole one hidden states); Adam amplifies 1e-7 to ~1e-3 in 36 steps, so this test about sharding
@@ -299,3 +305,109 @@ def test_weights_fingerprint_follows_the_weight_bytes(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weightz")
     assert env.weights_fingerprint(str(tmp_path)) != first
     assert env.weights_fingerprint(str(tmp_path / "absent")) == "unknown"  # a hub id with no revision known
+
+
+# ---------------------------------------------------------------------------------------- end_to_end stage
+@pytest.fixture(scope="module")
+def teacher_and_ids(tiny_teacher_dir):
+    from students.surgery import load_teacher
+
+    teacher = load_teacher(str(tiny_teacher_dir))
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
+    return teacher, ids
+
+
+@pytest.mark.parametrize("student_name", ["gla", "llama_teacher_clone"])
+def test_end_to_end_fused_loss_equals_materialised_loss(student_name, teacher_and_ids, monkeypatch):
+    from students.surgery import build_student
+
+    teacher, ids = teacher_and_ids
+    calls = []
+    monkeypatch.setattr(stages, "fused_distillation_loss",
+                        lambda *args, **kwargs: calls.append(sorted(kwargs)) or fused_distillation_loss(*args, **kwargs))
+    if student_name == "llama_teacher_clone":  # an HF model as the student: the `model.model` hidden path
+        student = type(teacher)(teacher.config)
+        student.load_state_dict(teacher.state_dict())
+    else:
+        student = build_student(teacher, student_name, init="random")
+    results = []
+    for fused in (True, False):
+        options = stages.StageOptions(temperature=1.5, kl_weight=0.8, ce_weight=0.2, fused_loss=fused)
+        module = stages.StageModule(stages.STAGES["end_to_end"], student, [teacher], options)
+        student.zero_grad()
+        loss, metrics = module(ids)
+        loss.backward()
+        results.append((loss.detach(), metrics, {n: p.grad.clone() for n, p in student.named_parameters()}))
+    assert len(calls) == 1 and "teacher_hidden" in calls[0]  # fused once, from the teacher's hidden states
+    (loss_f, metrics_f, grads_f), (loss_m, metrics_m, grads_m) = results
+    torch.testing.assert_close(loss_f, loss_m, rtol=1e-5, atol=0)
+    assert metrics_f == pytest.approx(metrics_m, rel=1e-5)
+    assert grads_f.keys() == grads_m.keys()
+    for name in grads_f:
+        scale = grads_m[name].abs().max().clamp_min(1e-12)
+        torch.testing.assert_close(grads_f[name] / scale, grads_m[name] / scale, rtol=0, atol=1e-4, msg=name)
+
+
+def test_end_to_end_with_fsdp_sharded_teacher_passes_its_logits(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.distill.loop import shard_frozen
+
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2)
+    teacher, student = LlamaForCausalLM(config).eval(), LlamaForCausalLM(config)
+    ids = torch.randint(0, 50, (2, 9))
+    options = stages.StageOptions(fused_loss=False)
+    want = stages.StageModule(stages.STAGES["end_to_end"], student, [teacher], options)(ids)[0]
+    calls = []
+    monkeypatch.setattr(stages, "fused_distillation_loss",
+                        lambda *args, **kwargs: calls.append(sorted(kwargs)) or fused_distillation_loss(*args, **kwargs))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        shard_frozen(teacher)
+        got = stages.StageModule(stages.STAGES["end_to_end"], student, [teacher], stages.StageOptions())(ids)[0]
+    finally:
+        dist.destroy_process_group()
+    assert len(calls) == 1 and "teacher_logits" in calls[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ stage
+@pytest.mark.parametrize("name", ["mamba", "rwkv", "linear_attention", "gla", "xlstm"])
+def test_matrix_mixing_stage_fused_equals_materialised(teacher, name, monkeypatch):
+    calls = []
+    monkeypatch.setattr(stages, "mixer_matrix_loss", lambda *a, **kw: calls.append(1) or mixer_matrix_loss(*a, **kw))
+    student = build_student(teacher, name, "random", seed=0)
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
+    params = [p for layer in student.model.layers for p in layer.mixer.parameters()]
+    results = {}
+    for fused in (True, False):
+        batch = stages.Batch(ids, student, [teacher], None, stages.StageOptions(fused_matrix_loss=fused))
+        with stages.eager_attention([teacher], stages.STAGES["matrix_mixing"].needs_attention_weights):
+            loss, metrics = stages.STAGES["matrix_mixing"].loss(batch)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results[fused] = (loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+    assert len(calls) == len(student.model.layers) and teacher.config._attn_implementation != "capture_qk"
+    assert teacher.config.num_key_value_heads < teacher.config.num_attention_heads  # GQA teacher
+    assert_close(results[True][0], results[False][0], 1e-5)
+    for got, want in zip(results[True][1], results[False][1]):
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max().clamp_min(1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teacher_dir, works_dir, capsys):
+    from bench.distill import sweep
+
+    assert len(sweep.GRIDS["paper"]) == 8 * 3 * 2
+    common = ["--", "--teacher", str(tiny_teacher_dir), "--preset", "tiny", "--works-dir", str(works_dir),
+              "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress",
+              "--skip-eval", "--skip-throughput"]
+    assert sweep.main(["--grid", "smoke", "--shard", "1/2", *common]) == 0
+    records = sorted(p.name for p in (tmp_path / "results" / "runs").glob("*.json"))
+    assert records == ["teacher__mamba__qkv_copy__tiny__seed0.json"]  # shard 1 of 2 is the second config
+    assert sweep.main(["--grid", "smoke", "--dry-run", *common]) == 0
+    out = capsys.readouterr().out
+    assert "1 done, 1 to run" in out and "done  teacher__mamba" in out and "todo  teacher__gla" in out
+    assert sweep.main(["--grid", "smoke", "--shard", "2/2", *common]) == 2
+    assert sweep.main(["--grid", "nope", *common]) == 2

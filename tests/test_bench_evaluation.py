@@ -280,6 +280,7 @@ def test_lm_eval_adapter_rolling_and_generation(student, tokenizer):
 
 def test_flat_scores_and_standard_tasks():
     import lm_eval  # noqa: F401  (a test dependency)
+
     from bench.evaluation.lm_eval_adapter import STANDARD_TASKS, flat_scores, resolve_tasks
 
     assert resolve_tasks("standard,piqa,distill_cloze") == [*STANDARD_TASKS, "distill_cloze"]

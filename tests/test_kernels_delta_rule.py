@@ -1,0 +1,56 @@
+"""delta_rule: the chunked form and the mixer matrix equal the fp32 loop, outputs and gradients."""
+import pytest
+import torch
+
+from kernels import delta_rule
+from tests.helpers import assert_close
+from tests.kernel_cases import LENGTHS, B, H, K, compare, delta_inputs
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("decay", [False, True], ids=["nodecay", "gated"])
+@pytest.mark.parametrize("T", LENGTHS, ids=[f"B{B}-T{t}-H{H}-K{K}" for t in LENGTHS])
+def test_delta_rule_chunk_matches_naive(T, decay, init):
+    compare(delta_rule, delta_inputs(T, decay, init), "chunk")
+
+
+@pytest.mark.parametrize("per_step", [1.5, 7.0], ids=["halved", "pairwise"])
+def test_delta_rule_chunk_exact_for_strong_decay(per_step):
+    """~1.5 per step: 64-token chunks span ~96, so the call runs at 32-token chunks (factored); ~7 per step:
+    even 16-token chunks span beyond the policy's safe span, so the ratios are taken pairwise."""
+    from kernels.chunking import CHUNK, DENORMALS
+
+    inputs = delta_inputs(200, True, True)
+    with torch.no_grad():
+        inputs["log_decay"].copy_(-per_step * (0.8 + 0.4 * torch.rand(B, 200, H)))
+    span = lambda length: -inputs["log_decay"][:, :length].sum(1)
+    if per_step > 5:
+        assert (span(DENORMALS.delta_min_chunk) > DENORMALS.safe_span).all()
+    else:
+        assert (span(CHUNK) > DENORMALS.delta_halve_span).all() and (span(CHUNK // 2) < DENORMALS.delta_halve_span).all()
+    compare(delta_rule, inputs, "chunk")
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+def test_delta_rule_split_in_two_calls(backend):
+    inputs = {n: t.detach() if t is not None else None for n, t in delta_inputs(150, True, True).items()}
+    full, full_state = delta_rule(**inputs, output_final_state=True, backend=backend)
+    cut = 70
+    seq = ("q", "k", "v", "beta", "log_decay")
+    first = {n: (t[:, :cut] if n in seq else t) for n, t in inputs.items()}
+    second = {n: (t[:, cut:] if n in seq else t) for n, t in inputs.items()}
+    o1, s1 = delta_rule(**first, output_final_state=True, backend=backend)
+    second["initial_state"] = s1
+    o2, s2 = delta_rule(**second, output_final_state=True, backend=backend)
+    assert_close(torch.cat([o1, o2], dim=1), full, 1e-4, "split output")
+    assert_close(s2, full_state, 1e-4, "split state")
+
+
+@pytest.mark.parametrize("decay", [False, True], ids=["nodecay", "gated"])
+def test_delta_rule_matrix_times_v_equals_output(decay):
+    from kernels import delta_rule_matrix
+
+    inputs = {n: t.detach() if t is not None else None for n, t in delta_inputs(100, decay, False).items()}
+    o, _ = delta_rule(**inputs, backend="naive")
+    M = delta_rule_matrix(inputs["q"], inputs["k"], inputs["beta"], inputs["log_decay"])
+    assert_close(torch.einsum("bhts,bshv->bthv", M, inputs["v"]), o, 1e-4, "M @ v")
