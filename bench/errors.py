@@ -2,6 +2,7 @@
 
 A message names the problem and the fix in one line. Subclasses say where the problem was found.
 """
+import argparse
 
 
 class BenchError(ValueError):
@@ -22,6 +23,24 @@ class CorpusError(BenchError):
 
 class EvalError(BenchError):
     """Bad evaluation input."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors (a missing flag, `--lr abc`) are one `error:` line with exit code 2, like the rest."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads for this process (two torch processes on two cores, each with two threads,
+    slow each other down ~10×: give each its share)."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be positive, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def fail(error: BaseException) -> int:

@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader never sees a torn file and a crash never loses the previous one."""
+"""Atomic file writes and locks: a reader never sees a torn file, a crash never loses the previous one, and
+two processes never write the same output at once."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -56,3 +58,46 @@ def atomic_directory(target: str | os.PathLike):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear_staging(target: str | os.PathLike) -> None:
+    """Remove the staging directories `atomic_directory` left beside `target` when a process was killed inside
+    the block (call it while holding the lock on their parent, so no live writer owns them)."""
+    target = Path(target)
+    for leftover in target.parent.glob(f".{target.name}-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def locked(path: str | os.PathLike):
+    """Hold an exclusive lock on `path` (created if needed) for the block; waits for another holder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike):
+    """Hold an exclusive lock on `path` for the block, or raise `Busy` at once if another process holds it.
+    The lock dies with its process, so a killed run never leaves a stale lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(str(path)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -47,6 +47,9 @@ class Mixer(nn.Module):
     QKV_COPY: dict[str, str] = {}  # student submodule -> teacher attention submodule, for init="qkv_copy"
     IDENTITY_CONVS: tuple[str, ...] = ()
     EXPAND_KV = True  # expand grouped-query k/v heads to one per query head
+    # Options a user may set (`--mixer-option KEY=VALUE`): name -> the values it takes. Options the surgery sets
+    # from the teacher (rope_fn, qk_norm, attention_bias) are not listed: they are not the user's to choose.
+    OPTIONS: dict[str, tuple] = {}
 
     def __init__(self, config: MixerConfig):
         super().__init__()

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from students.modeling import SUPPORTED_FAMILIES, StudentConfig, StudentForCausalLM
@@ -43,7 +44,11 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, trust_re
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load teacher config from {name_or_path!r}: {str(err).splitlines()[0]}") from None
     check_teacher_config(config)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, truncated or mismatched weights
+        raise ValueError(f"cannot load teacher weights from {name_or_path!r} ({str(err).splitlines()[0]}); pass a "
+                         f"directory with the complete weights written by save_pretrained, or a hub id") from None
 
 
 def check_teacher_config(config) -> None:

@@ -262,7 +262,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_teac
                      *_cli(tmp_path, tiny_teacher_dir, works_dir, "--checkpoint-every", "3")])
     message = capsys.readouterr().err.strip()
     assert code == 3 and "loss is nan" in message and "last good checkpoint" in message
-    state = train.checkpoint_state(next((tmp_path / "runs").iterdir()) / "checkpoint")
+    state = train.checkpoint_state(next(p for p in (tmp_path / "runs").iterdir() if p.is_dir()) / "checkpoint")
     assert state["stage_index"] == 1 and state["step"] == 6  # checkpoints every 3 steps; step 7 was NaN
 
 
@@ -404,10 +404,207 @@ def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teache
               "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress",
               "--skip-eval", "--skip-throughput"]
     assert sweep.main(["--grid", "smoke", "--shard", "1/2", *common]) == 0
-    records = sorted(p.name for p in (tmp_path / "results" / "runs").glob("*.json"))
-    assert records == ["teacher__mamba__qkv_copy__tiny__seed0.json"]  # shard 1 of 2 is the second config
+    records = [p.name for p in (tmp_path / "results" / "runs").glob("*.json")]
+    assert len(records) == 1 and records[0].startswith("teacher__mamba__qkv_copy__tiny__")  # shard 1/2: 2nd config
     assert sweep.main(["--grid", "smoke", "--dry-run", *common]) == 0
     out = capsys.readouterr().out
     assert "1 done, 1 to run" in out and "done  teacher__mamba" in out and "todo  teacher__gla" in out
+    assert sweep.main(["--grid", "smoke", "--dry-run", *common, "--tokens", "25600"]) == 0  # another budget
+    assert "0 done, 2 to run" in capsys.readouterr().out  # is another run, not the finished one
     assert sweep.main(["--grid", "smoke", "--shard", "2/2", *common]) == 2
     assert sweep.main(["--grid", "nope", *common]) == 2
+
+
+# ------------------------------------------------------------------------------------ reliability (bad input)
+def _broken_teacher(tmp_path, tiny_teacher_dir, how: str):
+    import shutil
+
+    broken = tmp_path / f"teacher-{how}"
+    shutil.copytree(tiny_teacher_dir, broken)
+    weights = broken / "model.safetensors"
+    if how == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return broken
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_a_broken_teacher_is_one_error_line_for_run_and_throughput(how, tmp_path, tiny_teacher_dir, works_dir, capsys):
+    from bench.perf import throughput
+
+    broken = _broken_teacher(tmp_path, tiny_teacher_dir, how)
+    assert run.main(["--student", "gla", *_cli(tmp_path, broken, works_dir)]) == 2
+    assert "cannot load teacher weights" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    assert throughput.main(["--student", "gla", "--teacher", str(broken), "--lengths", "16"]) == 2
+    assert "cannot load teacher weights" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("name, content", [("empty.txt", b""), ("noise.txt", None), ("noise.jsonl", None),
+                                           ("noise.parquet", None)])
+def test_an_unreadable_dataset_is_one_error_line(name, content, tmp_path, tiny_teacher_dir, works_dir, capsys):
+    dataset = tmp_path / "data" / name
+    dataset.parent.mkdir()
+    dataset.write_bytes(content if content is not None else bytes(range(256)) * 40)
+    assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--dataset", str(dataset)]) == 2
+    assert str(dataset) in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "--lr must be positive"), (["--lr", "nan"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be positive"), (["--temperature", "0"], "--temperature must be positive"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
+    (["--warmup-fraction", "-3"], "--warmup-fraction must lie in [0, 1)"),
+    (["--kl-weight", "0", "--ce-weight", "0"], "both 0"), (["--threads", "0"], "--threads must be positive"),
+    (["--lr", "abc"], "invalid float value"),
+    (["--student", "linear_attention", "--mixer-option", "feature_map=nosuch"], "feature_map='nosuch' is not one of"),
+    (["--mixer-option", "feature_map=elu"], "student gla has no option 'feature_map'"),
+])
+def test_bad_numbers_and_options_are_refused_not_replaced(argv, message, tmp_path, tiny_teacher_dir, works_dir, capsys):
+    student = [] if "--student" in argv else ["--student", "gla"]
+    assert run.main([*student, *_cli(tmp_path, tiny_teacher_dir, works_dir), *argv]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_run_names_carry_every_setting_that_changes_the_result(tmp_path, tiny_teacher_dir, works_dir):
+    def name(*extra):
+        args = run.build_parser().parse_args(["--student", "linear_attention", *_cli(tmp_path, tiny_teacher_dir,
+                                                                                    works_dir), *extra])
+        return run.settings_from_args(args).run_name
+
+    base = name()
+    variants = [name("--tokens", "25600"), name("--lr", "0.002"), name("--seq-len", "16"), name("--batch-size", "2"),
+                name("--dataset", str(works_dir)), name("--mixer-option", "feature_map=hedgehog"),
+                name("--temperature", "2"), name("--warmup-fraction", "0.1")]
+    assert len({base, *variants}) == len(variants) + 1
+    assert name() == base and name("--checkpoint-every", "7") == base  # how often it saves changes nothing
+    assert name("--seed", "1").replace("seed1", "seed0") == base  # seeds of one configuration share the hash
+
+
+def test_resume_refuses_other_settings_and_may_lower_the_learning_rate(tmp_path, tiny_teacher_dir, works_dir, capsys):
+    common = [*_cli(tmp_path, tiny_teacher_dir, works_dir), "--run-name", "fixed", "--skip-eval"]
+    assert run.main(["--student", "gla", *common, "--stop-after", "3"]) == 0
+    assert "continue with --resume" in capsys.readouterr().err
+    assert run.main(["--student", "mamba", *common, "--resume"]) == 2
+    assert "student: 'gla' -> 'mamba'" in _one_error_line(capsys)
+    assert run.main(["--student", "gla", *common, "--resume", "--tokens", "25600"]) == 2
+    assert "tokens: 5120 -> 25600" in _one_error_line(capsys)
+    assert run.main(["--student", "gla", *common, "--resume", "--lr", "1e-4"]) == 0
+    record = _record(tmp_path)
+    assert record["lr_history"][0][0] == 0 and record["lr_history"][1][0] == 3
+    assert set(record["lr_history"][1][1].values()) == {1e-4} and record["settings"]["lrs"]["end_to_end"] == 1e-4
+
+
+def test_after_a_blow_up_the_last_good_checkpoint_resumes_with_a_lower_learning_rate(tmp_path, tiny_teacher_dir,
+                                                                                    works_dir, capsys):
+    from safetensors.torch import load_file
+
+    common = ["--student", "gla", "--init", "qkv_copy", "--skip-eval", "--run-name", "hot",
+              *_cli(tmp_path, tiny_teacher_dir, works_dir, "--checkpoint-every", "2")]
+    assert run.main([*common, "--lr", "1e6"]) == 3
+    assert "last good checkpoint" in capsys.readouterr().err
+    state = train.checkpoint_state(tmp_path / "runs" / "hot" / "checkpoint")
+    weights = load_file(f"{state['path']}/student.safetensors")
+    assert all(torch.isfinite(w).all() and w.abs().max() < 1e3 for w in weights.values())  # not the blown-up ones
+    assert run.main([*common, "--lr", "1e-3", "--resume"]) == 0
+    assert math.isfinite(_record(tmp_path)["metrics"]["val_kl"])
+
+
+def test_a_run_in_use_by_another_process_is_refused(tmp_path, tiny_teacher_dir, works_dir, capsys):
+    from bench.files import exclusive
+
+    (tmp_path / "runs").mkdir()
+    with exclusive(tmp_path / "runs" / ".busy.lock"):
+        assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--run-name", "busy"]) == 2
+    assert "being written by another process" in _one_error_line(capsys)
+    assert not (tmp_path / "runs" / "busy").exists()
+
+
+def test_leftovers_of_a_killed_write_are_cleared_and_the_student_is_written_whole(tmp_path, tiny_teacher_dir,
+                                                                                  works_dir, monkeypatch):
+    from students.modeling import StudentForCausalLM
+
+    out = tmp_path / "runs" / "whole"
+    (out / ".checkpoint-killed").mkdir(parents=True)  # what a kill -9 during a checkpoint write leaves
+    (out / ".checkpoint-killed" / "student.safetensors").write_bytes(b"x" * 1000)
+    common = ["--student", "gla", "--skip-eval", "--run-name", "whole", *_cli(tmp_path, tiny_teacher_dir, works_dir)]
+    real = StudentForCausalLM.save_pretrained
+
+    def dies_after_the_config(self, directory, **kwargs):
+        self.config.save_pretrained(directory)
+        raise KeyboardInterrupt  # a kill in the middle of the write
+
+    monkeypatch.setattr(StudentForCausalLM, "save_pretrained", dies_after_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(common)
+    assert not (out / "student").exists() and not (out / ".checkpoint-killed").exists()
+    monkeypatch.setattr(StudentForCausalLM, "save_pretrained", real)
+    assert run.main([*common, "--resume"]) == 0
+    assert {p.name for p in (out / "student").iterdir()} >= {"config.json", "model.safetensors"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".student-")]
+
+
+def test_seconds_count_every_invocation_of_a_resumed_run(tmp_path, tiny_teacher_dir, works_dir, monkeypatch):
+    common = ["--student", "gla", "--skip-eval", "--run-name", "timed", *_cli(tmp_path, tiny_teacher_dir, works_dir)]
+    clock, ticks = {"now": 1000.0}, []
+    monkeypatch.setattr(run.time, "time", lambda: clock["now"])  # time only moves at checkpoints, 10 s each
+    real_train = train.train
+
+    def ticking_train(*args, **kwargs):
+        def tick(state, inner=kwargs["on_checkpoint"]):
+            clock["now"] += 10.0
+            ticks.append(1)
+            return inner(state)
+        return real_train(*args, **{**kwargs, "on_checkpoint": tick})
+
+    monkeypatch.setattr(run.train_lib, "train", ticking_train)
+    assert run.main([*common, "--stop-after", "3"]) == 0
+    first = len(ticks)
+    assert run.main([*common, "--resume"]) == 0
+    record = _record(tmp_path)
+    assert first >= 2 and len(ticks) > first
+    assert record["train_seconds"] == pytest.approx(10.0 * len(ticks))  # both invocations, not the last one
+    assert record["seconds"] >= record["train_seconds"]
+
+
+def test_threads_flag_sets_torch_threads(tmp_path, tiny_teacher_dir, works_dir):
+    before = torch.get_num_threads()
+    try:
+        assert run.main(["--student", "gla", "--skip-eval", "--threads", "1",
+                         *_cli(tmp_path, tiny_teacher_dir, works_dir)]) == 0
+        assert _record(tmp_path)["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_sweep_records_a_crashing_run_and_goes_on(tmp_path, tiny_teacher_dir, works_dir, monkeypatch, capsys):
+    from bench.distill import sweep
+
+    real = run.main
+    monkeypatch.setattr(sweep.run_lib, "main",
+                        lambda argv: (_ for _ in ()).throw(RuntimeError("boom")) if "gla" in argv else real(argv))
+    common = ["--", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--skip-eval"]
+    assert sweep.main(["--grid", "smoke", *common]) == 1
+    out, err = capsys.readouterr()
+    assert "RuntimeError: boom" in out and "1 of 2 runs failed" in err
+    assert [p.name.split("__")[1] for p in (tmp_path / "results" / "runs").glob("*.json")] == ["mamba"]
+
+
+def test_sweep_workers_share_the_cores(tmp_path, tiny_teacher_dir, works_dir, monkeypatch):
+    from bench.distill import sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "_run_in_subprocess", lambda argv: seen.append(argv) or (0, ""))
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 4)
+    assert sweep.main(["--grid", "smoke", "--workers", "2", "--", *_cli(tmp_path, tiny_teacher_dir, works_dir)]) == 0
+    assert len(seen) == 2 and all(argv[argv.index("--threads") + 1] == "2" for argv in seen)
+    assert sweep.main(["--grid", "smoke", "--workers", "0"]) == 2

@@ -316,6 +316,22 @@ def test_bad_cli_input_gives_one_line_and_exit_code_2(arguments, message, tiny_t
     assert code == 2 and message in err and err.startswith("error:") and "\n" not in err
 
 
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_a_model_with_broken_weights_is_one_error_line(how, tiny_teacher_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "student"
+    shutil.copytree(tiny_teacher_dir, broken)
+    weights = broken / "model.safetensors"
+    if how == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    assert cli.main(["--model", str(broken), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot load model") and "\n" not in err
+
+
 def test_cli_writes_scores_as_json(tiny_teacher_dir, works_dir, tmp_path, monkeypatch, capsys):
     from bench import provenance as env
 

@@ -97,6 +97,8 @@ def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
                                 "decode": {"1024": {"ms_per_token": 1.0 * k}, "32768": {"ms_per_token": 1.1 * k}}}
                          for k, name in enumerate(["floor", "teacher", "gla"], 1)}}
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(report))
+    (tmp_path / "runs" / "list.json").write_text("[1, 2]")  # valid JSON, not a record: skipped by name
+    (tmp_path / "runs" / "partial.json").write_text('{"run": "x", "settings": 3}')
     paths = figures.draw_all(tmp_path)
     assert {p.name for p in paths} == {"recovery_by_architecture.png", "init_ablation.png", "stage_loss_curves.png",
                                        "recall_vs_length.png", "score_vs_throughput.png", "prefill_vs_length.png",

@@ -9,8 +9,10 @@ exactly the batches an uninterrupted single-process run would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Iterable, Iterator
 import torch
 
 from bench.data import corpus, recall
-from bench.errors import DataError
+from bench.errors import CorpusError, DataError
 
 EMBEDDED = "shakespeare"
 SPLITS = ("train", "validation", "test")
@@ -114,15 +116,41 @@ def _load_dataset(dataset: str, streaming: bool):
         if len(builders) > 1:
             raise DataError(f"{dataset} mixes file types {sorted(builders)}; keep one type per dataset")
         builder = builders.pop()
+        if all(p.stat().st_size == 0 for p in files):
+            raise DataError(f"{dataset} is empty; pass files that hold text")
         options = {"sample_by": "document" if len(files) > 1 else "paragraph"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=[str(p) for p in files], streaming=streaming,
-                                     **options)
+        try:
+            with _quiet("datasets"):  # its parser logs a traceback; the error below says it in one line
+                return datasets.load_dataset(builder, data_files=[str(p) for p in files], streaming=streaming,
+                                             **options)
+        except Exception as error:  # datasets wraps the parser's error; the user needs its cause in one line
+            raise DataError(f"cannot read {dataset} as {builder} files ({_root_cause(error)}); pass UTF-8 text, "
+                            f"JSON lines with a --text-field column, or parquet") from None
     try:
         return datasets.load_dataset(dataset, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs one line either way
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"could not load dataset {dataset!r} ({message}); check the id, or pass a local "
                         f"path, or {EMBEDDED!r}") from None
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Silence a library's logger for the block (our own error message reports what went wrong)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def dataset_texts(dataset: str, split: str, text_field: str = "text", streaming: bool = False) -> Iterator[str]:
@@ -227,7 +255,14 @@ def load_blocks(spec: DataSpec, tokenizer, split: str) -> torch.Tensor:
     if spec.streaming and spec.max_blocks is None:
         raise DataError("a streaming dataset needs --max-blocks to bound how much is read")
     texts, whole = split_texts(spec, split)
-    return pack_blocks(texts, tokenizer, spec.seq_len, whole, spec.max_blocks)
+    try:
+        with _quiet("datasets"):
+            return pack_blocks(texts, tokenizer, spec.seq_len, whole, spec.max_blocks)
+    except (DataError, CorpusError):
+        raise
+    except Exception as error:  # a streamed source fails while it is read, deep inside datasets or pyarrow
+        raise DataError(f"cannot read the {split} split of {spec.dataset} ({_root_cause(error)}); check the "
+                        f"files or the dataset id") from None
 
 
 class Batches:

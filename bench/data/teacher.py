@@ -7,7 +7,6 @@ time budget ends), and saved as a Hugging Face directory with a model card recor
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -19,7 +18,7 @@ import torch
 from bench import provenance
 from bench.data import packing as data_lib
 from bench.data import recall
-from bench.errors import BenchError, fail
+from bench.errors import BenchError, Parser, fail, set_threads
 from bench.files import atomic_directory, atomic_write_json, atomic_write_text
 
 EMBEDDED_TEACHER = Path(__file__).resolve().parent / "embedded_teacher"
@@ -265,20 +264,22 @@ held-out generated documents of at most N tokens. Full log: `training.json`.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.teacher", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m bench.teacher", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=EMBEDDED_TEACHER, help="output directory")
     parser.add_argument("--tiny", action="store_true", help="the test-sized recipe")
     parser.add_argument("--works-dir", help="directory of *_gut.txt files (default: the fetched corpus)")
     for field, value in asdict(TeacherRecipe()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None)
-    args = parser.parse_args(argv)
-    recipe = TeacherRecipe.tiny() if args.tiny else TeacherRecipe()
-    for field in asdict(recipe):
-        if getattr(args, field) is not None:
-            setattr(recipe, field, getattr(args, field))
-    if recipe.seq_len > recipe.context:
-        parser.error(f"--seq-len {recipe.seq_len} exceeds --context {recipe.context}")
     try:
+        args = parser.parse_args(argv)
+        set_threads(args.threads)
+        recipe = TeacherRecipe.tiny() if args.tiny else TeacherRecipe()
+        for field in asdict(recipe):
+            if getattr(args, field) is not None:
+                setattr(recipe, field, getattr(args, field))
+        if recipe.seq_len > recipe.context:
+            parser.error(f"--seq-len {recipe.seq_len} exceeds --context {recipe.context}")
         pretrain(args.out, recipe, args.works_dir)
     except BenchError as error:
         return fail(error)

@@ -118,13 +118,13 @@ def learning_rate(step: int, steps: int, peak: float, schedule: str, warmup_frac
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(directory: Path, student, module, optimizer, state: dict) -> None:
+def save_checkpoint(directory: Path, student, module, optimizer, state: dict, rng_state: torch.Tensor) -> None:
     """Student, stage extras, optimiser and RNG, position; swapped in whole so a crash keeps the last one."""
     with atomic_directory(directory) as staging:
         save_model(student, str(staging / "student.safetensors"))
         if module.extras is not None:
             save_model(module.extras, str(staging / "extras.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, staging / "optimizer.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state}, staging / "optimizer.pt")
         atomic_write_json(staging / "state.json", state)
 
 
@@ -149,10 +149,21 @@ def _truncate_log(log_path: Path, global_step: int) -> None:
         atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
 
+def _all_finite(params) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
 # ------------------------------------------------------------------------------------------------- loop
 def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOptions, batches, config: TrainConfig,
-          out_dir: Path, dist: Distributed, resume: dict | None = None) -> list[dict]:
-    """Run the stages in order; returns one summary per stage (steps, tokens, losses, time)."""
+          out_dir: Path, dist: Distributed, resume: dict | None = None, identity: dict | None = None,
+          on_checkpoint=None) -> list[dict]:
+    """Run the stages in order; returns one summary per stage (steps, tokens, losses, time).
+
+    A checkpoint holds weights whose loss was just seen to be finite: it is written after a step's forward
+    pass has been checked and before that step's update, so the "last good checkpoint" named on a NaN is one
+    that a resume with a lower learning rate can continue from. `identity` is stored with it (`--resume`
+    compares it); `on_checkpoint(state)` may add to the stored state (e.g. the seconds trained so far).
+    """
     checkpoint_dir, log_path = out_dir / "checkpoint", out_dir / "log.jsonl"
     summaries: list[dict] = list(resume["summaries"]) if resume else []
     first_stage = resume["stage_index"] if resume else 0
@@ -163,6 +174,7 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         teacher.eval().requires_grad_(False)
     autocast = (torch.autocast(dist.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
     tokens_per_step = config.batch_size * config.seq_len
+    extra = on_checkpoint or (lambda state: state)
 
     for stage_index in range(first_stage, len(plans)):
         plan = plans[stage_index]
@@ -173,7 +185,8 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=plan.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
         start, history = 0, []
-        if resume and stage_index == first_stage:
+        resumed_here = resume is not None and stage_index == first_stage
+        if resumed_here:
             start, history = resume["step"], list(resume["history"])
             saved = torch.load(Path(resume["path"]) / "optimizer.pt", weights_only=True)
             torch.set_rng_state(saved["rng"])
@@ -190,11 +203,16 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                    dynamic_ncols=True)
         stage_started, stage_tokens = time.time(), 0
 
-        def state(step_done: int) -> dict:
-            return {"stage_index": stage_index, "step": step_done, "history": history, "summaries": summaries}
+        def checkpoint(step: int, rng_state: torch.Tensor) -> None:
+            if dist.is_main:
+                state = extra({"stage_index": stage_index, "step": step, "history": list(history),
+                               "summaries": summaries, "identity": identity})
+                save_checkpoint(checkpoint_dir, student, module, optimizer, state, rng_state)
+            dist.barrier()
 
         with stage_lib.eager_attention(teachers, plan.stage.needs_attention_weights):
             for step in range(start, plan.steps):
+                rng_state = torch.get_rng_state()  # before the forward: a resume repeats it exactly
                 lr = learning_rate(step, plan.steps, plan.lr, config.schedule, config.warmup_fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -208,7 +226,17 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                     where = f"{kept['path']} (stage {plans[kept['stage_index']].name}, step {kept['step']})" \
                         if kept else "none yet"
                     raise NonFiniteLoss(f"stage {plan.name} step {step}: loss is {loss_value}; last good "
-                                        f"checkpoint: {where}; lower the learning rate or use --dtype fp32")
+                                        f"checkpoint: {where}; continue from it with --resume and a lower --lr "
+                                        f"(and this run's --run-name), or use --dtype fp32")
+                # The weights that gave this finite loss are a good resumable point: written before the update.
+                first_of_invocation = resumed_here and step == start
+                stopping = config.stop_after is not None and global_step >= config.stop_after
+                due = step == 0 or step % config.checkpoint_every == 0 or stopping
+                if due and not first_of_invocation:
+                    checkpoint(step, rng_state)
+                if stopping:
+                    bar.close()
+                    raise Interrupted(f"stopped after {global_step} steps; continue with --resume")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -226,27 +254,18 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                            **{k: round(v, 6) for k, v in metrics.items()}}
                     with open(log_path, "a") as handle:
                         handle.write(json.dumps(row) + "\n")
-                done = step + 1
-                stopping = config.stop_after is not None and global_step >= config.stop_after
-                if done < plan.steps and (stopping or done % config.checkpoint_every == 0):
-                    if dist.is_main:
-                        save_checkpoint(checkpoint_dir, student, module, optimizer, state(done))
-                    dist.barrier()
-                if stopping and done < plan.steps:
-                    bar.close()
-                    raise Interrupted(f"stopped after {global_step} steps; continue with --resume")
         bar.close()
         summaries.append({"stage": plan.name, "steps": plan.steps, "tokens": plan.steps * tokens_per_step,
                           "lr": plan.lr, "first_loss": history[0] if history else None,
                           "last_loss": history[-1] if history else None,
                           "mean_last_10": sum(history[-10:]) / max(1, len(history[-10:])),
                           "seconds": round(time.time() - stage_started, 2), "losses": history})
-        if dist.is_main:  # the stage boundary is always a resumable point
-            next_state = {"stage_index": stage_index + 1, "step": 0, "history": [], "summaries": summaries}
-            save_checkpoint(checkpoint_dir, student, module, optimizer, next_state)
-        dist.barrier()
-        if config.stop_after is not None and global_step >= config.stop_after and stage_index + 1 < len(plans):
-            raise Interrupted(f"stopped after {global_step} steps; continue with --resume")
+        if stage_index + 1 == len(plans) and dist.is_main and _all_finite(student.parameters()):
+            # Training is over: a resume (e.g. after a crash during evaluation) goes straight to evaluation.
+            state = extra({"stage_index": stage_index + 1, "step": 0, "history": [], "summaries": summaries,
+                           "identity": identity})
+            save_checkpoint(checkpoint_dir, student, module, optimizer, state, torch.get_rng_state())
+        dist.barrier()  # a stop_after reached here stops at the next stage's first step, once it is checkpointed
     student.eval()
     return summaries
 

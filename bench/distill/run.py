@@ -7,6 +7,9 @@ Under `torchrun --nproc_per_node N` the same command trains with DDP (gloo on CP
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
 import math
 import os
 import re
@@ -22,8 +25,8 @@ from bench.data import packing as data_lib
 from bench.distill import loop as train_lib
 from bench.distill import losses
 from bench.distill import stages as stage_lib
-from bench.errors import BenchError, UsageError, fail
-from bench.files import atomic_write_json
+from bench.errors import BenchError, Parser, UsageError, fail, set_threads
+from bench.files import Busy, atomic_directory, atomic_write_json, clear_staging, exclusive
 
 INITS = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
 EMBEDDED = "embedded"
@@ -69,7 +72,7 @@ PRESETS = {
 def build_parser() -> argparse.ArgumentParser:
     from students import available
 
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--student", required=True, help=f"one of: {', '.join(available())}")
     p.add_argument("--init", default="qkv_copy", help=f"one of: {', '.join(INITS)}")
     p.add_argument("--teacher", action="append", default=None,
@@ -118,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the student trains with DDP")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for this process (default: torch's choice; give each of several runs its share)")
     return p
 
 
@@ -138,12 +143,14 @@ def _parse_value(text: str):
 
 @dataclass
 class RunSettings:
-    """Everything that defines a run, validated; recorded verbatim."""
+    """Everything that defines a run, validated; recorded verbatim. `identity()` is what changes the result."""
 
     student: str
     init: str
     teachers: list[str]
+    teacher_fingerprints: list[str]
     dataset: str
+    data: dict  # text_field, streaming, max_blocks, works_dir
     preset: str
     tokens: int
     seq_len: int
@@ -153,9 +160,23 @@ class RunSettings:
     seed: int
     dtype: str
     schedule: str
+    warmup_fraction: float
+    weight_decay: float
+    grad_clip: float
     options: dict
     mixer_options: dict
     run_name: str
+
+    def identity(self) -> dict:
+        """Every setting that changes what the run computes (not where it writes, nor how often it saves)."""
+        identity = asdict(self)
+        del identity["run_name"]
+        return identity
+
+    def config_hash(self) -> str:
+        """Eight hex digits over the identity without the seed: runs that differ only in seed share it."""
+        identity = {k: v for k, v in self.identity().items() if k != "seed"}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def default_stages(init: str, n_teachers: int) -> list[str]:
@@ -176,8 +197,26 @@ def split_budget(tokens: int, stages: list[str], tokens_per_step: int) -> list[i
     return steps
 
 
+def _positive(name: str, value, allow_zero: bool = False):
+    """Finite and > 0 (or ≥ 0): NaN, infinities and negatives are refused, never replaced by a default."""
+    if value is not None and not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise UsageError(f"{name} must be {'non-negative' if allow_zero else 'positive'} and finite, got {value}")
+    return value
+
+
+def teacher_fingerprint(name: str) -> str:
+    """The teacher's weight-file hash for a local directory (a retrained teacher is another run); a hub id as is."""
+    path = resolve_teacher(name)
+    if not Path(path).expanduser().is_dir():
+        if path.startswith((".", "/", "~")) or os.path.exists(path):
+            raise UsageError(f"teacher directory {path} does not exist; pass a directory written by save_pretrained "
+                             f"or a hub id")
+        return f"hub:{path}"
+    return provenance.weights_fingerprint(path)
+
+
 def settings_from_args(args) -> RunSettings:
-    from students import available
+    from students import available, check_options
 
     student = _choice(args.student, available(), "student")
     init = _choice(args.init, INITS, "init")
@@ -195,16 +234,36 @@ def settings_from_args(args) -> RunSettings:
         if len(teachers) < stage_lib.STAGES[name].min_teachers:
             raise UsageError(f"stage {name} needs at least {stage_lib.STAGES[name].min_teachers} teachers; "
                              f"repeat --teacher")
-    for name, value in (("--tokens", args.tokens), ("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
+    for name, value in (("--tokens", args.tokens), ("--seq-len", args.seq_len), ("--batch-size", args.batch_size),
+                        ("--checkpoint-every", args.checkpoint_every), ("--stop-after", args.stop_after),
+                        ("--threads", args.threads), ("--max-blocks", args.max_blocks)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
-    seq_len, batch_size = args.seq_len or preset.seq_len, args.batch_size or preset.batch_size
-    tokens = args.tokens or preset.tokens
+    for name, value in (("--lr", args.lr), ("--temperature", args.temperature), ("--grad-clip", args.grad_clip),
+                        ("--entropy-sharpness", args.entropy_sharpness)):
+        _positive(name, value)
+    for name, value in (("--weight-decay", args.weight_decay), ("--kl-weight", args.kl_weight),
+                        ("--ce-weight", args.ce_weight), ("--feature-weight", args.feature_weight)):
+        _positive(name, value, allow_zero=True)
+    if args.kl_weight == 0 and args.ce_weight == 0:
+        raise UsageError("--kl-weight and --ce-weight are both 0: the end-to-end loss would be 0; set one above 0")
+    if not (math.isfinite(args.warmup_fraction) and 0 <= args.warmup_fraction < 1):
+        raise UsageError(f"--warmup-fraction must lie in [0, 1), got {args.warmup_fraction}")
+    if not (math.isfinite(args.attention_alpha) and 0 <= args.attention_alpha <= 1):
+        raise UsageError(f"--attention-alpha must lie in [0, 1], got {args.attention_alpha}")
+    if args.streaming and args.max_blocks is None:
+        raise UsageError("--streaming needs --max-blocks to bound how much is read")
+    seq_len = args.seq_len if args.seq_len is not None else preset.seq_len
+    batch_size = args.batch_size if args.batch_size is not None else preset.batch_size
+    tokens = args.tokens if args.tokens is not None else preset.tokens
     split_budget(tokens, stages, seq_len * batch_size)
     weights = ()
     if args.teacher_weights:
-        weights = tuple(float(w) for w in args.teacher_weights.split(","))
-        if len(weights) != len(teachers) or min(weights) <= 0:
+        try:
+            weights = tuple(float(w) for w in args.teacher_weights.split(","))
+        except ValueError:
+            weights = ()
+        if len(weights) != len(teachers) or not all(math.isfinite(w) and w > 0 for w in weights):
             raise UsageError(f"--teacher-weights needs {len(teachers)} positive numbers, one per --teacher")
     mixer_options = {}
     for item in args.mixer_option:
@@ -212,19 +271,27 @@ def settings_from_args(args) -> RunSettings:
             raise UsageError(f"--mixer-option {item!r} is not KEY=VALUE")
         key, value = item.split("=", 1)
         mixer_options[key.strip()] = _parse_value(value.strip())
+    try:
+        check_options(student, mixer_options)
+    except ValueError as error:
+        raise UsageError(f"--mixer-option: {error}") from None
     options = asdict(stage_lib.StageOptions(
         temperature=args.temperature, kl_weight=args.kl_weight, ce_weight=args.ce_weight,
         matrix_loss=args.matrix_loss, attention_alpha=args.attention_alpha, teacher_weights=weights,
         entropy_sharpness=args.entropy_sharpness, feature_weight=args.feature_weight,
         fused_loss=not args.no_fused_loss, fused_matrix_loss=not args.no_fused_matrix_loss))
-    lrs = {name: args.lr or preset.lr.get(name, preset.lr["end_to_end"]) for name in stages}
+    lrs = {name: args.lr if args.lr is not None else preset.lr.get(name, preset.lr["end_to_end"]) for name in stages}
+    data = {"text_field": args.text_field, "streaming": args.streaming, "max_blocks": args.max_blocks,
+            "works_dir": args.works_dir}
+    settings = RunSettings(student, init, teachers, [teacher_fingerprint(t) for t in teachers], args.dataset, data,
+                           args.preset, tokens, seq_len, batch_size, stages, lrs, args.seed, args.dtype, args.schedule,
+                           args.warmup_fraction, args.weight_decay, args.grad_clip, options, mixer_options, "")
     teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
-    name = args.run_name or f"{teacher_tag}__{student}__{init}__{args.preset}" + \
-        (f"__{'-'.join(stages)}" if args.stages else "") + f"__seed{args.seed}"
-    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
-        raise UsageError(f"--run-name {name!r} may only hold letters, digits and _ . + -")
-    return RunSettings(student, init, teachers, args.dataset, args.preset, tokens, seq_len, batch_size, stages, lrs,
-                       args.seed, args.dtype, args.schedule, options, mixer_options, name)
+    settings.run_name = args.run_name or \
+        f"{teacher_tag}__{student}__{init}__{args.preset}__{settings.config_hash()}__seed{args.seed}"
+    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", settings.run_name):
+        raise UsageError(f"--run-name {settings.run_name!r} may only hold letters, digits and _ . + -")
+    return settings
 
 
 def check_output_dir(path: Path, what: str) -> Path:
@@ -275,6 +342,18 @@ def validation_metrics(student, teacher, blocks: torch.Tensor, batch_size: int, 
     return {"val_kl": kl / n, "val_ppl_student": math.exp(ce_student / n), "val_ppl_teacher": math.exp(ce_teacher / n)}
 
 
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: saved -> current` for every setting that differs (nested dicts by dotted key)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b and not (isinstance(a, list) and isinstance(b, tuple | list) and list(a) == list(b)):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def run(settings: RunSettings, args) -> dict:
     from transformers import AutoTokenizer
 
@@ -290,16 +369,15 @@ def run(settings: RunSettings, args) -> dict:
     teacher_paths = [resolve_teacher(t) for t in settings.teachers]
     try:
         teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device) for t in teacher_paths]
-    except ValueError as error:  # load_teacher's messages are already one line with the fix
-        raise UsageError(str(error)) from None
-    tokenizer = AutoTokenizer.from_pretrained(teacher_paths[0], trust_remote_code=args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(teacher_paths[0], trust_remote_code=args.trust_remote_code)
+    except (ValueError, OSError) as error:  # load_teacher's messages are already one line with the fix
+        raise UsageError(str(error).splitlines()[0]) from None
     for path, teacher in zip(teacher_paths, teachers):
         data_lib.check_compatible(tokenizer, teacher.config, settings.seq_len)
         if teacher.config.vocab_size != teachers[0].config.vocab_size:
             raise UsageError(f"teacher {path} has vocabulary {teacher.config.vocab_size}, the first teacher "
                              f"{teachers[0].config.vocab_size}; multi-teacher runs need one shared tokenizer")
-    spec = data_lib.DataSpec(dataset=settings.dataset, seq_len=settings.seq_len, text_field=args.text_field,
-                             streaming=args.streaming, max_blocks=args.max_blocks, works_dir=args.works_dir)
+    spec = data_lib.DataSpec(dataset=settings.dataset, seq_len=settings.seq_len, **settings.data)
     preset = PRESETS[settings.preset]
     train_blocks = data_lib.load_blocks(spec, tokenizer, "train")
     eval_spec = replace(spec, max_blocks=preset.eval_blocks)
@@ -316,45 +394,88 @@ def run(settings: RunSettings, args) -> dict:
     bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and dist.device.type == "cuda"
                                         and torch.cuda.is_bf16_supported())
     config = train_lib.TrainConfig(batch_size=settings.batch_size, seq_len=settings.seq_len,
-                                   schedule=settings.schedule, warmup_fraction=args.warmup_fraction,
-                                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=bf16,
+                                   schedule=settings.schedule, warmup_fraction=settings.warmup_fraction,
+                                   weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, bf16=bf16,
                                    checkpoint_every=args.checkpoint_every or preset.checkpoint_every,
                                    stop_after=args.stop_after, progress=not args.no_progress)
-    resume = None
+    identity = settings.identity()
+    lock = exclusive(output_dir.parent / f".{output_dir.name}.lock") if dist.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            return _train_and_record(settings, args, output_dir, results_dir, dist, teachers, train_teachers,
+                                     teacher_paths, tokenizer, spec, preset, validation, batches, student, plans,
+                                     config, identity, sharded, bf16, started)
+    except Busy:
+        raise UsageError(f"run {settings.run_name} is being written by another process; wait for it to finish "
+                         f"or pass another --run-name") from None
+
+
+def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, train_teachers, teacher_paths,
+                      tokenizer, spec, preset, validation, batches, student, plans, config, identity, sharded, bf16,
+                      started) -> dict | None:
+    """Everything that writes: under the run's lock, after every input has been checked."""
+    from students.surgery import load_teacher
+
+    resume, seconds_before, lr_history = None, 0.0, [[0, settings.lrs]]
+    if dist.is_main:
+        clear_staging(output_dir / "checkpoint")
+        clear_staging(output_dir / "student")
     if args.resume:
         resume = train_lib.checkpoint_state(output_dir / "checkpoint")
         if resume is None:
-            raise UsageError(f"--resume: no checkpoint under {output_dir}; run without --resume first")
+            raise UsageError(f"--resume: no checkpoint under {portable_path(output_dir)}; run without --resume first")
+        saved = dict(resume.get("identity") or {})
+        # A lower learning rate is the way on after a NaN: it may change on resume, and the record keeps the history.
+        lr_history = list(resume.get("lr_history") or [[0, saved.get("lrs")]])
+        if saved.get("lrs") != settings.lrs:
+            lr_history.append([sum(s["steps"] for s in resume["summaries"]) + resume["step"], settings.lrs])
+        saved["lrs"] = settings.lrs
+        differing = _differences(saved, json.loads(json.dumps(identity, default=str)))
+        if differing:
+            raise UsageError(f"--resume: the checkpoint of {settings.run_name} was written with other settings "
+                             f"({'; '.join(differing[:4])}{'; ...' if len(differing) > 4 else ''}); resume with "
+                             f"the original settings or start a new run without --resume")
         train_lib.load_student_weights(student, resume)
+        seconds_before = float(resume.get("train_seconds", 0.0))
     elif dist.is_main and (output_dir / "log.jsonl").exists():
         (output_dir / "log.jsonl").unlink()  # a fresh run starts a fresh log
     output_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     options = stage_lib.StageOptions(**{**settings.options, "teacher_weights": tuple(settings.options["teacher_weights"])})
-    summaries = train_lib.train(plans, student, train_teachers, options, batches, config, output_dir, dist, resume)
-    train_seconds = time.time() - started
+    invocation_started = time.time()
 
+    def with_seconds(state: dict) -> dict:  # seconds trained over every invocation, carried by the checkpoint
+        return {**state, "train_seconds": round(seconds_before + time.time() - invocation_started, 1),
+                "lr_history": lr_history}
+
+    summaries = train_lib.train(plans, student, train_teachers, options, batches, config, output_dir, dist, resume,
+                                identity=identity, on_checkpoint=with_seconds)
+    train_seconds = seconds_before + time.time() - invocation_started
     record = None
     if dist.is_main:
         if sharded:  # sharded teachers need every rank in each forward; evaluation runs on rank 0 alone
-            teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device) for t in teacher_paths]
+            teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device)
+                        for t in teacher_paths]
         metrics = validation_metrics(student, teachers[0], validation, max(1, settings.batch_size))
         evaluation, throughput = {}, {}
         if not args.skip_eval:
             evaluation = _evaluate(student, teachers[0], tokenizer, spec, preset, settings.seed, args.no_progress)
         if not args.skip_throughput:
             throughput = _throughput(student, teachers[0], preset)
-        student.save_pretrained(output_dir / "student")
-        tokenizer.save_pretrained(output_dir / "student")
-        record = {"run": settings.run_name, "settings": asdict(settings),
-                  "teacher_fingerprint": "+".join(provenance.weights_fingerprint(p, t) for p, t in zip(teacher_paths, teachers)),
+        with atomic_directory(output_dir / "student") as staging:  # never a half-written student
+            student.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        record = {"run": settings.run_name, "settings": asdict(settings), "config_hash": settings.config_hash(),
+                  "lr_history": lr_history,  # [global step, per-stage peak lrs] from each (re)start on
+                  "teacher_fingerprint": "+".join(settings.teacher_fingerprints),
                   "plans": train_lib.plan_summary(plans, config),
                   "stages": summaries, "metrics": metrics, "evaluation": evaluation, "throughput": throughput,
                   "params": {"student": sum(p.numel() for p in student.parameters()),
                              "teacher": sum(p.numel() for p in teachers[0].parameters())},
                   "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
                   "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16,
-                  "seconds": round(time.time() - started, 1),
+                  "threads": torch.get_num_threads(),
+                  "seconds": round(seconds_before + time.time() - started, 1),  # every invocation's training
                   "train_seconds": round(train_seconds, 1), "machine": provenance.machine(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)
@@ -384,10 +505,21 @@ def _throughput(student, teacher, preset: Preset) -> dict:
     return throughput_lib.short_sweep(teacher, student, preset.throughput_lengths, preset.decode_contexts)
 
 
+def quiet_libraries() -> None:
+    """No progress bars from transformers and datasets (loading weights, writing shards, reading files)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+        set_threads(args.threads)
+        if args.no_progress:
+            quiet_libraries()
         settings = settings_from_args(args)
         record = run(settings, args)
     except BenchError as error:

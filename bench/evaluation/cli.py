@@ -9,16 +9,11 @@ from pathlib import Path
 import torch
 
 from bench import provenance
-from bench.errors import BenchError, EvalError, fail
+from bench.errors import BenchError, Parser, fail, set_threads
 from bench.evaluation.recovery import MARKER_PREFIX, is_score, recovered
 from bench.evaluation.scoring import check_model_path, load_model
 from bench.evaluation.tasks import EvalConfig, evaluate
 from bench.files import atomic_write_json
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2, instead of usage + message
-        raise EvalError(message)
 
 
 def _lengths(text: str) -> tuple[int, ...]:
@@ -51,7 +46,7 @@ def _report(scores: dict, teacher_scores: dict | None, percents: dict | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m bench.evaluate", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m bench.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model directory (teacher or student) or hub id")
     parser.add_argument("--teacher", help="teacher directory: also evaluated, and %% recovered reported")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: --model's, else --teacher's)")
@@ -76,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--json", type=Path, help="write scores, config and machine here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     try:
         args = parser.parse_args(argv)
+        set_threads(args.threads)
         config = EvalConfig(dataset=args.dataset, works_dir=args.works_dir, seq_len=args.seq_len,
                             max_blocks=args.max_blocks, recall_lengths=args.lengths, recall_docs=args.recall_docs,
                             cloze_items=args.cloze_items, batch_size=args.batch_size, seed=args.seed,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from bench.data.packing import eos_token_id
@@ -155,7 +156,7 @@ def load_model(path: str, tokenizer_path: str | None = None, dtype: str = "float
                         f"pass --tokenizer with the teacher's directory") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # missing, truncated, mismatched weights
         raise EvalError(f"cannot load model {path} ({str(error).splitlines()[0]}); pass a directory written by "
                         f"save_pretrained or a hub id") from None
     return model.to(device).eval(), tokenizer

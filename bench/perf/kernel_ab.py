@@ -98,7 +98,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default=DEFAULT_CASES, help="op:decay:T,... with op lr|dr")
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest relative output difference timed")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(max(1, args.threads))
     try:
         cases = [(OPS[op], decay, int(T)) for op, decay, T in (c.split(":") for c in args.cases.split(","))]
         base = load_base(args.base_dir)

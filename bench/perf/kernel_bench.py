@@ -177,7 +177,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default=CASES, help=f"op:decay,... with decay {'|'.join(DECAYS)}")
     parser.add_argument("--quick", action="store_true", help="loss suites: tiny shapes")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(max(1, args.threads))
     try:
         lengths = [int(x) for x in args.lengths.split(",")]
         cases = [tuple(c.split(":")) for c in args.cases.split(",")]

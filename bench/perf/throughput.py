@@ -604,10 +604,10 @@ def main(argv=None) -> int:
 
     try:
         if args.teacher or EMBEDDED_TEACHER.is_dir():
-            source = args.teacher or "embedded (bench/embedded/teacher)"  # no local paths in results
+            source = args.teacher or "embedded (bench/data/embedded_teacher)"  # no local paths in results
             teacher = load_teacher(args.teacher or str(EMBEDDED_TEACHER), dtype=dtype).to(device)
         else:
-            source = "untrained LlamaConfig of the embedded teacher's shape (bench/embedded/teacher absent)"
+            source = "untrained LlamaConfig of the embedded teacher's shape (bench/data/embedded_teacher absent)"
             teacher = embedded_shape_teacher().to(device, dtype)
     except (ValueError, OSError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -58,7 +58,10 @@ def loss_suite_main(argv, description: str, run: Callable[[str, bool], list[dict
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (seconds), for smoke tests")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(max(1, args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2

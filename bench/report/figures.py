@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.files import atomic_directory  # noqa: E402
-from bench.report.leaderboard import load_rows  # noqa: E402
+from bench.report.leaderboard import load_rows, row  # noqa: E402
 
 INIT_ORDER = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
 # tab10 without its grey, which marks the floor; black marks the teacher.
@@ -29,12 +29,17 @@ plt.rcParams["axes.prop_cycle"] = matplotlib.cycler(color=[c for i, c in enumera
 
 
 def _records(results: Path) -> list[dict]:
+    """The run records the leaderboard accepts; any other file is reported by name and skipped, as there."""
     records = []
     for path in sorted((results / "runs").glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except ValueError:
-            print(f"skipped malformed record {path.name}", file=sys.stderr)
+            record = json.loads(path.read_text())
+            row(record)  # the leaderboard's shape check
+            if not isinstance(record.get("stages", []), list):
+                raise TypeError("'stages' is not a list")
+            records.append(record)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            print(f"skipped malformed record {path.name}: {type(error).__name__}: {error}", file=sys.stderr)
     return records
 
 

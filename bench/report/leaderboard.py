@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import io
 import json
 import math
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-from bench.files import atomic_write_text
+from bench.files import atomic_write_text, locked
 
 RECALL_LENGTHS = (256, 512, 1024, 2048, 4096)
 COLUMNS = (["run_id", "teacher", "teacher_sha", "student", "init", "stages", "tokens", "seed", "params", "state_bytes",
@@ -26,17 +24,6 @@ COLUMNS = (["run_id", "teacher", "teacher_sha", "student", "init", "stages", "to
               "backend", "device", "dtype", "torch", "commit", "date"])
 MARKDOWN_COLUMNS = ["student", "init", "seed", "tokens", "val_ppl", "teacher_val_ppl", "val_kl", "cloze_acc",
                     "pct_recovered", "prefill_tok_s_2048", "decode_ms_32768", "state_bytes"]
-
-
-@contextmanager
-def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _round(value):
@@ -88,7 +75,7 @@ def load_rows(results_dir: Path, report=lambda message: print(message, file=sys.
     for path in sorted((Path(results_dir) / "runs").glob("*.json")):
         try:
             rows.append(row(json.loads(path.read_text())))
-        except (ValueError, KeyError, TypeError) as error:  # one bad record must not hide the others
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # one bad record must not hide the others
             report(f"skipped malformed record {path.name}: {type(error).__name__}: {error}")
     return rows
 

@@ -19,6 +19,7 @@ EPS = 1e-6
 
 class LinearAttentionMixer(RecurrentMixer):
     name = "linear_attention"
+    OPTIONS = {"feature_map": FEATURE_MAPS, "normalize": (True, False)}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
