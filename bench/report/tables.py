@@ -1,0 +1,237 @@
+"""Markdown tables rendered from the files in `results/`, never typed.
+
+    python -m bench.report.tables [--results-dir results] [--write]
+
+Each table opens with a caption naming its source file and where it was measured (device, torch, commit,
+date, or "date: not recorded" where the file holds none), and shows only the columns the file holds. In
+README.md and docs/*.md a table lives between `<!-- table:NAME -->` and `<!-- /table:NAME -->`: `--write`
+rewrites the text between the markers in place; without it the tables are printed. A test checks that the
+committed documents hold exactly what this module renders from the committed results.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from bench.errors import BenchError, fail
+from bench.files import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"^(<!-- table:(\S+?) -->\n)(.*?)^(<!-- /table:\2 -->)$", re.S | re.M)  # markers on lines of their own
+OPENING = re.compile(r"^<!-- table:(\S+?) -->$", re.M)
+INIT_ORDER = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
+RECALL_AT = 512  # the grid's recall column: MQAR / passkey at this document length
+
+
+# ----------------------------------------------------------------------------------------------- cells
+def num(x) -> str:
+    """Three significant digits (whole numbers from 100 up); '–' where the file holds no value."""
+    if x is None or x == "":
+        return "–"
+    x = float(x)
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def ms(seconds) -> str:
+    return num(None if seconds is None else 1e3 * seconds)
+
+
+def sci(x) -> str:
+    return "–" if x is None else f"{x:.1e}"
+
+
+def pct(x, scale: float = 100.0) -> str:
+    """A percentage with one decimal, from a fraction (or from a percentage with scale=1)."""
+    return "–" if x is None else f"{scale * x:.1f}%"
+
+
+def size(n) -> str:
+    if n is None:
+        return "–"
+    return f"{num(n / 2**20)} MiB" if n >= 2**20 else f"{num(n / 2**10)} KiB" if n >= 2**10 else f"{n} B"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def values(rows: list[dict], *keys) -> str:
+    """The distinct values of `keys` across rows, e.g. 'B=1, H=4' or 'T=2048/8192'."""
+    return ", ".join(f"{k}=" + "/".join(dict.fromkeys(str(r.get(k)) for r in rows)) for k in keys)
+
+
+def caption(source: str, machine: dict, date, details: str) -> str:
+    when = f"date {date}" if date else "date: not recorded"
+    return (f"Source: `{source}` — {machine.get('device_name')} ({machine.get('device')}), torch {machine.get('torch')}, "
+            f"commit {machine.get('commit')}, {when}; {details}.")
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def recurrence(doc: dict, source: str) -> str:
+    """One row per (op, decay, T); the backends side by side as 'a / b' in each cell."""
+    rows, peak = doc["rows"], doc.get("matmul_gflops")
+    base = rows[0]["baseline"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    others = [b for b in backends if b != base]
+    checked = [b for b in backends if b != "naive"]  # naive is the reference the others are checked against
+    by = {(r["op"], r["decay"], r["T"], r["backend"]): r for r in rows}
+    cases = list(dict.fromkeys((r["op"], r["decay"], r["T"]) for r in rows))
+    gflops = (lambda g: "–" if g is None else f"{num(g)} ({100 * g / peak:.1f}%)") if peak else num
+    spec = [("fwd ms", "fwd_s", backends, ms), ("f+b ms", "fwdbwd_s", backends, ms),
+            ("× fwd", "speedup_fwd", others, num), ("× f+b", "speedup_fwdbwd", others, num),
+            ("rel err", "rel_err", checked, sci),
+            ("GFLOP/s fwd" + (" (% of matmul)" if peak else ""), "fwd_gflops", others, gflops),
+            ("f+b peak GiB", "fwdbwd_peak_gib", backends, num)]
+    spec = [s for s in spec if s[2] and any(s[1] in r for r in rows)]
+    forms = any("form" in r for r in rows)
+    header = ["op", "decay", "T"] + [f"{title} {' / '.join(names)}" for title, _, names, _ in spec] + ["form"] * forms
+    body = []
+    for case in cases:
+        cells = [" / ".join(fmt(by.get((*case, b), {}).get(field)) for b in names) for _, field, names, fmt in spec]
+        form = [next((by[(*case, b)]["form"] for b in backends if "form" in by.get((*case, b), {})), "")] * forms
+        body.append([case[0], case[1], str(case[2])] + cells + form)
+    details = (values(rows, "B", "H", "K", "V", "dtype") + f"; speed-ups over {base}"
+               + (f"; matmul yardstick {num(peak)} GFLOP/s" if peak else ""))
+    return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)
+
+
+def distill_loss(doc: dict, source: str) -> str:
+    rows = doc["rows"]
+    spec = [("backend", "backend", str), ("chunk", "chunk", num), ("f+b ms", "fwdbwd_s", ms),
+            ("× speed", "speedup", num), ("peak MiB", "peak_mib", num), ("× less memory", "memory_ratio", num),
+            ("rel diff", "rel_diff", sci), ("correct", "correct", str)]
+    spec = [s for s in spec if any(s[1] in r for r in rows)]
+    body = [[fmt(r.get(field)) for _, field, fmt in spec] for r in rows]
+    details = values(rows, "B", "T", "V", "D") + "; speed and memory relative to naive"
+    return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown([s[0] for s in spec], body)
+
+
+def throughput(doc: dict, source: str) -> str:
+    s, models = doc["settings"], doc["models"]
+    floor = models["floor"]["prefill"]
+    first, last = str(s["decode_contexts"][0]), str(s["decode_contexts"][-1])
+    header = (["model"] + [f"prefill {n}: ms (× floor)" for n in s["lengths"]]
+              + [f"train tok/s at {n}" for n in s["train_lengths"]]
+              + [f"decode ms/token {first} → {last} (×)", f"cache at {last}"])
+    body = []
+    for name in ["floor", "teacher", *s["students"]]:
+        m = models[name]
+        row = [name]
+        for n in map(str, s["lengths"]):
+            t = m["prefill"].get(n, {}).get("median_s")
+            row.append(f"{ms(t)} ({t / floor[n]['median_s']:.2f})" if t else "–")
+        row += [num(m["train"].get(str(n), {}).get("tokens_per_s")) for n in s["train_lengths"]]
+        a, b = (m["decode"].get(c, {}).get("ms_per_token") for c in (first, last))
+        row += [f"{num(a)} → {num(b)} ({b / a:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
+        body.append(row)
+    details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
+               "× floor: prefill time over the projections-only floor's")
+    return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)
+
+
+def grid(rows: list[dict], source: str) -> str:
+    """Validation KL per student and init (mean ± half the range over seeds), and qkv_copy's scores."""
+    runs = defaultdict(list)
+    for r in rows:
+        runs[r["student"], r["init"]].append(r)
+
+    def mean(student, init, key):
+        found = [float(r[key]) for r in runs[student, init] if r.get(key) not in (None, "")]
+        return sum(found) / len(found) if found else None
+
+    def spread(student, init):
+        found = [float(r["val_kl"]) for r in runs[student, init]]
+        return f"{sum(found) / len(found):.3f} ± {(max(found) - min(found)) / 2:.3f}" if found else "–"
+
+    inits = sorted({r["init"] for r in rows}, key=lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else len(INIT_ORDER))
+    focus = "qkv_copy" if "qkv_copy" in inits else inits[0]
+    students = sorted(dict.fromkeys(r["student"] for r in rows), key=lambda st: mean(st, focus, "val_kl") or float("inf"))
+    header = (["student"] + [f"val KL {i}" for i in inits]
+              + [f"ppl recovered ({focus})", f"MQAR / passkey at {RECALL_AT} ({focus})", f"% recovered, avg ({focus})"])
+    body = []
+    for st in students:
+        recall = " / ".join(pct(mean(st, focus, f"student_recall_{k}_{RECALL_AT}")) for k in ("mqar", "passkey"))
+        body.append([st] + [spread(st, i) for i in inits]
+                    + [pct(mean(st, focus, "recovered_ppl"), 1), recall, pct(mean(st, focus, "pct_recovered"), 1)])
+    distinct = lambda key: ", ".join(sorted({r[key] for r in rows}))
+    dates = sorted(r["date"] for r in rows if r.get("date"))
+    details = (f"{len(rows)} runs, devices {distinct('device')}, torch {distinct('torch')}, commits {distinct('commit')}, "
+               + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded")
+               + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds")
+    return f"Source: `{source}` — {details}.\n\n" + markdown(header, body)
+
+
+# name: (file in the results directory, renderer, the command that writes the file)
+TABLES = {
+    "kernels_cpu": ("kernels_cpu.json", recurrence, "python -m bench.perf.kernel_bench --json results/kernels_cpu.json"),
+    "kernels_h100_recurrence": ("kernels_h100_recurrence.json", recurrence, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
+    "kernels_h100_distill_loss": ("kernels_h100_distill_loss.json", distill_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
+    "throughput_cpu": ("throughput_cpu.json", throughput,
+                       "python -m bench.throughput --student all --json results/throughput_cpu.json"),
+    "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
+}
+
+
+def render(name: str, results_dir: Path) -> str:
+    filename, renderer, command = TABLES[name]
+    path = Path(results_dir) / filename
+    source = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise BenchError(f"{path}: cannot read ({error.strerror}); `{command}` writes it") from None
+    try:
+        data = list(csv.DictReader(text.splitlines())) if filename.endswith(".csv") else json.loads(text)
+        return renderer(data, str(source))
+    except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AttributeError) as error:
+        raise BenchError(f"{path}: malformed for table {name!r} ({type(error).__name__}: {error}); "
+                         f"`{command}` rewrites it") from None
+
+
+def render_all(results_dir: Path) -> dict[str, str]:
+    return {name: render(name, results_dir) for name in TABLES}
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def rewrite(text: str, tables: dict[str, str], where: str) -> str:
+    """`text` with the text between each pair of table markers replaced by that table."""
+    opened = OPENING.findall(text)
+    closed = [m.group(2) for m in MARKER.finditer(text)]
+    if opened != closed:
+        raise BenchError(f"{where}: table markers {sorted(set(opened) - set(closed))} lack a matching `<!-- /table:NAME -->`")
+    for name in opened:
+        if name not in tables:
+            raise BenchError(f"{where}: unknown table {name!r}; known: {', '.join(tables)}")
+    return MARKER.sub(lambda m: f"{m.group(1)}\n{tables[m.group(2)]}\n\n{m.group(4)}", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report.tables", description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    parser.add_argument("--write", action="store_true", help="rewrite the tables between markers in README.md and docs/*.md")
+    args = parser.parse_args(argv)
+    try:
+        tables = render_all(args.results_dir)
+        if not args.write:
+            print("\n\n".join(f"<!-- table:{n} -->\n\n{t}\n\n<!-- /table:{n} -->" for n, t in tables.items()))
+            return 0
+        texts = {path: path.read_text() for path in documents()}
+        new = {path: rewrite(text, tables, str(path.relative_to(ROOT))) for path, text in texts.items()}  # all or none
+        for path in [path for path in texts if new[path] != texts[path]]:
+            atomic_write_text(path, new[path])
+            print(f"rewrote {path.relative_to(ROOT)}")
+    except BenchError as error:
+        return fail(error)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Tables come from results files: rendered rows and provenance, one error line for a bad file, and the
+committed README and docs hold exactly what the committed results render (a typed or stale table fails)."""
+import csv
+import json
+
+import pytest
+
+from bench.errors import BenchError
+from bench.report import tables
+
+MACHINE = {"device": "cpu", "device_name": "x86_64", "torch": "2.13.0+cpu", "commit": "abc1234"}
+
+
+def _kernel_row(backend, fwd_s, fwdbwd_s, **extra):
+    return {"op": "linear_recurrence", "decay": "head", "T": 64, "B": 1, "H": 2, "K": 8, "V": 8, "dtype": "float32",
+            "backend": backend, "baseline": "naive", "fwd_s": fwd_s, "fwdbwd_s": fwdbwd_s, "correct": True, **extra}
+
+
+def _write_results(directory):
+    (directory / "kernels_cpu.json").write_text(json.dumps({"machine": MACHINE, "matmul_gflops": 100.0, "rows": [
+        _kernel_row("naive", 0.010, 0.040, rel_err=0.0, fwd_gflops=5.0, speedup_fwd=1.0, speedup_fwdbwd=1.0),
+        _kernel_row("chunk", 0.001, 0.002, rel_err=1e-6, fwd_gflops=50.0, speedup_fwd=10.0, speedup_fwdbwd=20.0,
+                    form="C=64, all of chunks factored")]}))
+    (directory / "kernels_h100_distill_loss.json").write_text(json.dumps({"machine": MACHINE, "rows": [
+        {"backend": "chunk", "chunk": 256, "B": 1, "T": 16, "V": 32, "D": 8, "fwdbwd_s": 0.02, "peak_mib": 353.0,
+         "memory_ratio": 7.5, "rel_diff": 7e-8}]}))
+    models = {name: {"prefill": {"2048": {"median_s": seconds}}, "train": {"2048": {"tokens_per_s": 4000.0}},
+                     "decode": {"1024": {"ms_per_token": 2.0}, "32768": {"ms_per_token": 3.0, "state_bytes": state}}}
+              for name, seconds, state in (("floor", 0.1, 0), ("teacher", 0.2, 2**27), ("gla", 0.15, 262144))}
+    (directory / "throughput_cpu.json").write_text(json.dumps({"machine": MACHINE, "models": models, "settings": {
+        "lengths": [2048], "train_lengths": [2048], "decode_contexts": [1024, 32768], "students": ["gla"],
+        "dtype": "float32", "batch_size": 1, "threads": 2, "repeats": 3}}))
+    with open(directory / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["student", "init", "seed", "val_kl", "recovered_ppl", "pct_recovered",
+                                         "student_recall_mqar_512", "student_recall_passkey_512", "device", "torch",
+                                         "commit", "date", "tokens"])
+        writer.writeheader()
+        for seed, kl, day in ((0, 0.4, "2026-11-26T00:00:00Z"), (1, 0.6, "2026-11-27T00:00:00Z")):
+            writer.writerow(dict(student="gla", init="qkv_copy", seed=seed, val_kl=kl, recovered_ppl=90.0, pct_recovered=20.0,
+                                 student_recall_mqar_512=0.01, student_recall_passkey_512=0.0, device="x86_64",
+                                 torch="2.13.0+cpu", commit="abc1234", date=day, tokens=1000))
+        writer.writerow(dict(student="gla", init="random", seed=0, val_kl=1.0, device="x86_64", torch="2.13.0+cpu",
+                             commit="abc1234", date="2026-11-26T00:00:00Z", tokens=1000))
+
+
+def test_recurrence_rows_put_backends_side_by_side_under_a_provenance_caption(tmp_path):
+    _write_results(tmp_path)
+    text = tables.render("kernels_cpu", tmp_path)
+    caption, _, header, _, row = text.splitlines()
+    assert "x86_64 (cpu), torch 2.13.0+cpu, commit abc1234, date: not recorded" in caption
+    assert "B=1, H=2, K=8, V=8" in caption and "speed-ups over naive" in caption
+    assert "fwd ms naive / chunk" in header and "peak GiB" not in header  # no memory column in the file: none shown
+    assert row == ("| linear_recurrence | head | 64 | 10 / 1 | 40 / 2 | 10 | 20 | 1.0e-06 | 50 (50.0%) "
+                   "| C=64, all of chunks factored |")
+
+
+def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
+    _write_results(tmp_path)
+    loss = tables.render("kernels_h100_distill_loss", tmp_path).splitlines()
+    assert loss[2] == "| backend | chunk | f+b ms | peak MiB | × less memory | rel diff |"  # no speed-up, no `correct`
+    assert loss[4] == "| chunk | 256 | 20 | 353 | 7.5 | 7.0e-08 |"
+    throughput = tables.render("throughput_cpu", tmp_path).splitlines()
+    assert throughput[4:] == ["| floor | 100 (1.00) | 4000 | 2 → 3 (1.50×) | 0 B |",
+                              "| teacher | 200 (2.00) | 4000 | 2 → 3 (1.50×) | 128 MiB |",
+                              "| gla | 150 (1.50) | 4000 | 2 → 3 (1.50×) | 256 KiB |"]
+    grid = tables.render("grid", tmp_path).splitlines()
+    assert "3 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
+    assert grid[4] == "| gla | 1.000 ± 0.000 | 0.500 ± 0.100 | 90.0% | 1.0% / 0.0% | 20.0% |"
+
+
+def test_a_recorded_date_is_shown_and_a_missing_one_is_never_invented(tmp_path):
+    _write_results(tmp_path)
+    doc = json.loads((tmp_path / "kernels_cpu.json").read_text())
+    doc["date"] = "2026-11-27"
+    (tmp_path / "kernels_cpu.json").write_text(json.dumps(doc))
+    assert "date 2026-11-27;" in tables.render("kernels_cpu", tmp_path)
+    assert "date: not recorded" in tables.render("kernels_h100_distill_loss", tmp_path)
+
+
+@pytest.mark.parametrize("content", [None, "{", '{"machine": {}}'], ids=["missing", "not-json", "no-rows"])
+def test_a_missing_or_malformed_file_is_one_error_line_and_exit_code_2(tmp_path, capsys, content):
+    _write_results(tmp_path)
+    target = tmp_path / "kernels_cpu.json"
+    target.unlink() if content is None else target.write_text(content)
+    assert tables.main(["--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "kernels_cpu.json" in err
+
+
+def test_rewrite_replaces_only_the_text_between_markers_and_refuses_unknown_or_unclosed_ones():
+    text = "intro\n<!-- table:a -->\nstale 1.23\n<!-- /table:a -->\nrest\n"
+    assert tables.rewrite(text, {"a": "fresh"}, "doc") == "intro\n<!-- table:a -->\n\nfresh\n\n<!-- /table:a -->\nrest\n"
+    with pytest.raises(BenchError, match="unknown table 'b'"):
+        tables.rewrite(text.replace("table:a", "table:b"), {"a": "fresh"}, "doc")
+    with pytest.raises(BenchError, match="lack a matching"):
+        tables.rewrite("<!-- table:a -->\nno end\n", {"a": "fresh"}, "doc")
+
+
+def test_committed_readme_and_docs_hold_exactly_what_the_committed_results_render():
+    rendered = tables.render_all(tables.ROOT / "results")
+    used = set()
+    for path in tables.documents():
+        text = path.read_text()
+        assert tables.rewrite(text, rendered, path.name) == text, f"{path.name} is stale: python -m bench.report.tables --write"
+        used |= set(tables.OPENING.findall(text))
+    assert used == set(tables.TABLES), "every table appears in README.md or docs/*.md"
