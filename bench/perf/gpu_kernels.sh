@@ -2,9 +2,9 @@
 # The kernel measurements that need a GPU, as one script with a time limit per step (device time is
 # scarce): recurrences (torch chunk vs our Triton), the two fused losses (with their Triton kernels),
 # the Triton tests on CUDA, then flash-linear-attention's kernels as peers (their autotuning is slow).
-# Usage: bash bench/gpu_kernels.sh OUT_DIR. fla wheels in .whl/ are installed to a private folder first.
+# Usage: bash bench/perf/gpu_kernels.sh OUT_DIR. fla wheels in .whl/ are installed to a private folder first.
 set -uo pipefail
-out=${1:?usage: bash bench/gpu_kernels.sh OUT_DIR}
+out=${1:?usage: bash bench/perf/gpu_kernels.sh OUT_DIR}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -18,7 +18,7 @@ timeout "${RECURRENCE_S:-110}" python3 -m bench.perf.kernel_bench --backends chu
   --json "$out/kernels_recurrence.json" 2>&1 | tee "$out/recurrence.log"
 timeout "${DISTILL_S:-60}" python3 -m bench.perf.distill_loss_bench --device cuda --json "$out/kernels_distill_loss.json" 2>&1 | tee "$out/distill_loss.log"
 timeout "${MIXER_S:-60}" python3 -m bench.perf.mixer_loss_bench --device cuda --json "$out/kernels_mixer_loss.json" 2>&1 | tee "$out/mixer_loss.log"
-timeout "${TESTS_S:-60}" python3 -m pytest ${TESTS:-tests/test_distill_loss.py tests/test_mixer_loss.py} -k triton -q -x \
+timeout "${TESTS_S:-60}" python3 -m pytest ${TESTS:-tests/test_kernels_distill_loss.py tests/test_kernels_mixer_loss.py} -k triton -q -x \
   -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
 timeout "${FLA_S:-60}" python3 -m bench.perf.kernel_bench --backends fla "${shape[@]}" --cases "$cases" --json "$out/kernels_fla.json" 2>&1 | tee "$out/fla.log"
 exit 0
