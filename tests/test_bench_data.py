@@ -193,6 +193,13 @@ def test_local_jsonl_dataset_hash_split_is_disjoint_and_complete(tmp_path, token
     assert got == {split: list(packing.dataset_texts(str(path), split)) for split in packing.SPLITS}
     spec = packing.DataSpec(dataset=str(path), seq_len=32, streaming=True, max_blocks=5)
     assert packing.load_blocks(spec, tokenizer, "train").shape == (5, 32)
+    mixed = packing.load_blocks(packing.DataSpec(dataset=str(path), seq_len=32, streaming=True, max_blocks=5,
+                                                 recall_fraction=0.5), tokenizer, "train")
+    texts = [tokenizer.decode(block) for block in mixed]
+    assert mixed.shape == (10, 32) and texts[:5] == [tokenizer.decode(b) for b in packing.load_blocks(spec, tokenizer,
+                                                                                                       "train")]
+    assert all(any(word in text for word in ("Remember", "pass key", "passkey", "Recall")) for text in texts[5:]), \
+        texts[5:]
 
 
 def test_text_files_and_parquet_load(tmp_path, tokenizer):

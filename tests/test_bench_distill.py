@@ -100,7 +100,7 @@ def test_attention_control_with_qkv_copy_has_zero_alignment_losses(teacher, batc
     student = build_student(teacher, "attention", "qkv_copy")
     for name, options in (("matrix_mixing", stages.StageOptions()),
                           ("matrix_mixing", stages.StageOptions(matrix_loss="output_mse")),
-                          ("hidden_alignment", stages.StageOptions())):
+                          ("attention_output", stages.StageOptions()), ("hidden_alignment", stages.StageOptions())):
         module = stages.StageModule(stages.STAGES[name], student, [teacher], options)
         with stages.eager_attention([teacher], stages.STAGES[name].needs_attention_weights):
             loss, _ = module(batch_ids)
@@ -111,8 +111,8 @@ def test_attention_control_with_qkv_copy_has_zero_alignment_losses(teacher, batc
     assert teacher.config._attn_implementation != "eager"  # restored after the stage
 
 
-@pytest.mark.parametrize("name", ["matrix_mixing", "hidden_alignment", "end_to_end", "attention_transfer",
-                                  "multi_teacher"])
+@pytest.mark.parametrize("name", ["matrix_mixing", "attention_output", "hidden_alignment", "end_to_end",
+                                  "attention_transfer", "multi_teacher"])
 @pytest.mark.parametrize("student_name", ["gla", "mamba"])
 def test_each_stage_lowers_its_own_loss(name, student_name, teacher, batch_ids):
     teachers = [teacher, _second_teacher(teacher)] if name == "multi_teacher" else [teacher]
@@ -136,6 +136,42 @@ def test_budget_split_follows_the_reference_proportions():
     assert run.split_budget(1000 * 64, ["hidden_alignment", "end_to_end"], 64) == [54, 945]
     with pytest.raises(UsageError, match="too small.*--tokens"):
         run.split_budget(30 * 64, ["matrix_mixing", "end_to_end"], 64)
+
+
+def test_fixed_stage_budgets_come_first_and_the_rest_is_split():
+    names = ["attention_output", "hidden_alignment", "end_to_end"]
+    assert run.split_budget(1000 * 64, names, 64, {"attention_output": 300}) == [300, 38, 661]
+    assert run.split_budget(1000 * 64, names, 64, {"attention_output": 300, "hidden_alignment": 200}) == [300, 200, 500]
+    assert run.split_budget(1000 * 64, names, 64, {"matrix_mixing": 999}) == run.split_budget(1000 * 64, names, 64)
+    with pytest.raises(UsageError, match="leave 0 tokens for end_to_end"):
+        run.split_budget(1000 * 64, names, 64, {"attention_output": 600, "hidden_alignment": 400})
+    assert run.parse_stage_budget("hidden_alignment=640,end_to_end=64", "--stage-tokens", 64) == \
+        {"hidden_alignment": 10, "end_to_end": 1}
+    for bad, message in (("nosuch=3", "unknown stage in --stage-steps 'nosuch'"), ("end_to_end=x", "NAME=INTEGER"),
+                         ("end_to_end=0", "must be positive")):
+        with pytest.raises(UsageError, match=message):
+            run.parse_stage_budget(bad, "--stage-steps")
+
+
+def test_plateau_compares_the_last_tenth_with_the_tenth_before():
+    assert train.plateau([5.0] * 10 + [1.0] * 10)["plateaued"] is True  # flat over the last two tenths
+    falling = train.plateau([10.0 - 0.1 * i for i in range(60)])
+    assert falling["plateaued"] is False and falling["relative_drop"] > 0.02
+    assert train.plateau([1.0])["plateaued"] is False  # one step says nothing
+
+
+def test_stage_budgets_and_recall_fraction_reach_the_plan(tmp_path, tiny_teacher_dir, works_dir):
+    args = run.build_parser().parse_args(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir),
+                                          "--stages", "attention_output,end_to_end", "--stage-steps",
+                                          "attention_output=7", "--recall-fraction", "0.6"])
+    settings = run.settings_from_args(args)
+    assert settings.stage_steps == {"attention_output": 7} and settings.data["recall_fraction"] == 0.6
+    proportional = run.settings_from_args(run.build_parser().parse_args(
+        ["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--split", "proportional"]))
+    assert proportional.stage_steps == {}
+    with pytest.raises(UsageError, match="recall-fraction must lie in"):
+        run.settings_from_args(run.build_parser().parse_args(
+            ["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), "--recall-fraction", "0.95"]))
 
 
 def test_schedules_warm_up_then_decay():
@@ -175,7 +211,10 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     assert record["output_dir"] == f"<output-dir>/{record['run']}"  # no absolute local path in results
     out = tmp_path / "runs" / record["run"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [row["global_step"] for row in log] == list(range(1, 40))
+    assert [row["global_step"] for row in log if "loss" in row] == list(range(1, 40))
+    probes = [row for row in log if "probe" in row]  # recall at the trained length, at checkpoints and stage ends
+    assert probes and set(probes[-1]["probe"]) == {"mqar", "passkey"}
+    assert record["stages"][-1]["probes"][-1]["step"] == 36 and "plateau" in record["stages"][-1]
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "results" / "leaderboard.csv")))
@@ -200,9 +239,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_teach
     a, b = _record(straight), _record(split)
     assert a["metrics"] == b["metrics"]
     assert [s["losses"] for s in a["stages"]] == [s["losses"] for s in b["stages"]]
-    log_steps = [json.loads(line)["global_step"]
-                 for line in (split / "runs" / b["run"] / "log.jsonl").read_text().splitlines()]
-    assert log_steps == list(range(1, 40))  # no duplicated or missing steps across the interruptions
+    log = [json.loads(line) for line in (split / "runs" / b["run"] / "log.jsonl").read_text().splitlines()]
+    assert [row["global_step"] for row in log if "loss" in row] == list(range(1, 40))  # none duplicated or missing
+    straight_log = (straight / "runs" / a["run"] / "log.jsonl").read_text().splitlines()
+    assert [row for row in log if "probe" in row] == [json.loads(x) for x in straight_log if '"probe"' in x]
 
 
 @pytest.mark.slow

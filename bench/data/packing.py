@@ -25,6 +25,7 @@ from bench.data import corpus, recall
 from bench.errors import CorpusError, DataError
 
 EMBEDDED = "shakespeare"
+EMBEDDED_RECALL_FRACTION = 0.25  # the embedded mixture's share of recall documents, unless told otherwise
 SPLITS = ("train", "validation", "test")
 # Recall documents are drawn from a stream per split; the offsets keep the streams apart.
 _RECALL_SEED = {"train": 1_000, "validation": 2_000, "test": 3_000}
@@ -231,7 +232,7 @@ class DataSpec:
 
     dataset: str = EMBEDDED
     seq_len: int = 256
-    recall_fraction: float = 0.25  # share of embedded training characters that are recall documents
+    recall_fraction: float | None = None  # share of the text that is recall documents; None: 0.25 embedded, else 0
     text_field: str = "text"
     streaming: bool = False
     max_blocks: int | None = None  # per split; required to bound a streaming source
@@ -246,18 +247,25 @@ def split_texts(spec: DataSpec, split: str) -> tuple[list[str] | Iterator[str], 
         return dataset_texts(spec.dataset, split, spec.text_field, spec.streaming), []
     texts = embedded_texts(split, Path(spec.works_dir) if spec.works_dir else None)
     n_chars = sum(map(len, texts))
-    fraction = min(max(spec.recall_fraction, 0.0), 0.9)
+    fraction = min(max(EMBEDDED_RECALL_FRACTION if spec.recall_fraction is None else spec.recall_fraction, 0.0), 0.9)
     recall_chars = int(n_chars * fraction / (1 - fraction))
     return texts, recall_texts(split, recall_chars, spec.seq_len) if recall_chars else []
 
 
 def load_blocks(spec: DataSpec, tokenizer, split: str) -> torch.Tensor:
+    """(N, seq_len) blocks of one split. The embedded corpus carries its recall documents inside its blocks;
+    another dataset gets `recall_fraction` of its blocks as recall-only blocks (a stream of their own per split)."""
     if spec.streaming and spec.max_blocks is None:
         raise DataError("a streaming dataset needs --max-blocks to bound how much is read")
     texts, whole = split_texts(spec, split)
     try:
         with _quiet("datasets"):
-            return pack_blocks(texts, tokenizer, spec.seq_len, whole, spec.max_blocks)
+            blocks = pack_blocks(texts, tokenizer, spec.seq_len, whole, spec.max_blocks)
+        if spec.dataset != EMBEDDED and spec.recall_fraction:
+            fraction = min(spec.recall_fraction, 0.9)
+            n_recall = max(1, round(len(blocks) * fraction / (1 - fraction)))
+            blocks = torch.cat([blocks, recall_blocks(tokenizer, spec.seq_len, n_recall, seed=_RECALL_SEED[split])])
+        return blocks
     except (DataError, CorpusError):
         raise
     except Exception as error:  # a streamed source fails while it is read, deep inside datasets or pyarrow

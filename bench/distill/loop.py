@@ -149,6 +149,21 @@ def _truncate_log(log_path: Path, global_step: int) -> None:
         atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
 
+PLATEAU_TOLERANCE = 0.02  # a stage has plateaued when its last tenth of steps is < 2% below the tenth before
+
+
+def plateau(losses: list[float]) -> dict:
+    """Whether a loss curve has flattened: the mean of its last 10% of steps against the 10% before (at least
+    one step each); `plateaued` when it improved by less than PLATEAU_TOLERANCE of the earlier mean."""
+    n = max(1, len(losses) // 10)
+    if len(losses) < 2 * n or len(losses) < 2:
+        return {"last": None, "before": None, "relative_drop": None, "plateaued": False}
+    last, before = sum(losses[-n:]) / n, sum(losses[-2 * n:-n]) / n
+    drop = (before - last) / abs(before) if before else 0.0
+    return {"last": round(last, 6), "before": round(before, 6), "relative_drop": round(drop, 4),
+            "plateaued": drop < PLATEAU_TOLERANCE}
+
+
 def _all_finite(params) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
 
@@ -156,13 +171,15 @@ def _all_finite(params) -> bool:
 # ------------------------------------------------------------------------------------------------- loop
 def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOptions, batches, config: TrainConfig,
           out_dir: Path, dist: Distributed, resume: dict | None = None, identity: dict | None = None,
-          on_checkpoint=None) -> list[dict]:
+          on_checkpoint=None, probe=None) -> list[dict]:
     """Run the stages in order; returns one summary per stage (steps, tokens, losses, time).
 
     A checkpoint holds weights whose loss was just seen to be finite: it is written after a step's forward
     pass has been checked and before that step's update, so the "last good checkpoint" named on a NaN is one
     that a resume with a lower learning rate can continue from. `identity` is stored with it (`--resume`
     compares it); `on_checkpoint(state)` may add to the stored state (e.g. the seconds trained so far).
+    `probe(student) -> {name: value}` runs at every checkpoint and at the end of each stage (e.g. recall at
+    the trained length, so a user sees when copying emerges); its values go to the log and the progress bar.
     """
     checkpoint_dir, log_path = out_dir / "checkpoint", out_dir / "log.jsonl"
     summaries: list[dict] = list(resume["summaries"]) if resume else []
@@ -184,10 +201,11 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=plan.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-        start, history = 0, []
+        start, history, probes, shown = 0, [], [], {}
         resumed_here = resume is not None and stage_index == first_stage
         if resumed_here:
             start, history = resume["step"], list(resume["history"])
+            probes = list(resume.get("probes", []))
             saved = torch.load(Path(resume["path"]) / "optimizer.pt", weights_only=True)
             torch.set_rng_state(saved["rng"])
             if start > 0:  # mid-stage; at a stage boundary the saved optimiser belongs to the previous stage
@@ -203,10 +221,22 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                    dynamic_ncols=True)
         stage_started, stage_tokens = time.time(), 0
 
+        def run_probe(step: int) -> None:
+            if dist.is_main:
+                student.eval()
+                with torch.no_grad():
+                    values = {k: round(float(v), 4) for k, v in probe(student).items()}
+                student.train()
+                probes.append({"step": step, **values})
+                shown.update({k: f"{v:.2f}" for k, v in values.items()})
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps({"stage": plan.name, "step": step, "global_step": global_step,
+                                             "probe": values}) + "\n")
+
         def checkpoint(step: int, rng_state: torch.Tensor) -> None:
             if dist.is_main:
                 state = extra({"stage_index": stage_index, "step": step, "history": list(history),
-                               "summaries": summaries, "identity": identity})
+                               "probes": list(probes), "summaries": summaries, "identity": identity})
                 save_checkpoint(checkpoint_dir, student, module, optimizer, state, rng_state)
             dist.barrier()
 
@@ -233,6 +263,8 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                 stopping = config.stop_after is not None and global_step >= config.stop_after
                 due = step == 0 or step % config.checkpoint_every == 0 or stopping
                 if due and not first_of_invocation:
+                    if probe is not None and step > 0 and step % config.checkpoint_every == 0:  # not at stops
+                        run_probe(step)
                     checkpoint(step, rng_state)
                 if stopping:
                     bar.close()
@@ -246,7 +278,7 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                 elapsed = time.time() - tick
                 history.append(round(loss_value, 6))
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / max(elapsed, 1e-9):.0f}")
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / max(elapsed, 1e-9):.0f}", **shown)
                 if dist.is_main and (step % config.log_every == 0 or step + 1 == plan.steps):
                     row = {"stage": plan.name, "step": step, "global_step": global_step, "loss": loss_value,
                            "lr": lr, "grad_norm": round(float(grad_norm), 6),
@@ -254,12 +286,16 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                            **{k: round(v, 6) for k, v in metrics.items()}}
                     with open(log_path, "a") as handle:
                         handle.write(json.dumps(row) + "\n")
+        if probe is not None and plan.steps > 0:
+            run_probe(plan.steps)
         bar.close()
         summaries.append({"stage": plan.name, "steps": plan.steps, "tokens": plan.steps * tokens_per_step,
                           "lr": plan.lr, "first_loss": history[0] if history else None,
                           "last_loss": history[-1] if history else None,
                           "mean_last_10": sum(history[-10:]) / max(1, len(history[-10:])),
-                          "seconds": round(time.time() - stage_started, 2), "losses": history})
+                          "plateau": plateau(history), "seconds": round(time.time() - stage_started, 2),
+                          "tokens_per_s": round(plan.steps * tokens_per_step / max(time.time() - stage_started, 1e-9), 1),
+                          "losses": history, "probes": probes})
         if stage_index + 1 == len(plans) and dist.is_main and _all_finite(student.parameters()):
             # Training is over: a resume (e.g. after a crash during evaluation) goes straight to evaluation.
             state = extra({"stage_index": stage_index + 1, "step": 0, "history": [], "summaries": summaries,

@@ -47,14 +47,17 @@ class Preset:
     checkpoint_every: int = 50
     throughput_lengths: tuple[int, ...] = (256, 512, 1024)
     decode_contexts: tuple[int, ...] = (256, 1024)
+    stage_steps: dict = field(default_factory=dict)  # fixed steps per stage; the other stages share the rest
+    probe_docs: int = 8  # recall documents per kind probed at every checkpoint (0: no probe)
+    recall_fraction: float = 0.25  # share of the training text that is recall documents (MQAR, passkey)
     doc: str = ""
 
 
-_LR_CPU = {"matrix_mixing": 3e-3, "hidden_alignment": 3e-3, "end_to_end": 1e-3, "attention_transfer": 1e-3,
-           "multi_teacher": 1e-3}
+_LR_CPU = {"matrix_mixing": 3e-3, "attention_output": 3e-3, "hidden_alignment": 3e-3, "end_to_end": 1e-3,
+           "attention_transfer": 1e-3, "multi_teacher": 1e-3}
 PRESETS = {
     "tiny": Preset(tokens=40 * 4 * 32, seq_len=32, batch_size=4, lr=_LR_CPU, eval_blocks=4, recall_lengths=(32,),
-                   recall_docs=2, checkpoint_every=5, throughput_lengths=(32, 64), decode_contexts=(32, 64),
+                   recall_docs=2, checkpoint_every=5, throughput_lengths=(32, 64), decode_contexts=(32, 64), probe_docs=2,
                    doc="seconds; for tests"),
     "default": Preset(tokens=100 * 8 * 512, seq_len=512, batch_size=8, lr=_LR_CPU,
                       doc="about five minutes on 2 CPU cores with the embedded teacher"),
@@ -84,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--works-dir", default=None, help=argparse.SUPPRESS)  # embedded texts elsewhere (tests)
     p.add_argument("--preset", default="default", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--tokens", type=int, default=None, help="total token budget across stages")
+    p.add_argument("--stage-steps", default=None, metavar="NAME=N,...",
+                   help="fixed optimiser steps for some stages (the others share the rest of --tokens)")
+    p.add_argument("--stage-tokens", default=None, metavar="NAME=N,...", help="as --stage-steps, in tokens")
+    p.add_argument("--split", default="preset", choices=("preset", "proportional"),
+                   help="proportional: every stage by MOHAWK's 2.6 / 5.3 / 92%% split, ignoring the preset's fixed steps")
+    p.add_argument("--recall-fraction", type=float, default=None,
+                   help="share of the training text that is recall documents (MQAR, passkey); default: the preset's")
     p.add_argument("--stages", default=None, help=f"comma list overriding the pipeline; from: {', '.join(stage_lib.STAGES)}")
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (sequences)")
@@ -114,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after N optimiser steps")
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--probe-docs", type=int, default=None,
+                   help="MQAR and passkey documents probed at the trained length at every checkpoint (0: none)")
     p.add_argument("--skip-eval", action="store_true", help="only the validation KL/perplexity")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--fsdp", action="store_true",
@@ -156,6 +168,7 @@ class RunSettings:
     seq_len: int
     batch_size: int
     stages: list[str]
+    stage_steps: dict  # stages with fixed steps (the others share the rest of the budget)
     lrs: dict
     seed: int
     dtype: str
@@ -185,16 +198,40 @@ def default_stages(init: str, n_teachers: int) -> list[str]:
         ["hidden_alignment", "multi_teacher" if n_teachers > 1 else "end_to_end"]
 
 
-def split_budget(tokens: int, stages: list[str], tokens_per_step: int) -> list[int]:
-    """Steps per stage: the budget split by the reference proportions of the stages that run."""
-    weights = [stage_lib.REFERENCE_SPLIT.get(name, stage_lib.REFERENCE_SPLIT["end_to_end"]) for name in stages]
-    steps = [int(tokens * w / sum(weights)) // tokens_per_step for w in weights]
-    if min(steps) < 1:
-        need = math.ceil(tokens_per_step * sum(weights) / min(weights))
-        small = stages[steps.index(min(steps))]
+def split_budget(tokens: int, stages: list[str], tokens_per_step: int, fixed: dict | None = None) -> list[int]:
+    """Steps per stage: stages in `fixed` take their given steps; the rest of the budget is split among the
+    others by the reference proportions (MOHAWK's 2.6 / 5.3 / 92%)."""
+    fixed = {name: steps for name, steps in (fixed or {}).items() if name in stages}
+    free = [name for name in stages if name not in fixed]
+    left = tokens - tokens_per_step * sum(fixed.values())
+    if free and left < tokens_per_step * len(free):
+        raise UsageError(f"token budget {tokens} is too small: the fixed stage budgets "
+                         f"({', '.join(f'{k}={v}' for k, v in fixed.items())} steps) leave "
+                         f"{max(left, 0)} tokens for {', '.join(free)}; raise --tokens or lower --stage-steps")
+    weights = [stage_lib.REFERENCE_SPLIT.get(name, stage_lib.REFERENCE_SPLIT["end_to_end"]) for name in free]
+    shares = {name: int(left * w / sum(weights)) // tokens_per_step for name, w in zip(free, weights)}
+    if shares and min(shares.values()) < 1:
+        small = min(shares, key=shares.get)
+        need = tokens - left + math.ceil(tokens_per_step * sum(weights) / min(weights))
         raise UsageError(f"token budget {tokens} is too small: stage {small} gets less than one batch of "
                          f"{tokens_per_step} tokens; use --tokens {need} or more (or a smaller batch)")
-    return steps
+    return [fixed[name] if name in fixed else shares[name] for name in stages]
+
+
+def parse_stage_budget(text: str | None, flag: str, tokens_per_step: int = 1) -> dict:
+    """`name=N,name=M` -> {name: steps}; a token budget is rounded down to whole steps (at least one)."""
+    budget = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        _choice(name.strip(), stage_lib.STAGES, f"stage in {flag}")
+        try:
+            amount = int(value)
+        except ValueError:
+            raise UsageError(f"{flag} {item!r} is not NAME=INTEGER") from None
+        if amount < 1:
+            raise UsageError(f"{flag} {item!r}: the budget must be positive")
+        budget[name.strip()] = max(1, amount // tokens_per_step)
+    return budget
 
 
 def _positive(name: str, value, allow_zero: bool = False):
@@ -245,6 +282,8 @@ def settings_from_args(args) -> RunSettings:
     for name, value in (("--weight-decay", args.weight_decay), ("--kl-weight", args.kl_weight),
                         ("--ce-weight", args.ce_weight), ("--feature-weight", args.feature_weight)):
         _positive(name, value, allow_zero=True)
+    if args.probe_docs is not None and args.probe_docs < 0:
+        raise UsageError(f"--probe-docs must be 0 or more, got {args.probe_docs}")
     if args.kl_weight == 0 and args.ce_weight == 0:
         raise UsageError("--kl-weight and --ce-weight are both 0: the end-to-end loss would be 0; set one above 0")
     if not (math.isfinite(args.warmup_fraction) and 0 <= args.warmup_fraction < 1):
@@ -256,7 +295,16 @@ def settings_from_args(args) -> RunSettings:
     seq_len = args.seq_len if args.seq_len is not None else preset.seq_len
     batch_size = args.batch_size if args.batch_size is not None else preset.batch_size
     tokens = args.tokens if args.tokens is not None else preset.tokens
-    split_budget(tokens, stages, seq_len * batch_size)
+    stage_steps = {} if args.split == "proportional" else dict(preset.stage_steps)
+    stage_steps.update(parse_stage_budget(args.stage_tokens, "--stage-tokens", seq_len * batch_size))
+    stage_steps.update(parse_stage_budget(args.stage_steps, "--stage-steps"))
+    stage_steps = {name: steps for name, steps in stage_steps.items() if name in stages}
+    split_budget(tokens, stages, seq_len * batch_size, stage_steps)
+    # The embedded mixture has recall documents by default; another dataset only when asked.
+    recall_fraction = args.recall_fraction if args.recall_fraction is not None else \
+        (preset.recall_fraction if args.dataset == data_lib.EMBEDDED else 0.0)
+    if not (math.isfinite(recall_fraction) and 0 <= recall_fraction <= 0.9):
+        raise UsageError(f"--recall-fraction must lie in [0, 0.9], got {recall_fraction}")
     weights = ()
     if args.teacher_weights:
         try:
@@ -282,10 +330,10 @@ def settings_from_args(args) -> RunSettings:
         fused_loss=not args.no_fused_loss, fused_matrix_loss=not args.no_fused_matrix_loss))
     lrs = {name: args.lr if args.lr is not None else preset.lr.get(name, preset.lr["end_to_end"]) for name in stages}
     data = {"text_field": args.text_field, "streaming": args.streaming, "max_blocks": args.max_blocks,
-            "works_dir": args.works_dir}
+            "works_dir": args.works_dir, "recall_fraction": recall_fraction}
     settings = RunSettings(student, init, teachers, [teacher_fingerprint(t) for t in teachers], args.dataset, data,
-                           args.preset, tokens, seq_len, batch_size, stages, lrs, args.seed, args.dtype, args.schedule,
-                           args.warmup_fraction, args.weight_decay, args.grad_clip, options, mixer_options, "")
+                           args.preset, tokens, seq_len, batch_size, stages, stage_steps, lrs, args.seed, args.dtype,
+                           args.schedule, args.warmup_fraction, args.weight_decay, args.grad_clip, options, mixer_options, "")
     teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
     settings.run_name = args.run_name or \
         f"{teacher_tag}__{student}__{init}__{args.preset}__{settings.config_hash()}__seed{args.seed}"
@@ -380,7 +428,8 @@ def run(settings: RunSettings, args) -> dict:
     spec = data_lib.DataSpec(dataset=settings.dataset, seq_len=settings.seq_len, **settings.data)
     preset = PRESETS[settings.preset]
     train_blocks = data_lib.load_blocks(spec, tokenizer, "train")
-    eval_spec = replace(spec, max_blocks=preset.eval_blocks)
+    # Validation blocks do not follow the training mixture: runs with other recall fractions compare on one set.
+    eval_spec = replace(spec, max_blocks=preset.eval_blocks, recall_fraction=None)
     validation = data_lib.load_blocks(eval_spec, tokenizer, "validation")
     batches = data_lib.Batches(train_blocks, settings.batch_size, settings.seed)
 
@@ -389,7 +438,8 @@ def run(settings: RunSettings, args) -> dict:
                             seed=settings.seed).to(dist.device)
     sharded = args.fsdp and dist.world_size > 1  # after surgery, which copies from the whole teacher
     train_teachers = [train_lib.shard_frozen(t) for t in teachers] if sharded else teachers
-    steps = split_budget(settings.tokens, settings.stages, settings.seq_len * settings.batch_size)
+    steps = split_budget(settings.tokens, settings.stages, settings.seq_len * settings.batch_size,
+                         settings.stage_steps)
     plans = [train_lib.StagePlan(name, n, settings.lrs[name]) for name, n in zip(settings.stages, steps)]
     bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and dist.device.type == "cuda"
                                         and torch.cuda.is_bf16_supported())
@@ -448,8 +498,10 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
         return {**state, "train_seconds": round(seconds_before + time.time() - invocation_started, 1),
                 "lr_history": lr_history}
 
+    probe = recall_probe(tokenizer, settings.seq_len, args.probe_docs if args.probe_docs is not None
+                         else preset.probe_docs, settings.batch_size)
     summaries = train_lib.train(plans, student, train_teachers, options, batches, config, output_dir, dist, resume,
-                                identity=identity, on_checkpoint=with_seconds)
+                                identity=identity, on_checkpoint=with_seconds, probe=probe)
     train_seconds = seconds_before + time.time() - invocation_started
     record = None
     if dist.is_main:
@@ -484,6 +536,23 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
         leaderboard.rebuild(results_dir)
     dist.barrier()
     return record
+
+
+PROBE_SEED = 70_000  # recall probe documents: a stream apart from training, evaluation and the teacher card
+
+
+def recall_probe(tokenizer, length: int, n_docs: int, batch_size: int):
+    """A callable giving MQAR and passkey accuracy at the trained length on `n_docs` fixed documents each, or
+    None when n_docs is 0. Fixed documents, so the curve over checkpoints shows when copying emerges."""
+    if n_docs <= 0:
+        return None
+    from bench.data import recall
+    from bench.evaluation.tasks import recall_accuracy
+
+    docs = {kind: recall.docs_for_length(kind, tokenizer, length, n_docs, seed=PROBE_SEED + length)
+            for kind in recall.KINDS}
+    return lambda model: {kind: recall_accuracy(model, tokenizer, kind_docs, batch_size)
+                          for kind, kind_docs in docs.items()}
 
 
 def _evaluate(student, teacher, tokenizer, spec, preset: Preset, seed: int, quiet: bool) -> dict:
@@ -531,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         print(str(error), file=sys.stderr)
         return 0
     if record is not None:
+        for stage in record["stages"]:  # the cost per token of each stage, measured in this run
+            flat = stage.get("plateau", {})
+            print(f"  {stage['stage']:18} {stage['steps']:6} steps {stage['tokens']:>10,} tokens "
+                  f"{stage.get('tokens_per_s', 0):>8,.0f} tok/s  loss {stage['first_loss']} -> {stage['last_loss']}"
+                  f"{'  (plateaued)' if flat.get('plateaued') else ''}")
         m = record["metrics"]
         print(f"{settings.run_name}: val KL {m['val_kl']:.4f}, student ppl {m['val_ppl_student']:.2f}, "
               f"teacher ppl {m['val_ppl_teacher']:.2f}, {record['seconds']:.0f} s")

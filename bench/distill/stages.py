@@ -63,7 +63,11 @@ class Stage:
 
 STAGES: dict[str, Stage] = {}
 # The reference token split (MOHAWK: 80M / 160M / 2.76B of 3B); other stages weigh like end_to_end.
-REFERENCE_SPLIT = {"matrix_mixing": 0.026, "hidden_alignment": 0.053, "end_to_end": 0.92}
+# Attention-output alignment (RADLADS' stage 1, LoLCATs' attention transfer) weighs like matrix mixing.
+REFERENCE_SPLIT = {"matrix_mixing": 0.026, "attention_output": 0.026, "hidden_alignment": 0.053, "end_to_end": 0.92}
+# The stages that train each layer's mixer on its own loss from one teacher forward (no backward through the
+# rest of the model): cheap per token, and where a small budget should go first.
+LAYER_LOCAL = ("matrix_mixing", "attention_output", "hidden_alignment")
 
 
 def register_stage(name: str, trainable: str, **kwargs):
@@ -198,6 +202,18 @@ def matrix_mixing(batch: Batch):
             per_layer.append(losses.relative_l2(trace.attention_outputs[idx], layer.mixer(x)[0]))
     loss = _mean(per_layer)
     return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+
+
+@register_stage("attention_output", trainable="mixers")
+def attention_output(batch: Batch):
+    """Per layer, on the teacher's normalised hidden state: relative MSE between the student mixer's output and
+    the teacher attention's output (after its output projection). LoLCATs' attention transfer (Zhang et al.
+    2024, eq. 4) and RADLADS' stage 1 (Goldstein et al. 2025): the mixer alone, no MLP, no other layer."""
+    trace = trace_teacher(batch.teachers[0], batch.input_ids)
+    per_layer = [losses.relative_l2(trace.attention_outputs[idx], layer.mixer(layer.input_layernorm(hidden))[0])
+                 for idx, (layer, hidden) in enumerate(zip(batch.student.model.layers, trace.layer_inputs))]
+    loss = _mean(per_layer)
+    return loss, {"attention_output": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
 
 
 @register_stage("hidden_alignment", trainable="mixers")
