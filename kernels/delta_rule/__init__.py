@@ -1,6 +1,8 @@
 """delta_rule: S_t = exp(log_decay_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
 from __future__ import annotations
 
+import torch
+
 from kernels._backend import check_qkv, pick_backend
 from kernels.delta_rule.chunk import delta_rule_chunk
 from kernels.delta_rule.matrix import delta_rule_matrix as delta_rule_matrix
@@ -26,6 +28,7 @@ def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, ou
         raise ValueError(f"delta_rule: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
                          f"got {tuple(initial_state.shape)}")
     fn = pick_backend(backend, BACKENDS, q.device, "delta_rule")
-    return fn(q, k, v, beta, log_decay=log_decay, scale=scale, initial_state=initial_state,
-              output_final_state=output_final_state)
+    with torch.autocast(q.device.type, enabled=False):  # each form keeps its own precision (fp32 state)
+        return fn(q, k, v, beta, log_decay=log_decay, scale=scale, initial_state=initial_state,
+                  output_final_state=output_final_state)
 

@@ -1,6 +1,8 @@
 """linear_recurrence: S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
 from __future__ import annotations
 
+import torch
+
 import importlib.util
 
 from kernels._backend import check_qkv, pick_backend
@@ -39,6 +41,7 @@ def linear_recurrence(q, k, v, log_decay=None, bonus=None, scale=None, initial_s
         raise ValueError(f"linear_recurrence: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
                          f"got {tuple(initial_state.shape)}")
     fn = pick_backend(backend, BACKENDS, q.device, "linear_recurrence")
-    return fn(q, k, v, log_decay=log_decay, bonus=bonus, scale=scale, initial_state=initial_state,
-              output_final_state=output_final_state)
+    with torch.autocast(q.device.type, enabled=False):  # each form keeps its own precision (fp32 state)
+        return fn(q, k, v, log_decay=log_decay, bonus=bonus, scale=scale, initial_state=initial_state,
+                  output_final_state=output_final_state)
 
