@@ -93,6 +93,21 @@ class Distributed:
             torch_dist.barrier()
 
 
+def use_bf16(dtype: str, device: torch.device) -> bool:
+    """`--dtype`: fp32, bf16, or auto = bf16 autocast where bf16 matmuls run at about twice fp32's rate: CUDA
+    with bf16, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16 or AMX). The recurrences and the fused
+    losses keep their own precision inside (fp32 states and logits) whatever the autocast."""
+    if dtype != "auto":
+        return dtype == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
 def shard_frozen(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2 for a frozen teacher: each decoder layer and the rest are sharded across ranks and gathered
     layer by layer in the forward pass, so no rank holds the whole teacher. Works on CPU with gloo."""
@@ -189,7 +204,6 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         _truncate_log(log_path, global_step)
     for teacher in teachers:
         teacher.eval().requires_grad_(False)
-    autocast = (torch.autocast(dist.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
     tokens_per_step = config.batch_size * config.seq_len
     extra = on_checkpoint or (lambda state: state)
 
@@ -248,7 +262,7 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                     group["lr"] = lr
                 ids = batches(global_step, dist.rank, dist.world_size).to(dist.device)
                 tick = time.time()
-                with autocast:
+                with autocast(dist.device, config.bf16):
                     loss, metrics = wrapped(ids)
                 loss_value = dist.mean(loss.detach().float()).item()
                 if not math.isfinite(loss_value):

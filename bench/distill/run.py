@@ -441,8 +441,7 @@ def run(settings: RunSettings, args) -> dict:
     steps = split_budget(settings.tokens, settings.stages, settings.seq_len * settings.batch_size,
                          settings.stage_steps)
     plans = [train_lib.StagePlan(name, n, settings.lrs[name]) for name, n in zip(settings.stages, steps)]
-    bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and dist.device.type == "cuda"
-                                        and torch.cuda.is_bf16_supported())
+    bf16 = train_lib.use_bf16(settings.dtype, dist.device)
     config = train_lib.TrainConfig(batch_size=settings.batch_size, seq_len=settings.seq_len,
                                    schedule=settings.schedule, warmup_fraction=settings.warmup_fraction,
                                    weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, bf16=bf16,

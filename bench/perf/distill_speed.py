@@ -1,0 +1,120 @@
+"""Distillation training speed: the old path (eager fp32) and the new default side by side, in one process.
+
+    python -m bench.perf.distill_speed [--students all] [--stages end_to_end,hidden_alignment,attention_output]
+        [--batch 8] [--seq-len 512] [--repeats 5] [--threads N] [--json FILE]
+
+One optimiser step of each stage (teacher forward + student forward and backward + AdamW), on the embedded
+teacher, for every student, timed in both modes with their calls interleaved (separate runs on a shared
+machine move ±20%, ratios measured side by side do not). Each mode's step FLOPs are counted by torch's
+FlopCounterMode (matmuls and attention), and achieved FLOP/s is printed beside a matmul yardstick measured
+in the same run in each mode's dtype.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.distill import stages as stage_lib
+from bench.distill.loop import autocast, use_bf16
+from bench.files import atomic_write_json
+from bench.perf.kernel_bench import matmul_gflops
+from bench.provenance import header, machine
+
+MODES = {"eager fp32": False, "default": True}  # True: the run's default precision on this device
+
+
+def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool):
+    """One optimiser step of `stage` as a callable, with its own optimiser (the mode's precision inside)."""
+    module = stage_lib.StageModule(stage_lib.STAGES[stage], student, [teacher], stage_lib.StageOptions())
+    student.requires_grad_(False)
+    params = module.trainable_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=1e-6)  # tiny: the weights barely move between timed steps
+    def step():
+        with stage_lib.eager_attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), autocast(batch.device, bf16):
+            loss, _ = module(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import students
+    from bench.data.teacher import EMBEDDED_TEACHER
+
+    parser = argparse.ArgumentParser(prog="python -m bench.perf.distill_speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--students", default="all")
+    parser.add_argument("--stages", default="end_to_end,hidden_alignment,attention_output")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    names = [n for n in students.available() if n != "attention"] if args.students == "all" else \
+        args.students.split(",")
+    stage_names = args.stages.split(",")
+    unknown = [n for n in names if n not in students.available()] + [s for s in stage_names if s not in stage_lib.STAGES]
+    if unknown or min(args.batch, args.seq_len, args.repeats) < 1:
+        print(f"error: unknown student or stage {unknown} or a non-positive size; students: "
+              f"{', '.join(students.available())}; stages: {', '.join(stage_lib.STAGES)}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    teacher = students.load_teacher(str(EMBEDDED_TEACHER))
+    batch = torch.randint(0, teacher.config.vocab_size, (args.batch, args.seq_len))
+    default_bf16 = use_bf16("auto", batch.device)
+    yardsticks = {"eager fp32": matmul_gflops("cpu", torch.float32),
+                  "default": matmul_gflops("cpu", torch.bfloat16 if default_bf16 else torch.float32)}
+    print(header())
+    print(f"batch {args.batch} x {args.seq_len}; default = {'bf16 autocast' if default_bf16 else 'fp32'}; matmul "
+          f"yardstick fp32 {yardsticks['eager fp32']:.0f} GF/s, default {yardsticks['default']:.0f} GF/s")
+    print(f"{'student':16} {'stage':18} {'eager fp32 tok/s':>16} {'default tok/s':>14} {'x':>6} "
+          f"{'GF/step':>8} {'% yardstick fp32 / default':>27}")
+    rows = []
+    tokens = args.batch * args.seq_len
+    for name in names:
+        for stage in stage_names:
+            student = students.build_student(teacher, name, "qkv_copy", seed=0)
+            steps = {mode: step_fn(stage, student, teacher, batch, bf16 and default_bf16)
+                     for mode, bf16 in MODES.items()}
+            flops = count_flops(steps["eager fp32"])
+            times = {mode: [] for mode in steps}
+            for _ in range(args.repeats + 1):  # the first round warms up
+                for mode, fn in steps.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[mode].append(time.perf_counter() - start)
+            median = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+            row = {"student": name, "stage": stage, "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
+                   **{f"{mode}_tok_s": tokens / median[mode] for mode in median},
+                   **{f"{mode}_pct_yardstick": 100 * flops / median[mode] / 1e9 / yardsticks[mode] for mode in median},
+                   "speedup": median["eager fp32"] / median["default"]}
+            rows.append(row)
+            print(f"{name:16} {stage:18} {row['eager fp32_tok_s']:16,.0f} {row['default_tok_s']:14,.0f} "
+                  f"{row['speedup']:6.2f} {flops / 1e9:8.1f} {row['eager fp32_pct_yardstick']:13.0f}% / "
+                  f"{row['default_pct_yardstick']:.0f}%", flush=True)
+    if args.json:
+        atomic_write_json(args.json, {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "settings": vars(args), "default_bf16": default_bf16, "yardstick_gflops": yardsticks,
+                                      "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
