@@ -2,7 +2,7 @@
 
 S_t = diag(exp(g_t)) S_{t−1} + k_t v_tᵀ, o_t = S_tᵀ q_t (GLA, Yang et al. 2024, arXiv 2312.06635,
 §4). Inside a chunk the output is a masked matrix product; across chunks the fp32 state
-is carried. Two schedules share the per-chunk math (the `_chunk_*` / `_intra_*` / `_state_*` helpers):
+is carried. Two schedules share the per-chunk math (the `_chunk_*` helpers):
 - sequential ("fused chunk"): one program per (batch·head, value tile) walks the chunks in order and keeps
   the state S (K × BV) in registers;
 - chunk_parallel (fla's three phases): (a) every chunk's own state contribution Σ_s exp(b_last − b_s) k_s v_sᵀ,
@@ -120,60 +120,22 @@ def _decayed(S, b_last, DECAY: tl.constexpr):
 
 
 @triton.jit
-def _state_read(qc, S, bq, DECAY: tl.constexpr, LOW_PRECISION: tl.constexpr):
-    """Σ over the incoming state: exp(bq_t) ⊙ q_t read through S (C × BV)."""
-    if DECAY == 0:
-        o = _dot(qc, S, LOW_PRECISION)
-    elif DECAY == 1:
-        o = _dot(qc, S, LOW_PRECISION) * tl.exp(bq)[:, None]
-    else:
-        o = _dot(qc * tl.exp(bq), S, LOW_PRECISION)
-    return o
-
-
-@triton.jit
-def _state_dq(doc, S, bq, DECAY: tl.constexpr, LOW_PRECISION: tl.constexpr):
-    """The incoming state's part of dq: exp(bq_t) ⊙ S do_t (C × BK)."""
-    if DECAY == 0:
-        dq = _dot(doc, tl.trans(S), LOW_PRECISION)
-    elif DECAY == 1:
-        dq = _dot(doc, tl.trans(S), LOW_PRECISION) * tl.exp(bq)[:, None]
-    else:
-        dq = _dot(doc, tl.trans(S), LOW_PRECISION) * tl.exp(bq)
-    return dq
-
-
-@triton.jit
-def _state_dkv(kc, vc, dS, bc, b_last, DECAY: tl.constexpr, LOW_PRECISION: tl.constexpr):
-    """The outgoing state's gradient dS reaching k_s and v_s through exp(b_last − b_s) k_s v_sᵀ."""
-    if DECAY == 0:
-        dk = _dot(vc, tl.trans(dS), LOW_PRECISION)
-        dv = _dot(kc, dS, LOW_PRECISION)
-    elif DECAY == 1:
-        to_end = tl.exp(b_last - bc)[:, None]
-        dk = _dot(vc, tl.trans(dS), LOW_PRECISION) * to_end
-        dv = _dot(kc * to_end, dS, LOW_PRECISION)
-    else:
-        to_end = tl.exp(b_last[None, :] - bc)
-        dk = _dot(vc, tl.trans(dS), LOW_PRECISION) * to_end
-        dv = _dot(kc * to_end, dS, LOW_PRECISION)
-    return dk, dv
-
-
-@triton.jit
-def _intra_output(qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v, mask_v,
-                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
+def _chunk_output(S, qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v, mask_v,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                   DECAY: tl.constexpr, EXCLUSIVE: tl.constexpr, LOW_PRECISION: tl.constexpr):
-    """Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s (s < t in the RWKV form), C × BV."""
+    """A chunk's outputs (C × BV): Σ_{s ≤ t in the chunk} (q_t · exp(bq_t − b_s) ⊙ k_s) v_s (s < t in the RWKV form)
+    plus exp(bq_t) ⊙ q_t read through S, the state entering the chunk."""
     causal = rows[:, None] > rows[None, :] if EXCLUSIVE else rows[:, None] >= rows[None, :]
     if DECAY == 0:
         oc = _dot(tl.where(causal, _dot(qc, tl.trans(kc), LOW_PRECISION), 0.0), vc, LOW_PRECISION)
+        oc += _dot(qc, S, LOW_PRECISION)
     elif DECAY == 1:
         live = causal & mask_t[:, None]  # padded query rows must not exponentiate b_s > 0 differences
         weight = tl.exp(tl.where(live, bq[:, None] - bc[None, :], float("-inf")))
         oc = _dot(_dot(qc, tl.trans(kc), LOW_PRECISION) * weight, vc, LOW_PRECISION)
+        oc += _dot(qc, S, LOW_PRECISION) * tl.exp(bq)[:, None]
     else:
-        oc = tl.zeros([C, BV], dtype=tl.float32)
+        oc = _dot(qc * tl.exp(bq), S, LOW_PRECISION)
         for j in range(C):  # column j of the intra-chunk scores, exact pairwise decays
             token_j = (i_b * T + start + j) * H + i_h
             valid_j = (start + j + tl.zeros([1], dtype=tl.int32)) < T
@@ -188,19 +150,22 @@ def _intra_output(qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T,
 
 
 @triton.jit
-def _intra_dq(doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v, mask_v,
-              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+def _chunk_dq(S, doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v, mask_v,
+              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
               DECAY: tl.constexpr, EXCLUSIVE: tl.constexpr, LOW_PRECISION: tl.constexpr):
-    """The chunk's own part of dq_t: Σ_{s ≤ t} (do_t · v_s) exp(bq_t − b_s) ⊙ k_s, C × BK."""
+    """A chunk's dq (C × BK, this value tile's part): Σ_{s ≤ t} (do_t · v_s) exp(bq_t − b_s) ⊙ k_s plus
+    exp(bq_t) ⊙ S do_t, S the state entering the chunk."""
     causal = rows[:, None] > rows[None, :] if EXCLUSIVE else rows[:, None] >= rows[None, :]
     if DECAY == 0:
         dqc = _dot(tl.where(causal, _dot(doc, tl.trans(vc), LOW_PRECISION), 0.0), kc, LOW_PRECISION)
+        dqc += _dot(doc, tl.trans(S), LOW_PRECISION)
     elif DECAY == 1:
         live = causal & mask_t[:, None]
         weight = tl.exp(tl.where(live, bq[:, None] - bc[None, :], float("-inf")))
         dqc = _dot(_dot(doc, tl.trans(vc), LOW_PRECISION) * weight, kc, LOW_PRECISION)
+        dqc += _dot(doc, tl.trans(S), LOW_PRECISION) * tl.exp(bq)[:, None]
     else:
-        dqc = tl.zeros([C, BK], dtype=tl.float32)
+        dqc = _dot(doc, tl.trans(S), LOW_PRECISION) * tl.exp(bq)
         for j in range(C):
             token_j = (i_b * T + start + j) * H + i_h
             valid_j = (start + j + tl.zeros([1], dtype=tl.int32)) < T
@@ -214,26 +179,29 @@ def _intra_dq(doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, co
 
 
 @triton.jit
-def _intra_dkv(qc, kc, vc, doc, bc, bq, q, do, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
-               mask_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, DECAY: tl.constexpr, EXCLUSIVE: tl.constexpr, LOW_PRECISION: tl.constexpr):
-    """The chunk's own part of dk_s and dv_s: every query t ≥ s of the chunk reading key s."""
+def _chunk_dkv(dS, qc, kc, vc, doc, bc, bq, b_last, q, do, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k,
+               cols_v, mask_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+               DECAY: tl.constexpr, EXCLUSIVE: tl.constexpr, LOW_PRECISION: tl.constexpr):
+    """A chunk's dk (this value tile's part) and dv: every query t ≥ s of the chunk reading key s, plus dS (the
+    gradient of the state leaving the chunk) reaching k_s, v_s through exp(b_last − b_s) k_s v_sᵀ."""
     causal = rows[:, None] > rows[None, :] if EXCLUSIVE else rows[:, None] >= rows[None, :]
     if DECAY == 0:
         scores = tl.where(causal, _dot(qc, tl.trans(kc), LOW_PRECISION), 0.0)  # [t, s]
         dscores = tl.where(causal, _dot(doc, tl.trans(vc), LOW_PRECISION), 0.0)
-        dvc = _dot(tl.trans(scores), doc, LOW_PRECISION)
-        dkc = _dot(tl.trans(dscores), qc, LOW_PRECISION)
+        dvc = _dot(tl.trans(scores), doc, LOW_PRECISION) + _dot(kc, dS, LOW_PRECISION)
+        dkc = _dot(tl.trans(dscores), qc, LOW_PRECISION) + _dot(vc, tl.trans(dS), LOW_PRECISION)
     elif DECAY == 1:
         live = causal & mask_t[:, None]
         weight = tl.exp(tl.where(live, bq[:, None] - bc[None, :], float("-inf")))
+        to_end = tl.exp(b_last - bc)[:, None]
         scores = _dot(qc, tl.trans(kc), LOW_PRECISION) * weight
         dscores = _dot(doc, tl.trans(vc), LOW_PRECISION) * weight
-        dvc = _dot(tl.trans(scores), doc, LOW_PRECISION)
-        dkc = _dot(tl.trans(dscores), qc, LOW_PRECISION)
+        dvc = _dot(tl.trans(scores), doc, LOW_PRECISION) + _dot(kc * to_end, dS, LOW_PRECISION)
+        dkc = _dot(tl.trans(dscores), qc, LOW_PRECISION) + _dot(vc, tl.trans(dS), LOW_PRECISION) * to_end
     else:
-        dvc = tl.zeros([C, BV], dtype=tl.float32)
-        dkc = tl.zeros([C, BK], dtype=tl.float32)
+        to_end = tl.exp(b_last[None, :] - bc)
+        dvc = _dot(kc * to_end, dS, LOW_PRECISION)
+        dkc = _dot(vc, tl.trans(dS), LOW_PRECISION) * to_end
         for i in range(C):  # query row i reaches every key s ≤ i of the chunk
             token_i = (i_b * T + start + i) * H + i_h
             valid_i = (start + i + tl.zeros([1], dtype=tl.int32)) < T
@@ -274,9 +242,8 @@ def _fwd_kernel(q, k, v, b, h0, o, ht, T, H: tl.constexpr, K: tl.constexpr, V: t
         kc = _tile(k, token, cols_k, mask_t, mask_k, K)
         vc = _tile(v, token, cols_v, mask_t, mask_v, V)
         bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
-        oc = _intra_output(qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
-                           mask_v, H, K, V, C, BV, DECAY, EXCLUSIVE, LOW_PRECISION)
-        oc += _state_read(qc, S, bq, DECAY, LOW_PRECISION)
+        oc = _chunk_output(S, qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
+                           mask_v, H, K, V, C, DECAY, EXCLUSIVE, LOW_PRECISION)
         S = _decayed(S, b_last, DECAY) + _chunk_kv(kc, vc, bc, b_last, DECAY, LOW_PRECISION)
         tl.store(o + token[:, None] * V + cols_v[None, :], oc, mask=mask_t[:, None] & mask_v[None, :])
     if STORE_HT:
@@ -303,9 +270,8 @@ def _bwd_dq_kernel(q, k, v, b, h0, do, dq, T, H: tl.constexpr, K: tl.constexpr, 
         vc = _tile(v, token, cols_v, mask_t, mask_v, V)
         doc = _tile(do, token, cols_v, mask_t, mask_v, V)
         bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
-        dqc = _intra_dq(doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
-                        mask_v, H, K, V, C, BK, DECAY, EXCLUSIVE, LOW_PRECISION)
-        dqc += _state_dq(doc, S, bq, DECAY, LOW_PRECISION)
+        dqc = _chunk_dq(S, doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
+                        mask_v, H, K, V, C, DECAY, EXCLUSIVE, LOW_PRECISION)
         S = _decayed(S, b_last, DECAY) + _chunk_kv(kc, vc, bc, b_last, DECAY, LOW_PRECISION)
         tl.store(dq_base + token[:, None] * K + cols_k[None, :], dqc, mask=mask_t[:, None] & mask_k[None, :])
 
@@ -335,12 +301,11 @@ def _bwd_dkv_kernel(q, k, v, b, do, dht, dk, dv, dh0, T, H: tl.constexpr, K: tl.
         vc = _tile(v, token, cols_v, mask_t, mask_v, V)
         doc = _tile(do, token, cols_v, mask_t, mask_v, V)
         bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
-        dkc, dvc = _intra_dkv(qc, kc, vc, doc, bc, bq, q, do, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k,
-                              cols_v, mask_v, H, K, V, C, BK, BV, DECAY, EXCLUSIVE, LOW_PRECISION)
-        dk_state, dv_state = _state_dkv(kc, vc, dS, bc, b_last, DECAY, LOW_PRECISION)
+        dkc, dvc = _chunk_dkv(dS, qc, kc, vc, doc, bc, bq, b_last, q, do, b, start, rows, mask_t, i_b, i_h, T, cols_k,
+                              mask_k, cols_v, mask_v, H, K, V, C, DECAY, EXCLUSIVE, LOW_PRECISION)
         dS = _decayed(dS, b_last, DECAY) + _chunk_qdo(qc, doc, bq, DECAY, LOW_PRECISION)
-        tl.store(dk_base + token[:, None] * K + cols_k[None, :], dkc + dk_state, mask=mask_t[:, None] & mask_k[None, :])
-        tl.store(dv + token[:, None] * V + cols_v[None, :], dvc + dv_state, mask=mask_t[:, None] & mask_v[None, :])
+        tl.store(dk_base + token[:, None] * K + cols_k[None, :], dkc, mask=mask_t[:, None] & mask_k[None, :])
+        tl.store(dv + token[:, None] * V + cols_v[None, :], dvc, mask=mask_t[:, None] & mask_v[None, :])
     if STORE_DH0:
         tl.store(dh0 + state_offsets, dS, mask=state_mask)
 
@@ -421,9 +386,8 @@ def _chunk_fwd_kernel(q, k, v, b, states, o, T, H: tl.constexpr, K: tl.constexpr
     kc = _tile(k, token, cols_k, mask_t, mask_k, K)
     vc = _tile(v, token, cols_v, mask_t, mask_v, V)
     bc, bq, _ = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
-    oc = _intra_output(qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
-                       mask_v, H, K, V, C, BV, DECAY, EXCLUSIVE, LOW_PRECISION)
-    oc += _state_read(qc, S, bq, DECAY, LOW_PRECISION)
+    oc = _chunk_output(S, qc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
+                       mask_v, H, K, V, C, DECAY, EXCLUSIVE, LOW_PRECISION)
     tl.store(o + token[:, None] * V + cols_v[None, :], oc, mask=mask_t[:, None] & mask_v[None, :])
 
 
@@ -447,17 +411,15 @@ def _chunk_bwd_kernel(q, k, v, b, do, states, dstates, dq, dk, dv, T, H: tl.cons
     vc = _tile(v, token, cols_v, mask_t, mask_v, V)
     doc = _tile(do, token, cols_v, mask_t, mask_v, V)
     bc, bq, b_last = _chunk_decays(b, token, last, rows, mask_t, cols_k, mask_k, H, K, DECAY, EXCLUSIVE)
-    dqc = _intra_dq(doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
-                    mask_v, H, K, V, C, BK, DECAY, EXCLUSIVE, LOW_PRECISION)
-    dqc += _state_dq(doc, S, bq, DECAY, LOW_PRECISION)
-    dkc, dvc = _intra_dkv(qc, kc, vc, doc, bc, bq, q, do, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k,
-                          cols_v, mask_v, H, K, V, C, BK, BV, DECAY, EXCLUSIVE, LOW_PRECISION)
-    dk_state, dv_state = _state_dkv(kc, vc, dS, bc, b_last, DECAY, LOW_PRECISION)
+    dqc = _chunk_dq(S, doc, kc, vc, bc, bq, k, v, b, start, rows, mask_t, i_b, i_h, T, cols_k, mask_k, cols_v,
+                    mask_v, H, K, V, C, DECAY, EXCLUSIVE, LOW_PRECISION)
+    dkc, dvc = _chunk_dkv(dS, qc, kc, vc, doc, bc, bq, b_last, q, do, b, start, rows, mask_t, i_b, i_h, T, cols_k,
+                          mask_k, cols_v, mask_v, H, K, V, C, DECAY, EXCLUSIVE, LOW_PRECISION)
     partial = i_v * (tl.num_programs(2) // H) * T * H * K  # this value tile's partial dq and dk
     tile_k = mask_t[:, None] & mask_k[None, :]
     tl.store(dq + partial + token[:, None] * K + cols_k[None, :], dqc, mask=tile_k)
-    tl.store(dk + partial + token[:, None] * K + cols_k[None, :], dkc + dk_state, mask=tile_k)
-    tl.store(dv + token[:, None] * V + cols_v[None, :], dvc + dv_state, mask=mask_t[:, None] & mask_v[None, :])
+    tl.store(dk + partial + token[:, None] * K + cols_k[None, :], dkc, mask=tile_k)
+    tl.store(dv + token[:, None] * V + cols_v[None, :], dvc, mask=mask_t[:, None] & mask_v[None, :])
 
 
 def chunk_local_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
