@@ -174,7 +174,79 @@ def test_triton_linear_recurrence_rejects_cpu_without_interpreter(monkeypatch):
 @cuda
 def test_triton_is_auto_backend_on_cuda():
     from kernels._backend import pick_backend
+    from kernels.delta_rule import BACKENDS as DELTA_BACKENDS
+
     assert pick_backend("auto", BACKENDS, torch.device("cuda"), "linear_recurrence") is BACKENDS["triton"]
+    assert pick_backend("auto", DELTA_BACKENDS, torch.device("cuda"), "delta_rule") is DELTA_BACKENDS["triton"]
+
+
+def _delta_inputs(B, T, H, K, V, decay, init, strong=False, dtype=torch.float32):
+    torch.manual_seed(T * 7 + K)
+    q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
+    gated = F.logsigmoid(torch.randn(B, T, H) + 2)
+    log_decay = {"nodecay": None, "gated": gated,  # strong: one step in five forgets by e^−20 to e^−40
+                 "strong": torch.where(torch.rand(B, T, H) < 0.2, -20 * (1 + torch.rand(B, T, H)), gated)}[decay]
+    inputs = dict(q=q.to(dtype), k=k.to(dtype), v=v.to(dtype), beta=torch.rand(B, T, H).to(dtype), log_decay=log_decay,
+                  initial_state=torch.randn(B, H, K, V) if init else None)
+    return {n: t.to(DEVICE).requires_grad_() if t is not None else None for n, t in inputs.items()}
+
+
+DELTA_CASES = [(1, "gated", True), (37, "nodecay", True), (37, "gated", False), (100, "nodecay", False),
+               (130, "gated", True), (130, "nodecay", True)]
+
+
+@pytest.mark.parametrize("T,decay,init", DELTA_CASES,
+                         ids=[f"B2-T{T}-H2-K24-V20-{d}-{'init' if i else 's0'}" for T, d, i in DELTA_CASES])
+def test_triton_delta_rule_matches_naive(T, decay, init):
+    """Outputs, final state and the gradients of q, k, v, β, the decay and the initial state; T = 130 spans three
+    chunks, so states are handed on twice each way."""
+    _compare(delta_rule, _delta_inputs(2, T, 2, 24, 20, decay, init), "triton", 2e-4)
+
+
+def test_triton_delta_rule_exact_for_strong_decay():
+    """Per-step decays beyond −20 (e^−20 ≈ 2e−9 per token) among mild ones: every exponent is a chunk-local
+    difference ≤ 0, so nothing overflows and what underflows is negligible."""
+    inputs = _delta_inputs(1, 100, 1, 16, 16, "strong", True)
+    assert inputs["log_decay"].min() < -20
+    _compare(delta_rule, inputs, "triton", 2e-4)
+
+
+def test_triton_delta_rule_value_tiles_and_wide_keys():
+    """V over two value tiles (the WY backward sums dw over them) and K not a power of two."""
+    _compare(delta_rule, _delta_inputs(1, 70, 1, 40, 72, "gated", True), "triton", 2e-4)
+
+
+def test_triton_delta_rule_bf16_inputs():
+    """bf16 q, k, v, β with fp32 accumulation and an fp32 state: close to the fp32 loop on the same values."""
+    _compare(delta_rule, _delta_inputs(1, 50, 2, 16, 16, "gated", True, dtype=torch.bfloat16), "triton", 5e-2)
+
+
+def test_triton_delta_rule_reads_no_tensor_value_on_the_host(request):
+    inputs = _delta_inputs(1, 20, 1, 16, 16, "gated", True)
+    request.getfixturevalue("no_host_reads")
+    o, state = delta_rule(**inputs, output_final_state=True, backend="triton")
+    (o.sum() + state.sum()).backward()
+
+
+@cuda
+def test_triton_delta_rule_never_synchronises_on_cuda():
+    inputs = _delta_inputs(2, 100, 2, 64, 64, "gated", True)
+    delta_rule(**inputs, backend="triton")  # compile first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        o, state = delta_rule(**inputs, output_final_state=True, backend="triton")
+        (o.sum() + state.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def test_triton_delta_rule_rejects_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = torch.randn(1, 4, 1, 16)
+    if DEVICE == "cpu":
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            delta_rule(q, q, q, torch.rand(1, 4, 1), backend="triton")
 
 
 @cuda
