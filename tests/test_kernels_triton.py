@@ -114,9 +114,17 @@ def test_triton_linear_recurrence_runs_the_schedule_it_is_given(monkeypatch, sch
     from kernels.linear_recurrence import triton as lr_triton
 
     calls = []
+
+    def recorded(name):
+        real = getattr(lr_triton, name)
+
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return call
+
     for name in ("chunk_states", "chunk_outputs", "chunk_gradients"):
-        monkeypatch.setattr(lr_triton, name, functools.partial(lambda f, n, *a, **kw: calls.append(n) or f(*a, **kw),
-                                                               getattr(lr_triton, name), name))
+        monkeypatch.setattr(lr_triton, name, recorded(name))
     inputs = _inputs(1, 20, 1, 16, 16, "head", False, True)
     _run(_call(linear_recurrence, "triton", schedule=schedule), inputs)
     expected = ["chunk_states", "chunk_outputs", "chunk_states", "chunk_states", "chunk_gradients"]

@@ -1,8 +1,8 @@
 """Triton kernels for the linear recurrence: chunked forward and backward (the CUDA training path).
 
-S_t = diag(exp(g_t)) S_{t−1} + k_t v_tᵀ, o_t = S_tᵀ q_t (GLA, Yang et al. 2024, arXiv 2312.06635,
-§4). Inside a chunk the output is a masked matrix product; across chunks the fp32 state
-is carried. Two schedules share the per-chunk math (the `_chunk_*` helpers):
+S_t = diag(exp(g_t)) S_{t−1} + k_t v_tᵀ, o_t = S_tᵀ q_t (GLA, Yang et al. 2024, arXiv 2312.06635, §4). Inside a
+chunk the output is a masked matrix product; across chunks the fp32 state is carried. Two schedules share the
+per-chunk math (the `_chunk_*` helpers):
 - sequential ("fused chunk"): one program per (batch·head, value tile) walks the chunks in order and keeps
   the state S (K × BV) in registers;
 - chunk_parallel (fla's three phases): (a) every chunk's own state contribution Σ_s exp(b_last − b_s) k_s v_sᵀ,
