@@ -174,8 +174,7 @@ def test_recurrence_suite_checks_then_times_every_backend(tmp_path):
     result = json.loads(out.read_text())
     assert result["machine"]["device"] == "cpu" and result["matmul_gflops"] > 0
     rows = {(r["op"], r["backend"]): r for r in result["rows"]}
-    assert set(rows) == {("linear_recurrence", b) for b in ("naive", "chunk", "triton")} | \
-        {("delta_rule", "naive"), ("delta_rule", "chunk")}  # no Triton delta rule: no row, no claim
+    assert set(rows) == {(op, b) for op in ("linear_recurrence", "delta_rule") for b in ("naive", "chunk", "triton")}
     for row in rows.values():
         assert row["correct"] and row["fwd_s"] > 0 and row["speedup_fwd"] > 0
 

@@ -1,5 +1,12 @@
-"""delta_rule: S_t = exp(log_decay_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
+"""delta_rule: S_t = exp(log_decay_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = scale · S_tᵀ q_t.
+
+The gated delta rule of Gated DeltaNet (Yang, Kautz, Hatamizadeh 2024, arXiv 2412.06464, eq. 10); the fast forms
+use the chunkwise WY form of Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule"
+(arXiv 2406.06484, §3).
+"""
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
@@ -10,6 +17,15 @@ from kernels.delta_rule.naive import delta_rule_naive
 from kernels.fla_backends import delta_rule_fla
 
 BACKENDS = {"naive": delta_rule_naive, "chunk": delta_rule_chunk, "fla": delta_rule_fla}
+
+
+def _triton(*args, **kwargs):
+    from kernels.delta_rule.triton import delta_rule_triton  # first use: triton is optional
+    return delta_rule_triton(*args, **kwargs)
+
+
+if importlib.util.find_spec("triton") is not None:
+    BACKENDS["triton"] = _triton
 
 
 def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False,

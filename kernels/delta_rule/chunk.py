@@ -1,4 +1,5 @@
-"""Chunked parallel form of the gated delta rule (WY / UT-transform form; Yang et al. 2024, DeltaNet §3).
+"""Chunked parallel form of the gated delta rule (WY / UT-transform form; Yang et al. 2024, "Parallelizing Linear
+Transformers with the Delta Rule", arXiv 2406.06484, §3).
 
 Writing the update as S_t = α_t S_{t-1} + k_t u_tᵀ with u_t = β_t (v_t − α_t S_{t-1}ᵀ k_t), the
 "new values" u of a chunk solve a unit lower-triangular system (I + L) U = diag(β) V − diag(β γ) K S_0,

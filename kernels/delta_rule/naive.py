@@ -1,7 +1,7 @@
 """Ground truth for the (gated) delta rule, a loop over time in fp32.
 
 S_t = exp(log_decay_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,   o_t = scale · S_tᵀ q_t
-(Yang, Kautz, Hatamizadeh 2024, Gated DeltaNet, eq. 10)
+(Yang, Kautz, Hatamizadeh 2024, Gated DeltaNet, arXiv 2412.06464, eq. 10)
 """
 from __future__ import annotations
 
