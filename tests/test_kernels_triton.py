@@ -14,7 +14,8 @@ from kernels.linear_recurrence import BACKENDS
 from tests.helpers import assert_close
 
 triton_missing = "triton" not in BACKENDS
-pytestmark = pytest.mark.skipif(triton_missing, reason="triton is not installed (pip install '.[test]')")
+pytestmark = [pytest.mark.slow,  # Triton's interpreter on CPU: seconds per case
+              pytest.mark.skipif(triton_missing, reason="triton is not installed (pip install '.[test]')")]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"), help="the new path's precision")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     names = [n for n in students.available() if n != "attention"] if args.students == "all" else \
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     teacher = students.load_teacher(str(EMBEDDED_TEACHER))
     batch = torch.randint(0, teacher.config.vocab_size, (args.batch, args.seq_len))
-    default_bf16 = use_bf16("auto", batch.device)
+    default_bf16 = use_bf16(args.dtype, batch.device)
     yardsticks = {"eager fp32": matmul_gflops("cpu", torch.float32),
                   "default": matmul_gflops("cpu", torch.bfloat16 if default_bf16 else torch.float32)}
     print(header())

@@ -1,9 +1,9 @@
 """linear_recurrence: S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t."""
 from __future__ import annotations
 
-import torch
-
 import importlib.util
+
+import torch
 
 from kernels._backend import check_qkv, pick_backend
 from kernels.fla_backends import linear_recurrence_fla
