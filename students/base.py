@@ -244,7 +244,8 @@ class RecurrentMixer(Mixer):
             n = W - (1 if f.bonus is not None else 0)  # RWKV-6 reads S_{t−1}: its query is not decayed by α_t
             window_sums = (sliding_sum_naive if naive else sliding_sum)(decays.float(), n)[:, n:n + T]
             factor = window_sums.exp()
-            q = f.q.float() * (factor[..., None] if factor.dim() == 3 else factor)
+            # In q's own dtype, so the kernel sees the inputs it sees without a window (bf16 keeps fp32's range).
+            q = (f.q.float() * (factor[..., None] if factor.dim() == 3 else factor)).to(f.q.dtype)
         lagged = dataclasses.replace(f, q=q, k=delayed["k"], v=delayed["v"], log_decay=delayed.get("log_decay"),
                                      beta=delayed.get("beta"), bonus=None,
                                      context={**f.context, **{n: delayed[n] for n in self.LAGGED_CONTEXT}})

@@ -25,7 +25,7 @@ import torch
 
 from kernels.chunking import exp_floored
 
-MASKED = torch.finfo(torch.float32).min  # finite: a fully masked (padding) row gives no NaN to any gradient
+MASKED = float("-inf")  # every row keeps at least its own key, so its max is finite and exp(MASKED − m) = 0
 BLOCK = 64  # queries per block in the banded softmax (at least W)
 
 
@@ -64,7 +64,13 @@ def band_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int, 
     B, T, H, K = q.shape
     if T == 0:
         return q.new_zeros(B, 0, H, v.shape[-1], dtype=torch.float32), q.new_zeros(B, 0, H, dtype=torch.float32)
-    c = min(max(width, block), T)
+    # fp32 even under autocast: Z_t sums up to W terms and may be shared with the recurrence's normaliser.
+    with torch.autocast(q.device.type, enabled=False):
+        return _band_softmax(q, k, v, width, first_valid, min(max(width, block), T))
+
+
+def _band_softmax(q, k, v, width, first_valid, c):
+    B, T, H, K = q.shape
     n_blocks, span = -(-T // c), c + width - 1
     pad = n_blocks * c - T
 
@@ -77,7 +83,9 @@ def band_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int, 
     i = torch.arange(c, device=q.device)[:, None]
     s = torch.arange(span, device=q.device)[None, :]
     u = (torch.arange(n_blocks, device=q.device) * c)[:, None, None] + s  # key index in k
-    mask = (s >= i) & (s < i + width) & (u >= first_valid) & (u < width - 1 + T)  # (n, c, span)
+    # Padding keys (zeros, past the text) are left unmasked: only padding queries reach them, and so every
+    # row, padding included, keeps a finite max (a row of −inf would send NaN into the gradients).
+    mask = (s >= i) & (s < i + width) & (u >= first_valid)  # (n, c, span)
     scores = scores.masked_fill(~mask[None, :, None], MASKED)
     weights = exp_floored(scores - scores.amax(-1, keepdim=True))  # masked entries: exp(MASKED − m) = 0
     numerator = torch.einsum("bnhcs,bnhvs->bnchv", weights, values).reshape(B, n_blocks * c, H, -1)

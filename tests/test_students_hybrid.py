@@ -216,16 +216,21 @@ def test_sliding_sums_stay_exact_late_in_a_long_text():
 
 
 @pytest.mark.parametrize("first_valid", [0, 3, 9])
-@pytest.mark.parametrize("W,T,block", [(10, 23, 4), (10, 1, 64), (1, 50, 8), (4, 65, 16)])
+@pytest.mark.parametrize("W,T,block", [(10, 23, 4), (10, 1, 64), (1, 50, 8), (4, 65, 16), (2, 5, 4)])
 def test_banded_softmax_equals_the_loop_with_history(W, T, block, first_valid):
     first_valid = min(first_valid, W - 1)
     q, k, v = torch.randn(2, T, 3, 8), torch.randn(2, W - 1 + T, 3, 8), torch.randn(2, W - 1 + T, 3, 5)
     k[:, :first_valid] = 1e4  # keys that do not exist would dominate any softmax that read them
-    numerator, normaliser = band_softmax(q, k, v, W, first_valid, block=block)
-    expected_n, expected_z = band_softmax_naive(q, k, v, W, first_valid)
-    assert_close(numerator, expected_n, 1e-5, "N")
-    assert_close(normaliser, expected_z, 1e-5, "Z")
-    assert (normaliser >= 1 - 1e-6).all()  # the max term is exp(0)
+    weights = torch.randn(2, T, 3, 5), torch.randn(2, T, 3)
+    results = []
+    for fn in (band_softmax, band_softmax_naive):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        numerator, normaliser = fn(*inputs, W, first_valid, **({"block": block} if fn is band_softmax else {}))
+        ((numerator * weights[0]).sum() + (normaliser * weights[1]).sum()).backward()
+        results.append((numerator, normaliser, *(t.grad for t in inputs)))
+    for name, got, expected in zip(("N", "Z", "dq", "dk", "dv"), *results):
+        assert_close(got, expected, 1e-5, name)  # finite too: padding queries past the text leak no NaN
+    assert (results[0][1] >= 1 - 1e-6).all()  # the max term is exp(0)
 
 
 # ------------------------------------------------------------------------------------------ kept attention layers
