@@ -233,6 +233,15 @@ def test_banded_softmax_equals_the_loop_with_history(W, T, block, first_valid):
     assert (results[0][1] >= 1 - 1e-6).all()  # the max term is exp(0)
 
 
+def test_banded_softmax_stays_fp32_under_autocast():
+    """Z_t may be shared with the recurrence's normaliser: it is summed in fp32 even where autocast runs bf16."""
+    q, k, v = torch.randn(1, 40, 2, 8), torch.randn(1, 40 + 15, 2, 8), torch.randn(1, 40 + 15, 2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        numerator, normaliser = band_softmax(q, k, v, 16, 0)
+    assert numerator.dtype == normaliser.dtype == torch.float32
+    assert_close(numerator, band_softmax_naive(q, k, v, 16, 0)[0], 1e-5)
+
+
 # ------------------------------------------------------------------------------------------ kept attention layers
 def test_kept_layer_selection_rules():
     assert kept_layers(4, 2, "uniform") == [1, 3]
