@@ -171,7 +171,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
     @property
     def kept_layer_indices(self) -> list[int]:
         """The layers that stay the teacher's softmax attention (sorted)."""
-        return list(self.config.keep_attention)
+        return sorted(self.config.keep_attention)
 
     @property
     def student_mixers(self) -> list[nn.Module]:
