@@ -5,9 +5,12 @@ A mixer maps hidden states (B, T, D) to (B, T, D). Every mixer offers four views
   forward(x, state, backend="naive") the fp32 loop, short enough to check against the paper (reference),
   step(x_t, state)                   one token, O(1) state (generation path),
   mixer_matrix(x)                    M (B, H, T, T) with core output = M @ v (matrix mixing, analysis).
+Every recurrent student also takes the option `window=W`: exact softmax attention over the last W tokens beside
+the recurrence, which then covers only the older tokens (LoLCATs eq. 7; `students.window`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +18,23 @@ import torch
 import torch.nn as nn
 
 from kernels import delta_rule, delta_rule_matrix, linear_recurrence, linear_recurrence_matrix
+from students.layers import Rotary
+from students.window import band_matrix, band_softmax, band_softmax_naive, sliding_sum, sliding_sum_naive
 
 State = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IntOption:
+    """An option that takes any int ≥ `minimum` (in `Mixer.OPTIONS`, where the others list their values)."""
+
+    minimum: int = 0
+
+    def __contains__(self, value) -> bool:
+        return type(value) is int and value >= self.minimum  # True is not 1
+
+    def __str__(self) -> str:
+        return f"an int >= {self.minimum}"
 
 
 @dataclass
@@ -49,7 +67,7 @@ class Mixer(nn.Module):
     EXPAND_KV = True  # expand grouped-query k/v heads to one per query head
     # Options a user may set (`--mixer-option KEY=VALUE`): name -> the values it takes. Options the surgery sets
     # from the teacher (rope_fn, qk_norm, attention_bias) are not listed: they are not the user's to choose.
-    OPTIONS: dict[str, tuple] = {}
+    OPTIONS: dict[str, tuple | IntOption] = {}
 
     def __init__(self, config: MixerConfig):
         super().__init__()
@@ -109,10 +127,20 @@ class Features:
     value_dim: int | None = None  # v may carry extra columns (e.g. ones for a normaliser)
     context: dict[str, Any] = field(default_factory=dict)  # gates etc. for the read-out
     carry: dict[str, Any] = field(default_factory=dict)  # conv caches, token shift: part of the next state
+    # What the sliding window (option `window`) scores with: the query/key projections that qkv_copy fills from
+    # W_Q/W_K, before feature maps, gates and convolutions (LoLCATs keeps the teacher's q/k for its window);
+    # None: q and k.
+    window_q: torch.Tensor | None = None
+    window_k: torch.Tensor | None = None
 
     @property
     def values(self) -> torch.Tensor:
         return self.v if self.value_dim is None else self.v[..., :self.value_dim]
+
+    @property
+    def has_normaliser(self) -> bool:
+        """v carries one column of ones after the values: the mixer divides by that column (its normaliser)."""
+        return self.value_dim is not None and self.v.shape[-1] == self.value_dim + 1
 
 
 class RecurrentMixer(Mixer):
@@ -120,13 +148,30 @@ class RecurrentMixer(Mixer):
 
     A subclass writes `featurize` (projections, convolutions, gates -> Features) and `readout`
     (norm, output gate, output projection); the kernel call, state handling, the step and the
-    materialised matrix come from here.
+    materialised matrix come from here, with or without the sliding window (option `window`, below).
+
+    Option window=W (int; 0 or absent: off): exact softmax attention over the last W tokens, combined with the
+    recurrence over the tokens before them as in LoLCATs eq. 7 (the definition: `students.window`). The
+    recurrence runs on keys, values, gates and decays delayed by W tokens (its state lags W tokens behind),
+    with each query decayed over its window. State: the lagging recurrent state, the last W tokens' kernel
+    inputs (`lag_*`), the last W−1 window keys (`window_k`) and the position: it grows with W, never with T.
     """
 
     uses_delta_rule = False
     # init="qkv_copy": which teacher attention projection initialises which of ours (k/v expanded from GQA).
     # Mixers whose projections play other roles rename them here (Mamba: C <- W_Q, B <- W_K, x <- W_V).
     QKV_COPY = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
+    OPTIONS = {"window": IntOption(0)}  # subclasses with options of their own add to this dict
+    WINDOW_ROPE = True  # the window rotates its q/k with the teacher's RoPE (False: featurize already did)
+    LAGGED_CONTEXT: tuple[str, ...] = ()  # context entries that `recurrence` reads per token (delayed with k)
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        self.window = config.options.get("window", 0)
+        if self.window not in IntOption(0):
+            raise ValueError(f"{self.name}: window must be an int >= 0 (0: no window), got {self.window!r}")
+        if self.window and self.WINDOW_ROPE:
+            self.window_rotary = Rotary(config.head_dim, config.rope_theta, config.options.get("rope_fn"))
 
     def add_attention_projections(self) -> None:
         """The teacher-shaped projections `QKV_COPY` names, without bias: D → H·K where the teacher's is a
@@ -159,34 +204,119 @@ class RecurrentMixer(Mixer):
                                          initial_state=state.get("kernel"), output_final_state=True, backend=backend)
         return o, {"kernel": final}
 
+    def mix(self, f: Features, backend: str, state: State) -> tuple[torch.Tensor, State]:
+        """What `finish_core` reads and the mixing part of the next state: the recurrence's output, or with a
+        window o_t = r_t + [N_t, Z_t] (a normaliser shared, LoLCATs eq. 7) or r_t + N_t / Z_t (none)."""
+        if not self.window:
+            return self.recurrence(f, backend, state)
+        naive = backend == "naive"
+        lagged, lag_state = self.lagged_features(f, state, naive)
+        r, kernel_state = self.recurrence(lagged, backend, state)
+        numerator, normaliser, window_state = self.window_attention(f, state, naive)
+        if f.has_normaliser:
+            o = r.float() + torch.cat([numerator, normaliser[..., None]], dim=-1)
+        else:
+            o = r.float() + numerator / normaliser[..., None]
+        return o, {**kernel_state, **lag_state, **window_state}
+
+    def lagged_features(self, f: Features, state: State, naive: bool = False) -> tuple[Features, State]:
+        """The recurrence's inputs with a window: keys, values, β, decays (and `LAGGED_CONTEXT`) delayed by W
+        tokens, so the state it reaches at t is S_{t−W}; queries times exp(Σ_{r=t−W+1}^{t} log α_r) (to t−1
+        for the RWKV-6 form), so that key s ≤ t−W still decays over all of (s, t]. The W tokens before the
+        first come from the state, or are zeros, which write nothing and do not decay (log α = 0)."""
+        W, T = self.window, f.q.shape[1]
+        current = {"k": f.k, "v": f.v, "log_decay": f.log_decay, "beta": f.beta,
+                   **{name: f.context[name] for name in self.LAGGED_CONTEXT}}
+        delayed, lag_state, decays = {}, {}, None
+        for name, tensor in current.items():
+            if tensor is None:
+                continue
+            past = state.get(f"lag_{name}")
+            if past is None:
+                past = tensor.new_zeros(tensor.shape[0], W, *tensor.shape[2:])
+            sequence = torch.cat([past.to(tensor.dtype), tensor], dim=1)  # index i is token i − W
+            delayed[name] = sequence[:, :T]
+            lag_state[f"lag_{name}"] = sequence[:, T:].clone()  # not a view: the cache keeps W tokens, not W + T
+            if name == "log_decay":
+                decays = sequence
+        q = f.q
+        if decays is not None:
+            n = W - (1 if f.bonus is not None else 0)  # RWKV-6 reads S_{t−1}: its query is not decayed by α_t
+            window_sums = (sliding_sum_naive if naive else sliding_sum)(decays.float(), n)[:, n:n + T]
+            factor = window_sums.exp()
+            # In q's own dtype, so the kernel sees the inputs it sees without a window (bf16 keeps fp32's range).
+            q = (f.q.float() * (factor[..., None] if factor.dim() == 3 else factor)).to(f.q.dtype)
+        lagged = dataclasses.replace(f, q=q, k=delayed["k"], v=delayed["v"], log_decay=delayed.get("log_decay"),
+                                     beta=delayed.get("beta"), bonus=None,
+                                     context={**f.context, **{n: delayed[n] for n in self.LAGGED_CONTEXT}})
+        return lagged, lag_state
+
+    def window_qk(self, f: Features, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's query and key for tokens from `position` on, rotated (RoPE) by their positions."""
+        q = f.q if f.window_q is None else f.window_q
+        k = f.k if f.window_k is None else f.window_k
+        if self.WINDOW_ROPE:
+            q, k = self.window_rotary(q, position), self.window_rotary(k, position)
+        return q, k
+
+    def window_attention(self, f: Features, state: State, naive: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """(N_t, Z_t, state part): the window's numerator and normaliser over keys [t−W+1, t] (fp32). The
+        previous W−1 keys come from the state, their values from the lagged values `lag_v` (no second copy)."""
+        W, T = self.window, f.q.shape[1]
+        position = state.get("window_position", 0)
+        q, k = self.window_qk(f, position)
+        values = f.values
+        B, _, H, K = k.shape
+        past_k = state.get("window_k")
+        past_k = k.new_zeros(B, W - 1, H, K) if past_k is None else past_k.to(k.dtype)
+        lag_v = state.get("lag_v")
+        past_v = (values.new_zeros(B, W - 1, H, values.shape[-1]) if lag_v is None
+                  else lag_v[:, 1:, :, :values.shape[-1]].to(values.dtype))
+        keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, values], dim=1)
+        first_valid = max(0, W - 1 - position)  # before the first token there are no keys
+        numerator, normaliser = (band_softmax_naive if naive else band_softmax)(q, keys, values, W, first_valid)
+        return numerator, normaliser, {"window_k": keys[:, T:].clone(), "window_position": position + T}
+
     def forward(self, x, state=None, backend="auto"):
         state = state or {}
         f = self.featurize(x, state)
-        o, kernel_state = self.recurrence(f, backend, state)
+        o, mixed_state = self.mix(f, backend, state)
         y = self.readout(self.finish_core(o, f), f, x)
-        return y.to(x.dtype), {**f.carry, **kernel_state}
+        return y.to(x.dtype), {**f.carry, **mixed_state}
 
     def core(self, x, backend="auto"):
         f = self.featurize(x, {})
-        o, _ = self.recurrence(f, backend, {})
+        o, _ = self.mix(f, backend, {})
         return self.finish_core(o, f), f.values
 
     def mixer_matrix(self, x):
+        """M with core = M @ values. With a window: finish_matrix(E + R), E the window's e_ts (or e_ts / Z_t
+        without a normaliser) in the band t−W < s ≤ t, R[t, s] the lagged recurrence's weight of key s ≤ t−W."""
         f = self.featurize(x, {})
+        if not self.window:
+            return self.finish_matrix(self._kernel_matrix(f), f)
+        W, T = self.window, x.shape[1]
+        lagged, _ = self.lagged_features(f, {})
+        delayed = self._kernel_matrix(lagged)  # columns are delayed tokens: column u is token u − W
+        lagged_part = torch.zeros_like(delayed)
+        lagged_part[..., :, :max(T - W, 0)] = delayed[..., :, W:]
+        q, k = self.window_qk(f, 0)
+        return self.finish_matrix(lagged_part + band_matrix(q, k, W, normalise=not f.has_normaliser), f)
+
+    def _kernel_matrix(self, f: Features) -> torch.Tensor:
         if self.uses_delta_rule:
-            matrix = delta_rule_matrix(f.q, f.k, f.beta, f.log_decay, scale=f.scale)
-        else:
-            matrix = linear_recurrence_matrix(f.q, f.k, f.log_decay, f.bonus, scale=f.scale)
-        return self.finish_matrix(matrix, f)
+            return delta_rule_matrix(f.q, f.k, f.beta, f.log_decay, scale=f.scale)
+        return linear_recurrence_matrix(f.q, f.k, f.log_decay, f.bonus, scale=f.scale)
 
     @property
     def supports_matrix_terms(self) -> bool:
-        return not self.uses_delta_rule
+        return not self.uses_delta_rule and not self.window  # the window's max-shifted softmax has no such terms
 
     def matrix_terms(self, x):
         """M = row_scale · (scale · Σ_c q_tc k_sc exp(decay sums) + diag(diagonal)) as kernel inputs, without
         forming M; `finish_terms` adds a mixer's normaliser or skip term (its `finish_matrix`)."""
-        if self.uses_delta_rule:
+        if not self.supports_matrix_terms:
             return None
         f = self.featurize(x, {})
         terms = dict(q=f.q, k=f.k, log_decay=f.log_decay, bonus=f.bonus, scale=f.scale, row_scale=None, diagonal=None)

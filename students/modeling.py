@@ -1,5 +1,9 @@
 """Students as Hugging Face models: a teacher-family decoder whose attention layers are replaced by a mixer.
 
+A hybrid (`keep_attention`) keeps some layers as the teacher's own softmax attention (the `attention` mixer)
+and replaces the others; its cache holds a KV cache for the kept layers, recurrent states (and window buffers)
+elsewhere.
+
 The embedding, MLPs, norms and LM head are the teacher family's own modules (instantiated from the saved
 teacher config), so nothing of transformers' modeling code is forked; only the residual loop is ours.
 `import students` registers the config and model with AutoConfig / AutoModelForCausalLM.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from typing import Any
 
 import torch
@@ -24,17 +29,44 @@ SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
+KEPT_MIXER = "attention"  # what a kept layer runs: the teacher's own softmax attention
+
+
+def check_keep_attention(keep, num_layers: int) -> list[int]:
+    """The kept layer indices, sorted; one ValueError naming every index out of range or repeated."""
+    keep = list(keep or [])
+    indices, bad = [], []
+    for index in keep:
+        try:
+            if isinstance(index, bool):
+                raise TypeError
+            indices.append(operator.index(index))
+        except TypeError:
+            bad.append(index)
+    bad += [i for i in indices if not 0 <= i < num_layers]
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if bad or repeated:
+        problems = ([f"not a layer index: {', '.join(map(repr, bad))}"] if bad else []) + \
+                   ([f"repeated: {', '.join(map(str, repeated))}"] if repeated else [])
+        raise ValueError(f"keep_attention {keep}: layer indices must be distinct ints in 0..{num_layers - 1} "
+                         f"({'; '.join(problems)})")
+    return sorted(indices)
+
+
 class StudentConfig(PreTrainedConfig):
-    """`teacher_config`: the teacher's config as a dict; `student`: registry name; `mixer_options`: per-student."""
+    """`teacher_config`: the teacher's config as a dict; `student`: registry name; `mixer_options`: per-student;
+    `keep_attention`: indices of the layers that stay the teacher's softmax attention (a hybrid; [] for none)."""
 
     model_type = "distill_student"
 
     def __init__(self, teacher_config: dict | None = None, student: str = "attention",
-                 mixer_options: dict | None = None, init: str = "random", **kwargs):
+                 mixer_options: dict | None = None, init: str = "random", keep_attention: list | None = None,
+                 **kwargs):
         self.teacher_config = dict(teacher_config or {})
         self.student = student
         self.mixer_options = dict(mixer_options or {})
         self.init = init
+        self.keep_attention = list(keep_attention or [])
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
             if key in self.teacher_config:
                 setattr(self, key, self.teacher_config[key])
@@ -69,7 +101,8 @@ def mixer_config(family: PreTrainedConfig, layer_idx: int, options: dict, rotary
 
 
 class StudentCache:
-    """Per-layer mixer states: recurrent states for students (constant size), a KV cache for `attention`."""
+    """Per-layer mixer states: recurrent states for students (constant size; with a window, plus the last W
+    tokens' keys and values), a KV cache for `attention` layers (the control, or a hybrid's kept layers)."""
 
     is_compileable = False
 
@@ -81,7 +114,13 @@ class StudentCache:
         return self.seen_tokens
 
     def nbytes(self) -> int:
+        """Bytes of every tensor the cache holds, over the whole batch."""
         return sum(t.numel() * t.element_size() for s in self.states if s for t in s.values() if torch.is_tensor(t))
+
+    def bytes_per_sequence(self) -> int:
+        """`nbytes()` per sequence of the batch (every state tensor is batch-first); 0 for an empty cache."""
+        batch = next((t.shape[0] for s in self.states if s for t in s.values() if torch.is_tensor(t) and t.dim()), 0)
+        return self.nbytes() // batch if batch else 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         for state in self.states:
@@ -108,9 +147,13 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         rotary = getattr(self.model, "rotary_emb", None)
         if rotary is not None:
             del self.model.rotary_emb  # the mixers compute RoPE themselves, from the same function
+        kept = set(check_keep_attention(config.keep_attention, family.num_hidden_layers))
         for idx, layer in enumerate(self.model.layers):
             del layer.self_attn
-            layer.mixer = build_mixer(config.student, mixer_config(family, idx, config.mixer_options, rotary))
+            if idx in kept:  # the teacher's attention: none of the student's options apply to it
+                layer.mixer = build_mixer(KEPT_MIXER, mixer_config(family, idx, {}, rotary))
+            else:
+                layer.mixer = build_mixer(config.student, mixer_config(family, idx, config.mixer_options, rotary))
         self.post_init()
 
     @classmethod
@@ -122,7 +165,25 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
 
     @property
     def mixers(self) -> list[nn.Module]:
+        """Every layer's mixer, kept attention layers included."""
         return [layer.mixer for layer in self.model.layers]
+
+    @property
+    def kept_layer_indices(self) -> list[int]:
+        """The layers that stay the teacher's softmax attention (sorted)."""
+        return sorted(self.config.keep_attention)
+
+    @property
+    def student_mixers(self) -> list[nn.Module]:
+        """The mixers of the replaced layers: what distillation trains (kept layers are frozen by default)."""
+        kept = set(self.config.keep_attention)
+        return [layer.mixer for idx, layer in enumerate(self.model.layers) if idx not in kept]
+
+    def kept_parameters(self, whole_layer: bool = False) -> dict[str, nn.Parameter]:
+        """The kept attention layers' parameters by name, for training code to freeze (leave them out of the
+        optimiser; they are the teacher's own). `whole_layer`: also those layers' MLPs and norms."""
+        prefixes = tuple(f"model.layers.{idx}.{'' if whole_layer else 'mixer.'}" for idx in self.config.keep_attention)
+        return {name: p for name, p in self.named_parameters() if name.startswith(prefixes)}
 
     def get_input_embeddings(self):
         return self.model.embed_tokens

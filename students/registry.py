@@ -33,15 +33,26 @@ def mixer_class(name: str) -> type[Mixer]:
     return getattr(importlib.import_module(module), cls)
 
 
+def _accepts(allowed, value) -> bool:
+    if isinstance(allowed, tuple):  # the values it takes
+        return any(value == v and type(value) is type(v) for v in allowed)  # 1 is not True
+    return value in allowed  # a rule such as IntOption
+
+
+def _describe(allowed) -> str:
+    return "|".join(map(str, allowed)) if isinstance(allowed, tuple) else str(allowed)
+
+
 def check_options(name: str, options: dict) -> None:
     """One clear ValueError for an option the student does not take, or a value it does not accept."""
     allowed = mixer_class(name).OPTIONS
     for key, value in options.items():
         if key not in allowed:
-            takes = ", ".join(f"{k} ({'|'.join(map(str, v))})" for k, v in allowed.items()) or "none"
+            takes = ", ".join(f"{k} ({_describe(v)})" for k, v in allowed.items()) or "none"
             raise ValueError(f"student {name} has no option {key!r}; it takes: {takes}")
-        if not any(value == v and type(value) is type(v) for v in allowed[key]):  # 1 is not True
-            raise ValueError(f"student {name}: option {key}={value!r} is not one of {'|'.join(map(str, allowed[key]))}")
+        if not _accepts(allowed[key], value):
+            one_of = "one of " if isinstance(allowed[key], tuple) else ""
+            raise ValueError(f"student {name}: option {key}={value!r} is not {one_of}{_describe(allowed[key])}")
 
 
 def build_mixer(name: str, config: MixerConfig) -> Mixer:

@@ -1,5 +1,6 @@
-"""Teacher -> student surgery: load a Llama-family teacher, swap every attention layer for a mixer, copy
-everything else, and initialise the mixer (`random` or `qkv_copy`), logging each tensor copied.
+"""Teacher -> student surgery: load a Llama-family teacher, swap its attention layers for a mixer (all, or all
+but the kept ones of a hybrid), copy everything else, and initialise the mixer (`random` or `qkv_copy`),
+logging each tensor copied.
 
 The copy follows nanoGPT's `from_pretrained`: list both key sets, assert the shape of every pair, copy
 under no_grad, and log `teacher.key -> student.key` with its shape.
@@ -14,11 +15,39 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from students.modeling import SUPPORTED_FAMILIES, StudentConfig, StudentForCausalLM
+from students.modeling import SUPPORTED_FAMILIES, StudentConfig, StudentForCausalLM, check_keep_attention
 from students.registry import available
 
 log = logging.getLogger("students.surgery")
 INITS = ("random", "qkv_copy")
+SELECTIONS = ("first", "last", "uniform", "kl")
+
+
+def kept_layers(num_layers: int, count: int, select: str = "uniform", scores=None) -> list[int]:
+    """`count` of `num_layers` layer indices to keep as attention (sorted), chosen by position or importance.
+
+    first: 0 … count−1.  last: the final `count`.
+    uniform: the middle of each of `count` equal segments, ⌊(2i + 1)·L / (2·count)⌋ for i < count; consecutive
+      picks lie L/count ≥ 1 apart, so they are distinct: L = 4, count 2 → [1, 3]; L = 32, count 4 → [4, 12, 20, 28];
+      count L/2 → every odd layer (Mamba-in-the-Llama's 50%).
+    kl: the `count` layers with the largest `scores` (one per layer, e.g. the validation KL after replacing that
+      layer alone and distilling briefly: arXiv 2512.20569), ties to the lower index.
+    count 0 → [].
+    """
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}")
+    if not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= num_layers):
+        raise ValueError(f"keep {count!r} attention layers: need an int in 0..{num_layers} (the teacher's layers)")
+    if select == "first":
+        return list(range(count))
+    if select == "last":
+        return list(range(num_layers - count, num_layers))
+    if select == "uniform":
+        return [(2 * i + 1) * num_layers // (2 * count) for i in range(count)]
+    if scores is None or len(scores) != num_layers:
+        raise ValueError(f"select='kl' needs scores, one per layer ({num_layers}); got "
+                         f"{'none' if scores is None else len(scores)}")
+    return sorted(sorted(range(num_layers), key=lambda i: -float(scores[i]))[:count])
 
 
 @dataclass
@@ -71,16 +100,20 @@ def _expand_kv(weight: torch.Tensor, kv_heads: int, heads: int) -> torch.Tensor:
 
 
 def build_student(teacher: PreTrainedModel, name: str, init: str = "random", mixer_options: dict | None = None,
-                  seed: int = 0) -> StudentForCausalLM:
-    """Same depth and width as `teacher`; every attention layer replaced by mixer `name`; embeddings, MLPs,
-    norms, final norm and LM head copied (tied weights stay tied). `student.surgery_log` lists every tensor."""
+                  seed: int = 0, keep_attention=()) -> StudentForCausalLM:
+    """Same depth and width as `teacher`; every attention layer replaced by mixer `name`, except the layers in
+    `keep_attention` (a hybrid), which keep the teacher's attention with its q/k/v/o (norms, biases) copied
+    whatever `init`, so each reproduces its teacher layer exactly; embeddings, MLPs, norms, final norm and LM
+    head copied (tied weights stay tied). `student.surgery_log` lists every tensor."""
     if name not in available():
         raise ValueError(f"unknown student {name!r}; choose one of {', '.join(available())}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     check_teacher_config(teacher.config)
+    keep = check_keep_attention(keep_attention, teacher.config.num_hidden_layers)
     torch.manual_seed(seed)
-    config = StudentConfig(teacher_config=teacher.config.to_dict(), student=name, mixer_options=mixer_options, init=init)
+    config = StudentConfig(teacher_config=teacher.config.to_dict(), student=name, mixer_options=mixer_options, init=init,
+                           keep_attention=keep)
     student = StudentForCausalLM(config).to(next(teacher.parameters()).dtype)
     records: list[CopyRecord] = []
     teacher_state = teacher.state_dict()
@@ -92,9 +125,10 @@ def build_student(teacher: PreTrainedModel, name: str, init: str = "random", mix
             if key not in student_state:
                 raise ValueError(f"teacher tensor {key} has no place in the student; is the teacher Llama-family?")
             _copy(student_state[key], tensor, key, key, records)
-        if init == "qkv_copy":
-            for idx, layer in enumerate(student.model.layers):
-                _qkv_copy(layer.mixer, teacher.model.layers[idx].self_attn, f"model.layers.{idx}", teacher.config, records)
+        for idx, layer in enumerate(student.model.layers):
+            if idx in keep or init == "qkv_copy":
+                _qkv_copy(layer.mixer, teacher.model.layers[idx].self_attn, f"model.layers.{idx}", teacher.config,
+                          records, "(kept attention)" if idx in keep else "")
         copied = {r.student_key for r in records}
         for key, tensor in student.named_parameters():
             if key not in copied:
@@ -113,7 +147,7 @@ def _copy(target: torch.Tensor, source: torch.Tensor, teacher_key: str, student_
     records.append(CopyRecord(teacher_key, student_key, tuple(target.shape), note))
 
 
-def _qkv_copy(mixer, attention, prefix: str, teacher_config, records: list) -> None:
+def _qkv_copy(mixer, attention, prefix: str, teacher_config, records: list, note: str = "") -> None:
     heads = teacher_config.num_attention_heads
     kv_heads = getattr(teacher_config, "num_key_value_heads", None) or heads
     for student_name, teacher_name in mixer.QKV_COPY.items():
@@ -128,10 +162,10 @@ def _qkv_copy(mixer, attention, prefix: str, teacher_config, records: list) -> N
                 records.append(CopyRecord(teacher_key, student_key, tuple(source.shape),
                                           "NOT COPIED: the student projection has no such parameter"))
                 continue
-            note = ""
+            gqa = ""
             if mixer.EXPAND_KV and teacher_name in ("k_proj", "v_proj") and kv_heads != heads:
-                source, note = _expand_kv(source, kv_heads, heads), f"(GQA {kv_heads} -> {heads} heads)"
-            _copy(target, source, teacher_key, student_key, records, note)
+                source, gqa = _expand_kv(source, kv_heads, heads), f"(GQA {kv_heads} -> {heads} heads)"
+            _copy(target, source, teacher_key, student_key, records, " ".join(filter(None, (gqa, note))))
     for conv_name in mixer.IDENTITY_CONVS:
         conv = getattr(mixer, conv_name)
         conv.set_identity()

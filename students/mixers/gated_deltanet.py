@@ -38,8 +38,9 @@ class GatedDeltaNetMixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        q, q_cache = self.q_conv(self.q_proj(x), state.get("q_conv"))
-        k, k_cache = self.k_conv(self.k_proj(x), state.get("k_conv"))
+        q_in, k_in = self.q_proj(x), self.k_proj(x)
+        q, q_cache = self.q_conv(q_in, state.get("q_conv"))
+        k, k_cache = self.k_conv(k_in, state.get("k_conv"))
         v, v_cache = self.v_conv(self.v_proj(x), state.get("v_conv"))
         q = F.normalize(split_heads(q, H).float(), dim=-1)
         k = F.normalize(split_heads(k, H).float(), dim=-1)
@@ -47,6 +48,7 @@ class GatedDeltaNetMixer(RecurrentMixer):
         log_decay = -self.A_log.float().exp() * F.softplus(self.decay_proj(x).float() + self.dt_bias)
         return Features(q=q, k=k, v=split_heads(v, H), beta=beta, log_decay=log_decay,
                         context={"g": split_heads(self.g_proj(x), H)},
+                        window_q=split_heads(q_in, H), window_k=split_heads(k_in, H),
                         carry={"q_conv": q_cache, "k_conv": k_cache, "v_conv": v_cache})
 
     def readout(self, core, f, x):

@@ -2,7 +2,9 @@
 
 S_t = S_{t−1} + φ(k_t) v_tᵀ,  z_t = z_{t−1} + φ(k_t),  o_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + ε)
 The normaliser rides along as an extra value column of ones, so one kernel call computes both.
-Options: feature_map ∈ {"elu", "hedgehog", "identity"} (default "elu"); normalize (default: on unless identity).
+Options: feature_map ∈ {"elu", "hedgehog", "identity"} (default "elu"); normalize (default: on unless identity);
+window (every recurrent student's): with normalize, window=W and the hedgehog map is LoLCATs (Zhang et al. 2024,
+arXiv 2410.10254) eq. 7, the window sharing the normaliser z.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ EPS = 1e-6
 
 class LinearAttentionMixer(RecurrentMixer):
     name = "linear_attention"
-    OPTIONS = {"feature_map": FEATURE_MAPS, "normalize": (True, False)}
+    OPTIONS = {**RecurrentMixer.OPTIONS, "feature_map": FEATURE_MAPS, "normalize": (True, False)}
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
@@ -43,13 +45,14 @@ class LinearAttentionMixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = self.phi(q), self.phi(k)
+        q_raw, k_raw, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = self.phi(q_raw), self.phi(k_raw)
         V = v.shape[-1]
         if self.normalize:
             v = torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
         # With normalisation the scale cancels; without, use the attention scale of the head dim.
-        return Features(q=q, k=k, v=v, scale=1.0 if self.normalize else self.head_dim ** -0.5, value_dim=V)
+        return Features(q=q, k=k, v=v, scale=1.0 if self.normalize else self.head_dim ** -0.5, value_dim=V,
+                        window_q=q_raw, window_k=k_raw)  # LoLCATs: the window scores with q, k, not φ(q), φ(k)
 
     def finish_core(self, o, f):
         if not self.normalize:

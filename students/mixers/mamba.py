@@ -37,12 +37,14 @@ class Mamba2Mixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        xBC, conv_cache = self.conv(torch.cat([self.x_proj(x), self.B_proj(x), self.C_proj(x)], -1), state.get("conv"))
+        x_in, B_in, C_in = self.x_proj(x), self.B_proj(x), self.C_proj(x)
+        xBC, conv_cache = self.conv(torch.cat([x_in, B_in, C_in], -1), state.get("conv"))
         xs, Bs, Cs = (split_heads(t, H) for t in xBC.chunk(3, dim=-1))
         dt = F.softplus(self.dt_proj(x).float() + self.dt_bias)  # (B, T, H)
         log_decay = -dt * self.A_log.float().exp()
         return Features(q=Cs, k=Bs * dt[..., None], v=xs, log_decay=log_decay, scale=1.0,
-                        context={"z": split_heads(self.z_proj(x), H)}, carry={"conv": conv_cache})
+                        context={"z": split_heads(self.z_proj(x), H)}, carry={"conv": conv_cache},
+                        window_q=split_heads(C_in, H), window_k=split_heads(B_in, H))
 
     def finish_core(self, o, f):
         return o + self.D.float()[:, None] * f.v.float()

@@ -36,10 +36,11 @@ class MetaLAMixer(RecurrentMixer):
         H = self.num_heads
         xc, conv_cache = self.conv(x, state.get("conv"))
         q, v = split_heads(self.q_proj(xc), H), split_heads(self.v_proj(xc), H)
-        log_decay = F.logsigmoid(split_heads(self.decay_proj(xc), H).float()) / GATE_TEMPERATURE
+        decay_in = split_heads(self.decay_proj(xc), H)  # W_K's place under qkv_copy: the window's key
+        log_decay = F.logsigmoid(decay_in.float()) / GATE_TEMPERATURE
         k = -torch.expm1(log_decay)  # 1 − α_t
         return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(xc)},
-                        carry={"conv": conv_cache})
+                        carry={"conv": conv_cache}, window_k=decay_in)
 
     def readout(self, core, f, x):
         augment = (f.q.float() * self.aug_balance * f.k).sum(-1, keepdim=True)  # (B, T, H, 1)

@@ -15,6 +15,7 @@ from students.layers import HeadLayerNorm, Rotary, merge_heads, split_heads
 
 class RetNetMixer(RecurrentMixer):
     name = "retnet"
+    WINDOW_ROPE = False  # q and k are rotated already
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)

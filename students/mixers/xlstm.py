@@ -25,6 +25,7 @@ def soft_cap(x: torch.Tensor, cap: float = GATE_SOFT_CAP) -> torch.Tensor:
 
 class MLSTMMixer(RecurrentMixer):
     name = "xlstm"
+    LAGGED_CONTEXT = ("k_raw", "log_input")  # what the stabilised loop reads per token instead of k
 
     def __init__(self, config: MixerConfig):
         super().__init__(config)
@@ -47,7 +48,7 @@ class MLSTMMixer(RecurrentMixer):
         log_forget = F.logsigmoid(soft_cap(self.f_gate(x).float()))
         ones = v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)
         return Features(q=q, k=k.float() * log_input.exp()[..., None], v=torch.cat([v.float(), ones], -1),
-                        log_decay=log_forget, value_dim=v.shape[-1],
+                        log_decay=log_forget, value_dim=v.shape[-1], window_k=k,
                         context={"k_raw": k, "log_input": log_input, "o": self.o_gate(x)})
 
     def recurrence(self, f, backend, state):
@@ -57,16 +58,17 @@ class MLSTMMixer(RecurrentMixer):
         m = state.get("m", f.q.new_zeros(B, H, dtype=torch.float32))
         memory = state.get("kernel")
         if backend == "naive":
-            o, memory, m = self._stabilised_loop(f, memory, m)
+            o, memory, m = self._stabilised_loop(f, memory, m, normalise=not self.window)
             return o, {"kernel": memory, "m": m}
         unstabilised = None if memory is None else memory * m.exp()[..., None, None]
         o, memory = linear_recurrence(f.q, f.k, f.v, f.log_decay, scale=f.scale, initial_state=unstabilised,
                                       output_final_state=True, backend=backend)
         return o, {"kernel": memory, "m": torch.zeros_like(m)}
 
-    def _stabilised_loop(self, f, memory, m):
+    def _stabilised_loop(self, f, memory, m, normalise=True):
         """xLSTM eq. 19-27 with the running-max stabiliser, one token at a time in fp32. The outputs come back
-        normalised, with a unit normaliser column, so `finish_core` leaves them as they are."""
+        normalised, with a unit normaliser column, so `finish_core` leaves them as they are; or, with
+        `normalise=False` (a window adds its terms first), as q·C and q·n, what the chunked kernel returns."""
         q, k, v = f.q.float(), f.context["k_raw"].float(), f.v.float()  # v carries the ones column (n)
         B, T, H, K = q.shape
         scale = K ** -0.5 if f.scale is None else f.scale
@@ -78,8 +80,11 @@ class MLSTMMixer(RecurrentMixer):
             forget, inp = (log_f + m - m_new).exp(), (log_i - m_new).exp()
             memory = forget[..., None, None] * memory + inp[..., None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
             read = scale * torch.einsum("bhk,bhkv->bhv", q[:, t], memory)
-            denom = torch.maximum(read[..., -1:].abs(), (-m_new).exp()[..., None])
-            outputs.append(torch.cat([read[..., :-1] / denom, torch.ones_like(denom)], dim=-1))
+            if normalise:
+                denom = torch.maximum(read[..., -1:].abs(), (-m_new).exp()[..., None])
+                outputs.append(torch.cat([read[..., :-1] / denom, torch.ones_like(denom)], dim=-1))
+            else:  # m ≤ the soft cap 15, so exp(m) fits fp32 (the premise of the unstabilised chunked form)
+                outputs.append(read * m_new.exp()[..., None])
             m = m_new
         return torch.stack(outputs, 1) if T else v.new_zeros(B, 0, H, v.shape[-1]), memory, m
 
