@@ -648,3 +648,43 @@ def test_sweep_workers_share_the_cores(tmp_path, tiny_teacher_dir, works_dir, mo
     assert sweep.main(["--grid", "smoke", "--workers", "2", "--", *_cli(tmp_path, tiny_teacher_dir, works_dir)]) == 0
     assert len(seen) == 2 and all(argv[argv.index("--threads") + 1] == "2" for argv in seen)
     assert sweep.main(["--grid", "smoke", "--workers", "0"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------- hybrids
+def test_a_hybrid_trains_only_its_replaced_layers(tmp_path, tiny_teacher_dir, works_dir):
+    from safetensors.torch import load_file
+
+    assert run.main(["--student", "gla", "--keep-attention", "1", "--skip-eval",
+                     *_cli(tmp_path, tiny_teacher_dir, works_dir)]) == 0
+    record = _record(tmp_path)
+    assert record["keep_attention"] == [1] and "+keep1__" in record["run"]
+    teacher = load_file(str(tiny_teacher_dir / "model.safetensors"))
+    student = load_file(str(tmp_path / "runs" / record["run"] / "student" / "model.safetensors"))
+    kept = {k: v for k, v in student.items() if k.startswith("model.layers.1.mixer.")}
+    assert kept and all(torch.equal(v, teacher[k.replace(".mixer.", ".self_attn.")]) for k, v in kept.items())
+    assert not torch.equal(student["model.layers.0.mixer.q_proj.weight"], teacher["model.layers.0.self_attn.q_proj.weight"])
+    assert record["state_bytes_per_layer"][1] > record["state_bytes_per_layer"][0]  # a KV cache beside a state
+
+
+def test_kl_selection_ranks_each_layer_by_its_own_short_run(tmp_path, tiny_teacher_dir, works_dir):
+    assert run.main(["--student", "gla", "--keep-attention-count", "1", "--select", "kl", "--rank-tokens", "2560",
+                     "--skip-eval", *_cli(tmp_path, tiny_teacher_dir, works_dir)]) == 0
+    records = {json.loads(p.read_text())["run"]: json.loads(p.read_text())
+               for p in (tmp_path / "results" / "runs").glob("*.json")}
+    main = next(r for r in records.values() if r["keep_ranking"])
+    scores = main["keep_ranking"]["val_kl_with_only_this_layer_replaced"]
+    assert len(scores) == 2 and len(records) == 3  # one ranking run per layer, then the run itself
+    assert main["keep_attention"] == [scores.index(max(scores))]
+    for layer, name in enumerate(main["keep_ranking"]["runs"]):
+        assert records[name]["keep_attention"] == [1 - layer] and records[name]["metrics"]["val_kl"] == scores[layer]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--keep-attention", "0,1"], "keeps all 2 layers"), (["--keep-attention", "5"], "--keep-attention '5'"),
+    (["--keep-attention", "0", "--keep-attention-count", "1"], "not both"),
+    (["--keep-attention-count", "2"], "must lie in 1..1"),
+    (["--keep-attention-count", "1", "--select", "kl", "--rank-tokens", "1280"], "use --rank-tokens 2350"),
+])
+def test_bad_hybrid_settings_are_refused(argv, message, tmp_path, tiny_teacher_dir, works_dir, capsys):
+    assert run.main(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), *argv]) == 2
+    assert message in _one_error_line(capsys)

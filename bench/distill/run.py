@@ -29,6 +29,7 @@ from bench.errors import BenchError, Parser, UsageError, fail, set_threads
 from bench.files import Busy, atomic_directory, atomic_write_json, clear_staging, exclusive
 
 INITS = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
+KEEP_SELECT = ("first", "last", "uniform", "kl")
 EMBEDDED = "embedded"
 DTYPES = ("auto", "fp32", "bf16")
 
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="matrix_mixing: materialise the (B, H, T, T) matrices instead of the tiled fused loss")
     p.add_argument("--mixer-option", action="append", default=[], metavar="KEY=VALUE",
                    help="student-specific option, e.g. feature_map=elu (repeatable)")
+    p.add_argument("--keep-attention", default=None, metavar="I,J",
+                   help="hybrid: these layer indices stay the teacher's softmax attention (frozen)")
+    p.add_argument("--keep-attention-count", type=int, default=None, metavar="N",
+                   help="hybrid: keep N layers as attention, chosen by --select")
+    p.add_argument("--select", default="uniform", choices=KEEP_SELECT,
+                   help="which layers --keep-attention-count keeps: by position, or kl: the layers whose replacement "
+                        "alone raises the validation KL most after a short distillation (one run per layer)")
+    p.add_argument("--rank-tokens", type=int, default=None,
+                   help="--select kl: the token budget of each one-layer ranking run (default: a tenth of --tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on GPUs that support it), fp32, bf16")
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="checkpoints, logs, the student")
@@ -169,6 +179,7 @@ class RunSettings:
     batch_size: int
     stages: list[str]
     stage_steps: dict  # stages with fixed steps (the others share the rest of the budget)
+    keep: dict  # hybrid: {"layers": [...]} kept as attention, or {"count": N, "select": "kl", "rank_tokens": R}
     lrs: dict
     seed: int
     dtype: str
@@ -241,6 +252,46 @@ def _positive(name: str, value, allow_zero: bool = False):
     return value
 
 
+def teacher_layers(name: str) -> int:
+    """The teacher's decoder depth, from its config alone (the weights are loaded later)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_teacher(name)).num_hidden_layers
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read the config of teacher {name!r} ({str(error).splitlines()[0]})") from None
+
+
+def keep_from_args(args, teacher: str, tokens: int) -> dict:
+    """The hybrid's kept attention layers: explicit, by position (resolved now), or by KL (resolved by the run)."""
+    from students.surgery import kept_layers
+
+    if args.keep_attention is None and not args.keep_attention_count:
+        return {}
+    if args.keep_attention is not None and args.keep_attention_count is not None:
+        raise UsageError("pass --keep-attention (indices) or --keep-attention-count with --select, not both")
+    layers = teacher_layers(teacher)
+    if args.keep_attention is not None:
+        try:
+            from students.modeling import check_keep_attention
+
+            keep = check_keep_attention([int(x) for x in args.keep_attention.split(",") if x.strip()], layers)
+        except ValueError as error:
+            raise UsageError(f"--keep-attention {args.keep_attention!r}: {error}") from None
+    else:
+        if not 0 < args.keep_attention_count < layers:
+            raise UsageError(f"--keep-attention-count must lie in 1..{layers - 1} (the teacher has {layers} layers)")
+        if args.select == "kl":
+            rank_tokens = args.rank_tokens if args.rank_tokens is not None else max(1, tokens // 10)
+            if rank_tokens < 1:
+                raise UsageError(f"--rank-tokens must be positive, got {rank_tokens}")
+            return {"count": args.keep_attention_count, "select": "kl", "rank_tokens": rank_tokens}
+        keep = kept_layers(layers, args.keep_attention_count, args.select)
+    if len(keep) >= layers:
+        raise UsageError(f"--keep-attention keeps all {layers} layers: nothing would be distilled")
+    return {"layers": keep} if keep else {}
+
+
 def teacher_fingerprint(name: str) -> str:
     """The teacher's weight-file hash for a local directory (a retrained teacher is another run); a hub id as is."""
     path = resolve_teacher(name)
@@ -300,6 +351,12 @@ def settings_from_args(args) -> RunSettings:
     stage_steps.update(parse_stage_budget(args.stage_steps, "--stage-steps"))
     stage_steps = {name: steps for name, steps in stage_steps.items() if name in stages}
     split_budget(tokens, stages, seq_len * batch_size, stage_steps)
+    keep = keep_from_args(args, teachers[0], tokens)
+    if keep.get("select") == "kl":
+        try:
+            split_budget(keep["rank_tokens"], stages, seq_len * batch_size)
+        except UsageError as error:
+            raise UsageError(f"--rank-tokens: {error}".replace("use --tokens", "use --rank-tokens")) from None
     # The embedded mixture has recall documents by default; another dataset only when asked.
     recall_fraction = args.recall_fraction if args.recall_fraction is not None else \
         (preset.recall_fraction if args.dataset == data_lib.EMBEDDED else 0.0)
@@ -332,11 +389,13 @@ def settings_from_args(args) -> RunSettings:
     data = {"text_field": args.text_field, "streaming": args.streaming, "max_blocks": args.max_blocks,
             "works_dir": args.works_dir, "recall_fraction": recall_fraction}
     settings = RunSettings(student, init, teachers, [teacher_fingerprint(t) for t in teachers], args.dataset, data,
-                           args.preset, tokens, seq_len, batch_size, stages, stage_steps, lrs, args.seed, args.dtype,
+                           args.preset, tokens, seq_len, batch_size, stages, stage_steps, keep, lrs, args.seed, args.dtype,
                            args.schedule, args.warmup_fraction, args.weight_decay, args.grad_clip, options, mixer_options, "")
     teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
+    hybrid = ("+keep" + "-".join(map(str, keep["layers"])) if "layers" in keep else f"+keep{keep['count']}kl") \
+        if keep else ""
     settings.run_name = args.run_name or \
-        f"{teacher_tag}__{student}__{init}__{args.preset}__{settings.config_hash()}__seed{args.seed}"
+        f"{teacher_tag}__{student}{hybrid}__{init}__{args.preset}__{settings.config_hash()}__seed{args.seed}"
     if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", settings.run_name):
         raise UsageError(f"--run-name {settings.run_name!r} may only hold letters, digits and _ . + -")
     return settings
@@ -390,6 +449,50 @@ def validation_metrics(student, teacher, blocks: torch.Tensor, batch_size: int, 
     return {"val_kl": kl / n, "val_ppl_student": math.exp(ce_student / n), "val_ppl_teacher": math.exp(ce_teacher / n)}
 
 
+def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
+    """argv without the given flags (`flag: True` when it takes a value), in both `--f v` and `--f=v` forms."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in flags:
+            skip = flags[name] and "=" not in item
+            continue
+        out.append(item)
+    return out
+
+
+def rank_layers_by_kl(settings: RunSettings, args) -> tuple[list[int], dict]:
+    """KL-guided choice of the attention layers to keep (arXiv 2512.20569): for each layer, a short run in
+    which only that layer is replaced (every other kept), then its validation KL; the layers whose replacement
+    alone costs the most KL stay attention. Each ranking run is an ordinary run with its own record, so they
+    can also run in parallel beforehand (e.g. `bench.sweep --workers`); finished ones are reused."""
+    from students.surgery import kept_layers
+
+    layers = teacher_layers(settings.teachers[0])
+    base = _without(list(args.argv), {"--keep-attention": True, "--keep-attention-count": True, "--select": True,
+                                      "--rank-tokens": True, "--tokens": True, "--run-name": True, "--resume": False,
+                                      "--stop-after": True, "--stage-steps": True, "--stage-tokens": True,
+                                      "--split": True, "--skip-eval": False, "--skip-throughput": False})
+    scores, names = [], []
+    for layer in range(layers):
+        argv = base + ["--keep-attention", ",".join(str(j) for j in range(layers) if j != layer), "--tokens",
+                       str(settings.keep["rank_tokens"]), "--split", "proportional", "--skip-eval", "--skip-throughput"]
+        ranking_args = build_parser().parse_args(argv)
+        ranking_args.argv = argv
+        ranking = settings_from_args(ranking_args)
+        path = check_output_dir(args.results_dir, "--results-dir") / "runs" / f"{ranking.run_name}.json"
+        if not path.exists():
+            print(f"ranking layer {layer}: {ranking.run_name}", file=sys.stderr, flush=True)
+            run(ranking, ranking_args)
+        scores.append(json.loads(path.read_text())["metrics"]["val_kl"])
+        names.append(ranking.run_name)
+    keep = kept_layers(layers, settings.keep["count"], "kl", scores=scores)
+    return keep, {"val_kl_with_only_this_layer_replaced": scores, "runs": names, "kept": keep}
+
+
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """`key: saved -> current` for every setting that differs (nested dicts by dotted key)."""
     out = []
@@ -434,8 +537,11 @@ def run(settings: RunSettings, args) -> dict:
     batches = data_lib.Batches(train_blocks, settings.batch_size, settings.seed)
 
     weights_init = "qkv_copy" if "qkv_copy" in settings.init else "random"
+    keep, ranking = settings.keep.get("layers", []), None
+    if settings.keep.get("select") == "kl":
+        keep, ranking = rank_layers_by_kl(settings, args)
     student = build_student(teachers[0], settings.student, weights_init, settings.mixer_options,
-                            seed=settings.seed).to(dist.device)
+                            seed=settings.seed, keep_attention=keep).to(dist.device)
     sharded = args.fsdp and dist.world_size > 1  # after surgery, which copies from the whole teacher
     train_teachers = [train_lib.shard_frozen(t) for t in teachers] if sharded else teachers
     steps = split_budget(settings.tokens, settings.stages, settings.seq_len * settings.batch_size,
@@ -453,7 +559,7 @@ def run(settings: RunSettings, args) -> dict:
         with lock:
             return _train_and_record(settings, args, output_dir, results_dir, dist, teachers, train_teachers,
                                      teacher_paths, tokenizer, spec, preset, validation, batches, student, plans,
-                                     config, identity, sharded, bf16, started)
+                                     config, identity, sharded, bf16, started, keep, ranking)
     except Busy:
         raise UsageError(f"run {settings.run_name} is being written by another process; wait for it to finish "
                          f"or pass another --run-name") from None
@@ -461,7 +567,7 @@ def run(settings: RunSettings, args) -> dict:
 
 def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, train_teachers, teacher_paths,
                       tokenizer, spec, preset, validation, batches, student, plans, config, identity, sharded, bf16,
-                      started) -> dict | None:
+                      started, keep, ranking) -> dict | None:
     """Everything that writes: under the run's lock, after every input has been checked."""
     from students.surgery import load_teacher
 
@@ -524,6 +630,7 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
                   "params": {"student": sum(p.numel() for p in student.parameters()),
                              "teacher": sum(p.numel() for p in teachers[0].parameters())},
                   "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
+                  "keep_attention": keep, "keep_ranking": ranking,
                   "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16,
                   "threads": torch.get_num_threads(),
                   "seconds": round(seconds_before + time.time() - started, 1),  # every invocation's training
@@ -585,6 +692,7 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # the ranking runs of --select kl reuse it
         set_threads(args.threads)
         if args.no_progress:
             quiet_libraries()

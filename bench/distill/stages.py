@@ -172,6 +172,13 @@ def _mean(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(values).mean()
 
 
+def replaced_layers(student: nn.Module) -> list[tuple[int, nn.Module]]:
+    """(index, decoder layer) of the layers whose attention was replaced: the kept attention layers of a hybrid
+    are the teacher's own, so the layer-local losses leave them out (they would be 0 and cost a forward)."""
+    kept = set(getattr(student, "kept_layer_indices", ()))
+    return [(idx, layer) for idx, layer in enumerate(student.model.layers) if idx not in kept]
+
+
 # ------------------------------------------------------------------------------------------------ stages
 @register_stage("matrix_mixing", trainable="mixers", needs_attention_weights=True)
 def matrix_mixing(batch: Batch):
@@ -182,26 +189,27 @@ def matrix_mixing(batch: Batch):
     both matrices tile by tile.
     """
     student, per_layer = batch.student, []
+    layers = replaced_layers(student)
     if (batch.options.matrix_loss == "frobenius" and batch.options.fused_matrix_loss
-            and all(layer.mixer.supports_matrix_terms for layer in student.model.layers)):
+            and all(layer.mixer.supports_matrix_terms for _, layer in layers)):
         with capture_teacher_qk(batch.teachers[0]) as captured:
             trace = trace_teacher(batch.teachers[0], batch.input_ids)
-        for idx, layer in enumerate(student.model.layers):
+        for idx, layer in layers:
             query, key, scaling = captured[idx]
             terms = layer.mixer.matrix_terms(layer.input_layernorm(trace.layer_inputs[idx]))
             per_layer.append(mixer_matrix_loss(query.transpose(1, 2), key.transpose(1, 2), **terms,
                                                teacher_scale=scaling))
         loss = _mean(per_layer)
-        return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+        return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for (i, _), v in zip(layers, per_layer)}}
     trace = trace_teacher(batch.teachers[0], batch.input_ids)
-    for idx, layer in enumerate(student.model.layers):
+    for idx, layer in layers:
         x = layer.input_layernorm(trace.layer_inputs[idx])
         if batch.options.matrix_loss == "frobenius":
             per_layer.append(losses.matrix_distance(trace.attention_weights[idx], layer.mixer.mixer_matrix(x)))
         else:
             per_layer.append(losses.relative_l2(trace.attention_outputs[idx], layer.mixer(x)[0]))
     loss = _mean(per_layer)
-    return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+    return loss, {"matrix": loss.item(), **{f"layer{i}": v.item() for (i, _), v in zip(layers, per_layer)}}
 
 
 @register_stage("attention_output", trainable="mixers")
@@ -210,18 +218,20 @@ def attention_output(batch: Batch):
     the teacher attention's output (after its output projection). LoLCATs' attention transfer (Zhang et al.
     2024, eq. 4) and RADLADS' stage 1 (Goldstein et al. 2025): the mixer alone, no MLP, no other layer."""
     trace = trace_teacher(batch.teachers[0], batch.input_ids)
-    per_layer = [losses.relative_l2(trace.attention_outputs[idx], layer.mixer(layer.input_layernorm(hidden))[0])
-                 for idx, (layer, hidden) in enumerate(zip(batch.student.model.layers, trace.layer_inputs))]
+    layers = replaced_layers(batch.student)
+    per_layer = [losses.relative_l2(trace.attention_outputs[idx], layer.mixer(layer.input_layernorm(trace.layer_inputs[idx]))[0])
+                 for idx, layer in layers]
     loss = _mean(per_layer)
-    return loss, {"attention_output": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
+    return loss, {"attention_output": loss.item(), **{f"layer{i}": v.item() for (i, _), v in zip(layers, per_layer)}}
 
 
 @register_stage("hidden_alignment", trainable="mixers")
 def hidden_alignment(batch: Batch):
     """Per layer, from the teacher's input to that layer: relative L2 to the teacher's next hidden state."""
     trace = trace_teacher(batch.teachers[0], batch.input_ids)
-    per_layer = [losses.relative_l2(trace.layer_outputs[idx], batch.student.layer_forward(idx, hidden)[0])
-                 for idx, hidden in enumerate(trace.layer_inputs)]
+    layers = replaced_layers(batch.student)
+    per_layer = [losses.relative_l2(trace.layer_outputs[idx], batch.student.layer_forward(idx, trace.layer_inputs[idx])[0])
+                 for idx, _ in layers]
     loss = _mean(per_layer)
     return loss, {"hidden": loss.item(), **{f"layer{i}": v.item() for i, v in enumerate(per_layer)}}
 
@@ -301,10 +311,11 @@ def attention_transfer(batch: Batch):
     trace = trace_teacher(batch.teachers[0], batch.input_ids)
     student, o = batch.student, batch.options
     x = student.model.embed_tokens(batch.input_ids)
-    per_layer = []
+    per_layer, kept = [], set(getattr(student, "kept_layer_indices", ()))
     for idx, layer in enumerate(student.model.layers):
-        matrix = layer.mixer.mixer_matrix(layer.input_layernorm(x))
-        per_layer.append(losses.matrix_distance(batch.extras(idx, trace.attention_weights[idx]), matrix))
+        if idx not in kept:
+            matrix = layer.mixer.mixer_matrix(layer.input_layernorm(x))
+            per_layer.append(losses.matrix_distance(batch.extras(idx, trace.attention_weights[idx]), matrix))
         x, _ = student.layer_forward(idx, x)
     logits = student.lm_head(student.model.norm(x))
     kl = losses.token_kl(trace.logits, logits, o.temperature)
@@ -362,10 +373,13 @@ class StageModule(nn.Module):
         self._teachers = teachers  # a plain list: frozen teachers are not parameters of this module
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        # A hybrid's kept attention layers are the teacher's own and stay frozen.
         if self.stage.trainable == "mixers":
-            params = [p for mixer in self.student.mixers for p in mixer.parameters()]
+            mixers = getattr(self.student, "student_mixers", None) or self.student.mixers
+            params = [p for mixer in mixers for p in mixer.parameters()]
         else:
-            params = list(self.student.parameters())
+            kept = set(map(id, getattr(self.student, "kept_parameters", dict)().values()))
+            params = [p for p in self.student.parameters() if id(p) not in kept]
         return params + (list(self.extras.parameters()) if self.extras is not None else [])
 
     def forward(self, input_ids: torch.Tensor):

@@ -37,6 +37,9 @@ GRIDS: dict[str, list[RunConfig]] = {
     # The study's grid: eight students × {random, QKV copy, QKV copy + matrix mixing} × two seeds.
     "paper": [RunConfig(s, i, seed) for seed in (0, 1) for i in PAPER_INITS for s in PAPER_STUDENTS],
     "smoke": [RunConfig(s, "qkv_copy", 0) for s in ("gla", "mamba")],
+    # Hybrids: every student pure and with the one attention layer that the KL ranking says matters most.
+    "hybrid": [RunConfig(s, "qkv_copy", 0, flags) for s in PAPER_STUDENTS
+               for flags in ((), ("--keep-attention-count", "1", "--select", "kl"))],
 }
 
 
