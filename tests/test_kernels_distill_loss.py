@@ -120,6 +120,22 @@ def test_chunk_takes_bf16_hidden_and_computes_in_fp32():
     _assert_close(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden"])
+def test_bf16_products_stay_within_bf16_rounding_of_the_fp32_loss(teacher_form):
+    hidden, weight, ids, teacher = _inputs(2, 37, 101, 24, 20, teacher_form)
+    kwargs = dict(temperature=2.0, kl_weight=0.7, ce_weight=0.3)
+    want = _value_and_grads(distill_loss_naive, hidden, weight, ids, teacher, **kwargs)
+    got = _value_and_grads(functools.partial(fused_distillation_loss, backend="chunk", matmul_dtype=torch.bfloat16),
+                           hidden, weight, ids, teacher, chunk_size=16, **kwargs)
+    assert got[2].dtype == torch.float32 and got[3].dtype == torch.float32
+    torch.testing.assert_close(got[0], want[0], rtol=2e-2, atol=0)  # bf16 keeps 8 bits: ~0.4% per product
+    for g, w in zip(got[2:], want[2:]):
+        assert (g - w).abs().max() <= 3e-2 * w.abs().max()
+        assert (g - w).abs().max() > 0  # the products did run in bf16
+    with pytest.raises(ValueError, match="matmul_dtype"):
+        fused_distillation_loss(hidden, weight, ids, **teacher, matmul_dtype=torch.int8)
+
+
 def test_grad_output_scales_the_saved_gradients_and_teacher_gets_none():
     hidden, weight, ids, teacher = _inputs(1, 10, 20, 8, 8, "hidden")
     teacher["teacher_hidden"].requires_grad_(True)

@@ -275,8 +275,11 @@ def end_to_end(batch: Batch):
             teacher_inputs.update(teacher_hidden=_final_hidden(teacher, batch.input_ids),
                                   teacher_weight=teacher.lm_head.weight)
     hidden = _final_hidden(student, batch.input_ids)
+    device = hidden.device.type  # under bf16 autocast the logit products run in bf16 too (softmax and sums fp32)
+    matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
     return fused_distillation_loss(hidden, student.lm_head.weight, batch.input_ids, **teacher_inputs,
-                                   temperature=o.temperature, kl_weight=o.kl_weight, ce_weight=o.ce_weight)
+                                   temperature=o.temperature, kl_weight=o.kl_weight, ce_weight=o.ce_weight,
+                                   matmul_dtype=matmul_dtype)
 
 
 class HeadProjection(nn.Module):

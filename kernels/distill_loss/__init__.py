@@ -35,13 +35,14 @@ def default_chunk_size(vocab_size: int) -> int:
 
 def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teacher_logits=None, teacher_hidden=None,
                             teacher_weight=None, temperature=1.0, kl_weight=1.0, ce_weight=0.0, chunk_size=None,
-                            backend="auto") -> tuple[torch.Tensor, dict[str, float]]:
+                            matmul_dtype=torch.float32, backend="auto") -> tuple[torch.Tensor, dict[str, float]]:
     """kl_weight · τ² · mean_{b,t} KL(softmax(z_t/τ) ‖ softmax(s_t/τ)) + ce_weight · mean next-token CE(s),
     with s = student_hidden @ student_weightᵀ (Hinton et al. 2015 τ² scaling; per-token KL, not batchmean).
 
     student_hidden: (B, T, D) after the final norm; student_weight: (V, D), the LM head; input_ids: (B, T).
     Teacher: teacher_logits (B, T, V), or teacher_hidden (B, T, Dt) with teacher_weight (V, Dt); no gradient
-    flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V)`). Returns
+    flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V)`). matmul_dtype: the
+    logit products' dtype in the chunked forms (bf16 halves their cost; softmax and sums stay fp32). Returns
     (loss, {"kl": τ²·KL, "ce": CE}), equal to the materialised loss of `naive.py`
     on the materialised logits. Backends: naive, chunk (torch), triton; auto = triton on CUDA, else chunk.
     """
@@ -64,9 +65,11 @@ def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teache
                          f"with V = {V}, got {None if teacher_hidden is None else tuple(teacher_hidden.shape)} and "
                          f"{None if teacher_weight is None else tuple(teacher_weight.shape)}")
     chunk_size = default_chunk_size(V) if chunk_size is None else chunk_size
+    if matmul_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"{op}: matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}")
     if chunk_size < 1 or temperature <= 0:
         raise ValueError(f"{op}: chunk_size must be ≥ 1 and temperature > 0, got {chunk_size} and {temperature}")
     fn = pick_backend(backend, BACKENDS, student_hidden.device, op)
     return fn(student_hidden, student_weight, input_ids, teacher_logits=teacher_logits, teacher_hidden=teacher_hidden,
               teacher_weight=teacher_weight, temperature=temperature, kl_weight=kl_weight, ce_weight=ce_weight,
-              chunk_size=chunk_size)
+              chunk_size=chunk_size, matmul_dtype=matmul_dtype)

@@ -19,12 +19,22 @@ IGNORE = -100  # target of the last position of each sequence: no next token
 def chunk_math_torch(logits, teacher_logits, targets, temperature, kl_coef, ce_coef, write_grad=True):
     """Per-chunk work in torch: returns (Σ_rows KL, Σ_valid rows CE) and overwrites `logits` (rows, V, fp32)
     with d(loss)/d(logits) when `write_grad`. KL is at temperature τ without the τ² factor."""
-    log_q = torch.log_softmax(logits / temperature, dim=-1)
-    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_q = torch.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
+    log_p = torch.log_softmax(teacher_logits.float() / temperature if temperature != 1 else teacher_logits.float(),
+                              dim=-1)
     p = log_p.exp()
     kl = log_p.sub_(log_q).mul_(p).sum(-1).sum()  # Σ p (log p − log q), in place to keep memory at a few chunks
     del log_p
     valid = targets != IGNORE
+    if temperature == 1:  # softmax(s/τ) is softmax(s): the CE reuses it (two passes over the logits fewer)
+        picked = log_q.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
+        ce = torch.where(valid, -picked, torch.zeros_like(picked)).sum()
+        if write_grad:  # (kl_coef + ce_coef·valid)·q − kl_coef·p − ce_coef·onehot(y)
+            q = log_q.exp_()
+            torch.mul(q, (kl_coef + ce_coef * valid).unsqueeze(1), out=logits).sub_(p.mul_(kl_coef))
+            rows = valid.nonzero().squeeze(1)
+            logits[rows, targets[rows]] -= ce_coef
+        return kl, ce
     lse = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
     ce = torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()
@@ -49,39 +59,50 @@ class FusedDistillLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, input_ids, teacher_logits, teacher_hidden, teacher_weight, temperature,
-                kl_weight, ce_weight, chunk_size, chunk_math):
+                kl_weight, ce_weight, chunk_size, chunk_math, matmul_dtype):
         B, T, D = hidden.shape
         N, V = B * T, weight.shape[0]
         n_ce = B * (T - 1)
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.autocast(hidden.device.type, enabled=False):  # fp32 throughout, whatever the caller's autocast
+        # The softmax work and every sum are fp32 whatever the caller's autocast; the four products per chunk run
+        # in `matmul_dtype` (fp32, or bf16 with fp32 accumulation, outputs widened before any softmax).
+        low = matmul_dtype != torch.float32
+        with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.reshape(N, D)
-            w = weight.detach().float()
+            w = weight.detach().to(matmul_dtype)
             if teacher_logits is not None:
                 teacher_rows = teacher_logits.detach().reshape(N, V)
             else:
-                teacher_rows, tw = teacher_hidden.detach().reshape(N, -1), teacher_weight.detach().float()
+                teacher_rows, tw = teacher_hidden.detach().reshape(N, -1), teacher_weight.detach().to(matmul_dtype)
             targets = next_token_targets(input_ids)
             kl_coef = kl_weight * temperature / N
             ce_coef = ce_weight / n_ce if n_ce else 0.0
             grad_h = torch.zeros(N, D, device=h.device, dtype=torch.float32) if need_hidden else None
-            grad_w = torch.zeros_like(w) if need_weight else None
+            grad_w = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if need_weight else None
             kl_sum = torch.zeros((), device=h.device, dtype=torch.float64)
             ce_sum = torch.zeros((), device=h.device, dtype=torch.float64)
             for start in range(0, N, chunk_size):
                 end = min(start + chunk_size, N)
-                hc = h[start:end].float()
-                logits = hc @ w.T
-                teacher = teacher_rows[start:end] if teacher_logits is not None else teacher_rows[start:end].float() @ tw.T
+                hc = h[start:end].to(matmul_dtype)
+                logits = (hc @ w.T).float()
+                teacher = teacher_rows[start:end] if teacher_logits is not None else \
+                    (teacher_rows[start:end].to(matmul_dtype) @ tw.T).float()
                 kl, ce = chunk_math(logits, teacher, targets[start:end], temperature, kl_coef, ce_coef,
                                     write_grad=need_hidden or need_weight)
                 kl_sum += kl
                 ce_sum += ce
                 del teacher
-                if need_hidden:
-                    torch.mm(logits, w, out=grad_h[start:end])
-                if need_weight:
-                    grad_w.addmm_(logits.T, hc)
+                if low:
+                    logits = logits.to(matmul_dtype)  # now d(loss)/d(logits)
+                    if need_hidden:
+                        grad_h[start:end] = logits @ w
+                    if need_weight:
+                        grad_w += logits.T @ hc
+                else:
+                    if need_hidden:
+                        torch.mm(logits, w, out=grad_h[start:end])
+                    if need_weight:
+                        grad_w.addmm_(logits.T, hc)
                 del logits
         kl_mean = (kl_sum / N * temperature**2).float()
         ce_mean = (ce_sum / n_ce).float() if n_ce else torch.full((), float("nan"), device=h.device)
@@ -98,14 +119,14 @@ class FusedDistillLoss(torch.autograd.Function):
         shape, hidden_dtype, weight_dtype = ctx.shapes
         grad_hidden = (grad_h * grad_loss).reshape(shape).to(hidden_dtype) if grad_h is not None else None
         grad_weight = (grad_w * grad_loss).to(weight_dtype) if grad_w is not None else None
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
 
 
 def distill_loss_chunk(student_hidden, student_weight, input_ids, teacher_logits=None, teacher_hidden=None,
                        teacher_weight=None, temperature=1.0, kl_weight=1.0, ce_weight=0.0, chunk_size=1024,
-                       chunk_math=chunk_math_torch):
+                       chunk_math=chunk_math_torch, matmul_dtype=torch.float32):
     """Chunked over tokens; `chunk_math` does the per-chunk softmax work (torch here, Triton in triton.py)."""
     loss, kl, ce = FusedDistillLoss.apply(student_hidden, student_weight, input_ids, teacher_logits, teacher_hidden,
                                           teacher_weight, float(temperature), float(kl_weight), float(ce_weight),
-                                          int(chunk_size), chunk_math)
+                                          int(chunk_size), chunk_math, matmul_dtype)
     return loss, {"kl": kl.item(), "ce": ce.item()}

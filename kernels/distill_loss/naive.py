@@ -12,8 +12,10 @@ import torch.nn.functional as F
 
 
 def distill_loss_naive(student_hidden, student_weight, input_ids, teacher_logits=None, teacher_hidden=None,
-                       teacher_weight=None, temperature=1.0, kl_weight=1.0, ce_weight=0.0, chunk_size=None):
-    """Returns (loss, {"kl": τ²·KL, "ce": CE}); `chunk_size` is ignored (everything is held at once)."""
+                       teacher_weight=None, temperature=1.0, kl_weight=1.0, ce_weight=0.0, chunk_size=None,
+                       matmul_dtype=None):
+    """Returns (loss, {"kl": τ²·KL, "ce": CE}); `chunk_size` and `matmul_dtype` are ignored (the fp32 ground
+    truth, everything held at once)."""
     student_logits = student_hidden.float() @ student_weight.float().T
     if teacher_logits is None:
         with torch.no_grad():
