@@ -201,9 +201,11 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
                      *_cli(tmp_path, tiny_teacher_dir, works_dir, throughput=True)]) == 0
     record = _record(tmp_path)
     evaluation, throughput = record["evaluation"], record["throughput"]
-    assert set(evaluation) == {"teacher", "student", "recovered"} and "ppl" in evaluation["student"]
+    assert {"teacher", "student", "recovered", "summary", "items"} <= set(evaluation) and "ppl" in evaluation["student"]
     assert evaluation["recovered"]["ppl"] == pytest.approx(
         100 * evaluation["teacher"]["ppl"] / evaluation["student"]["ppl"])
+    assert evaluation["eval_seed"] == 0 and evaluation["config"]["cloze_items"] == 1000
+    assert evaluation["summary"]["pct_recovered"]["value"] == pytest.approx(evaluation["recovered"]["avg"])
     assert set(throughput["prefill_tokens_per_s"]) == {"student", "teacher", "floor"}
     assert [s["stage"] for s in record["stages"]] == ["matrix_mixing", "hidden_alignment", "end_to_end"]
     assert [s["steps"] for s in record["stages"]] == [1, 2, 36]
@@ -220,11 +222,39 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     rows = list(csv.DictReader(open(tmp_path / "results" / "leaderboard.csv")))
     assert len(rows) == 1 and rows[0]["run_id"] == record["run"] and rows[0]["student"] == "gla"
     assert float(rows[0]["pct_recovered"]) == pytest.approx(evaluation["recovered"]["avg"], rel=1e-6)
+    assert float(rows[0]["pct_language_lo"]) <= float(rows[0]["pct_language"]) <= float(rows[0]["pct_language_hi"])
     assert float(rows[0]["teacher_prefill_tok_s_64"]) > 0 and float(rows[0]["val_kl"]) >= 0
     assert rows[0]["teacher_sha"] == record["teacher_fingerprint"] == env.weights_fingerprint(str(tiny_teacher_dir))
     import students  # noqa: F401  registers the student class
     reloaded = AutoModelForCausalLM.from_pretrained(out / "student")
     assert reloaded.config.student == "gla"
+
+
+@pytest.mark.slow
+def test_evaluation_sets_do_not_follow_the_training_seed_and_the_teacher_is_scored_once(tmp_path, tiny_teacher_dir,
+                                                                                        works_dir, monkeypatch):
+    from bench.evaluation import tasks
+
+    evaluated, real = [], tasks.evaluate_with_items
+
+    def counted(model, tokenizer, config, progress=True):
+        evaluated.append(type(model).__name__)
+        return real(model, tokenizer, config, progress)
+
+    monkeypatch.setattr(tasks, "evaluate_with_items", counted)
+    records = []
+    for seed in (0, 1):
+        assert run.main(["--student", "gla", "--seed", str(seed), *_cli(tmp_path, tiny_teacher_dir, works_dir)]) == 0
+        (path,) = (tmp_path / "results" / "runs").glob(f"*seed{seed}*.json")
+        records.append(json.loads(path.read_text())["evaluation"])
+    assert evaluated == ["LlamaForCausalLM", "StudentForCausalLM", "StudentForCausalLM"]  # the teacher once
+    (cached,) = (tmp_path / "results" / "teacher_scores").glob("*.json")
+    assert records[0]["teacher_scores_file"] == records[1]["teacher_scores_file"] == cached.name
+    assert cached.name.startswith(env.weights_fingerprint(str(tiny_teacher_dir)))
+    first, second = records
+    assert first["config"] == second["config"] and first["eval_seed"] == second["eval_seed"] == 0
+    assert first["teacher"] == second["teacher"] and first["items"]["teacher"] == second["items"]["teacher"]
+    assert first["items"]["student"].keys() == second["items"]["student"].keys()
 
 
 @pytest.mark.slow

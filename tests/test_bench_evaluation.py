@@ -12,6 +12,7 @@ import students
 from bench.data import recall
 from bench.errors import EvalError
 from bench.evaluation import cli, recovery, scoring, tasks
+from bench.evaluation import items as item_lib
 
 
 # --------------------------------------------------------------------------------------- toy models
@@ -198,22 +199,160 @@ def test_padded_batches_score_as_one_request_at_a_time(student, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ recovered
-def test_recovered_is_student_over_teacher_and_inverted_for_perplexity():
+def test_recovered_is_student_over_teacher_inverted_for_perplexity_and_chance_corrected_for_recall():
     student = {"ppl": 20.0, "cloze_acc": 0.3, "recall_mqar_256": 0.5, "recall_mqar_4096": 0.2,
                "lm_lambada_openai_perplexity": 40.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.4}
-    teacher = {"ppl": 10.0, "cloze_acc": 0.6, "recall_mqar_256": 1.0, "recall_mqar_4096": 0.01,
+    teacher = {"ppl": 10.0, "cloze_acc": 0.6, "recall_mqar_256": 1.0, "recall_mqar_4096": 0.2,
                "lm_lambada_openai_perplexity": 30.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.0}
     percents = recovery.recovered(student, teacher)
     assert percents["ppl"] == pytest.approx(50.0) and percents["cloze_acc"] == pytest.approx(50.0)
     assert percents["lm_lambada_openai_perplexity"] == pytest.approx(75.0)
-    assert percents["recall_mqar_4096"] == pytest.approx(2000.0)  # reported, but beyond context: not averaged
+    assert percents["recall_mqar_256"] == pytest.approx(100 * (0.5 - 0.01) / (1.0 - 0.01))
+    assert percents["recall_mqar_4096"] == pytest.approx(100.0)  # reported, but beyond context: not averaged
     assert "recall_passkey_256" not in percents and "beyond_context_4096" not in percents  # teacher 0 / marker
-    assert percents["avg"] == pytest.approx((50 + 50 + 50 + 75) / 4)
+    families = recovery.summary(student, teacher)["families"]
+    assert {name: f["tasks"] for name, f in families.items()} == {
+        "language": ["ppl"], "recall": ["recall_mqar_256"], "cloze": ["cloze_acc"],
+        "lm_eval": ["lm_lambada_openai_perplexity"]}
+    assert percents["avg"] == pytest.approx((50 + 100 * 0.49 / 0.99 + 50 + 75) / 4)  # one vote per family
     assert recovery.recovered(teacher, teacher)["avg"] == pytest.approx(100.0)
-    chance_teacher = {**teacher, "recall_mqar_256": 0.01}  # a teacher that never learned to copy
-    percents = recovery.recovered({**student, "recall_mqar_256": 0.02}, chance_teacher)
-    assert percents["recall_mqar_256"] == pytest.approx(200.0)  # reported...
-    assert percents["avg"] == pytest.approx((50 + 50 + 75) / 3)  # ...but not averaged
+
+
+@pytest.mark.parametrize("kind", recall.KINDS)
+def test_chance_correction_maps_chance_to_zero_and_the_teacher_to_one(kind):
+    chance, teacher = recall.CHANCE[kind], 0.9
+    task = recovery.Task(f"recall_{kind}_512", "recall", True)
+    assert task.chance == chance
+    assert recovery.task_recovery(task, chance, teacher) == 0.0
+    assert recovery.task_recovery(task, teacher, teacher) == 1.0
+    assert recovery.task_recovery(task, (chance + teacher) / 2, teacher) == pytest.approx(0.5)
+    assert recovery.task_recovery(task, 0.0, teacher) == 0.0 and recovery.task_recovery(task, 1.0, teacher) == 1.0
+
+
+def test_a_student_perfect_on_language_and_at_chance_on_recall_keeps_two_of_three_families():
+    teacher = {"ppl": 30.0, "cloze_acc": 0.2, **{f"recall_{k}_{n}": 1.0 for k in recall.KINDS for n in (256, 512, 1024)}}
+    student = {**teacher, **{f"recall_{k}_{n}": recall.CHANCE[k] for k in recall.KINDS for n in (256, 512, 1024)}}
+    found = recovery.summary(student, teacher)
+    assert found["families"]["recall"]["recovery"] == 0.0 and found["families"]["language"]["recovery"] == 1.0
+    assert found["pct_recovered"]["value"] == pytest.approx(200 / 3)  # six recall tasks are one family, not 6 of 8
+
+
+def test_unlearned_and_out_of_context_recall_is_reported_not_averaged():
+    teacher = {"ppl": 10.0, "recall_mqar_256": 0.03, "recall_passkey_256": 1.0, "recall_passkey_4096": 0.5,
+               "beyond_context_4096": 1.0}
+    student = {"ppl": 10.0, "recall_mqar_256": 0.03, "recall_passkey_256": 0.5, "recall_passkey_4096": 0.5}
+    entries = recovery.summary(student, teacher)["tasks"]
+    assert entries["recall_passkey_256"]["averaged"] and not entries["recall_mqar_256"]["averaged"]
+    assert "not learned" in entries["recall_mqar_256"]["why"]
+    assert entries["recall_passkey_4096"]["why"] == "beyond the teacher's context"
+
+
+def test_win_and_tie_rate_and_critical_tolerance_on_hand_made_scores():
+    teacher = {"ppl": 10.0, "cloze_acc": 0.5, "recall_mqar_256": 1.0, "lm_piqa_acc": 0.7, "lm_piqa_acc_norm": 0.6,
+               "lm_arc_easy_acc": 0.4}
+    student = {"ppl": 10.4, "cloze_acc": 0.48, "recall_mqar_256": 0.505, "lm_piqa_acc": 0.7, "lm_piqa_acc_norm": 0.5,
+               "lm_arc_easy_acc": 0.5}
+    found = recovery.summary(student, teacher)
+    gaps = {name: entry["tolerance"] for name, entry in found["tasks"].items()}
+    # ppl 4% worse, cloze 4% worse, recall half the way from chance, piqa by acc_norm 1/6 worse, arc above the teacher
+    assert gaps == pytest.approx({"ppl": 0.04, "cloze_acc": 0.04, "recall_mqar_256": 0.5, "lm_piqa_acc_norm": 1 / 6,
+                                  "lm_arc_easy_acc": 0.0})
+    assert found["c_alpha"] == {"alpha": 0.05, "value": pytest.approx(3 / 5)}
+    assert found["alpha_star"] == pytest.approx(0.5)
+    assert recovery.win_and_tie(list(gaps.values()), found["alpha_star"]) == 1.0
+    assert recovery.win_and_tie(list(gaps.values()), 0.0) == pytest.approx(1 / 5)
+    assert recovery.summary(teacher, teacher)["alpha_star"] == 0.0  # the teacher is lossless against itself
+
+
+def _coin_items(rng, n: int, p: float) -> dict:
+    return item_lib.item_set((rng.random(n) < p).astype(int).tolist())
+
+
+def test_bootstrap_interval_contains_the_point_estimate_and_shrinks_with_more_items():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (100, 1000):
+        teacher_items, student_items = _coin_items(rng, n, 0.5), _coin_items(rng, n, 0.4)
+        teacher = {"cloze_acc": item_lib.statistic(teacher_items)}
+        student = {"cloze_acc": item_lib.statistic(student_items)}
+        found = recovery.summary(student, teacher, {"cloze_acc": student_items}, {"cloze_acc": teacher_items})
+        cloze, pct = found["families"]["cloze"], found["pct_recovered"]
+        assert cloze["lo"] < cloze["recovery"] < cloze["hi"] and pct["lo"] < pct["value"] < pct["hi"]
+        assert found == recovery.summary(student, teacher, {"cloze_acc": student_items}, {"cloze_acc": teacher_items})
+        widths.append(cloze["hi"] - cloze["lo"])
+    assert widths[1] < 0.5 * widths[0]  # ~1/sqrt(10)
+
+
+def test_the_bootstrap_is_paired_so_identical_items_give_a_zero_width_interval():
+    import numpy as np
+
+    items = {"cloze_acc": _coin_items(np.random.default_rng(1), 200, 0.3),
+             "ppl": item_lib.item_set([3.0, 2.5, 4.0, 3.2], [100, 100, 100, 80])}
+    scores = {"cloze_acc": item_lib.statistic(items["cloze_acc"]), "ppl": item_lib.statistic(items["ppl"], True)}
+    found = recovery.summary(scores, scores, items, items)
+    assert found["pct_recovered"] == {"value": pytest.approx(100.0), "lo": pytest.approx(100.0), "hi": pytest.approx(100.0)}
+
+
+def test_intervals_need_items_on_both_sides_and_every_task_of_a_family():
+    scores = {"cloze_acc": 0.5, "recall_mqar_256": 0.9, "recall_passkey_256": 0.9}
+    items = {"cloze_acc": item_lib.item_set([1, 0]), "recall_mqar_256": item_lib.item_set([9], [10])}
+    found = recovery.summary(scores, scores, items, items)
+    assert found["families"]["cloze"]["lo"] is not None and found["tasks"]["recall_mqar_256"]["lo"] is not None
+    assert found["families"]["recall"]["lo"] is None and found["pct_recovered"]["lo"] is None  # passkey has none
+    assert recovery.summary(scores, scores, items, None)["bootstrap"] is None
+
+
+def test_item_sets_pack_compactly_and_give_back_their_score():
+    packed = item_lib.item_set([1.5, 2, 0.123456789012], [10, 20, 30])
+    assert packed == {"value": "1.5 2 0.123456789", "weight": "10 20 30"}
+    assert item_lib.statistic(packed) == pytest.approx((1.5 + 2 + 0.123456789) / 60)
+    assert item_lib.statistic(item_lib.item_set([2.0], [1]), exponent=True) == pytest.approx(math.exp(2.0))
+
+
+def test_lm_eval_samples_become_item_sets_that_reproduce_its_scores():
+    pytest.importorskip("lm_eval")
+    from bench.evaluation.lm_eval_adapter import sample_items
+
+    samples = [{"doc_id": 1, "filter": "none", "metrics": ["acc", "perplexity", "word_perplexity", "bits_per_byte"],
+                "acc": 1.0, "perplexity": -2.0, "word_perplexity": (-2.0, 4), "bits_per_byte": (-2.0, 9)},
+               {"doc_id": 0, "filter": "none", "metrics": ["acc", "perplexity", "word_perplexity", "bits_per_byte"],
+                "acc": 0.0, "perplexity": -1.0, "word_perplexity": (-1.0, 2), "bits_per_byte": (-1.0, 5)}]
+    scores = {"lm_t_acc": 0.5, "lm_t_perplexity": math.exp(1.5), "lm_t_word_perplexity": math.exp(3 / 6),
+              "lm_t_bits_per_byte": 0.3}
+    found = sample_items({"samples": {"t": samples}}, scores)
+    assert set(found) == {"lm_t_acc", "lm_t_perplexity", "lm_t_word_perplexity"}  # bits_per_byte: no interval
+    assert found["lm_t_acc"] == {"value": "0 1"}  # document order
+    for name, items in found.items():
+        assert item_lib.statistic(items, recovery.lower_is_better(name)) == pytest.approx(scores[name])
+
+
+# ------------------------------------------------------------------------------------- teacher cache
+def test_teacher_scores_are_computed_once_per_teacher_and_evaluation_config(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from bench.evaluation import teacher_cache
+
+    calls = []
+
+    def counted(model, tokenizer, config, progress=True):
+        calls.append(config)
+        return {"ppl": 10.0 + len(calls)}, {"ppl": item_lib.item_set([1.0], [1])}
+
+    monkeypatch.setattr(tasks, "evaluate_with_items", counted)
+    model, config = uniform_lm(11), tasks.EvalConfig(recall_lengths=(64,))
+    first = teacher_cache.teacher_scores(model, None, config, "abc123", tmp_path)
+    again = teacher_cache.teacher_scores(model, None, replace(config, batch_size=2), "abc123", tmp_path)
+    assert len(calls) == 1 and first == again and first[0] == {"ppl": 11.0}  # a batch size measures nothing
+    teacher_cache.teacher_scores(model, None, replace(config, seed=1), "abc123", tmp_path)  # other documents
+    teacher_cache.teacher_scores(model, None, config, "hub:org/model", tmp_path)  # another teacher
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 3
+    (tmp_path / first[2]).write_text("{")  # a torn file is evaluated again
+    assert teacher_cache.teacher_scores(model, None, config, "abc123", tmp_path)[0] == {"ppl": 14.0}
+    teacher_cache.teacher_scores(model, None, config, "unknown", tmp_path)  # no fingerprint: never cached
+    teacher_cache.teacher_scores(model, None, config, "unknown", tmp_path)
+    assert len(calls) == 6 and len(list(tmp_path.glob("*.json"))) == 3
 
 
 # ------------------------------------------------------------------------------------------- lm-eval
@@ -297,9 +436,18 @@ def test_evaluate_a_tiny_student_and_its_teacher(student, teacher, tokenizer, wo
     assert set(scores) == {"ppl", "recall_mqar_64", "recall_passkey_64", "recall_mqar_160", "recall_passkey_160",
                            "cloze_acc", "beyond_context_160"}  # the tiny teacher's context is 128
     assert 1 < scores["ppl"] < len(tokenizer) * 10 and all(0 <= scores[k] <= 1 for k in scores if "recall" in k)
-    assert tasks.evaluate(student, tokenizer, config, progress=False) == scores  # deterministic
-    percents = recovery.recovered(scores, tasks.evaluate(teacher, tokenizer, config, progress=False))
+    again, items = tasks.evaluate_with_items(student, tokenizer, config, progress=False)
+    assert again == scores  # deterministic
+    assert set(items) == set(scores) - {"beyond_context_160"}
+    assert item_lib.size(items["cloze_acc"]) == 4 and item_lib.size(items["recall_mqar_64"]) == 2
+    for name, item_set in items.items():  # every score is its items' statistic
+        assert item_lib.statistic(item_set, recovery.lower_is_better(name)) == pytest.approx(scores[name], rel=1e-7)
+    teacher_scores, teacher_items = tasks.evaluate_with_items(teacher, tokenizer, config, progress=False)
+    percents = recovery.recovered(scores, teacher_scores)
     assert "ppl" in percents and math.isfinite(percents["avg"])
+    found = recovery.summary(scores, teacher_scores, items, teacher_items)
+    assert found["families"]["language"]["lo"] <= found["families"]["language"]["recovery"] <= \
+        found["families"]["language"]["hi"]
 
 
 @pytest.mark.parametrize("arguments,message", [
@@ -343,15 +491,23 @@ def test_cli_writes_scores_as_json(tiny_teacher_dir, works_dir, tmp_path, monkey
     assert code == 0
     record = json.loads(out.read_text())
     assert record["scores"] == record["teacher_scores"] and record["recovered"]["avg"] == pytest.approx(100.0)
-    assert record["config"]["seed"] == 3 and "avg % recovered" in capsys.readouterr().out
+    pct = record["summary"]["pct_recovered"]  # the same model twice: the paired interval has no width
+    assert pct["value"] == pct["lo"] == pct["hi"] == pytest.approx(100.0) and record["summary"]["alpha_star"] == 0.0
+    assert record["items"]["model"] == record["items"]["teacher"] and "cloze_acc" in record["items"]["model"]
+    out = capsys.readouterr().out
+    assert record["config"]["seed"] == 3 and "avg % recovered" in out and "C_0.05" in out
 
 
 def test_evaluate_scores_lm_eval_tasks_on_the_same_cloze_items(tokenizer, works_dir, tmp_path, offline_lm_eval):
     config = tasks.EvalConfig(works_dir=str(works_dir), seq_len=32, max_blocks=1, recall_lengths=(32,), recall_docs=1,
                            cloze_items=5, cloze_context_words=8, lm_eval_tasks=(tasks.CLOZE_TASK,), task_dir=str(tmp_path))
     passages = [sum(tasks.encode_cloze(item, tokenizer), []) for item in tasks.config_cloze_items(config)]
-    scores = tasks.evaluate(lookup_oracle_lm(len(tokenizer), passages), tokenizer, config, progress=False)
+    scores, items = tasks.evaluate_with_items(lookup_oracle_lm(len(tokenizer), passages), tokenizer, config,
+                                              progress=False)
     assert scores["cloze_acc"] == scores["lm_distill_cloze_acc"] == 1.0
+    assert items["lm_distill_cloze_acc"] == items["cloze_acc"] == {"value": "1 1 1 1 1"}  # per sample, from lm-eval
+    assert item_lib.statistic(items["lm_distill_cloze_perplexity"], True) == pytest.approx(
+        scores["lm_distill_cloze_perplexity"])
     assert (tmp_path / f"{tasks.CLOZE_TASK}.yaml").exists() and (tmp_path / f"{tasks.CLOZE_TASK}.jsonl").exists()
     from bench.evaluation.lm_eval_adapter import task_manager
 

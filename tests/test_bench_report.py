@@ -4,26 +4,54 @@ import csv
 import json
 import multiprocessing
 
+import numpy as np
 import pytest
 
+from bench.evaluation import items, recovery
 from bench.report import leaderboard
 
 
-def _record(name: str, student: str = "gla", seed: int = 0, recovered: float = 90.0) -> dict:
+def _record(name: str, student: str = "gla", seed: int = 0, cloze: float = 0.13, commit: str = "abc1234",
+            init: str = "qkv_copy") -> dict:
+    """A record as runs wrote them before per-item results: flat scores only."""
     return {
-        "run": name, "settings": {"teachers": ["embedded"], "student": student, "init": "qkv_copy",
+        "run": name, "settings": {"teachers": ["embedded"], "student": student, "init": init,
                                   "stages": ["hidden_alignment", "end_to_end"], "tokens": 1000, "seed": seed},
         "metrics": {"val_kl": 0.25, "val_ppl_student": 31.5, "val_ppl_teacher": 30.0},
-        "evaluation": {"student": {"ppl": 70.0, "cloze_acc": 0.13, "recall_mqar_256": 0.5, "recall_passkey_256": 1.0},
+        "evaluation": {"student": {"ppl": 70.0, "cloze_acc": cloze, "recall_mqar_256": 0.5, "recall_passkey_256": 1.0},
                        "teacher": {"ppl": 66.0, "cloze_acc": 0.14, "recall_mqar_256": 1.0, "recall_passkey_256": 1.0},
-                       "recovered": {"ppl": 94.3, "avg": recovered}},
+                       "recovered": {"ppl": 94.3, "avg": 20.0}},
         "throughput": {"prefill_tokens_per_s": {"student": {"2048": 1e4, "16384": 9e3}, "teacher": {"2048": 2e4}},
                        "decode_ms_per_token": {"student": {"32768": 2.0}, "teacher": {"32768": 31.0}},
                        "backend": {"student": "linear_recurrence:chunk"}},
         "params": {"student": 4_000_000, "teacher": 4_200_000}, "state_bytes_per_layer": [65536] * 4,
         "bf16": False, "seconds": 160.0, "date": "2026-11-26T00:00:00Z",
-        "machine": {"device_name": "x86_64", "torch": "2.13.0", "commit": "abc1234"},
+        "machine": {"device_name": "x86_64", "torch": "2.13.0", "commit": commit},
     }
+
+
+def evaluated(rng, quality: float, recall_quality: float = 0.0, lengths=(256, 512, 1024)) -> dict:
+    """An `evaluation` with items as runs write it: a teacher and a student of the given quality (0..1)."""
+    def coins(n, p):
+        return items.item_set((rng.random(n) < p).astype(int).tolist())
+
+    def docs(p, per_doc):
+        return items.item_set(rng.binomial(per_doc, min(1.0, max(0.0, p)), 20).tolist(), [per_doc] * 20)
+
+    found = {"teacher": {}, "student": {}}
+    for who, q, rq in (("teacher", 1.0, 1.0), ("student", quality, recall_quality)):
+        nll = rng.normal(3.2 + (1 - q), 0.1, 30) * 255
+        found[who]["ppl"] = items.item_set(nll.tolist(), [255] * 30)
+        found[who]["cloze_acc"] = coins(1000, 0.2 * q)
+        for n in lengths:
+            found[who][f"recall_mqar_{n}"] = docs(0.01 + 0.98 * rq * (1.2 - n / 2048), 12)
+            found[who][f"recall_passkey_{n}"] = docs(rq * (1.1 - n / 2048), 1)
+    scores = {who: {name: items.statistic(s, recovery.lower_is_better(name)) for name, s in sets.items()}
+              for who, sets in found.items()}
+    return {"teacher": scores["teacher"], "student": scores["student"],
+            "recovered": recovery.recovered(scores["student"], scores["teacher"]),
+            "summary": recovery.summary(scores["student"], scores["teacher"], found["student"], found["teacher"]),
+            "items": found, "eval_seed": 0}
 
 
 def _write(results, record):
@@ -32,8 +60,8 @@ def _write(results, record):
 
 
 def test_records_become_documented_columns_and_a_sorted_markdown_table(tmp_path):
-    _write(tmp_path, _record("a", "gla", recovered=80.0))
-    _write(tmp_path, _record("b", "xlstm", recovered=95.0))
+    _write(tmp_path, _record("a", "gla", cloze=0.10))
+    _write(tmp_path, _record("b", "xlstm", cloze=0.14))
     rows = list(csv.DictReader(open(leaderboard.rebuild(tmp_path))))
     assert list(rows[0])[: len(leaderboard.COLUMNS)] == leaderboard.COLUMNS
     first = rows[0]
@@ -43,6 +71,49 @@ def test_records_become_documented_columns_and_a_sorted_markdown_table(tmp_path)
     table = leaderboard.markdown(leaderboard.load_rows(tmp_path))
     lines = table.splitlines()
     assert lines[2].startswith("| xlstm") and lines[3].startswith("| gla")  # best recovery first
+
+
+def test_an_old_record_without_items_gets_families_without_intervals(tmp_path):
+    _write(tmp_path, _record("old", cloze=0.07))
+    (r,) = leaderboard.load_rows(tmp_path)
+    language, recall, cloze = 100 * 66 / 70, 100 * (0.49 / 0.99 + 1.0) / 2, 50.0
+    assert r["pct_language"] == pytest.approx(language) and r["pct_recall"] == pytest.approx(recall)
+    assert r["pct_cloze"] == pytest.approx(cloze) and r["pct_recovered"] == pytest.approx((language + recall + cloze) / 3)
+    assert r["pct_recovered_lo"] is None and r["pct_language_hi"] is None and r["pct_lm_eval"] is None
+    assert r["eval_seed"] == 0 and r[leaderboard.TIE_COLUMN] is not None  # old runs drew documents by training seed
+    assert r["recovered_recall_mqar_256"] == pytest.approx(100 * 0.49 / 0.99)  # recomputed, not the stored 'recovered'
+
+
+def test_a_record_with_items_carries_each_familys_interval(tmp_path):
+    record = _record("new")
+    record["evaluation"] = evaluated(np.random.default_rng(0), quality=0.9, recall_quality=0.5)
+    _write(tmp_path, record)
+    (r,) = list(csv.DictReader(open(leaderboard.rebuild(tmp_path))))
+    for family in ("language", "recall", "cloze", "recovered"):
+        lo, value, hi = (float(r[f"pct_{family}{end}"]) for end in ("_lo", "", "_hi"))
+        assert lo < value < hi
+    assert float(r["c_0.05"]) >= 0 and float(r["alpha_star"]) > 0 and r["eval_seed"] == "0"
+
+
+def test_a_cell_whose_seeds_ran_on_different_commits_or_a_dirty_tree_is_flagged(tmp_path):
+    _write(tmp_path, _record("clean0", "gla", seed=0, commit="aaa1111"))
+    _write(tmp_path, _record("clean1", "gla", seed=1, commit="aaa1111"))
+    _write(tmp_path, _record("mixed0", "xlstm", seed=0, commit="aaa1111"))
+    _write(tmp_path, _record("mixed1", "xlstm", seed=1, commit="bbb2222-dirty"))
+    _write(tmp_path, _record("dirty0", "mamba", seed=0, commit="ccc3333-dirty"))
+    flags = {r["run_id"]: (r["cell_flag"], r["dirty"]) for r in csv.DictReader(open(leaderboard.rebuild(tmp_path)))}
+    assert flags == {"clean0": ("", "False"), "clean1": ("", "False"),
+                     "mixed0": ("mixed commits, dirty tree", "False"), "mixed1": ("mixed commits, dirty tree", "True"),
+                     "dirty0": ("dirty tree", "True")}
+
+
+def test_a_cell_interval_spans_the_seeds_bootstrap_intervals_else_their_range():
+    with_items = [{"x": 50.0, "x_lo": 45.0, "x_hi": 55.0}, {"x": 60.0, "x_lo": 52.0, "x_hi": 70.0}]
+    assert leaderboard.cell_value(with_items, "x") == leaderboard.CellValue(55.0, 45.0, 70.0, "bootstrap", 2)
+    without = [{"x": "50.0", "x_lo": ""}, {"x": "60.0", "x_lo": ""}]  # CSV cells are strings
+    assert leaderboard.cell_value(without, "x") == leaderboard.CellValue(55.0, 50.0, 60.0, "seeds", 2)
+    assert leaderboard.cell_value(without[:1], "x").kind == "one run"
+    assert leaderboard.cell_value([{"x": ""}], "x") is None
 
 
 def test_malformed_record_is_reported_by_name_and_the_rest_kept(tmp_path):
@@ -82,25 +153,45 @@ def test_cli_prints_the_table_and_refuses_a_missing_results_dir(tmp_path, capsys
     assert err.startswith("error:") and err.count("\n") == 1
 
 
+def synthetic_grid(results, students=("gla", "xlstm", "linear_attention", "gated_deltanet", "mamba"),
+                   inits=("random", "qkv_copy", "qkv_copy+matrix_mixing"), seeds=(0, 1)):
+    """Records with items for a small grid: quality by student and init, one cell on two commits."""
+    rng = np.random.default_rng(0)
+    for s_index, student in enumerate(students):
+        for i_index, init in enumerate(inits):
+            for seed in seeds:
+                quality = 0.5 + 0.08 * s_index + 0.05 * i_index
+                record = _record(f"{student}-{init}-{seed}", student, seed, init=init,
+                                 commit="bbb2222" if (student, init, seed) == ("gla", "qkv_copy", 1) else "aaa1111")
+                record["settings"]["stages"] = (["matrix_mixing"] if "matrix" in init else []) + \
+                    ["hidden_alignment", "end_to_end"]
+                record["evaluation"] = evaluated(rng, quality, recall_quality=0.1 * s_index)
+                record["stages"] = [{"stage": name, "losses": (base / (1 + quality * np.arange(steps) / 10)
+                                                               * rng.uniform(0.95, 1.05, steps)).tolist()}
+                                    for name, base, steps in (("matrix_mixing", 50.0, 3), ("hidden_alignment", 0.4, 5),
+                                                              ("end_to_end", 6.0, 40))
+                                    if name in record["settings"]["stages"]]
+                _write(results, record)
+
+
 @pytest.mark.slow
 def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
     from bench.report import figures
 
-    for index, (student, init) in enumerate([("gla", "random"), ("gla", "qkv_copy"), ("xlstm", "qkv_copy")]):
-        record = _record(f"r{index}", student, seed=index % 2)
-        record["settings"]["init"] = init
-        record["stages"] = [{"stage": "hidden_alignment", "losses": [0.5, 0.3]},
-                            {"stage": "end_to_end", "losses": [2.0, 1.5, 1.2]}]
-        _write(tmp_path, record)
+    synthetic_grid(tmp_path, students=("gla", "xlstm"), inits=("random", "qkv_copy"))
+    _write(tmp_path, _record("old-format", "mamba"))  # a record without items is drawn without intervals
     report = {"machine": {"device_name": "cpu", "torch_threads": 2}, "settings": {"dtype": "float32"},
               "models": {name: {"prefill": {"2048": {"median_s": 0.1 * k}, "16384": {"median_s": 0.9 * k}},
                                 "decode": {"1024": {"ms_per_token": 1.0 * k}, "32768": {"ms_per_token": 1.1 * k}}}
                          for k, name in enumerate(["floor", "teacher", "gla"], 1)}}
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(report))
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "passkey_haller2025.json").write_text(json.dumps(
+        {"setting": "published", "passkey": {"gla": {"512": 10.6, "1024": 1.0}}}))
     (tmp_path / "runs" / "list.json").write_text("[1, 2]")  # valid JSON, not a record: skipped by name
     (tmp_path / "runs" / "partial.json").write_text('{"run": "x", "settings": 3}')
     paths = figures.draw_all(tmp_path)
-    assert {p.name for p in paths} == {"recovery_by_architecture.png", "init_ablation.png", "stage_loss_curves.png",
+    assert {p.name for p in paths} == {"recovery_by_family.png", "init_ablation.png", "stage_loss_curves.png",
                                        "recall_vs_length.png", "score_vs_throughput.png", "prefill_vs_length.png",
                                        "decode_vs_context.png"}
     for path in paths:

@@ -31,16 +31,21 @@ def _write_results(directory):
         "lengths": [2048], "train_lengths": [2048], "decode_contexts": [1024, 32768], "students": ["gla"],
         "dtype": "float32", "batch_size": 1, "threads": 2, "repeats": 3}}))
     with open(directory / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["student", "init", "seed", "val_kl", "recovered_ppl", "pct_recovered",
-                                         "student_recall_mqar_512", "student_recall_passkey_512", "device", "torch",
-                                         "commit", "date", "tokens"])
+        writer = csv.DictWriter(handle, ["student", "init", "stages", "seed", "val_kl", "pct_language", "pct_recall",
+                                         "pct_cloze", "pct_recovered", "pct_recovered_lo", "pct_recovered_hi", "c_0.05",
+                                         "alpha_star", "cell_flag", "device", "torch", "commit", "date", "tokens"])
         writer.writeheader()
-        for seed, kl, day in ((0, 0.4, "2026-11-26T00:00:00Z"), (1, 0.6, "2026-11-27T00:00:00Z")):
-            writer.writerow(dict(student="gla", init="qkv_copy", seed=seed, val_kl=kl, recovered_ppl=90.0, pct_recovered=20.0,
-                                 student_recall_mqar_512=0.01, student_recall_passkey_512=0.0, device="x86_64",
-                                 torch="2.13.0+cpu", commit="abc1234", date=day, tokens=1000))
-        writer.writerow(dict(student="gla", init="random", seed=0, val_kl=1.0, device="x86_64", torch="2.13.0+cpu",
-                             commit="abc1234", date="2026-11-26T00:00:00Z", tokens=1000))
+        common = dict(stages="hidden_alignment+end_to_end", device="x86_64", torch="2.13.0+cpu", tokens=1000)
+        for seed, kl, day, pct in ((0, 0.4, "2026-11-26T00:00:00Z", 50.0), (1, 0.6, "2026-11-27T00:00:00Z", 52.0)):
+            writer.writerow(dict(student="gla", init="qkv_copy", seed=seed, val_kl=kl, pct_language=90.0, pct_recall=10.0,
+                                 pct_cloze=50.0, pct_recovered=pct, **{"c_0.05": 0.25}, alpha_star=0.9, commit="abc1234",
+                                 date=day, **common))
+        writer.writerow(dict(student="gla", init="random", seed=0, val_kl=1.0, commit="abc1234",
+                             date="2026-11-26T00:00:00Z", **common))
+        for seed, commit in ((0, "abc1234"), (1, "def5678-dirty")):  # a flagged cell, with bootstrap intervals
+            writer.writerow(dict(student="xlstm", init="qkv_copy", seed=seed, val_kl=0.3, pct_recovered=60.0,
+                                 pct_recovered_lo=55.0, pct_recovered_hi=66.0 + seed, commit=commit,
+                                 cell_flag="mixed commits, dirty tree", date="2026-11-26T00:00:00Z", **common))
 
 
 def test_recurrence_rows_put_backends_side_by_side_under_a_provenance_caption(tmp_path):
@@ -64,8 +69,13 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
                               "| teacher | 200 (2.00) | 4000 | 2 → 3 (1.50×) | 128 MiB |",
                               "| gla | 150 (1.50) | 4000 | 2 → 3 (1.50×) | 256 KiB |"]
     grid = tables.render("grid", tmp_path).splitlines()
-    assert "3 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
-    assert grid[4] == "| gla | 1.000 ± 0.000 | 0.500 ± 0.100 | 90.0% | 1.0% / 0.0% | 20.0% |"
+    assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
+    assert "† seeds on different commits or a dirty tree" in grid[0]
+    assert grid[2].startswith("| student | val KL random | val KL qkv_copy | language (qkv_copy) | recall (qkv_copy)")
+    assert grid[4] == "| xlstm † | – | 0.300 ± 0.000 | – | – | – | 60.0% [55.0, 67.0] | – / – |"  # bootstrap span
+    assert grid[5] == "| gla | 1.000 ± 0.000 | 0.500 ± 0.100 | 90.0% | 10.0% | 50.0% | 51.0% [50.0, 52.0] | 0.25 / 0.9 |"
+    claims = tables.render("claims", tmp_path).splitlines()
+    assert claims[2] == "| the study's claim | measured here | verdict |" and len(claims) == 4 + 8
 
 
 def test_a_recorded_date_is_shown_and_a_missing_one_is_never_invented(tmp_path):

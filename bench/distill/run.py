@@ -616,7 +616,8 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
         metrics = validation_metrics(student, teachers[0], validation, max(1, settings.batch_size))
         evaluation, throughput = {}, {}
         if not args.skip_eval:
-            evaluation = _evaluate(student, teachers[0], tokenizer, spec, preset, settings.seed, args.no_progress)
+            evaluation = _evaluate(student, teachers[0], tokenizer, spec, preset, settings.teacher_fingerprints[0],
+                                   results_dir, args.no_progress)
         if not args.skip_throughput:
             throughput = _throughput(student, teachers[0], preset)
         with atomic_directory(output_dir / "student") as staging:  # never a half-written student
@@ -661,17 +662,25 @@ def recall_probe(tokenizer, length: int, n_docs: int, batch_size: int):
                           for kind, kind_docs in docs.items()}
 
 
-def _evaluate(student, teacher, tokenizer, spec, preset: Preset, seed: int, quiet: bool) -> dict:
-    """Built-in downstream scores for teacher and student, and the share of the teacher recovered."""
-    from bench.evaluation import recovery, tasks
+def _evaluate(student, teacher, tokenizer, spec, preset: Preset, teacher_fingerprint: str, results_dir: Path,
+              quiet: bool) -> dict:
+    """Downstream scores of teacher and student with their items, families and % recovered
+    (`bench.evaluation.recovery`). The evaluation sets are drawn by EvalConfig's own seed, never the training
+    seed, so every run of a grid meets the same documents; the teacher's scores come from
+    `results/teacher_scores/` when this teacher was evaluated on this config before."""
+    from bench.evaluation import recovery, tasks, teacher_cache
 
     config = tasks.EvalConfig(dataset=spec.dataset, works_dir=spec.works_dir, seq_len=spec.seq_len,
-                                     max_blocks=preset.eval_blocks, recall_lengths=preset.recall_lengths,
-                                     recall_docs=preset.recall_docs, seed=seed)
-    teacher_scores = tasks.evaluate(teacher, tokenizer, config, progress=not quiet)
-    student_scores = tasks.evaluate(student, tokenizer, config, progress=not quiet)
+                              max_blocks=preset.eval_blocks, recall_lengths=preset.recall_lengths,
+                              recall_docs=preset.recall_docs)
+    teacher_scores, teacher_items, cached = teacher_cache.teacher_scores(
+        teacher, tokenizer, config, teacher_fingerprint, results_dir / "teacher_scores", progress=not quiet)
+    student_scores, student_items = tasks.evaluate_with_items(student, tokenizer, config, progress=not quiet)
     return {"teacher": teacher_scores, "student": student_scores,
-            "recovered": recovery.recovered(student_scores, teacher_scores)}
+            "recovered": recovery.recovered(student_scores, teacher_scores),
+            "summary": recovery.summary(student_scores, teacher_scores, student_items, teacher_items),
+            "items": {"teacher": teacher_items, "student": student_items},
+            "config": asdict(config), "eval_seed": config.seed, "teacher_scores_file": cached}
 
 
 def _throughput(student, teacher, preset: Preset) -> dict:

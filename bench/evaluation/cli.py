@@ -10,9 +10,9 @@ import torch
 
 from bench import provenance
 from bench.errors import BenchError, Parser, fail, set_threads
-from bench.evaluation.recovery import MARKER_PREFIX, is_score, recovered
+from bench.evaluation.recovery import MARKER_PREFIX, is_score, recovered, summary
 from bench.evaluation.scoring import check_model_path, load_model
-from bench.evaluation.tasks import EvalConfig, evaluate
+from bench.evaluation.tasks import EvalConfig, evaluate_with_items
 from bench.files import atomic_write_json
 
 
@@ -26,7 +26,14 @@ def _lengths(text: str) -> tuple[int, ...]:
     return lengths
 
 
-def _report(scores: dict, teacher_scores: dict | None, percents: dict | None) -> str:
+def _interval(entry: dict, scale: float = 100.0, key: str = "recovery") -> str:
+    if entry.get(key) is None:
+        return "n/a"
+    bounds = f" [{scale * entry['lo']:.1f}, {scale * entry['hi']:.1f}]" if entry.get("lo") is not None else ""
+    return f"{scale * entry[key]:.1f}{bounds}"
+
+
+def _report(scores: dict, teacher_scores: dict | None, percents: dict | None, found: dict | None = None) -> str:
     names = sorted(set(scores) | set(teacher_scores or {}))
     rows = [f"{'metric':<28} {'model':>10}" + (f" {'teacher':>10} {'% recovered':>12}" if teacher_scores else "")]
     for name in names:
@@ -39,8 +46,15 @@ def _report(scores: dict, teacher_scores: dict | None, percents: dict | None) ->
             percent = f"{percents[name]:.1f}" if name in percents else "-"  # teacher score 0 or missing
             row += f" {teacher_scores.get(name, float('nan')):>10.4g} {percent:>12}"
         rows.append(row)
-    if percents is not None:
-        rows.append(f"{'avg % recovered':<28} {'':>10} {'':>10} {percents['avg']:>12.1f}")
+    if found is not None:  # families and their mean, each with its 95% interval (bench.evaluation.recovery)
+        rows.append("")
+        for family, entry in found["families"].items():
+            rows.append(f"{family + ' % recovered':<28} {_interval(entry):>36}")
+        rows.append(f"{'avg % recovered (families)':<28} {_interval(found['pct_recovered'], 1.0, 'value'):>36}")
+        alpha, value = found["c_alpha"]["alpha"], found["c_alpha"]["value"]
+        if value is not None:
+            rows.append(f"{'C_' + format(alpha, 'g') + ' (win-and-tie)':<28} {value:>36.3g}")
+            rows.append(f"{'alpha* (lossless tolerance)':<28} {found['alpha_star']:>36.3g}")
     rows.append("* beyond the teacher's context (config.max_position_embeddings)")
     return "\n".join(rows)
 
@@ -87,20 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         has_tokenizer = Path(args.model).is_dir() and any(Path(args.model).glob("tokenizer*"))
         tokenizer_path = args.tokenizer or (args.teacher if args.teacher and not has_tokenizer else None)
         model, tokenizer = load_model(args.model, tokenizer_path, args.dtype, args.device)
-        scores = evaluate(model, tokenizer, config, progress=not args.no_progress)
-        teacher_scores = percents = None
+        scores, items = evaluate_with_items(model, tokenizer, config, progress=not args.no_progress)
+        teacher_scores = teacher_items = percents = found = None
         if args.teacher:
             del model
             teacher, _ = load_model(args.teacher, tokenizer_path, args.dtype, args.device)
-            teacher_scores = evaluate(teacher, tokenizer, config, progress=not args.no_progress)
+            teacher_scores, teacher_items = evaluate_with_items(teacher, tokenizer, config, progress=not args.no_progress)
             percents = recovered(scores, teacher_scores)
+            found = summary(scores, teacher_scores, items, teacher_items)
     except BenchError as error:
         return fail(error)
     print(provenance.header())
-    print(_report(scores, teacher_scores, percents))
+    print(_report(scores, teacher_scores, percents, found))
     if args.json:
         atomic_write_json(args.json, {"model": args.model, "teacher": args.teacher, "config": asdict(config),
                                       "scores": scores, "teacher_scores": teacher_scores, "recovered": percents,
+                                      "summary": found, "items": {"model": items, "teacher": teacher_items},
                                       "machine": provenance.machine(), "versions": _versions()})
     return 0
 

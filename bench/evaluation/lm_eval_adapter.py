@@ -152,6 +152,38 @@ def flat_scores(results: dict) -> dict[str, float]:
     return scores
 
 
+def sample_items(results: dict, scores: dict[str, float]) -> dict[str, dict]:
+    """Item sets (`bench.evaluation.items`) of the flat scores from lm-eval's logged samples, one item per
+    document in document order: accuracies as they are, `perplexity` as −log-likelihood and
+    `word_perplexity` / `byte_perplexity` as (−log-likelihood, words / bytes). Metrics of another form (e.g.
+    bits_per_byte, generated text) get none, and so no interval."""
+    from bench.evaluation.items import item_set
+
+    columns: dict[str, list[tuple[int, float, float]]] = {}
+    for task, samples in (results.get("samples") or {}).items():
+        for sample in samples:
+            filter_name = sample.get("filter", "none")
+            suffix = "" if filter_name in ("none", "") else f"_{filter_name}"
+            for metric in sample.get("metrics", []):
+                name, value = f"lm_{task}_{metric}{suffix}", sample.get(metric)
+                if metric.endswith("perplexity") and isinstance(value, (list, tuple)) and len(value) == 2:
+                    item = (-float(value[0]), float(value[1]))
+                elif metric == "perplexity" and isinstance(value, (int, float)):
+                    item = (-float(value), 1.0)
+                elif isinstance(value, (int, float, bool)) and not metric.endswith("perplexity"):
+                    item = (float(value), 1.0)
+                else:
+                    continue
+                columns.setdefault(name, []).append((sample["doc_id"], *item))
+    out = {}
+    for name, rows in columns.items():
+        if name in scores:
+            rows.sort(key=lambda row: row[0])
+            weights = [w for _, _, w in rows]
+            out[name] = item_set([v for _, v, _ in rows], None if all(w == 1.0 for w in weights) else weights)
+    return out
+
+
 def task_manager(tasks: Sequence[str], include_path: str | None = None, include_defaults: bool = True):
     """lm-eval's TaskManager over its own tasks (unless `include_defaults=False`) and `include_path`,
     after checking that every task name is known (one clear line otherwise)."""

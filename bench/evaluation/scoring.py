@@ -100,22 +100,28 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, 
 
 
 @torch.no_grad()
-def sliding_window_nll(model, ids: torch.Tensor, window: int, stride: int, batch_size: int = 8,
-                       progress: bool = False) -> tuple[float, int]:
-    """(summed negative log-likelihood, number of tokens scored) of a 1-D token stream."""
+def window_nlls(model, ids: torch.Tensor, window: int, stride: int, batch_size: int = 8,
+                progress: bool = False) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, tokens scored) per sliding window of a 1-D token stream."""
     model.eval()
     ids = ids.flatten().cpu()
     windows = sliding_windows(len(ids), window, stride)
-    total, count = 0.0, 0
+    out = []
     for first in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress, leave=False):
         group = windows[first:first + batch_size]
         logits = padded_logits(model, [ids[start:stop].tolist() for start, stop, _ in group], pad_id=0)
         for row, (start, stop, score_from) in enumerate(group):
             predictions = torch.log_softmax(logits[row, score_from - start:stop - start], dim=-1)
             targets = ids[score_from + 1:stop + 1].to(predictions.device)
-            total -= predictions.gather(-1, targets[:, None]).double().sum().item()
-            count += len(targets)
-    return total, count
+            out.append((-predictions.gather(-1, targets[:, None]).double().sum().item(), len(targets)))
+    return out
+
+
+def sliding_window_nll(model, ids: torch.Tensor, window: int, stride: int, batch_size: int = 8,
+                       progress: bool = False) -> tuple[float, int]:
+    """(summed negative log-likelihood, number of tokens scored) of a 1-D token stream."""
+    windows = window_nlls(model, ids, window, stride, batch_size, progress)
+    return sum(nll for nll, _ in windows), sum(count for _, count in windows)
 
 
 def perplexity(model, ids: torch.Tensor, window: int, stride: int | None = None, batch_size: int = 8,

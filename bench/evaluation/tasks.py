@@ -9,7 +9,11 @@
 - Cloze: predict the last word of a held-out passage (LAMBADA-style, Paperno et al. 2016), scored here
   (teacher-forced greedy accuracy of the target word's tokens) and written as a local lm-eval task.
 - Any lm-eval task through the adapter in `bench.evaluation.lm_eval_adapter` (lm-eval is optional).
-- "% of teacher recovered": student / teacher per metric (teacher / student for perplexities) and averaged.
+- Each task keeps its per-item results (`evaluate_with_items`; format in `bench.evaluation.items`), from
+  which `bench.evaluation.recovery` computes families, % of the teacher recovered and their intervals.
+
+Evaluation sets (cloze passages, recall documents) are drawn by `EvalConfig.seed`, the evaluation's own
+seed: never a run's training seed, so every run of a grid is scored on the same documents.
 
 Every score goes through `score_continuations` or `sliding_window_nll`; both batch sequences right-padded
 and without an attention mask, which is exact for any causal model (a position never reads later ones), so
@@ -19,6 +23,7 @@ recurrent students, which refuse padded masks, batch as well as the teacher.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import tempfile
@@ -31,14 +36,15 @@ from tqdm.auto import tqdm
 
 from bench.data import packing, recall
 from bench.errors import EvalError
+from bench.evaluation.items import item_set
 from bench.evaluation.recovery import MARKER_PREFIX
 from bench.evaluation.scoring import (
     context_limit,
     length_batches,
     pad_token_id,
     padded_logits,
-    perplexity,
     score_continuations,
+    window_nlls,
 )
 from bench.files import atomic_write_text
 
@@ -59,9 +65,9 @@ class EvalConfig:
     max_blocks: int | None = 64  # held-out tokens scored for perplexity: max_blocks × seq_len
     recall_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
     recall_docs: int = 20  # documents per (kind, length)
-    cloze_items: int = 100
+    cloze_items: int = 1000  # one item moves cloze recovery by ~0.1 / teacher accuracy points
     batch_size: int = 8
-    seed: int = 0
+    seed: int = 0  # the evaluation sets' own seed (cloze passages, recall documents), never a training seed
     stride: int | None = None  # sliding-window step; None = seq_len // 2
     text_field: str = "text"
     cloze_context_words: int = 50
@@ -86,50 +92,78 @@ class EvalConfig:
             raise EvalError(f"--stride {self.stride} must lie in 1..--seq-len ({self.seq_len})")
 
 
-def held_out_ppl(model, tokenizer, config: EvalConfig, progress: bool = True) -> float:
-    """Perplexity on the test split of `config.dataset` (no recall documents), windows of config.seq_len."""
+def held_out_windows(model, tokenizer, config: EvalConfig, progress: bool = True) -> list[tuple[float, int]]:
+    """(NLL, tokens) per sliding window of config.seq_len over the test split of `config.dataset` (no recall
+    documents)."""
     packing.check_compatible(tokenizer, model.config, config.seq_len)
     spec = packing.DataSpec(dataset=config.dataset, seq_len=config.seq_len, recall_fraction=0.0,
                              text_field=config.text_field, max_blocks=config.max_blocks, works_dir=config.works_dir)
     # Consecutive packed blocks are one contiguous stream, so windows may straddle block boundaries.
     stream = packing.load_blocks(spec, tokenizer, "test").flatten()
-    return perplexity(model, stream, config.seq_len, config.stride or max(1, config.seq_len // 2),
-                      config.batch_size, progress)
+    return window_nlls(model, stream, config.seq_len, config.stride or max(1, config.seq_len // 2),
+                       config.batch_size, progress)
+
+
+def held_out_ppl(model, tokenizer, config: EvalConfig, progress: bool = True) -> float:
+    """Perplexity on the test split of `config.dataset`: exp(Σ NLL / Σ tokens) over the windows."""
+    windows = held_out_windows(model, tokenizer, config, progress)
+    return math.exp(sum(nll for nll, _ in windows) / sum(count for _, count in windows))
 
 
 # --------------------------------------------------------------------------------------------- recall
 @torch.no_grad()
-def recall_accuracy(model, tokenizer, docs: Sequence[recall.RecallDoc], batch_size: int = 8,
-                    max_batch_tokens: int = 16_384, progress: bool = False, desc: str = "recall") -> float:
-    """Batched `bench.data.recall.recall_accuracy`: share of answers (MQAR: queried values; passkey: the key)
-    whose every token is the model's teacher-forced greedy prediction."""
+def recall_counts(model, tokenizer, docs: Sequence[recall.RecallDoc], batch_size: int = 8,
+                  max_batch_tokens: int = 16_384, progress: bool = False,
+                  desc: str = "recall") -> list[tuple[int, int]]:
+    """(answers predicted, answers asked) per document: an answer (MQAR: a queried value; passkey: the key)
+    counts when its every token is the model's teacher-forced greedy prediction."""
     model.eval()
     encoded = [recall.answer_token_positions(doc, tokenizer) for doc in docs]
-    correct = total = 0
+    counts = [(0, 0)] * len(docs)
     batches = length_batches([len(ids) for ids, _ in encoded], batch_size, max_batch_tokens)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         predicted = padded_logits(model, [encoded[i][0] for i in batch], pad_token_id(tokenizer)).argmax(-1).tolist()
         for row, index in enumerate(batch):
             ids, spans = encoded[index]
-            for span in spans:
-                correct += all(predicted[row][i - 1] == ids[i] for i in span)
-                total += 1
-    return correct / max(total, 1)
+            correct = sum(all(predicted[row][i - 1] == ids[i] for i in span) for span in spans)
+            counts[index] = (correct, len(spans))
+    return counts
+
+
+def recall_accuracy(model, tokenizer, docs: Sequence[recall.RecallDoc], batch_size: int = 8,
+                    max_batch_tokens: int = 16_384, progress: bool = False, desc: str = "recall") -> float:
+    """Batched `bench.data.recall.recall_accuracy`: the share of all answers predicted."""
+    counts = recall_counts(model, tokenizer, docs, batch_size, max_batch_tokens, progress, desc)
+    return sum(c for c, _ in counts) / max(sum(t for _, t in counts), 1)
+
+
+def recall_docs(tokenizer, config: EvalConfig, kind: str, length: int) -> list[recall.RecallDoc]:
+    """The evaluation's documents of one kind and length: a function of config.seed alone."""
+    return recall.docs_for_length(kind, tokenizer, length, config.recall_docs,
+                                  seed=_RECALL_EVAL_SEED + 100_003 * config.seed + length)
+
+
+def recall_results(model, tokenizer, config: EvalConfig, progress: bool = True) -> tuple[dict, dict]:
+    """(scores, items): `recall_<kind>_<L>` for each kind and length with its per-document counts, plus
+    `beyond_context_<L>: 1.0` for L > the context."""
+    scores: dict[str, float] = {}
+    items: dict[str, dict] = {}
+    limit = context_limit(model)
+    for length in config.recall_lengths:
+        for kind in recall.KINDS:
+            counts = recall_counts(model, tokenizer, recall_docs(tokenizer, config, kind, length), config.batch_size,
+                                   config.max_batch_tokens, progress, f"{kind} {length}")
+            name = f"recall_{kind}_{length}"
+            scores[name] = sum(c for c, _ in counts) / max(sum(t for _, t in counts), 1)
+            items[name] = item_set([c for c, _ in counts], [t for _, t in counts])
+        if limit is not None and length > limit:
+            scores[f"{MARKER_PREFIX}{length}"] = 1.0
+    return scores, items
 
 
 def recall_scores(model, tokenizer, config: EvalConfig, progress: bool = True) -> dict[str, float]:
     """`recall_<kind>_<L>` for each kind and length, plus `beyond_context_<L>: 1.0` for L > the context."""
-    scores: dict[str, float] = {}
-    limit = context_limit(model)
-    for length in config.recall_lengths:
-        for kind in recall.KINDS:
-            docs = recall.docs_for_length(kind, tokenizer, length, config.recall_docs,
-                                          seed=_RECALL_EVAL_SEED + 100_003 * config.seed + length)
-            scores[f"recall_{kind}_{length}"] = recall_accuracy(
-                model, tokenizer, docs, config.batch_size, config.max_batch_tokens, progress, f"{kind} {length}")
-        if limit is not None and length > limit:
-            scores[f"{MARKER_PREFIX}{length}"] = 1.0
-    return scores
+    return recall_results(model, tokenizer, config, progress)[0]
 
 
 # ---------------------------------------------------------------------------------------------- cloze
@@ -181,12 +215,19 @@ def encode_cloze(item: ClozeItem, tokenizer) -> tuple[list[int], list[int]]:
     return context, whole[len(context):]
 
 
-def cloze_accuracy(model, tokenizer, items: Sequence[ClozeItem], batch_size: int = 8,
-                   max_batch_tokens: int = 16_384, progress: bool = False) -> float:
-    """Share of items whose target tokens are all the greedy predictions (lm-eval's `acc` on the cloze task)."""
+def cloze_correct(model, tokenizer, items: Sequence[ClozeItem], batch_size: int = 8,
+                  max_batch_tokens: int = 16_384, progress: bool = False) -> list[bool]:
+    """Per item: are the target's tokens all the greedy predictions (lm-eval's `acc` on the cloze task)?"""
     scored = score_continuations(model, [encode_cloze(item, tokenizer) for item in items], pad_token_id(tokenizer),
                                  batch_size, context_limit(model), max_batch_tokens, progress, "cloze")
-    return sum(greedy for _, greedy in scored) / len(scored)
+    return [greedy for _, greedy in scored]
+
+
+def cloze_accuracy(model, tokenizer, items: Sequence[ClozeItem], batch_size: int = 8,
+                   max_batch_tokens: int = 16_384, progress: bool = False) -> float:
+    """Share of items whose target tokens are all the greedy predictions."""
+    correct = cloze_correct(model, tokenizer, items, batch_size, max_batch_tokens, progress)
+    return sum(correct) / len(correct)
 
 
 def write_cloze_task(items: Sequence[ClozeItem], directory: str | Path, task: str = CLOZE_TASK,
@@ -231,22 +272,35 @@ def evaluate(model, tokenizer, config: EvalConfig, progress: bool = True) -> dic
     if asked), and the marker `beyond_context_<L>: 1.0` for each recall length L beyond the model's
     config.max_position_embeddings (the teacher's trained context, which students copy; students may run
     longer). Markers are not scores: `recovered` skips them."""
+    return evaluate_with_items(model, tokenizer, config, progress)[0]
+
+
+def evaluate_with_items(model, tokenizer, config: EvalConfig, progress: bool = True) -> tuple[dict, dict]:
+    """(flat scores as `evaluate`, item sets per score): perplexity per window, recall per document, cloze per
+    passage, lm-eval per sample where lm-eval logs one (`bench.evaluation.items`)."""
     config.check()
     model.eval()
-    items = config_cloze_items(config)
+    passages = config_cloze_items(config)
     with tempfile.TemporaryDirectory(prefix="distill-bench-tasks-") as scratch:
-        manager = _lm_eval_tasks(items, config, Path(config.task_dir or scratch)) if config.lm_eval_tasks else None
-        scores = {"ppl": held_out_ppl(model, tokenizer, config, progress)}
-        scores.update(recall_scores(model, tokenizer, config, progress))
-        scores["cloze_acc"] = cloze_accuracy(model, tokenizer, items, config.batch_size, config.max_batch_tokens,
-                                             progress)
+        manager = _lm_eval_tasks(passages, config, Path(config.task_dir or scratch)) if config.lm_eval_tasks else None
+        windows = held_out_windows(model, tokenizer, config, progress)
+        scores = {"ppl": math.exp(sum(nll for nll, _ in windows) / sum(count for _, count in windows))}
+        items = {"ppl": item_set([nll for nll, _ in windows], [count for _, count in windows])}
+        recall_part, recall_items = recall_results(model, tokenizer, config, progress)
+        scores.update(recall_part)
+        items.update(recall_items)
+        correct = cloze_correct(model, tokenizer, passages, config.batch_size, config.max_batch_tokens, progress)
+        scores["cloze_acc"] = sum(correct) / len(correct)
+        items["cloze_acc"] = item_set([int(c) for c in correct])
         if manager is not None:
             from bench.evaluation import lm_eval_adapter
 
-            scores.update(lm_eval_adapter.run_lm_eval(
+            lm_scores, results = lm_eval_adapter.run_lm_eval(
                 model, tokenizer, config.lm_eval_tasks, batch_size=config.batch_size, limit=config.lm_eval_limit,
-                seed=config.seed, max_batch_tokens=config.max_batch_tokens, manager=manager)[0])
-    return scores
+                seed=config.seed, max_batch_tokens=config.max_batch_tokens, manager=manager, log_samples=True)
+            scores.update(lm_scores)
+            items.update(lm_eval_adapter.sample_items(results, lm_scores))
+    return scores, items
 
 
 def _lm_eval_tasks(items: Sequence[ClozeItem], config: EvalConfig, task_dir: Path):

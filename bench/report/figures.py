@@ -2,7 +2,9 @@
 
 Reads `results/runs/*.json` (run records), `results/throughput_*.json` (benchmark reports) and
 `results/reference/*.json` (published numbers, drawn beside ours and labelled with their setting), and
-writes PNGs into `results/figures/`.
+writes PNGs into `results/figures/`. Seeds of a cell (a student and init) are aggregated as in the tables
+(`bench.report.leaderboard.cell_value`); a cell whose seeds ran on different commits or on a dirty tree is
+hatched (bars) or marked † (panel titles, legends).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
+from bench.evaluation.recovery import FAMILIES  # noqa: E402
 from bench.files import atomic_directory  # noqa: E402
-from bench.report.leaderboard import load_rows, row  # noqa: E402
+from bench.report.leaderboard import cell_flag, cell_value, cells, load_rows, row, summary  # noqa: E402
 
 INIT_ORDER = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
 # tab10 without its grey, which marks the floor; black marks the teacher.
@@ -43,75 +47,149 @@ def _records(results: Path) -> list[dict]:
     return records
 
 
+FLAG_NOTE = "hatched / †: seeds ran on different commits or a dirty tree"
+STAGE_ORDER = ("matrix_mixing", "attention_output", "attention_transfer", "hidden_alignment", "end_to_end",
+               "multi_teacher")
+
+
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight": no label is ever cut at the edge
     plt.close(fig)
 
 
-def _grouped_bars(ax, values: dict[tuple[str, str], list[float]], ylabel: str) -> None:
-    """Bars per (student, init): mean over seeds, whiskers at min and max."""
-    students = sorted({s for s, _ in values})
-    inits = [i for i in INIT_ORDER if any(k[1] == i for k in values)]
-    width = 0.8 / max(1, len(inits))
+def _inits(rows) -> list[str]:
+    present = {r["init"] for r in rows}
+    return [i for i in INIT_ORDER if i in present] + sorted(present - set(INIT_ORDER))
+
+
+def _init_colors(inits) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {init: cycle[i % len(cycle)] for i, init in enumerate(inits)}
+
+
+def _bars(ax, rows, column: str, students: list[str], inits: list[str], scale: float = 1.0) -> None:
+    """Horizontal bars per (student, init): the mean over seeds, whiskers at the cell's interval
+    (`cell_value`: bootstrap 95% spanning the seeds, else min–max over seeds); flagged cells hatched."""
+    by_cell, colors = cells(rows), _init_colors(inits)
+    height = 0.8 / max(1, len(inits))
     for j, init in enumerate(inits):
-        xs, means, low, high = [], [], [], []
         for i, student in enumerate(students):
-            seeds = values.get((student, init))
-            if seeds:
-                mean = statistics.mean(seeds)
-                xs.append(i + j * width)
-                means.append(mean)
-                low.append(mean - min(seeds))
-                high.append(max(seeds) - mean)
-        ax.bar(xs, means, width, yerr=[low, high], capsize=3, label=init)
-    ax.set_xticks([i + width * (len(inits) - 1) / 2 for i in range(len(students))], students, rotation=30)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+            members = by_cell.get((student, init), [])
+            value = cell_value(members, column)
+            if value is None:
+                continue
+            y = i - 0.4 + height * (j + 0.5)
+            ax.barh(y, scale * value.mean, height, color=colors[init], hatch="///" if cell_flag(members) else None,
+                    edgecolor="white", linewidth=0)
+            ax.plot(scale * value.mean, y, marker="|", ms=height * 18, color=colors[init])  # a bar at 0 stays visible
+            if value.kind != "one run":
+                ax.errorbar(scale * value.mean, y, xerr=[[scale * (value.mean - value.lo)], [scale * (value.hi - value.mean)]],
+                            fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    ax.set_yticks(range(len(students)), students)
+    ax.set_ylim(len(students) - 0.5, -0.5)  # first student on top
+    ax.grid(axis="x", lw=0.3, alpha=0.6)
 
 
-def recovery_by_architecture(rows, out: Path) -> Path:
-    values = defaultdict(list)
-    for r in rows:
-        if isinstance(r.get("pct_recovered"), (int, float)):
-            values[(r["student"], r["init"])].append(r["pct_recovered"])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    _grouped_bars(ax, values, "% of teacher recovered (mean over seeds, min–max)")
-    ax.axhline(100, color="grey", lw=0.8, ls="--")
-    ax.set_title("Recovery by architecture and init")
-    _save(fig, out / "recovery_by_architecture.png")
-    return out / "recovery_by_architecture.png"
+def _init_legend(fig, inits, flagged: bool) -> None:
+    from matplotlib.patches import Patch
+
+    colors = _init_colors(inits)
+    handles = [Patch(color=colors[i], label=i) for i in inits]
+    if flagged:
+        handles.append(Patch(facecolor="lightgrey", hatch="///", edgecolor="white", label=FLAG_NOTE))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+
+
+def recovery_by_family(rows, out: Path) -> Path:
+    """One panel per score family and one for % recovered: % of the teacher per student and init."""
+    columns = [(f"pct_{family}", family.replace("_", "-")) for family in FAMILIES
+               if any(r.get(f"pct_{family}") is not None for r in rows)] + [("pct_recovered", "% recovered (mean of families)")]
+    inits = _inits(rows)
+    overall = {s: cell_value([r for r in rows if r["student"] == s], "pct_recovered") for s in {r["student"] for r in rows}}
+    students = sorted(overall, key=lambda s: -(overall[s].mean if overall[s] else -1))
+    height = 0.21 * len(students) * max(1, len(inits)) + 2
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns) + 1.2, height), sharey=True, squeeze=False)
+    for ax, (column, title) in zip(axes[0], columns):
+        _bars(ax, rows, column, students, inits)
+        ax.axvline(100, color="grey", lw=0.8, ls="--")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("% of the teacher")
+    fig.suptitle("Recovery per score family (mean over seeds; whiskers: 95% bootstrap interval, else seed range)",
+                 fontsize=10)
+    fig.tight_layout()
+    _init_legend(fig, inits, any(r.get("cell_flag") for r in rows))
+    _save(fig, out / "recovery_by_family.png")
+    return out / "recovery_by_family.png"
 
 
 def init_ablation(rows, out: Path) -> Path:
-    values = defaultdict(list)
-    for r in rows:
-        values[(r["student"], r["init"])].append(r["val_kl"])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    _grouped_bars(ax, values, "validation KL(teacher ‖ student), lower is better")
-    ax.set_title("Init ablation")
+    inits = _inits(rows)
+    kl = {s: cell_value([r for r in rows if r["student"] == s], "val_kl") for s in {r["student"] for r in rows}}
+    students = sorted(kl, key=lambda s: kl[s].mean if kl[s] else float("inf"))
+    fig, ax = plt.subplots(figsize=(7, 0.21 * len(students) * max(1, len(inits)) + 1.8))
+    _bars(ax, rows, "val_kl", students, inits)
+    ax.set_xlabel("validation KL(teacher ‖ student), lower is better")
+    ax.set_title("Init ablation (mean over seeds, whiskers min–max)", fontsize=10)
+    fig.tight_layout()
+    _init_legend(fig, inits, any(r.get("cell_flag") for r in rows))
     _save(fig, out / "init_ablation.png")
     return out / "init_ablation.png"
 
 
-def stage_loss_curves(records, out: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def _student_colors(students) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {student: cycle[i % len(cycle)] for i, student in enumerate(sorted(students))}
+
+
+def stage_loss_curves(records, flags: dict, out: Path) -> Path:
+    """One panel per stage (rows) and init (columns): per student the median loss over seeds, band min–max."""
+    curves: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        label = f"{record['settings']['student']} / {record['settings']['init']} / s{record['settings']['seed']}"
-        for ax, stage_names in zip(axes, (("matrix_mixing", "hidden_alignment"), ("end_to_end", "multi_teacher",
-                                                                                  "attention_transfer"))):
-            for stage in record["stages"]:
-                if stage["stage"] in stage_names and stage["losses"]:
-                    ax.plot(range(1, len(stage["losses"]) + 1), stage["losses"], lw=0.8,
-                            label=f"{label} ({stage['stage']})")
-    axes[0].set_title("Alignment stages")
-    axes[1].set_title("End-to-end distillation")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_yscale("log")
-        if ax.lines and len(ax.lines) <= 12:
-            ax.legend(fontsize=6)
+        settings = record["settings"]
+        for stage in record.get("stages") or []:
+            if stage.get("losses"):
+                curves[(stage["stage"], settings["init"])][settings["student"]].append(stage["losses"])
+    stages = sorted({s for s, _ in curves}, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER))
+    inits = [i for i in INIT_ORDER if any(k[1] == i for k in curves)] + \
+        sorted({i for _, i in curves} - set(INIT_ORDER))
+    colors = _student_colors({student for by in curves.values() for student in by})
+    fig, axes = plt.subplots(len(stages), len(inits), figsize=(4.2 * len(inits) + 1.5, 3.0 * len(stages)),
+                             squeeze=False)
+    for r, stage in enumerate(stages):
+        for c, init in enumerate(inits):
+            ax = axes[r][c]
+            by_student = curves.get((stage, init))
+            if not by_student:
+                ax.set_axis_off()
+                continue
+            for student, seeds in sorted(by_student.items()):
+                n = min(map(len, seeds))
+                stack = [[seed[k] for seed in seeds] for k in range(n)]
+                steps = range(1, n + 1)
+                ax.plot(steps, [statistics.median(v) for v in stack], color=colors[student], lw=1.0)
+                if len(seeds) > 1:
+                    ax.fill_between(steps, [min(v) for v in stack], [max(v) for v in stack], color=colors[student],
+                                    alpha=0.2, lw=0)
+            shown = [v for seeds in by_student.values() for seed in seeds for v in seed]
+            if min(shown) > 0 and max(shown) / min(shown) > 10:  # log where losses span decades, else plain ticks
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter())
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False,
+                                                                            minor_thresholds=(2, 0.5)))
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_title(f"{stage} · {init}", fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.set_ylabel("loss", fontsize=8)
+            ax.tick_params(which="both", labelsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[s], label=s + (" †" if any(flags.get((s, i)) for i in inits) else ""))
+               for s in sorted(colors)]
+    fig.suptitle("Stage losses: median over seeds, band min–max" + ("  († " + FLAG_NOTE.split(": ")[1] + ")"
+                                                                   if any(flags.values()) else ""), fontsize=10)
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     _save(fig, out / "stage_loss_curves.png")
     return out / "stage_loss_curves.png"
 
@@ -163,48 +241,103 @@ def decode_vs_context(reports, out: Path) -> Path:
     return out / "decode_vs_context.png"
 
 
-def recall_vs_length(records, reference: dict | None, out: Path) -> Path:
-    ours: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+def recall_vs_length(records, reference: dict | None, flags: dict, out: Path) -> Path:
+    """Passkey accuracy vs document length, one panel per student: a line per init (mean over seeds, band
+    min–max), the teacher dashed, and the published curve dotted where `reference` has the student."""
+    ours: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    teacher: dict[int, list[float]] = defaultdict(list)
     for record in records:
         evaluation = record.get("evaluation") or {}
-        for who, scores in (("teacher", evaluation.get("teacher", {})),
-                            (record["settings"]["student"], evaluation.get("student", {}))):
+        settings = record["settings"]
+        for who, scores in (("teacher", evaluation.get("teacher", {})), ("student", evaluation.get("student", {}))):
             for key, value in scores.items():
                 if key.startswith("recall_passkey_"):
-                    ours[who][int(key.rsplit("_", 1)[-1])].append(value)
-    panels = 2 if reference else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
-    for name, by_length in sorted(ours.items()):
-        lengths = sorted(by_length)
-        axes[0][0].plot(lengths, [100 * statistics.mean(by_length[n]) for n in lengths], marker="o", label=name,
-                        **_style(name))
-    axes[0][0].set(xscale="log", xlabel="document length (tokens)", ylabel="passkey accuracy (%)",
-                   title="Ours (local runs)", ylim=(-2, 102))
-    axes[0][0].legend(fontsize=7)
-    if reference:
-        ax = axes[0][1]
-        for name, points in sorted(reference["passkey"].items()):
-            lengths = sorted(points, key=int)
-            ax.plot([int(n) for n in lengths], [points[n] for n in lengths], marker="s", label=name)
-        ax.set(xscale="log", xlabel="document length (tokens)", ylabel="passkey accuracy (%)")
-        ax.set_title(reference["setting"], fontsize=8)
-        ax.legend(fontsize=7)
+                    length = int(key.rsplit("_", 1)[-1])
+                    (teacher[length] if who == "teacher" else ours[settings["student"]][settings["init"]][length]).append(value)
+    published = (reference or {}).get("passkey", {})
+    students = sorted(ours)
+    inits = [i for i in INIT_ORDER if any(i in ours[s] for s in students)] + \
+        sorted({i for s in students for i in ours[s]} - set(INIT_ORDER))
+    colors = _init_colors(inits)
+    ncols = min(4, max(1, len(students)))
+    nrows = max(1, -(-len(students) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.7 * nrows + 0.8), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(students):]:
+        ax.set_axis_off()
+    lengths_t = sorted(teacher)
+    for ax, student in zip(axes.flat, students):
+        for init in inits:
+            by_length = ours[student].get(init)
+            if not by_length:
+                continue
+            lengths = sorted(by_length)
+            ax.plot(lengths, [100 * statistics.mean(by_length[n]) for n in lengths], marker="o", ms=3,
+                    color=colors[init], lw=1.2)
+            if any(len(by_length[n]) > 1 for n in lengths):
+                ax.fill_between(lengths, [100 * min(by_length[n]) for n in lengths],
+                                [100 * max(by_length[n]) for n in lengths], color=colors[init], alpha=0.2, lw=0)
+        if lengths_t:
+            ax.plot(lengths_t, [100 * statistics.mean(teacher[n]) for n in lengths_t], color="black", ls="--", lw=1.2)
+        if student in published:
+            points = published[student]
+            keys = sorted(points, key=int)
+            ax.plot([int(n) for n in keys], [points[n] for n in keys], color="grey", ls=":", marker="s", ms=3, lw=1.2)
+        flagged = any(flags.get((student, init)) for init in inits)
+        ax.set_title(student + (" †" if flagged else ""), fontsize=10)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(lengths_t) | {int(n) for points in published.values() for n in points}
+                       | {n for by_init in ours.values() for by in by_init.values() for n in by})
+        ax.set_xticks(ticks, [f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n) for n in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_ylim(-4, 104)
+        ax.grid(lw=0.3, alpha=0.6)
+    for ax in axes[-1]:
+        ax.set_xlabel("document length (tokens)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("passkey accuracy (%)", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[i], marker="o", ms=3, label=f"ours, {i}") for i in inits]
+    handles.append(Line2D([], [], color="black", ls="--", label="teacher"))
+    if published:
+        handles.append(Line2D([], [], color="grey", ls=":", marker="s", ms=3,
+                              label=(reference or {}).get("setting", "published")))
+    fig.suptitle("Passkey retrieval vs length (ours: mean over seeds, band min–max)"
+                 + (f"; † {FLAG_NOTE.split(': ')[1]}" if any(flags.values()) else ""), fontsize=10)
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.06 if nrows > 1 else -0.12))
     _save(fig, out / "recall_vs_length.png")
     return out / "recall_vs_length.png"
 
 
 def score_vs_throughput(records, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 5))
+    """Per student and init, the mean over seeds: % recovered against student prefill tokens/s at the longest
+    length of the run's sweep. Colour: student; marker: init (a legend, not labels, so nothing overlaps)."""
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for record in records:
         prefill = (record.get("throughput") or {}).get("prefill_tokens_per_s", {}).get("student") or {}
-        recovered = ((record.get("evaluation") or {}).get("recovered") or {}).get("avg")
+        found = summary(record.get("evaluation") or {})
+        recovered = found["pct_recovered"]["value"] if found else None
         if prefill and isinstance(recovered, (int, float)):
-            longest = max(prefill, key=int)
-            ax.scatter(prefill[longest], recovered, s=25)
-            ax.annotate(f"{record['settings']['student']}/{record['settings']['init']}", (prefill[longest], recovered),
-                        fontsize=6)
-    ax.set(xlabel="student prefill tokens/s (longest length of the run's sweep)", ylabel="% of teacher recovered",
-           title="Score vs throughput")
+            points[(record["settings"]["student"], record["settings"]["init"])].append(
+                (prefill[max(prefill, key=int)], recovered))
+    colors = _student_colors({student for student, _ in points})
+    inits = [i for i in INIT_ORDER if any(k[1] == i for k in points)] + sorted({i for _, i in points} - set(INIT_ORDER))
+    markers = dict(zip(inits, "os^Dvp"))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for (student, init), seeds in sorted(points.items()):
+        ax.scatter(statistics.mean(x for x, _ in seeds), statistics.mean(y for _, y in seeds), s=36,
+                   color=colors[student], marker=markers.get(init, "o"))
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=colors[s], label=s) for s in sorted(colors)]
+    handles += [Line2D([], [], ls="", marker=markers.get(i, "o"), color="grey", label=i) for i in inits]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set(xlabel="student prefill tokens/s (longest length of the run's sweep)",
+           ylabel="% of teacher recovered (mean of families)", title="Score vs throughput (mean over seeds)")
+    ax.grid(lw=0.3, alpha=0.6)
     _save(fig, out / "score_vs_throughput.png")
     return out / "score_vs_throughput.png"
 
@@ -217,12 +350,13 @@ def draw_all(results: Path) -> list[Path]:
     reports = _throughput_reports(results)
     reference_path = results / "reference" / "passkey_haller2025.json"
     reference = json.loads(reference_path.read_text()) if reference_path.exists() else None
+    flags = {key: cell_flag(members) for key, members in cells(rows).items()}
     written = []
     with atomic_directory(results / "figures") as staging:
         if rows:
-            written += [recovery_by_architecture(rows, staging), init_ablation(rows, staging)]
+            written += [recovery_by_family(rows, staging), init_ablation(rows, staging)]
         if records:
-            written += [stage_loss_curves(records, staging), recall_vs_length(records, reference, staging),
+            written += [stage_loss_curves(records, flags, staging), recall_vs_length(records, reference, flags, staging),
                         score_vs_throughput(records, staging)]
         if reports:
             written += [prefill_vs_length(reports, staging), decode_vs_context(reports, staging)]

@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 from bench.errors import BenchError, fail
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"^(<!-- table:(\S+?) -->\n)(.*?)^(<!-- /table:\2 -->)$", re.S | re.M)  # markers on lines of their own
 OPENING = re.compile(r"^<!-- table:(\S+?) -->$", re.M)
 INIT_ORDER = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
-RECALL_AT = 512  # the grid's recall column: MQAR / passkey at this document length
 
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -135,35 +133,53 @@ def throughput(doc: dict, source: str) -> str:
 
 
 def grid(rows: list[dict], source: str) -> str:
-    """Validation KL per student and init (mean ± half the range over seeds), and qkv_copy's scores."""
-    runs = defaultdict(list)
-    for r in rows:
-        runs[r["student"], r["init"]].append(r)
+    """Validation KL per student and init (mean ± half the range over seeds), and, at one init, the score
+    families, % recovered with its interval, and C_α / α* (`bench.evaluation.recovery`)."""
+    from bench.report.leaderboard import TIE_COLUMN, cell_flag, cell_value, cells, interval_kind
+
+    runs = cells(rows)
 
     def mean(student, init, key):
-        found = [float(r[key]) for r in runs[student, init] if r.get(key) not in (None, "")]
-        return sum(found) / len(found) if found else None
+        value = cell_value(runs.get((student, init), []), key)
+        return None if value is None else value.mean
 
     def spread(student, init):
-        found = [float(r["val_kl"]) for r in runs[student, init]]
+        found = [float(r["val_kl"]) for r in runs.get((student, init), [])]
         return f"{sum(found) / len(found):.3f} ± {(max(found) - min(found)) / 2:.3f}" if found else "–"
+
+    def recovered(student, init):
+        value = cell_value(runs.get((student, init), []), "pct_recovered")
+        if value is None:
+            return "–"
+        return f"{value.mean:.1f}%" + ("" if value.kind == "one run" else f" [{value.lo:.1f}, {value.hi:.1f}]")
 
     inits = sorted({r["init"] for r in rows}, key=lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else len(INIT_ORDER))
     focus = "qkv_copy" if "qkv_copy" in inits else inits[0]
     students = sorted(dict.fromkeys(r["student"] for r in rows), key=lambda st: mean(st, focus, "val_kl") or float("inf"))
     header = (["student"] + [f"val KL {i}" for i in inits]
-              + [f"ppl recovered ({focus})", f"MQAR / passkey at {RECALL_AT} ({focus})", f"% recovered, avg ({focus})"])
+              + [f"{name} ({focus})" for name in ("language", "recall", "cloze", "% recovered")]
+              + [f"C_{TIE_COLUMN[2:]} / α* ({focus})"])
     body = []
     for st in students:
-        recall = " / ".join(pct(mean(st, focus, f"student_recall_{k}_{RECALL_AT}")) for k in ("mqar", "passkey"))
-        body.append([st] + [spread(st, i) for i in inits]
-                    + [pct(mean(st, focus, "recovered_ppl"), 1), recall, pct(mean(st, focus, "pct_recovered"), 1)])
+        flagged = any(cell_flag(runs.get((st, i), [])) for i in inits)
+        families = [pct(mean(st, focus, f"pct_{family}"), 1) for family in ("language", "recall", "cloze")]
+        tie, star = mean(st, focus, TIE_COLUMN), mean(st, focus, "alpha_star")
+        body.append([st + (" †" if flagged else "")] + [spread(st, i) for i in inits] + families
+                    + [recovered(st, focus), f"{num(tie)} / {num(star)}"])
     distinct = lambda key: ", ".join(sorted({r[key] for r in rows}))
     dates = sorted(r["date"] for r in rows if r.get("date"))
     details = (f"{len(rows)} runs, devices {distinct('device')}, torch {distinct('torch')}, commits {distinct('commit')}, "
                + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded")
-               + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds")
+               + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds; "
+               f"families and C/α*: mean over seeds; % recovered: mean [{interval_kind(rows)}]"
+               + ("; † seeds on different commits or a dirty tree" if any(r.get("cell_flag") for r in rows) else ""))
     return f"Source: `{source}` — {details}.\n\n" + markdown(header, body)
+
+
+def claims(rows: list[dict], source: str) -> str:
+    from bench.report import claims as claims_lib
+
+    return claims_lib.render(rows, source)
 
 
 # name: (file in the results directory, renderer, the command that writes the file)
@@ -174,6 +190,7 @@ TABLES = {
     "throughput_cpu": ("throughput_cpu.json", throughput,
                        "python -m bench.throughput --student all --json results/throughput_cpu.json"),
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
+    "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
 }
 
 
