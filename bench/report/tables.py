@@ -183,6 +183,38 @@ def claims(rows: list[dict], source: str) -> str:
 
 
 # name: (file in the results directory, renderer, the command that writes the file)
+SHORT = {"matrix_mixing": "matrix", "attention_output": "attn-out", "hidden_alignment": "hidden", "end_to_end": "e2e"}
+
+
+def research(records: list[dict], source: str) -> str:
+    """One row per run record of a study: what it tried (student, init, precision, recall share, stage steps,
+    tokens) beside its wall time, validation KL and recall against the teacher's at each length."""
+    records = sorted(records, key=lambda r: r.get("date", ""))
+    lengths = sorted({int(k.rsplit("_", 1)[1]) for r in records for k in r["evaluation"].get("student", {})
+                      if k.startswith("recall_mqar_")})
+    rows = []
+    for r in records:
+        s, ev = r["settings"], r["evaluation"]
+        student, teacher = ev.get("student", {}), ev.get("teacher", {})
+        steps = ", ".join(f"{SHORT.get(p['name'], p['name'])} {p['steps']}" for p in r["plans"])
+        plateau = {st["stage"]: st.get("plateau", {}).get("plateaued") for st in r["stages"]}
+        recall = [f"{pct(student.get(f'recall_{kind}_{n}'))} / {pct(teacher.get(f'recall_{kind}_{n}'))}"
+                  for kind in ("mqar", "passkey") for n in lengths]
+        rows.append([s["student"] + ("+keep" + ",".join(map(str, r["keep_attention"])) if r.get("keep_attention") else ""),
+                     s["init"], "bf16" if r.get("bf16") else "fp32", f"{s['data'].get('recall_fraction')}",
+                     steps, f"{s['tokens']:,}", str(s["seed"]), f"{r['seconds'] / 60:.1f}",
+                     f"{r['metrics']['val_kl']:.3f}", *recall,
+                     ", ".join(name for name, flat in plateau.items() if flat) or "–"])
+    header = (["student", "init", "dtype", "recall share", "steps per stage", "tokens", "seed", "minutes", "val KL"]
+              + [f"{kind} {n} student / teacher" for kind in ("MQAR", "passkey") for n in lengths]
+              + ["plateaued stages"])
+    machines = {(r["machine"].get("device_name"), r["machine"].get("torch"), r["machine"].get("commit")) for r in records}
+    dates = sorted(r.get("date", "") for r in records)
+    where = "; ".join(f"{d}, torch {t}, commit {c}" for d, t, c in sorted(machines, key=str))
+    return (f"Source: `{source}` — {len(records)} runs on {where}; dates {dates[0]} … {dates[-1]}; recall: "
+            f"teacher-forced accuracy on held-out documents, student / teacher.\n\n" + markdown(header, rows))
+
+
 TABLES = {
     "kernels_cpu": ("kernels_cpu.json", recurrence, "python -m bench.perf.kernel_bench --json results/kernels_cpu.json"),
     "kernels_h100_recurrence": ("kernels_h100_recurrence.json", recurrence, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
@@ -191,6 +223,7 @@ TABLES = {
                        "python -m bench.throughput --student all --json results/throughput_cpu.json"),
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
+    "recall_research": ("research/recall/runs", research, "python -m bench.run ... --results-dir results/research/recall"),
 }
 
 
@@ -199,11 +232,16 @@ def render(name: str, results_dir: Path) -> str:
     path = Path(results_dir) / filename
     source = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
     try:
-        text = path.read_text()
+        text = None if path.is_dir() else path.read_text()
     except OSError as error:
         raise BenchError(f"{path}: cannot read ({error.strerror}); `{command}` writes it") from None
     try:
-        data = list(csv.DictReader(text.splitlines())) if filename.endswith(".csv") else json.loads(text)
+        if text is None:  # a directory of run records
+            data = [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
+            if not data:
+                raise ValueError("no run records")
+        else:
+            data = list(csv.DictReader(text.splitlines())) if filename.endswith(".csv") else json.loads(text)
         return renderer(data, str(source))
     except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AttributeError) as error:
         raise BenchError(f"{path}: malformed for table {name!r} ({type(error).__name__}: {error}); "
