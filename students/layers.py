@@ -34,8 +34,8 @@ class ShortConv(nn.Module):
         if cache is None:
             cache = x.new_zeros(B, self.kernel_size - 1, C)
         padded = torch.cat([cache.to(x.dtype), x], dim=1)
-        # As shifted multiply-adds rather than F.conv1d: a depthwise conv1d's backward is slow on CPU (in bf16
-        # it was 15% of a Mamba training step); `conv1d_reference` is the same function through F.conv1d.
+        # As shifted multiply-adds rather than F.conv1d: a depthwise conv1d's backward is many times slower on
+        # CPU, in bf16 above all; `conv1d_reference` is the same function through F.conv1d.
         weight = self.weight[:, 0].to(x.dtype)  # (C, k)
         y = padded[:, :T] * weight[:, 0]
         for j in range(1, self.kernel_size):
