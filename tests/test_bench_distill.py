@@ -469,7 +469,7 @@ def test_matrix_mixing_stage_fused_equals_materialised(teacher, name, monkeypatc
 def test_sweep_runs_its_shard_once_and_skips_finished_runs(tmp_path, tiny_teacher_dir, works_dir, capsys):
     from bench.distill import sweep
 
-    assert len(sweep.GRIDS["paper"]) == 8 * 3 * 2
+    assert len(sweep.GRIDS["paper"]) == 8 * 3 * 3
     common = ["--", "--teacher", str(tiny_teacher_dir), "--preset", "tiny", "--works-dir", str(works_dir),
               "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--no-progress",
               "--skip-eval", "--skip-throughput"]

@@ -30,7 +30,7 @@ from bench.files import atomic_write_text, locked
 RECALL_LENGTHS = (256, 512, 1024, 2048, 4096)
 TIE_COLUMN = f"c_{recovery.POLICY.tie_alpha:g}"  # C_α at the policy's α, e.g. c_0.05
 FAMILY_COLUMNS = [f"pct_{family}{end}" for family in recovery.FAMILIES for end in ("", "_lo", "_hi")]
-COLUMNS = (["run_id", "teacher", "teacher_sha", "student", "init", "stages", "tokens", "seed", "eval_seed", "params",
+COLUMNS = (["run_id", "teacher", "teacher_sha", "student", "keep", "init", "stages", "tokens", "seed", "eval_seed", "params",
             "state_bytes", "val_ppl", "teacher_val_ppl", "val_kl"] + [f"recall_{n}" for n in RECALL_LENGTHS]
            + ["cloze_acc", "pct_recovered", "pct_recovered_lo", "pct_recovered_hi", *FAMILY_COLUMNS, TIE_COLUMN,
               "alpha_star", "prefill_tok_s_2048", "prefill_tok_s_16384", "decode_ms_32768",
@@ -89,6 +89,7 @@ def row(record: dict) -> dict:
     # Records from before the evaluation had its own seed were scored on documents drawn by the training seed.
     eval_seed = evaluation.get("eval_seed", settings["seed"]) if student_scores else None
     commit = machine.get("commit")
+    keep = ",".join(map(str, record.get("keep_attention") or []))  # a hybrid is its own entry: student+keep<layers>
     throughput = record.get("throughput") or {}
     recall = {}
     for length in RECALL_LENGTHS:
@@ -96,10 +97,11 @@ def row(record: dict) -> dict:
         recall[f"recall_{length}"] = sum(kinds) / len(kinds) if kinds else None
     out = {
         "run_id": record["run"], "teacher": "+".join(settings["teachers"]),
-        "teacher_sha": record.get("teacher_fingerprint"), "student": settings["student"],
+        "teacher_sha": record.get("teacher_fingerprint"), "student": settings["student"] + (f"+keep{keep}" if keep else ""),
+        "keep": keep,
         "init": settings["init"], "stages": "+".join(settings["stages"]), "tokens": settings["tokens"],
         "seed": settings["seed"], "eval_seed": eval_seed, "params": record["params"]["student"],
-        "state_bytes": max(record["state_bytes_per_layer"]) * len(record["state_bytes_per_layer"]),
+        "state_bytes": sum(record["state_bytes_per_layer"]),  # at the trained length: a kept layer's KV grows
         "val_ppl": metrics["val_ppl_student"], "teacher_val_ppl": metrics["val_ppl_teacher"],
         "val_kl": metrics["val_kl"], **recall, "cloze_acc": student_scores.get("cloze_acc"),
         **_summary_columns(summary(evaluation)),
