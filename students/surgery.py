@@ -20,7 +20,7 @@ from students.registry import available
 
 log = logging.getLogger("students.surgery")
 INITS = ("random", "qkv_copy")
-SELECTIONS = ("first", "last", "uniform", "kl")
+SELECTIONS = ("first", "last", "uniform", "kl", "recall")
 
 
 def kept_layers(num_layers: int, count: int, select: str = "uniform", scores=None) -> list[int]:
@@ -32,6 +32,7 @@ def kept_layers(num_layers: int, count: int, select: str = "uniform", scores=Non
       count L/2 → every odd layer (Mamba-in-the-Llama's 50%).
     kl: the `count` layers with the largest `scores` (one per layer, e.g. the validation KL after replacing that
       layer alone and distilling briefly: arXiv 2512.20569), ties to the lower index.
+    recall: the same rule on other scores, e.g. the recall lost when that layer alone is replaced.
     count 0 → [].
     """
     if select not in SELECTIONS:
@@ -45,7 +46,7 @@ def kept_layers(num_layers: int, count: int, select: str = "uniform", scores=Non
     if select == "uniform":
         return [(2 * i + 1) * num_layers // (2 * count) for i in range(count)]
     if scores is None or len(scores) != num_layers:
-        raise ValueError(f"select='kl' needs scores, one per layer ({num_layers}); got "
+        raise ValueError(f"select={select!r} needs scores, one per layer ({num_layers}); got "
                          f"{'none' if scores is None else len(scores)}")
     return sorted(sorted(range(num_layers), key=lambda i: -float(scores[i]))[:count])
 

@@ -111,7 +111,8 @@ def probes(scratch: Path) -> list[tuple[str, int, str]]:
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     with tempfile.TemporaryDirectory(prefix="probes-") as scratch:
-        rows = probes(Path(scratch))
+        # the scratch directory's name is this machine's: the table says SCRATCH
+        rows = [(what, code, line.replace(scratch, "SCRATCH")) for what, code, line in probes(Path(scratch))]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     table = ["| input | exit | what the user sees (last line of stderr) |", "|---|---|---|"]
     for what, code, line in rows:

@@ -709,6 +709,39 @@ def test_kl_selection_ranks_each_layer_by_its_own_short_run(tmp_path, tiny_teach
         assert records[name]["keep_attention"] == [1 - layer] and records[name]["metrics"]["val_kl"] == scores[layer]
 
 
+def test_recall_selection_reuses_the_ranking_runs_and_keeps_the_layer_whose_replacement_loses_most_mqar(
+        tmp_path, tiny_teacher_dir, works_dir, monkeypatch):
+    scored = []
+
+    def fake_mqar(student_dir, length):  # the real scorer is tested through bench.evaluate; here: the rule
+        scored.append((student_dir.parent.name, length))
+        return {0: 0.9, 1: 0.2}[len(scored) - 1]
+
+    argv = ["--student", "gla", "--keep-attention-count", "1", "--rank-tokens", "2560", "--skip-eval",
+            *_cli(tmp_path, tiny_teacher_dir, works_dir)]
+    assert run.main(argv + ["--select", "kl"]) == 0
+    monkeypatch.setattr(run, "ranked_student_mqar", fake_mqar)
+    assert run.main(argv + ["--select", "recall"]) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*.json")]
+    assert len(records) == 4  # two ranking runs shared by both selections, then each selection's own run
+    chosen = next(r for r in records if r["keep_ranking"] and "mqar_with_only_this_layer_replaced" in r["keep_ranking"])
+    assert chosen["keep_ranking"]["mqar_with_only_this_layer_replaced"] == [0.9, 0.2]
+    assert chosen["keep_attention"] == [1] and [name for name, _ in scored] == chosen["keep_ranking"]["runs"]
+    assert all(length == chosen["settings"]["seq_len"] for _, length in scored)
+
+
+def test_the_ranked_students_mqar_is_their_teacher_forced_accuracy(tmp_path, tiny_teacher_dir):
+    from bench.evaluation import tasks
+    from bench.evaluation.scoring import load_model
+
+    accuracy = run.ranked_student_mqar(tiny_teacher_dir, 64)
+    model, tokenizer = load_model(str(tiny_teacher_dir))
+    config = tasks.EvalConfig(recall_lengths=(64,))
+    assert accuracy == tasks.recall_scores(model, tokenizer, config, progress=False)["recall_mqar_64"]
+    with pytest.raises(run.UsageError, match="no student at"):
+        run.ranked_student_mqar(tmp_path / "missing", 64)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--keep-attention", "0,1"], "keeps all 2 layers"), (["--keep-attention", "5"], "--keep-attention '5'"),
     (["--keep-attention", "0", "--keep-attention-count", "1"], "not both"),

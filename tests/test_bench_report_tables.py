@@ -114,3 +114,35 @@ def test_committed_readme_and_docs_hold_exactly_what_the_committed_results_rende
         assert tables.rewrite(text, rendered, path.name) == text, f"{path.name} is stale: python -m bench.report.tables --write"
         used |= set(tables.OPENING.findall(text))
     assert used == set(tables.TABLES), "every table appears in README.md or docs/*.md"
+
+
+def _hybrid_record(run, keep=None, ranking=None, kl=0.5, mqar=(0.5, 0.25), state=1000, date="2026-12-01T00:00:00Z"):
+    speeds = {"student": {"1024": 900.0, "2048": 800.0}, "teacher": {"1024": 700.0, "2048": 600.0}}
+    return {"run": run, "date": date, "machine": MACHINE, "settings": {"student": "gla", "tokens": 3000},
+            "keep_attention": keep, "keep_ranking": ranking, "metrics": {"val_kl": kl},
+            "evaluation": {"student": {"recall_mqar_256": mqar[0], "recall_mqar_512": mqar[1]},
+                           "teacher": {"recall_mqar_256": 1.0, "recall_mqar_512": 0.5}},
+            "throughput": {"prefill_tokens_per_s": speeds, "state_bytes_per_sequence": {"256": 10, "1024": state},
+                           "kv_cache_bytes_per_sequence": {"256": 100, "1024": 4096}}}
+
+
+def test_hybrid_table_shows_the_layer_ranking_then_each_full_run_with_its_recall_share_and_costs(tmp_path):
+    runs = tmp_path / "research" / "hybrid" / "runs"
+    runs.mkdir(parents=True)
+    ranking = {"kept": [1], "runs": ["rank0", "rank1"], "val_kl_with_only_this_layer_replaced": [0.2, 0.9]}
+    records = [_hybrid_record("rank0", keep=[1]), _hybrid_record("rank1", keep=[0]),
+               _hybrid_record("pure", kl=1.0, mqar=(0.0, 0.0), state=512, date="2026-11-30T00:00:00Z"),
+               _hybrid_record("hybrid", keep=[1], ranking=ranking, kl=0.25, state=2048)]
+    for record in records:
+        (runs / f"{record['run']}.json").write_text(json.dumps(record))
+    (runs.parent / "layer_recall").mkdir()
+    (runs.parent / "layer_recall" / "rank1.json").write_text(json.dumps(  # only one ranking student scored
+        {"run": "rank1", "date": "2026-12-02T00:00:00Z", "scores": {"recall_mqar_256": 0.75}}))
+    lines = tables.render("hybrid_research", tmp_path).splitlines()
+    assert "4 records (2 of them ranking runs)" in lines[0] and "(bench.evaluate, 2026-12-02T00:00:00Z)" in lines[0]
+    assert lines[2:6] == ["| student | measure | layer 0 replaced | layer 1 replaced | kept |", "|---|---|---|---|---|",
+                          "| gla | val KL | 0.200 | 0.900 | 1 |", "| gla | MQAR 256 | – | 75.0% | 1 |"]
+    assert lines[-2:] == [  # ranking runs are not rows; the pure run first (older); shares are student / teacher
+        "| gla | 3,000 | 1.000 | 0.0% / 100.0% (0.0%) | 0.0% / 50.0% (0.0%) | 800 / 600 (2048) | 512 B / 4 KiB (1024) |",
+        "| gla+keep1 | 3,000 | 0.250 | 50.0% / 100.0% (50.0%) | 25.0% / 50.0% (50.0%) | 800 / 600 (2048) "
+        "| 2 KiB / 4 KiB (1024) |"]

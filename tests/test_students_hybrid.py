@@ -261,6 +261,7 @@ def test_kept_layer_selection_rules():
         kept_layers(4, 1, "middle")
     with pytest.raises(ValueError, match="select='kl' needs scores, one per layer"):
         kept_layers(4, 1, "kl")
+    assert kept_layers(4, 2, "recall", scores=[0.99, 0.1, 0.98, 0.0]) == [0, 2]  # recall lost per layer replaced
 
 
 FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),

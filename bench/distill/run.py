@@ -29,7 +29,8 @@ from bench.errors import BenchError, Parser, UsageError, fail, set_threads
 from bench.files import Busy, atomic_directory, atomic_write_json, clear_staging, exclusive
 
 INITS = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
-KEEP_SELECT = ("first", "last", "uniform", "kl")
+KEEP_SELECT = ("first", "last", "uniform", "kl", "recall")
+RANKED = ("kl", "recall")  # selections that rank layers by one short run per layer
 EMBEDDED = "embedded"
 DTYPES = ("auto", "fp32", "bf16")
 
@@ -133,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hybrid: keep N layers as attention, chosen by --select")
     p.add_argument("--select", default="uniform", choices=KEEP_SELECT,
                    help="which layers --keep-attention-count keeps: by position, or kl: the layers whose replacement "
-                        "alone raises the validation KL most after a short distillation (one run per layer)")
+                        "alone raises the validation KL most after a short distillation (one run per layer), or "
+                        "recall: the same runs ranked by the MQAR accuracy each loses")
     p.add_argument("--rank-tokens", type=int, default=None,
-                   help="--select kl: the token budget of each one-layer ranking run (default: a tenth of --tokens)")
+                   help="--select kl|recall: the token budget of each one-layer ranking run (default: a tenth of --tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on GPUs that support it), fp32, bf16")
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="checkpoints, logs, the student")
@@ -292,11 +294,11 @@ def keep_from_args(args, teacher: str, tokens: int) -> dict:
     else:
         if not 0 < args.keep_attention_count < layers:
             raise UsageError(f"--keep-attention-count must lie in 1..{layers - 1} (the teacher has {layers} layers)")
-        if args.select == "kl":
+        if args.select in RANKED:
             rank_tokens = args.rank_tokens if args.rank_tokens is not None else max(1, tokens // 10)
             if rank_tokens < 1:
                 raise UsageError(f"--rank-tokens must be positive, got {rank_tokens}")
-            return {"count": args.keep_attention_count, "select": "kl", "rank_tokens": rank_tokens}
+            return {"count": args.keep_attention_count, "select": args.select, "rank_tokens": rank_tokens}
         keep = kept_layers(layers, args.keep_attention_count, args.select)
     if len(keep) >= layers:
         raise UsageError(f"--keep-attention keeps all {layers} layers: nothing would be distilled")
@@ -363,7 +365,7 @@ def settings_from_args(args) -> RunSettings:
     stage_steps = {name: steps for name, steps in stage_steps.items() if name in stages}
     split_budget(tokens, stages, seq_len * batch_size, stage_steps)
     keep = keep_from_args(args, teachers[0], tokens)
-    if keep.get("select") == "kl":
+    if keep.get("select") in RANKED:
         try:
             split_budget(keep["rank_tokens"], stages, seq_len * batch_size)
         except UsageError as error:
@@ -475,11 +477,15 @@ def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
     return out
 
 
-def rank_layers_by_kl(settings: RunSettings, args) -> tuple[list[int], dict]:
+def rank_layers(settings: RunSettings, args) -> tuple[list[int], dict]:
     """KL-guided choice of the attention layers to keep (arXiv 2512.20569): for each layer, a short run in
     which only that layer is replaced (every other kept), then its validation KL; the layers whose replacement
     alone costs the most KL stay attention. Each ranking run is an ordinary run with its own record, so they
-    can also run in parallel beforehand (e.g. `bench.sweep --workers`); finished ones are reused."""
+    can also run in parallel beforehand (e.g. `bench.sweep --workers`); finished ones are reused.
+
+    select recall: the same runs, each student's MQAR accuracy at the trained length on the evaluation's own
+    documents; the layers whose replacement alone loses the most of it stay attention (on the embedded teacher
+    the KL ranking keeps one layer of the two that retrieval needs: docs/results.md, hybrids)."""
     from students.surgery import kept_layers
 
     layers = teacher_layers(settings.teachers[0])
@@ -500,8 +506,30 @@ def rank_layers_by_kl(settings: RunSettings, args) -> tuple[list[int], dict]:
             run(ranking, ranking_args)
         scores.append(json.loads(path.read_text())["metrics"]["val_kl"])
         names.append(ranking.run_name)
-    keep = kept_layers(layers, settings.keep["count"], "kl", scores=scores)
-    return keep, {"val_kl_with_only_this_layer_replaced": scores, "runs": names, "kept": keep}
+    out = {"val_kl_with_only_this_layer_replaced": scores, "runs": names}
+    if settings.keep["select"] == "recall":
+        runs_dir = check_output_dir(args.output_dir, "--output-dir")
+        mqar = [ranked_student_mqar(runs_dir / name / "student", settings.seq_len) for name in names]
+        out["mqar_with_only_this_layer_replaced"] = mqar
+        scores = [1.0 - accuracy for accuracy in mqar]
+    keep = kept_layers(layers, settings.keep["count"], settings.keep["select"], scores=scores)
+    return keep, {**out, "kept": keep}
+
+
+def ranked_student_mqar(student_dir: Path, length: int) -> float:
+    """Teacher-forced MQAR accuracy of a ranking run's student at `length` tokens, on the evaluation's documents
+    (their own seed, so every ranking run is scored on the same ones)."""
+    from bench.evaluation import tasks
+    from bench.evaluation.scoring import load_model
+
+    if not (student_dir / "config.json").exists():
+        raise UsageError(f"--select recall: no student at {portable_path(student_dir)} (its ranking run's record "
+                         f"exists but its --output-dir does not); rerun with that --output-dir or delete the record")
+    model, tokenizer = load_model(str(student_dir))
+    config = tasks.EvalConfig(recall_lengths=(length,))
+    counts = tasks.recall_counts(model, tokenizer, tasks.recall_docs(tokenizer, config, "mqar", length),
+                                 config.batch_size, config.max_batch_tokens, False, "mqar")
+    return sum(c for c, _ in counts) / max(sum(t for _, t in counts), 1)
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -549,8 +577,8 @@ def run(settings: RunSettings, args) -> dict:
 
     weights_init = "qkv_copy" if "qkv_copy" in settings.init else "random"
     keep, ranking = settings.keep.get("layers", []), None
-    if settings.keep.get("select") == "kl":
-        keep, ranking = rank_layers_by_kl(settings, args)
+    if settings.keep.get("select") in RANKED:
+        keep, ranking = rank_layers(settings, args)
     student = build_student(teachers[0], settings.student, weights_init, settings.mixer_options,
                             seed=settings.seed, keep_attention=keep).to(dist.device)
     sharded = args.fsdp and dist.world_size > 1  # after surgery, which copies from the whole teacher

@@ -29,6 +29,7 @@ import gc
 import math
 import resource
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -651,7 +652,8 @@ def main(argv=None) -> int:
     ratios = compare(models)
     targets = check_targets(models, ratios)
     _print_ratios(ratios, targets)
-    report = {"schema": REPORT_SCHEMA, "machine": machine(), "settings": settings, "teacher": teacher_record,
+    report = {"schema": REPORT_SCHEMA, "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "settings": settings, "teacher": teacher_record,
               "models": models, "ratios": ratios, "targets": targets}
     validate(report)
     if args.json:

@@ -215,6 +215,54 @@ def research(records: list[dict], source: str) -> str:
             f"teacher-forced accuracy on held-out documents, student / teacher.\n\n" + markdown(header, rows))
 
 
+def hybrid(records: list[dict], source: str) -> str:
+    """The layer ranking that chose each hybrid's kept attention (validation KL with only that layer replaced,
+    arXiv 2512.20569), then each full run, pure or hybrid: its recall against the teacher's and what keeping
+    attention costs in prefill speed and per-sequence state at the longest measured context."""
+    ranking_runs = {name for r in records for name in (r.get("keep_ranking") or {}).get("runs", [])}
+    runs = sorted((r for r in records if r["run"] not in ranking_runs), key=lambda r: r.get("date", ""))
+    rankings = {(r["settings"]["student"], tuple(r["keep_ranking"]["val_kl_with_only_this_layer_replaced"])): r
+                for r in runs if r.get("keep_ranking")}
+    # Recall of each ranking run's student (bench.evaluate), where measured: what the KL ranking does not see.
+    folder = Path(source) if Path(source).is_absolute() else ROOT / source
+    files = sorted((folder.parent / "layer_recall").glob("*.json"))
+    layer_recall = {d["run"]: d for d in (json.loads(f.read_text()) for f in files)}
+    text = []
+    for (student, kls), r in rankings.items():
+        header = ["student", "measure", *[f"layer {i} replaced" for i in range(len(kls))], "kept"]
+        kept = ",".join(map(str, r["keep_ranking"]["kept"]))
+        rows = [[student, "val KL", *[f"{kl:.3f}" for kl in kls], kept]]
+        scored = [layer_recall.get(name, {}).get("scores", {}) for name in r["keep_ranking"]["runs"]]
+        for n in sorted({int(k.rsplit("_", 1)[1]) for sc in scored for k in sc if k.startswith("recall_mqar_")}):
+            rows.append([student, f"MQAR {n}", *[pct(sc.get(f"recall_mqar_{n}")) for sc in scored], kept])
+        text.append(markdown(header, rows))
+    rows = []
+    for r in runs:
+        ev, tp = r["evaluation"], r.get("throughput") or {}
+        student, teacher = ev.get("student", {}), ev.get("teacher", {})
+        lengths = sorted(int(k.rsplit("_", 1)[1]) for k in student if k.startswith("recall_mqar_"))
+        recall = [f"{pct(student[f'recall_mqar_{n}'])} / {pct(teacher[f'recall_mqar_{n}'])} "
+                  f"({pct(student[f'recall_mqar_{n}'] / teacher[f'recall_mqar_{n}'])})" for n in lengths]
+        prefill = tp.get("prefill_tokens_per_s", {})
+        longest = max(prefill.get("student", {}), key=int)
+        context = max(tp.get("state_bytes_per_sequence", {}), key=int)
+        kept = "+keep" + ",".join(map(str, r["keep_attention"])) if r.get("keep_attention") else ""
+        rows.append([r["settings"]["student"] + kept, f"{r['settings']['tokens']:,}", f"{r['metrics']['val_kl']:.3f}", *recall,
+                     f"{prefill['student'][longest]:,.0f} / {prefill['teacher'][longest]:,.0f} ({longest})",
+                     f"{size(tp['state_bytes_per_sequence'][context])} / "
+                     f"{size(tp['kv_cache_bytes_per_sequence'][context])} ({context})"])
+    header = (["student", "tokens", "val KL"] + [f"MQAR {n} student / teacher (share)" for n in lengths]
+              + ["prefill tok/s student / teacher (tokens)", "state / teacher KV per sequence (context)"])
+    machines = {(r["machine"].get("device_name"), r["machine"].get("commit")) for r in records}
+    where = "; ".join(f"{d}, commit {c}" for d, c in sorted(machines, key=str))
+    return (f"Source: `{source}` — {len(records)} records ({len(records) - len(runs)} of them ranking runs) on {where}; "
+            f"dates {min(r.get('date', '') for r in records)} … {max(r.get('date', '') for r in records)}; fp32 "
+            f"batch-1 speeds measured inside each run"
+            + (f"; MQAR of the ranking runs' students: `{Path(source).parent / 'layer_recall'}` (bench.evaluate, "
+               f"{min(d['date'] for d in layer_recall.values())})" if layer_recall else "")
+            + ".\n\n" + "\n\n".join(text + [markdown(header, rows)]))
+
+
 TABLES = {
     "kernels_cpu": ("kernels_cpu.json", recurrence, "python -m bench.perf.kernel_bench --json results/kernels_cpu.json"),
     "kernels_h100_recurrence": ("kernels_h100_recurrence.json", recurrence, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
@@ -224,6 +272,8 @@ TABLES = {
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "recall_research": ("research/recall/runs", research, "python -m bench.run ... --results-dir results/research/recall"),
+    "hybrid_research": ("research/hybrid/runs", hybrid,
+                        "python -m bench.run ... --keep-attention-count 1 --select kl --results-dir results/research/hybrid"),
 }
 
 
