@@ -727,6 +727,7 @@ def test_recall_selection_reuses_the_ranking_runs_and_keeps_the_layer_whose_repl
     chosen = next(r for r in records if r["keep_ranking"] and "mqar_with_only_this_layer_replaced" in r["keep_ranking"])
     assert chosen["keep_ranking"]["mqar_with_only_this_layer_replaced"] == [0.9, 0.2]
     assert chosen["keep_attention"] == [1] and [name for name, _ in scored] == chosen["keep_ranking"]["runs"]
+    assert "+keep1recall__" in chosen["run"]  # the name says how the layers were chosen
     assert all(length == chosen["settings"]["seq_len"] for _, length in scored)
 
 

@@ -405,7 +405,7 @@ def settings_from_args(args) -> RunSettings:
                            args.preset, tokens, seq_len, batch_size, stages, stage_steps, keep, lrs, args.seed, args.dtype,
                            args.schedule, args.warmup_fraction, args.weight_decay, args.grad_clip, options, mixer_options, "")
     teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
-    hybrid = ("+keep" + "-".join(map(str, keep["layers"])) if "layers" in keep else f"+keep{keep['count']}kl") \
+    hybrid = ("+keep" + "-".join(map(str, keep["layers"])) if "layers" in keep else f"+keep{keep['count']}{keep['select']}") \
         if keep else ""
     settings.run_name = args.run_name or \
         f"{teacher_tag}__{student}{hybrid}__{init}__{args.preset}__{settings.config_hash()}__seed{args.seed}"
