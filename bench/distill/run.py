@@ -72,7 +72,7 @@ PRESETS = {
     "grid": Preset(tokens=600_000, seq_len=512, batch_size=8, lr=_LR_CPU, recall_fraction=0.75,
                    stage_steps={"matrix_mixing": 20, "attention_output": 40, "hidden_alignment": 20},
                    align_first=("attention_output",), throughput_lengths=(512, 1024, 2048),
-                   doc="the default recipe at a fifth of its tokens: about 4 minutes"),
+                   doc="the default recipe at a fifth of its tokens: about 3 minutes on 2 CPU cores"),
     # MOHAWK's 3B tokens split 80M / 160M / 2.76B, with GPU-sized batches of 96 x 2048 tokens.
     "paper": Preset(tokens=3_000_000_000, seq_len=2048, batch_size=96,
                     lr={"matrix_mixing": 1e-3, "hidden_alignment": 1e-3, "end_to_end": 3e-4,

@@ -247,6 +247,8 @@ def hybrid(records: list[dict], source: str) -> str:
         longest = max(prefill.get("student", {}), key=int)
         context = max(tp.get("state_bytes_per_sequence", {}), key=int)
         kept = "+keep" + ",".join(map(str, r["keep_attention"])) if r.get("keep_attention") else ""
+        chosen_by = (r["settings"].get("keep") or {}).get("select")
+        kept += f" (--select {chosen_by})" if chosen_by else ""
         rows.append([r["settings"]["student"] + kept, f"{r['settings']['tokens']:,}", f"{r['metrics']['val_kl']:.3f}", *recall,
                      f"{prefill['student'][longest]:,.0f} / {prefill['teacher'][longest]:,.0f} ({longest})",
                      f"{size(tp['state_bytes_per_sequence'][context])} / "
