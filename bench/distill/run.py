@@ -527,9 +527,8 @@ def ranked_student_mqar(student_dir: Path, length: int) -> float:
                          f"exists but its --output-dir does not); rerun with that --output-dir or delete the record")
     model, tokenizer = load_model(str(student_dir))
     config = tasks.EvalConfig(recall_lengths=(length,))
-    counts = tasks.recall_counts(model, tokenizer, tasks.recall_docs(tokenizer, config, "mqar", length),
-                                 config.batch_size, config.max_batch_tokens, False, "mqar")
-    return sum(c for c, _ in counts) / max(sum(t for _, t in counts), 1)
+    return tasks.recall_accuracy(model, tokenizer, tasks.recall_docs(tokenizer, config, "mqar", length),
+                                 config.batch_size, config.max_batch_tokens)
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

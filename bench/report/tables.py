@@ -182,7 +182,6 @@ def claims(rows: list[dict], source: str) -> str:
     return claims_lib.render(rows, source)
 
 
-# name: (file in the results directory, renderer, the command that writes the file)
 SHORT = {"matrix_mixing": "matrix", "attention_output": "attn-out", "hidden_alignment": "hidden", "end_to_end": "e2e"}
 
 
@@ -265,6 +264,7 @@ def hybrid(records: list[dict], source: str) -> str:
             + ".\n\n" + "\n\n".join(text + [markdown(header, rows)]))
 
 
+# name: (file in the results directory, renderer, the command that writes the file)
 TABLES = {
     "kernels_cpu": ("kernels_cpu.json", recurrence, "python -m bench.perf.kernel_bench --json results/kernels_cpu.json"),
     "kernels_h100_recurrence": ("kernels_h100_recurrence.json", recurrence, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
