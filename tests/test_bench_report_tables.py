@@ -73,7 +73,8 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     assert "† seeds on different commits or a dirty tree" in grid[0]
     assert grid[2].startswith("| student | val KL random | val KL qkv_copy | language (qkv_copy) | recall (qkv_copy)")
     assert grid[4] == "| xlstm † | – | 0.300 ± 0.000 | – | – | – | 60.0% [55.0, 67.0] | – / – |"  # bootstrap span
-    assert grid[5] == "| gla | 1.000 ± 0.000 | 0.500 ± 0.100 | 90.0% | 10.0% | 50.0% | 51.0% [50.0, 52.0] | 0.25 / 0.9 |"
+    assert grid[5] == "| gla | 1.000 (n=1) | 0.500 ± 0.100 | 90.0% | 10.0% | 50.0% | 51.0% [50.0, 52.0] | 0.25 / 0.9 |"
+    assert "(n=k): a cell with k of 2 seeds" in grid[0]  # one seed has no spread: shown as such, not as ± 0
     claims = tables.render("claims", tmp_path).splitlines()
     assert claims[2] == "| the study's claim | measured here | verdict |" and len(claims) == 4 + 8
 

@@ -143,9 +143,15 @@ def grid(rows: list[dict], source: str) -> str:
         value = cell_value(runs.get((student, init), []), key)
         return None if value is None else value.mean
 
+    most_seeds = max((len(cell) for cell in runs.values()), default=0)
+
     def spread(student, init):
+        """mean ± half the range; `(n=k)` where the cell has fewer seeds than the fullest (one seed: no ±)."""
         found = [float(r["val_kl"]) for r in runs.get((student, init), [])]
-        return f"{sum(found) / len(found):.3f} ± {(max(found) - min(found)) / 2:.3f}" if found else "–"
+        if not found:
+            return "–"
+        text = f"{sum(found) / len(found):.3f}" + (f" ± {(max(found) - min(found)) / 2:.3f}" if len(found) > 1 else "")
+        return text + (f" (n={len(found)})" if len(found) < most_seeds else "")
 
     def recovered(student, init):
         value = cell_value(runs.get((student, init), []), "pct_recovered")
@@ -168,9 +174,11 @@ def grid(rows: list[dict], source: str) -> str:
                     + [recovered(st, focus), f"{num(tie)} / {num(star)}"])
     distinct = lambda key: ", ".join(sorted({r[key] for r in rows}))
     dates = sorted(r["date"] for r in rows if r.get("date"))
+    uneven = any(len(cell) < most_seeds for cell in runs.values())
     details = (f"{len(rows)} runs, devices {distinct('device')}, torch {distinct('torch')}, commits {distinct('commit')}, "
                + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded")
-               + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds; "
+               + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds"
+               + (f", (n=k): a cell with k of {most_seeds} seeds" if uneven else "") + "; "
                f"families and C/α*: mean over seeds; % recovered: mean [{interval_kind(rows)}]"
                + ("; † seeds on different commits or a dirty tree" if any(r.get("cell_flag") for r in rows) else ""))
     return f"Source: `{source}` — {details}.\n\n" + markdown(header, body)
