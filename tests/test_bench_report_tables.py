@@ -33,9 +33,10 @@ def _write_results(directory):
     with open(directory / "leaderboard.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["student", "init", "stages", "seed", "val_kl", "pct_language", "pct_recall",
                                          "pct_cloze", "pct_recovered", "pct_recovered_lo", "pct_recovered_hi", "c_0.05",
-                                         "alpha_star", "cell_flag", "device", "torch", "commit", "date", "tokens"])
+                                         "alpha_star", "cell_flag", "device", "torch", "commit", "date", "tokens",
+                                         "seconds"])
         writer.writeheader()
-        common = dict(stages="hidden_alignment+end_to_end", device="x86_64", torch="2.13.0+cpu", tokens=1000)
+        common = dict(stages="hidden_alignment+end_to_end", device="x86_64", torch="2.13.0+cpu", tokens=1000, seconds=600)
         for seed, kl, day, pct in ((0, 0.4, "2026-11-26T00:00:00Z", 50.0), (1, 0.6, "2026-11-27T00:00:00Z", 52.0)):
             writer.writerow(dict(student="gla", init="qkv_copy", seed=seed, val_kl=kl, pct_language=90.0, pct_recall=10.0,
                                  pct_cloze=50.0, pct_recovered=pct, **{"c_0.05": 0.25}, alpha_star=0.9, commit="abc1234",
@@ -71,6 +72,7 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     grid = tables.render("grid", tmp_path).splitlines()
     assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
     assert "† seeds on different commits or a dirty tree" in grid[0]
+    assert "run time 0.8 h in all (seed 0 30 min, seed 1 20 min)" in grid[0]  # summed from the runs' seconds
     assert grid[2].startswith("| student | val KL random | val KL qkv_copy | language (qkv_copy) | recall (qkv_copy)")
     assert grid[4] == "| xlstm † | – | 0.300 ± 0.000 | – | – | – | 60.0% [55.0, 67.0] | – / – |"  # bootstrap span
     assert grid[5] == "| gla | 1.000 (n=1) | 0.500 ± 0.100 | 90.0% | 10.0% | 50.0% | 51.0% [50.0, 52.0] | 0.25 / 0.9 |"

@@ -175,8 +175,14 @@ def grid(rows: list[dict], source: str) -> str:
     distinct = lambda key: ", ".join(sorted({r[key] for r in rows}))
     dates = sorted(r["date"] for r in rows if r.get("date"))
     uneven = any(len(cell) < most_seeds for cell in runs.values())
+    minutes = {}  # the grid's wall time, from each run's own `seconds` (a run, its evaluation and throughput)
+    for r in rows:
+        if r.get("seconds") not in (None, ""):
+            minutes[r["seed"]] = minutes.get(r["seed"], 0.0) + float(r["seconds"]) / 60
+    wall = (f"; run time {sum(minutes.values()) / 60:.1f} h in all (" + ", ".join(
+        f"seed {seed} {m:.0f} min" for seed, m in sorted(minutes.items())) + ")") if minutes else ""
     details = (f"{len(rows)} runs, devices {distinct('device')}, torch {distinct('torch')}, commits {distinct('commit')}, "
-               + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded")
+               + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded") + wall
                + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds"
                + (f", (n=k): a cell with k of {most_seeds} seeds" if uneven else "") + "; "
                f"families and C/α*: mean over seeds; % recovered: mean [{interval_kind(rows)}]"
