@@ -94,6 +94,33 @@ def test_teacher_kv_cache_grows_and_floor_has_no_state(teacher):
     assert "floor" not in students.available()
 
 
+@pytest.mark.parametrize("name", ["teacher", "gla", "attention", "hybrid"])
+def test_a_rewound_cache_decodes_the_same_tokens_from_the_same_context(teacher, name):
+    """Timed decode calls restart from context N: after `rewinder`'s function the same steps give the same
+    logits and the cache is back to N tokens (a student's states, a hybrid's KV, transformers' cache)."""
+    model = teacher if name == "teacher" else students.build_student(
+        teacher, "gla" if name == "hybrid" else name, init="random", seed=0,
+        **({"keep_attention": [0]} if name == "hybrid" else {}))
+    field = throughput._CACHE_FIELD
+    with torch.no_grad():
+        cache = getattr(model(torch.randint(0, 128, (1, 10)), use_cache=True), field)
+        rewind = throughput.rewinder(cache)
+
+        def three_steps():
+            nonlocal cache
+            cache, token, logits = rewind(), torch.tensor([[3]]), []
+            for _ in range(3):
+                output = model(token, use_cache=True, **{field: cache})
+                cache, token = getattr(output, field), output.logits[:, -1:].argmax(-1)
+                logits.append(output.logits)
+            return torch.cat(logits, 1), cache.get_seq_length()
+
+        first, length = three_steps()
+        again, _ = three_steps()
+    assert length == 13 and torch.equal(first, again)
+    assert rewind().get_seq_length() == 10
+
+
 def test_floor_does_no_token_mixing(teacher):
     floor = throughput.build_floor(teacher)
     ids = torch.randint(0, 128, (1, 12))

@@ -8,14 +8,21 @@ from typing import Callable
 import torch
 
 
-def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
-    """Median and spread (min, max) of wall time in seconds, synchronising CUDA around each call."""
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+              before: Callable[[], object] | None = None) -> dict:
+    """Median and spread (min, max) of wall time in seconds, synchronising CUDA around each call.
+    `before` runs ahead of every call, warm-up included, outside the timed region (e.g. to reset a cache)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
+        if before is not None:
+            before()
         fn()
     sync()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
+            sync()
         start = time.perf_counter()
         fn()
         sync()
