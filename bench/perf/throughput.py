@@ -53,7 +53,7 @@ KINDS = ("floor", "teacher", "student")
 CONTROL = "attention"  # softmax attention: a control, never the "best student"
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 DEFAULT_DECODE_CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
-DECODE_STEPS = 32  # tokens per timed decode call (each call starts at N: `rewinder`); 8 left ±20% noise at ~4 ms
+DECODE_STEPS = 32  # tokens per timed decode call; every call starts at the same context N (`rewinder`)
 PREFILL_CHUNK = 2048  # chunk size used to fill a cache to the decode context
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Targets from the issue, checked on the benchmark output (never in tests).
