@@ -124,25 +124,26 @@ def test_xlstm_stabiliser_and_normaliser_agree_with_chunked_form(input_bias):
         assert_close(torch.stack(steps, 1), y, 1e-4, "steps")
 
 
+@pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("T", [1, 5, 37])
-def test_short_conv_equals_conv1d_with_and_without_a_cache(T, bias):
+def test_short_conv_equals_conv1d_with_and_without_a_cache(T, bias, activation):
     from students.layers import ShortConv, conv1d_reference
 
     torch.manual_seed(T)
-    conv = ShortConv(12, 4, bias=bias)
+    conv = ShortConv(13, 4, bias=bias, activation=activation)
     if bias:
         with torch.no_grad():
             conv.bias.normal_()
-    x = torch.randn(2, T, 12, requires_grad=True)
-    for cache in (None, torch.randn(2, 3, 12)):
+    x = torch.randn(2, T, 13, requires_grad=True)
+    for cache in (None, torch.randn(2, 3, 13, requires_grad=True)):
         y, new_cache = conv(x, cache)
         torch.testing.assert_close(y, conv1d_reference(conv, x, cache), rtol=1e-5, atol=1e-6)
         g = torch.randn_like(y)
-        params = [x, conv.weight] + ([conv.bias] if bias else [])
+        params = [x, conv.weight] + ([conv.bias] if bias else []) + ([cache] if cache is not None else [])
         got = torch.autograd.grad((conv(x, cache)[0] * g).sum(), params)
         want = torch.autograd.grad((conv1d_reference(conv, x, cache) * g).sum(), params)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        expected_cache = torch.cat([torch.zeros(2, 3, 12) if cache is None else cache, x.detach()], 1)[:, -3:]
+        expected_cache = torch.cat([torch.zeros(2, 3, 13) if cache is None else cache, x], 1)[:, -3:]
         torch.testing.assert_close(new_cache, expected_cache)
