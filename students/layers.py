@@ -102,7 +102,11 @@ class Rotary:
 
     `rope_fn` returns (inv_freq, attention_scaling); surgery passes the teacher family's own rope
     function, so rope-scaling variants match the teacher; the default is plain RoPE with `theta`.
+    The cos/sin of the latest positions are kept, shared by every `Rotary` with the same frequencies: q and k,
+    and every layer of one forward pass, reuse them (a decode step computes them once, not twice per layer).
     """
+
+    _latest: dict = {}  # (inv_freq bytes, scaling) -> ((offset, length, device, inference mode), cos, sin)
 
     def __init__(self, head_dim: int, theta: float = 10000.0, rope_fn=None):
         self.rope_fn = rope_fn or (lambda: (rope_inv_freq(head_dim, theta), 1.0))
@@ -112,19 +116,34 @@ class Rotary:
         if self._cache is None:
             with torch.device("cpu"):
                 inv_freq, scaling = self.rope_fn()
-            self._cache = (inv_freq.detach().float().cpu(), float(scaling))
-        return apply_rotary(x, self._cache[0], offset, self._cache[1])
+            inv_freq, scaling = inv_freq.detach().float().cpu(), float(scaling)
+            self._cache = (inv_freq, scaling, (inv_freq.numpy().tobytes(), scaling))
+        inv_freq, scaling, key = self._cache
+        # inference tensors cannot be saved for backward: angles made under inference_mode serve only there
+        where = (offset, x.shape[1], x.device, torch.is_inference_mode_enabled())
+        latest = Rotary._latest.get(key)
+        if latest is None or latest[0] != where:
+            latest = Rotary._latest[key] = (where, *rotary_angles(inv_freq, offset, x.shape[1], x.device, scaling))
+        return rotate(x, latest[1], latest[2])
+
+
+def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, attention_scaling: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (1, T, 1, D) of positions offset … offset+T−1, times the rope variant's attention scaling."""
+    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq.to(device, torch.float32)[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return (emb.cos() * attention_scaling)[None, :, None, :], (emb.sin() * attention_scaling)[None, :, None, :]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention)."""
+    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
 
 
 def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:
     """Rotate (B, T, H, D) by positions offset … offset+T−1 (Llama's rotate_half convention)."""
-    T = x.shape[1]
-    positions = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)
-    freqs = positions[:, None] * inv_freq.to(x.device, torch.float32)[None, :]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    cos = (emb.cos() * attention_scaling)[None, :, None, :]
-    sin = (emb.sin() * attention_scaling)[None, :, None, :]
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    return rotate(x, *rotary_angles(inv_freq, offset, x.shape[1], x.device, attention_scaling))
 
 
 class HeadRMSNorm(nn.Module):

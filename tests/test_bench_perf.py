@@ -178,6 +178,29 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     assert "prefill time / floor" in capsys.readouterr().out
 
 
+def _timed(kind, prefill_s, decode_ms):
+    return {"kind": kind, "prefill": {str(n): {"median_s": t} for n, t in prefill_s.items()},
+            "decode": {str(n): {"ms_per_token": t} for n, t in decode_ms.items()}}
+
+
+def test_targets_judge_each_student_on_what_was_measured():
+    floor = _timed("floor", {1024: 1.0, 2048: 2.0, 16384: 16.0}, {1024: 1.0, 32768: 1.0})
+    teacher = _timed("teacher", {1024: 1.2, 2048: 3.0, 16384: 60.0}, {1024: 4.0, 32768: 30.0})
+    good = _timed("student", {1024: 1.1, 2048: 2.5, 16384: 19.0}, {1024: 3.9, 32768: 4.2})
+    # prefill 1.35× the floor at 2048, slower than the teacher at 1024, decode grows 20% and is slower at 1k
+    bad = _timed("student", {1024: 1.3, 2048: 2.7, 16384: 19.0}, {1024: 4.1, 32768: 4.92})
+    partial = _timed("student", {2048: 2.0}, {1024: 3.0})  # 16384 and the 32k context not measured
+    models = {"floor": floor, "teacher": teacher, "good": good, "bad": bad, "partial": partial,
+              "attention": _timed("student", {1024: 9.0, 2048: 9.0, 16384: 99.0}, {1024: 9.0, 32768: 99.0})}
+    targets = throughput.check_targets(models, throughput.compare(models))
+    assert targets["prefill_within_1.3x_floor_at_2048_and_16384"] == {"good": True, "bad": False, "partial": None}
+    assert targets["prefill_faster_than_teacher_from_1024"] == {"good": True, "bad": False, "partial": True}
+    assert targets["decode_flat_within_10pct_1024_to_32768"] == {"good": True, "bad": False, "partial": None}
+    assert targets["decode_no_slower_than_teacher_at_1024"] == {"good": True, "bad": False, "partial": True}
+    assert targets["best_student_3.0x_faster_than_teacher_at_16384"] is True  # 60 / 19, the control excluded
+    assert targets["teacher_decode_grows_1024_to_32768"] is True
+
+
 @pytest.mark.parametrize("args, message", [
     (["--student", "transformerxl"], "unknown student 'transformerxl'; choose one of mamba"),
     (["--student", "gla", "--lengths", "512,0"], "--lengths must be positive integers"),

@@ -29,7 +29,9 @@ def _write_results(directory):
               for name, seconds, state in (("floor", 0.1, 0), ("teacher", 0.2, 2**27), ("gla", 0.15, 262144))}
     (directory / "throughput_cpu.json").write_text(json.dumps({"machine": MACHINE, "models": models, "settings": {
         "lengths": [2048], "train_lengths": [2048], "decode_contexts": [1024, 32768], "students": ["gla"],
-        "dtype": "float32", "batch_size": 1, "threads": 2, "repeats": 3}}))
+        "dtype": "float32", "batch_size": 1, "threads": 2, "repeats": 3},
+        "targets": {"prefill_within_1.3x_floor_at_2048_and_16384": {"gla": False},
+                    "decode_no_slower_than_teacher_at_1024": {"gla": None}, "teacher_decode_grows": True}}))
     with open(directory / "leaderboard.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["student", "init", "stages", "seed", "val_kl", "pct_language", "pct_recall",
                                          "pct_cloze", "pct_recovered", "pct_recovered_lo", "pct_recovered_hi", "c_0.05",
@@ -68,7 +70,10 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     throughput = tables.render("throughput_cpu", tmp_path).splitlines()
     assert throughput[4:] == ["| floor | 100 (1.00) | 4000 | 2 → 3 (1.50×) | 0 B |",
                               "| teacher | 200 (2.00) | 4000 | 2 → 3 (1.50×) | 128 MiB |",
-                              "| gla | 150 (1.50) | 4000 | 2 → 3 (1.50×) | 256 KiB |"]
+                              "| gla | 150 (1.50) | 4000 | 2 → 3 (1.50×) | 256 KiB |", "",
+                              "| target met by | prefill within 1.3x floor at 2048 and 16384 "
+                              "| decode no slower than teacher at 1024 |", "|---|---|---|", "| gla | **no** | – |", "",
+                              "teacher decode grows: yes."]
     grid = tables.render("grid", tmp_path).splitlines()
     assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
     assert "† seeds on different commits or a dirty tree" in grid[0]

@@ -147,3 +147,20 @@ def test_short_conv_equals_conv1d_with_and_without_a_cache(T, bias, activation):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         expected_cache = torch.cat([torch.zeros(2, 3, 13) if cache is None else cache, x], 1)[:, -3:]
         torch.testing.assert_close(new_cache, expected_cache)
+
+
+def test_rotary_reuses_angles_only_for_the_same_positions_and_frequencies():
+    from students.layers import Rotary, apply_rotary, rope_inv_freq
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8)
+    plain, other = Rotary(8), Rotary(8, theta=500.0)
+    for rotary, theta in ((plain, 10000.0), (other, 500.0), (plain, 10000.0)):
+        for offset, length in ((0, 5), (7, 5), (7, 1), (0, 5)):
+            want = apply_rotary(x[:, :length], rope_inv_freq(8, theta), offset)
+            torch.testing.assert_close(rotary(x[:, :length], offset), want, rtol=0, atol=0)
+    with torch.inference_mode():
+        plain(x, 3)
+    y = torch.randn(2, 5, 3, 8, requires_grad=True)
+    plain(y, 3).sum().backward()  # angles kept from inference mode would fail here
+    assert y.grad is not None

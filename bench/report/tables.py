@@ -129,7 +129,21 @@ def throughput(doc: dict, source: str) -> str:
         body.append(row)
     details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
                "× floor: prefill time over the projections-only floor's")
-    return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)
+    return (caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)
+            + "\n\n" + throughput_targets(doc["targets"], s["students"]))
+
+
+def throughput_targets(targets: dict, students: list[str]) -> str:
+    """The benchmark's own verdicts (`bench.perf.throughput.check_targets`): one column per target judged per
+    student (yes / no / – where not measured), then the targets judged once."""
+    verdict = {True: "yes", False: "**no**", None: "–"}
+    per_student = {name: value for name, value in targets.items() if isinstance(value, dict)}
+    judged = [n for n in students if any(n in v for v in per_student.values())]
+    rows = [[name] + [verdict[per_student[t].get(name)] for t in per_student] for name in judged]
+    table = markdown(["target met by"] + [t.replace("_", " ") for t in per_student], rows)
+    once = "; ".join(f"{name.replace('_', ' ')}: {verdict[value]}" for name, value in targets.items()
+                     if not isinstance(value, dict))
+    return table + (f"\n\n{once}." if once else "")
 
 
 def grid(rows: list[dict], source: str) -> str:
@@ -284,7 +298,7 @@ TABLES = {
     "kernels_h100_recurrence": ("kernels_h100_recurrence.json", recurrence, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "kernels_h100_distill_loss": ("kernels_h100_distill_loss.json", distill_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "throughput_cpu": ("throughput_cpu.json", throughput,
-                       "python -m bench.throughput --student all --json results/throughput_cpu.json"),
+                       "python -m bench.throughput --student all --repeats 5 --threads 2 --json results/throughput_cpu.json"),
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "recall_research": ("research/recall/runs", research, "python -m bench.run ... --results-dir results/research/recall"),

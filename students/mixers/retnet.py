@@ -30,10 +30,17 @@ class RetNetMixer(RecurrentMixer):
         position = state.get("position", 0)
         q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k = self.rotary(q, position), self.rotary(k, position)
-        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32, device=x.device))))  # γ_h
-        log_decay = log_gamma.expand(x.shape[0], x.shape[1], H)
+        log_decay = self.log_gamma(x.device).expand(x.shape[0], x.shape[1], H)
         return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(x)},
                         carry={"position": position + x.shape[1]})
+
+    def log_gamma(self, device) -> torch.Tensor:
+        """log γ_h, γ_h = 1 − 2^(−5−h) (eq. 8's per-head decay), made once per device (a decode step is short)."""
+        where = (torch.device(device), torch.is_inference_mode_enabled())  # inference tensors never reach autograd
+        if getattr(self, "_log_gamma", (None,))[0] != where:
+            heads = torch.arange(self.num_heads, dtype=torch.float32, device=device)
+            self._log_gamma = (where, torch.log1p(-(2.0 ** (-5.0 - heads))))
+        return self._log_gamma[1]
 
     def readout(self, core, f, x):
         gated = F.silu(f.context["g"].float()) * merge_heads(self.group_norm(core))
