@@ -3,7 +3,7 @@
 A mixer maps hidden states (B, T, D) to (B, T, D). Every mixer offers four views of the same function:
   forward(x, state, backend="auto")  the chunked parallel form (training path),
   forward(x, state, backend="naive") the fp32 loop, short enough to check against the paper (reference),
-  step(x_t, state)                   one token, O(1) state (generation path),
+  step(x_t, state)                   one token, O(1) state (generation path: backend="step"),
   mixer_matrix(x)                    M (B, H, T, T) with core output = M @ v (matrix mixing, analysis).
 Every recurrent student also takes the option `window=W`: exact softmax attention over the last W tokens beside
 the recurrence, which then covers only the older tokens (LoLCATs eq. 7; `students.window`).
@@ -99,7 +99,7 @@ class Mixer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         """One token: x_t (B, D) -> (y_t (B, D), new state)."""
-        y, state = self.forward(x_t[:, None], state, backend="naive")
+        y, state = self.forward(x_t[:, None], state, backend="step")
         return y[:, 0], state
 
     def state_size(self, seq_len: int = 1, dtype: torch.dtype = torch.float32) -> int:

@@ -14,6 +14,13 @@ def test_delta_rule_chunk_matches_naive(T, decay, init):
     compare(delta_rule, delta_inputs(T, decay, init), "chunk")
 
 
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("decay", [False, True], ids=["nodecay", "gated"])
+@pytest.mark.parametrize("T", [1, 2, 9])
+def test_delta_rule_step_matches_naive(T, decay, init):
+    compare(delta_rule, delta_inputs(T, decay, init), "step", tol=1e-5)
+
+
 @pytest.mark.parametrize("per_step", [1.5, 7.0], ids=["halved", "pairwise"])
 def test_delta_rule_chunk_exact_for_strong_decay(per_step):
     """~1.5 per step: 64-token chunks span ~96, so the call runs at 32-token chunks (factored); ~7 per step:

@@ -15,6 +15,14 @@ def test_linear_recurrence_chunk_matches_naive(T, decay, bonus, init):
     compare(linear_recurrence, lr_inputs(T, decay, bonus, init), "chunk")
 
 
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel"])
+@pytest.mark.parametrize("T", [1, 2, 9])
+def test_linear_recurrence_step_matches_naive(T, decay, bonus, init):
+    compare(linear_recurrence, lr_inputs(T, decay, bonus, init), "step", tol=1e-5)
+
+
 @pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
 def test_linear_recurrence_chunk_exact_for_strong_decay(bonus):
     inputs = lr_inputs(200, "channel", bonus, True, strong=True)
@@ -22,7 +30,7 @@ def test_linear_recurrence_chunk_exact_for_strong_decay(bonus):
     compare(linear_recurrence, inputs, "chunk")
 
 
-@pytest.mark.parametrize("backend", ["naive", "chunk"])
+@pytest.mark.parametrize("backend", ["naive", "step", "chunk"])
 @pytest.mark.parametrize("decay", ["none", "head", "channel"])
 def test_linear_recurrence_split_in_two_calls(backend, decay):
     inputs = {n: t.detach() if t is not None else None for n, t in lr_inputs(150, decay, True, True).items()}

@@ -53,11 +53,11 @@ class MLSTMMixer(RecurrentMixer):
 
     def recurrence(self, f, backend, state):
         """Chunked: the unstabilised kernel (n rides along as the last value column); the state keeps C′ and m
-        with C = C′·exp(m), m = 0 after a chunked call. naive: the paper's stabilised loop."""
+        with C = C′·exp(m), m = 0 after a chunked call. naive and step: the paper's stabilised loop."""
         B, T, H, K = f.q.shape
         m = state.get("m", f.q.new_zeros(B, H, dtype=torch.float32))
         memory = state.get("kernel")
-        if backend == "naive":
+        if backend in ("naive", "step"):  # the loop is the paper's decode step as well as the reference
             o, memory, m = self._stabilised_loop(f, memory, m, normalise=not self.window)
             return o, {"kernel": memory, "m": m}
         unstabilised = None if memory is None else memory * m.exp()[..., None, None]

@@ -1,0 +1,31 @@
+"""The decode form: the recurrence token by token with the fewest tensor ops per token.
+
+Same function as `naive` (S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t, RWKV-6 bonus
+form included); a generation step calls it with T = 1, where per-op overhead, not arithmetic, sets the time:
+one fused multiply-add for the state and one matmul for the read-out.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def linear_recurrence_step(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
+                           output_final_state=False):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    state = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
+    bonus = None if bonus is None else bonus.float()[None, :, :, None]
+    outputs = []
+    for t in range(T):
+        kv = k[:, t, :, :, None].float() * v[:, t, :, None, :].float()  # (B, H, K, V)
+        if bonus is not None:  # RWKV-6 reads S_{t−1} + diag(u) k_t v_tᵀ
+            read = torch.addcmul(state, bonus, kv)
+        if log_decay is None:
+            state = state + kv
+        else:
+            decay = log_decay[:, t].float().exp()
+            state = torch.addcmul(kv, decay[..., None] if decay.dim() == 3 else decay[..., None, None], state)
+        outputs.append(torch.matmul(q[:, t, :, None, :].float(), state if bonus is None else read) * scale)
+    o = torch.cat(outputs, dim=2).transpose(1, 2) if T else v.new_zeros(B, 0, H, V, dtype=torch.float32)
+    return o, (state if output_final_state else None)
