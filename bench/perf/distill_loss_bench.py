@@ -23,7 +23,7 @@ TEMPERATURE, KL_WEIGHT, CE_WEIGHT = 2.0, 1.0, 0.2
 
 
 def _variants(device: str, quick: bool) -> list[tuple[str, int]]:
-    chunks = (16, None) if quick else (1024, None)  # None: the default, `default_chunk_size(V)`
+    chunks = (16, None) if quick else (1024, None)  # None: the default, `default_chunk_size(V, device)`
     variants = [("naive", None)] + [("chunk", c) for c in chunks]
     if device == "cuda":
         variants += [("triton", c) for c in chunks]
@@ -58,7 +58,7 @@ def measure(config: dict, device: str, backend: str, chunk: int, repeats: int) -
     value, peak = peak_memory(fwd_bwd, device)
     seconds = time_call(fwd_bwd, repeats=repeats, warmup=0)["median_s"]
     from kernels.distill_loss import default_chunk_size
-    used = None if backend == "naive" else (chunk or default_chunk_size(weight.shape[0]))
+    used = None if backend == "naive" else (chunk or default_chunk_size(weight.shape[0], weight.device))
     return {"backend": backend, "chunk": used, "loss": value, "fwdbwd_s": seconds, "peak_mib": peak / 2**20}
 
 

@@ -25,12 +25,16 @@ if importlib.util.find_spec("triton") is not None:
     BACKENDS["triton"] = _distill_loss_triton
 
 
-CHUNK_LOGITS = 2**24  # elements per chunk of logits (64 MiB in fp32), whatever the vocabulary
+# Elements per chunk of logits, whatever the vocabulary: 64 MiB of fp32 on a GPU; 4 MiB on a CPU, where a chunk's
+# half-dozen softmax passes then run in cache (the loss forward+backward 1.75× faster at V = 4096 than at 64 MiB).
+CHUNK_LOGITS = {"cpu": 2**20, "other": 2**24}
 
 
-def default_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk: a power of two keeping one chunk of fp32 logits near 64 MiB (256 at V = 49152)."""
-    return 1 << max(4, (CHUNK_LOGITS // vocab_size).bit_length() - 1)
+def default_chunk_size(vocab_size: int, device: torch.device | str | None = None) -> int:
+    """Tokens per chunk: a power of two keeping one chunk of fp32 logits near `CHUNK_LOGITS` for the device
+    (on a GPU 256 tokens at V = 49152; on a CPU 256 at V = 4096), at least 16."""
+    kind = "cpu" if torch.device(device or "cpu").type == "cpu" else "other"
+    return 1 << max(4, (CHUNK_LOGITS[kind] // vocab_size).bit_length() - 1)
 
 
 def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teacher_logits=None, teacher_hidden=None,
@@ -41,7 +45,7 @@ def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teache
 
     student_hidden: (B, T, D) after the final norm; student_weight: (V, D), the LM head; input_ids: (B, T).
     Teacher: teacher_logits (B, T, V), or teacher_hidden (B, T, Dt) with teacher_weight (V, Dt); no gradient
-    flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V)`). matmul_dtype: the
+    flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V, device)`). matmul_dtype: the
     logit products' dtype in the chunked forms (bf16 halves their cost; softmax and sums stay fp32). Returns
     (loss, {"kl": τ²·KL, "ce": CE}), equal to the materialised loss of `naive.py`
     on the materialised logits. Backends: naive, chunk (torch), triton; auto = triton on CUDA, else chunk.
@@ -64,7 +68,7 @@ def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teache
         raise ValueError(f"{op}: teacher_hidden must be (B, T, Dt) with B, T = {(B, T)} and teacher_weight (V, Dt) "
                          f"with V = {V}, got {None if teacher_hidden is None else tuple(teacher_hidden.shape)} and "
                          f"{None if teacher_weight is None else tuple(teacher_weight.shape)}")
-    chunk_size = default_chunk_size(V) if chunk_size is None else chunk_size
+    chunk_size = default_chunk_size(V, student_hidden.device) if chunk_size is None else chunk_size
     if matmul_dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"{op}: matmul_dtype must be float32, bfloat16 or float16, got {matmul_dtype}")
     if chunk_size < 1 or temperature <= 0:
