@@ -94,6 +94,35 @@ def test_teacher_kv_cache_grows_and_floor_has_no_state(teacher):
     assert "floor" not in students.available()
 
 
+def test_round_robin_timing_takes_turns_and_runs_before_outside_the_timing():
+    from bench.perf.timing import time_round_robin
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    timings = time_round_robin(calls, repeats=3, warmup=1, before={"b": lambda: order.append("reset b")})
+    assert order == ["a", "reset b", "b", "c"] * 4  # one warm-up round, then three timed ones, in turn
+    assert set(timings) == {"a", "b", "c"} and all(t["repeats"] == 3 for t in timings.values())
+    assert all(0 <= t["min_s"] <= t["median_s"] <= t["max_s"] for t in timings.values())
+
+
+def test_models_measured_side_by_side_report_as_when_measured_alone(teacher):
+    student = students.build_student(teacher, "gla", init="random", seed=0)
+    floor = throughput.build_floor(teacher)
+    together = throughput.measure_side_by_side({"gla": (student, "student"), "teacher": (teacher, "teacher"),
+                                                "floor": (floor, "floor")}, LENGTHS, CONTEXTS, **FAST)
+    alone = throughput.measure(student, "student", LENGTHS, CONTEXTS, **FAST)
+    assert list(together) == ["gla", "teacher", "floor"]
+    for result in together.values():
+        assert_finite_positive(result)
+    for section in ("prefill", "train", "decode"):
+        assert set(together["gla"][section]) == set(alone[section])
+        for length, entry in alone[section].items():
+            assert set(together["gla"][section][length]) == set(entry)
+    assert [e["state_bytes"] for e in together["gla"]["decode"].values()] == \
+        [e["state_bytes"] for e in alone["decode"].values()]
+    assert together["teacher"]["decode"]["48"]["state_bytes"] == 6 * together["teacher"]["decode"]["8"]["state_bytes"]
+
+
 @pytest.mark.parametrize("name", ["teacher", "gla", "attention", "hybrid"])
 def test_a_rewound_cache_decodes_the_same_tokens_from_the_same_context(teacher, name):
     """Timed decode calls restart from context N: after `rewinder`'s function the same steps give the same

@@ -14,30 +14,32 @@ For every model, batch 1:
   DynamicCache for the teacher, the recurrent StudentCache for students), then single-token greedy
   steps are timed, every call from the same N (the cache is put back between calls): ms per token, and
   the cache's bytes per sequence at that context;
-- peak memory of each block: CUDA's max_memory_allocated, or on CPU the process's resident high-water
-  mark (VmHWM) reset before each block through /proc/self/clear_refs (reported as absolute and as the
-  delta over the resident size at the start of the block; the source is recorded).
+- peak memory of one untimed call per model and block: CUDA's max_memory_allocated, or on CPU the process's
+  resident high-water mark (VmHWM) reset before the call through /proc/self/clear_refs (reported as absolute
+  and as the delta over the resident size before the call; the source is recorded).
 
 The floor is the same model with a mixer that costs nothing beyond its projections (`FloorMixer`: q/k/v/o
 projections, o = v, no token mixing), so "student / floor" is the price of a student's token mixing.
-Every timing is a median over repeats after a warm-up, with its spread (bench.perf.timing.time_call); every
+Every timing is a median over repeats after a warm-up, with its spread, the models measured together taking
+turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them alike); every
 result carries the machine header (device, threads, torch, commit), dtype and the backend actually used.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import math
 import resource
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from bench.perf.timing import time_call
+from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
 from kernels._backend import pick_backend
 from kernels.delta_rule import BACKENDS as DELTA_RULE_BACKENDS
@@ -208,7 +210,7 @@ def resolved_backend(model, kind: str, device: torch.device) -> dict:
         chosen = pick_backend("auto", backends, device, op)
         name = next(n for n, fn in backends.items() if fn is chosen)
         return {"requested": "auto", "prefill": f"{op}:{name}",
-                "decode": "recurrent step (naive, O(1) per token, constant state)"}
+                "decode": "recurrent step (step, O(1) per token, constant state)"}
     return {"requested": "auto", "prefill": "torch scaled_dot_product_attention",
             "decode": "KV cache in StudentCache (grows with context)"}
 
@@ -237,91 +239,135 @@ def _check_lengths(name: str, values) -> list[int]:
 
 def measure(model, kind: str, lengths, decode_contexts, repeats: int, dtype: torch.dtype = torch.float32,
             train_lengths=None, decode_steps: int = DECODE_STEPS, prefill_chunk: int = PREFILL_CHUNK) -> dict:
-    """Prefill, training-step and decode timings and memory of one model (batch 1), JSON-able.
+    """`measure_side_by_side` of one model of `kind`."""
+    return measure_side_by_side({kind: (model, kind)}, lengths, decode_contexts, repeats, dtype, train_lengths,
+                                decode_steps, prefill_chunk)[kind]
 
-    `kind` is "teacher" (a transformers causal LM, DynamicCache), "student" or "floor" (StudentForCausalLM,
-    StudentCache). The model is cast to `dtype` in place; its weights are left unchanged and its `.grad`
-    cleared. Keys of the per-length maps are strings (as JSON writes them). `train_lengths` defaults to
-    `lengths`.
+
+def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, decode_contexts, repeats: int,
+                         dtype: torch.dtype = torch.float32, train_lengths=None, decode_steps: int = DECODE_STEPS,
+                         prefill_chunk: int = PREFILL_CHUNK) -> dict[str, dict]:
+    """Prefill, training-step and decode timings and memory of several models (batch 1), JSON-able, by name.
+
+    `models` maps a name to (model, kind): "teacher" (a transformers causal LM, DynamicCache), "student" or
+    "floor" (StudentForCausalLM, StudentCache). The timed calls of the models take turns (`time_round_robin`),
+    so the ratios between models hold on a machine whose speed drifts; peak memory is read from one untimed
+    call per model and block. The models are cast to `dtype` in place; their weights are left unchanged and
+    their `.grad` cleared. Keys of the per-length maps are strings (as JSON writes them). `train_lengths`
+    defaults to `lengths`.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    for name, (_, kind) in models.items():
+        if kind not in KINDS:
+            raise ValueError(f"{name}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     lengths = _check_lengths("lengths", lengths)
     train_lengths = _check_lengths("train_lengths", lengths if train_lengths is None else train_lengths)
     decode_contexts = sorted(_check_lengths("decode_contexts", decode_contexts))
     if repeats < 1 or decode_steps < 1 or prefill_chunk < 1:
         raise ValueError("repeats, decode_steps and prefill_chunk must be ≥ 1")
-    was_training = model.training
-    gc.collect()  # once per model, not per block: a full collection costs a fifth of a second here
-    model.to(dtype).eval()
-    device = next(model.parameters()).device
-    vocab_size = model.config.vocab_size
+    was_training = {name: model.training for name, (model, _) in models.items()}
+    gc.collect()  # once, not per block: a full collection costs a fifth of a second here
+    for model, _ in models.values():
+        model.to(dtype).eval()
+    devices = {next(model.parameters()).device for model, _ in models.values()}
+    if len(devices) != 1:
+        raise ValueError(f"models to compare must be on one device, got {sorted(map(str, devices))}")
+    device = devices.pop()
+    vocab_size = min(model.config.vocab_size for model, _ in models.values())
     generator = torch.Generator().manual_seed(0)
 
     def random_tokens(n: int) -> torch.Tensor:
         return torch.randint(0, vocab_size, (1, n), generator=generator).to(device)
 
-    result = {
+    def memory_of(fn, before=None) -> dict:  # one untimed call in a block of its own
+        if before is not None:
+            before()
+        with PeakMemory(device) as peak:
+            fn()
+        return peak.report()
+
+    results = {name: {
         "kind": kind, "machine": machine(), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "backend": resolved_backend(model, kind, device), "memory_source": memory_source(device),
         "parameters": sum(p.numel() for p in model.parameters()), "batch_size": 1, "repeats": repeats,
-        "warmup": 1, "prefill": {}, "train": {}, "decode": {},
-    }
+        "warmup": 1, "timing": "round robin over the models measured together", "prefill": {}, "train": {},
+        "decode": {},
+    } for name, (model, kind) in models.items()}
+
+    def record(section: str, key: int, calls: dict, memory: dict, timings: dict, tokens: int) -> None:
+        for name in calls:
+            results[name][section][str(key)] = {**timings[name], "tokens_per_s": tokens / timings[name]["median_s"],
+                                                **memory[name]}
 
     for length in lengths:
         ids = random_tokens(length)
-        with torch.no_grad(), PeakMemory(device) as peak:
-            timing = time_call(lambda: model(ids, use_cache=False), repeats=repeats)
-        result["prefill"][str(length)] = {**timing, "tokens_per_s": length / timing["median_s"], **peak.report()}
+        calls = {name: functools.partial(model, ids, use_cache=False) for name, (model, _) in models.items()}
+        with torch.no_grad():
+            memory = {name: memory_of(call) for name, call in calls.items()}
+            record("prefill", length, calls, memory, time_round_robin(calls, repeats), length)
 
-    with _trainable(model):
+    with ExitStack() as trainable:
+        for model, _ in models.values():
+            trainable.enter_context(_trainable(model))
         for length in train_lengths:
             ids = random_tokens(length)
-
-            def train_step():
-                model.zero_grad(set_to_none=True)
-                model(ids, labels=ids).loss.backward()
-
-            with PeakMemory(device) as peak:
-                timing = time_call(train_step, repeats=repeats)
-            result["train"][str(length)] = {**timing, "tokens_per_s": length / timing["median_s"], **peak.report()}
+            calls = {name: functools.partial(_train_step, model, ids) for name, (model, _) in models.items()}
+            memory = {name: memory_of(call) for name, call in calls.items()}
+            record("train", length, calls, memory, time_round_robin(calls, repeats), length)
 
     with torch.no_grad():
-        cache, seen = None, 0
+        filled = {name: (None, 0) for name in models}  # each model's cache and the tokens it holds
         for context in decode_contexts:
-            if seen > context:  # the previous context's timed steps overshot this one: start afresh
-                cache, seen = None, 0
-            while seen < context:  # fill the cache by chunked prefill, not N single steps
-                n = min(prefill_chunk, context - seen)
-                cache = getattr(model(random_tokens(n), use_cache=True, **{_CACHE_FIELD: cache}), _CACHE_FIELD)
-                seen += n
-            state_bytes = cache_nbytes(cache)
-            first_token, rewind = random_tokens(1), rewinder(cache)
-            token = first_token
+            first_token, decoders = random_tokens(1), {}
+            for name, (model, _) in models.items():
+                cache, seen = filled[name]
+                if seen > context:  # the previous context's timed steps overshot this one: start afresh
+                    cache, seen = None, 0
+                while seen < context:  # fill the cache by chunked prefill, not N single steps
+                    n = min(prefill_chunk, context - seen)
+                    cache = getattr(model(random_tokens(n), use_cache=True, **{_CACHE_FIELD: cache}), _CACHE_FIELD)
+                    seen += n
+                decoders[name] = _Decoder(model, cache, first_token, decode_steps)
+            state_bytes = {name: cache_nbytes(decoder.cache) for name, decoder in decoders.items()}
+            restarts = {name: decoder.restart for name, decoder in decoders.items()}
+            memory = {name: memory_of(decoder, decoder.restart) for name, decoder in decoders.items()}
+            timings = time_round_robin(decoders, repeats, before=restarts)
+            for name, (model, kind) in models.items():
+                timing = timings[name]
+                entry = {"context_tokens": context, "decode_steps": decode_steps,
+                         "ms_per_token": 1e3 * timing["median_s"] / decode_steps,
+                         "min_ms": 1e3 * timing["min_s"] / decode_steps,
+                         "max_ms": 1e3 * timing["max_s"] / decode_steps,
+                         "repeats": repeats, "state_bytes": state_bytes[name], **memory[name]}
+                if kind != "teacher":  # the mixers' own account, as the leaderboard's state-size column uses
+                    entry["mixer_state_size_bytes"] = sum(m.state_size(context, dtype) for m in model.mixers)
+                results[name]["decode"][str(context)] = entry
+                filled[name] = (decoders[name].cache, context + decode_steps)
+        del decoders, filled
+    for name, (model, _) in models.items():
+        model.train(was_training[name])
+    return results
 
-            def restart():  # every call decodes the same tokens from context N: no timed call sees a longer one
-                nonlocal cache, token
-                cache, token = rewind(), first_token
 
-            def decode():
-                nonlocal cache, token
-                for _ in range(decode_steps):
-                    output = model(token, use_cache=True, **{_CACHE_FIELD: cache})
-                    cache, token = getattr(output, _CACHE_FIELD), output.logits[:, -1:].argmax(-1)
+def _train_step(model, ids: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    model(ids, labels=ids).loss.backward()
 
-            with PeakMemory(device) as peak:
-                timing = time_call(decode, repeats=repeats, before=restart)
-            seen += decode_steps
-            entry = {"context_tokens": context, "decode_steps": decode_steps,
-                     "ms_per_token": 1e3 * timing["median_s"] / decode_steps,
-                     "min_ms": 1e3 * timing["min_s"] / decode_steps, "max_ms": 1e3 * timing["max_s"] / decode_steps,
-                     "repeats": repeats, "state_bytes": state_bytes, **peak.report()}
-            if kind != "teacher":  # the mixers' own account, as the leaderboard's state-size column uses
-                entry["mixer_state_size_bytes"] = sum(m.state_size(context, dtype) for m in model.mixers)
-            result["decode"][str(context)] = entry
-        del cache
-    model.train(was_training)
-    return result
+
+class _Decoder:
+    """Greedy decoding of `steps` tokens from a filled cache; `restart` puts the cache back to where it was, so
+    every timed call decodes the same tokens from the same context N and none sees a longer one."""
+
+    def __init__(self, model, cache, first_token: torch.Tensor, steps: int):
+        self.model, self.steps, self.first_token = model, steps, first_token
+        self.cache, self.token, self.rewind = cache, first_token, rewinder(cache)
+
+    def restart(self) -> None:
+        self.cache, self.token = self.rewind(), self.first_token
+
+    def __call__(self) -> None:
+        for _ in range(self.steps):
+            output = self.model(self.token, use_cache=True, **{_CACHE_FIELD: self.cache})
+            self.cache, self.token = getattr(output, _CACHE_FIELD), output.logits[:, -1:].argmax(-1)
 
 
 def rewinder(cache):
@@ -441,10 +487,10 @@ def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256
     `kv_cache_bytes_per_sequence` the teacher's, both `{context: bytes}`. Full measurements under `details`.
     """
     dtype = next(student.parameters()).dtype
-    models = {"student": measure(student, "student", lengths, decode_contexts, repeats, dtype),
-              "teacher": measure(teacher, "teacher", lengths, decode_contexts, repeats, dtype)}
-    floor = build_floor(teacher)
-    models["floor"] = measure(floor, "floor", lengths, decode_contexts, repeats, dtype)
+    floor = build_floor(teacher).to(next(student.parameters()).device)
+    models = measure_side_by_side({role: (model, role) for role, model in
+                                   (("student", student), ("teacher", teacher), ("floor", floor))},
+                                  lengths, decode_contexts, repeats, dtype)
     del floor
     ratios = compare({"floor": models["floor"], "teacher": models["teacher"],
                       student.config.student: models["student"]})
@@ -681,19 +727,14 @@ def main(argv=None) -> int:
     print(f"teacher: {source} ({teacher_record['attn_implementation']}), dtype {args.dtype}, "
           f"threads {settings['threads']}", flush=True)
 
-    def run(name: str, kind: str, model) -> dict:
-        result = measure(model.to(device), kind, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
-                         decode_steps=args.decode_steps)
-        _print_result(name, result)
-        return result
-
-    models = {"floor": run("floor", "floor", build_floor(teacher)), "teacher": run("teacher", "teacher", teacher)}
-    gc.collect()
+    entries = {"floor": (build_floor(teacher).to(device), "floor"), "teacher": (teacher, "teacher")}
     for name in names:
-        student = build_student(teacher, name, init=args.init, seed=0).eval()
-        models[name] = run(name, "student", student)
-        del student
-        gc.collect()
+        entries[name] = (build_student(teacher, name, init=args.init, seed=0).eval().to(device), "student")
+    models = measure_side_by_side(entries, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
+                                  decode_steps=args.decode_steps)
+    del entries
+    for name, result in models.items():
+        _print_result(name, result)
     ratios = compare(models)
     targets = check_targets(models, ratios)
     _print_ratios(ratios, targets)

@@ -30,6 +30,28 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
+def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     before: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
+    """`time_call` for several calls taking turns (a, b, c, a, b, c, …): a slow spell of a shared machine then
+    lands on every call alike, so the ratios between their medians hold where back-to-back blocks would not.
+    `before[name]` runs ahead of each of that call's runs, outside the timed region."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    before = before or {}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(warmup + repeats):
+        for name, fn in calls.items():
+            if name in before:
+                before[name]()
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats}
+            for name, t in times.items()}
+
+
 def peak_memory(fn: Callable[[], object], device: str) -> tuple[object, int]:
     """fn's result and its peak memory in bytes above what was allocated before it: CUDA's
     `max_memory_allocated`, or on CPU the growth of peak RSS (meaningful in a fresh process only)."""
