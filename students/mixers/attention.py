@@ -53,9 +53,10 @@ class AttentionMixer(Mixer):
                 scores = torch.einsum("bhk,bshk->bhs", q[:, t].float(), k[:, :past + t + 1].float()) * self.head_dim ** -0.5
                 outputs.append(torch.einsum("bhs,bshv->bhv", scores.softmax(-1), v[:, :past + t + 1].float()))
             return torch.stack(outputs, 1).to(q.dtype)
-        mask = None if past == 0 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(past)
+        # no mask for a first chunk (causal) or for one token (it sees every key): sdpa's fused kernels then run
+        mask = None if past == 0 or T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(past)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask, is_causal=past == 0)
+                                           attn_mask=mask, is_causal=past == 0 and T > 1)
         return o.transpose(1, 2)
 
     def forward(self, x, state=None, backend="auto"):
