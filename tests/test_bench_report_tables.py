@@ -51,6 +51,20 @@ def _write_results(directory):
                                  cell_flag="mixed commits, dirty tree", date="2026-11-26T00:00:00Z", **common))
 
 
+def test_distill_speed_rows_show_both_paths_their_ratio_and_the_yardstick(tmp_path):
+    row = {"student": "gla", "stage": "end_to_end", "eager fp32_tok_s": 2500.0, "default_tok_s": 4000.0,
+           "speedup": 1.6, "gflop_per_step": 148.5, "eager fp32_pct_yardstick": 63.2, "default_pct_yardstick": 38.9}
+    (tmp_path / "speed").mkdir()
+    (tmp_path / "speed" / "distill_speed_cpu.json").write_text(json.dumps({
+        "machine": MACHINE, "date": "2026-12-01T00:00:00Z", "default_bf16": True, "rows": [row],
+        "settings": {"batch": 8, "seq_len": 512, "repeats": 5},
+        "yardstick_gflops": {"eager fp32": 150.0, "default": 400.0}}))
+    caption, _, header, _, line = tables.render("distill_speed_cpu", tmp_path).splitlines()
+    assert "batch 8 × 512 tokens" in caption and "yardstick fp32 150, default 400 GFLOP/s" in caption
+    assert header.startswith("| student | stage | eager fp32 tok/s | default (bf16 autocast) tok/s | × eager fp32")
+    assert line == "| gla | end_to_end | 2500 | 4000 | 1.60 | 148 | 63% / 39% |"
+
+
 def test_recurrence_rows_put_backends_side_by_side_under_a_provenance_caption(tmp_path):
     _write_results(tmp_path)
     text = tables.render("kernels_cpu", tmp_path)

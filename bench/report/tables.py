@@ -133,6 +133,22 @@ def throughput(doc: dict, source: str) -> str:
             + "\n\n" + throughput_targets(doc["targets"], s["students"]))
 
 
+def distill_speed(doc: dict, source: str) -> str:
+    """One row per student and stage: tokens/s of one optimiser step on the old path (eager fp32) and the default,
+    their ratio, and each mode's achieved share of the matmul yardstick measured in the same run."""
+    s, yard = doc["settings"], doc["yardstick_gflops"]
+    default = "bf16 autocast" if doc["default_bf16"] else "fp32"
+    header = ["student", "stage", "eager fp32 tok/s", f"default ({default}) tok/s", "× eager fp32",
+              "GFLOP/step", "% of matmul yardstick fp32 / default"]
+    rows = [[r["student"], r["stage"], num(r["eager fp32_tok_s"]), num(r["default_tok_s"]), f"{r['speedup']:.2f}",
+             num(r["gflop_per_step"]), f"{r['eager fp32_pct_yardstick']:.0f}% / {r['default_pct_yardstick']:.0f}%"]
+            for r in doc["rows"]]
+    details = (f"batch {s['batch']} × {s['seq_len']} tokens, medians of {s['repeats']} interleaved steps (teacher "
+               f"forward, student forward and backward, AdamW); matmul yardstick fp32 {yard['eager fp32']:.0f}, "
+               f"default {yard['default']:.0f} GFLOP/s")
+    return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, rows)
+
+
 def throughput_targets(targets: dict, students: list[str]) -> str:
     """The benchmark's own verdicts (`bench.perf.throughput.check_targets`): one column per target judged per
     student (yes / no / – where not measured), then the targets judged once."""
@@ -299,6 +315,8 @@ TABLES = {
     "kernels_h100_distill_loss": ("kernels_h100_distill_loss.json", distill_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "throughput_cpu": ("throughput_cpu.json", throughput,
                        "python -m bench.throughput --student all --repeats 5 --threads 2 --json results/throughput_cpu.json"),
+    "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
+                          "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "recall_research": ("research/recall/runs", research, "python -m bench.run ... --results-dir results/research/recall"),
