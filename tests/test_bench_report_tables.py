@@ -51,6 +51,23 @@ def _write_results(directory):
                                  cell_flag="mixed commits, dirty tree", date="2026-11-26T00:00:00Z", **common))
 
 
+def test_an_ablation_run_of_the_same_student_and_init_stays_out_of_the_grid_cell(tmp_path):
+    from bench.report.leaderboard import primary_rows
+
+    _write_results(tmp_path)
+    before = tables.render("grid", tmp_path)
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ablation = dict(rows[0], stages="attention_output+end_to_end", seed="0", val_kl="9.0", commit="abc1234-dirty",
+                    cell_flag="dirty tree", pct_recovered="1.0")
+    with open(tmp_path / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + [ablation])
+    assert ablation not in primary_rows(rows + [ablation]) and len(primary_rows(rows + [ablation])) == len(rows)
+    assert tables.render("grid", tmp_path) == before  # no extra seed, no flag, no 9.0 in the mean
+
+
 def test_distill_speed_rows_show_both_paths_their_ratio_and_the_yardstick(tmp_path):
     row = {"student": "gla", "stage": "end_to_end", "eager fp32_tok_s": 2500.0, "default_tok_s": 4000.0,
            "speedup": 1.6, "gflop_per_step": 148.5, "eager fp32_pct_yardstick": 63.2, "default_pct_yardstick": 38.9}

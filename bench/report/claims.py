@@ -87,8 +87,9 @@ class Grid:
         stages = self.stages_of(student, init, with_hidden)
         return None if stages is None else cell_value(self.by_cell[(student, init, stages)], column)
 
-    def flagged(self, student: str, init: str) -> str:
-        return cell_flag([r for (s, i, _), rows in self.by_cell.items() if s == student and i == init for r in rows])
+    def flagged(self, student: str, init: str, with_hidden: bool = True) -> str:
+        stages = self.stages_of(student, init, with_hidden)
+        return "" if stages is None else cell_flag(self.by_cell[(student, init, stages)])
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -203,13 +204,13 @@ def render(rows: list[dict], source: str) -> str:
     """The claims table with its caption (the `claims` table of bench.report.tables)."""
     from bench.report.tables import markdown
 
-    flagged = {(r["student"], r["init"]) for r in rows if r.get("cell_flag")}
+    flagged = {(r["student"], r["init"], r.get("stages")) for r in rows if r.get("cell_flag")}
     body = [[claim, finding.measured, f"**{finding.verdict}**"] for claim, finding in findings(rows)]
     caption = (f"Source: `{source}` — {len(rows)} runs; `{SCORE}` (and `{RECALL}`) in %, mean [interval] at init "
                f"{FOCUS}, intervals: {interval_kind(rows)}; a difference counts when the intervals do not overlap "
                f"(rule: `bench/report/claims.py`)"
                + (f"; † the seeds of a cell ran on different commits or a dirty tree ({len(flagged)} of "
-                  f"{len(cells(rows))} cells)" if flagged else "")
+                  f"{len(cells(rows, ('student', 'init', 'stages')))} cells)" if flagged else "")
                + ".")
     return caption + "\n\n" + markdown(["the study's claim", "measured here", "verdict"], body)
 

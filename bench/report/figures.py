@@ -24,7 +24,7 @@ import matplotlib.ticker  # noqa: E402
 
 from bench.evaluation.recovery import FAMILIES  # noqa: E402
 from bench.files import atomic_directory  # noqa: E402
-from bench.report.leaderboard import cell_flag, cell_value, cells, load_rows, row, summary  # noqa: E402
+from bench.report.leaderboard import cell_flag, cell_value, cells, load_rows, primary_rows, row, summary  # noqa: E402
 
 INIT_ORDER = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
 # tab10 without its grey, which marks the floor; black marks the teacher.
@@ -70,7 +70,7 @@ def _init_colors(inits) -> dict[str, str]:
 def _bars(ax, rows, column: str, students: list[str], inits: list[str], scale: float = 1.0) -> None:
     """Horizontal bars per (student, init): the mean over seeds, whiskers at the cell's interval
     (`cell_value`: bootstrap 95% spanning the seeds, else min–max over seeds); flagged cells hatched."""
-    by_cell, colors = cells(rows), _init_colors(inits)
+    by_cell, colors = cells(primary_rows(rows)), _init_colors(inits)
     height = 0.8 / max(1, len(inits))
     for j, init in enumerate(inits):
         for i, student in enumerate(students):
@@ -350,7 +350,7 @@ def draw_all(results: Path) -> list[Path]:
     reports = _throughput_reports(results)
     reference_path = results / "reference" / "passkey_haller2025.json"
     reference = json.loads(reference_path.read_text()) if reference_path.exists() else None
-    flags = {key: cell_flag(members) for key, members in cells(rows).items()}
+    flags = {key: cell_flag(members) for key, members in cells(primary_rows(rows)).items()}
     written = []
     with atomic_directory(results / "figures") as staging:
         if rows:

@@ -172,6 +172,16 @@ def cells(rows: list[dict], key: tuple[str, ...] = ("student", "init")) -> dict[
     return dict(grouped)
 
 
+def primary_rows(rows: list[dict]) -> list[dict]:
+    """Per student and init, the rows of its most common stage list: a grid's cells without the ablation runs
+    of the same student and init (e.g. the `no_hidden` grid), which the claims compare on their own."""
+    counts = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        counts[(r.get("student"), r.get("init"))][str(r.get("stages"))] += 1
+    main = {key: max(by_stages, key=lambda stages: (by_stages[stages], stages)) for key, by_stages in counts.items()}
+    return [r for r in rows if str(r.get("stages")) == main[(r.get("student"), r.get("init"))]]
+
+
 def cell_flag(rows: list[dict]) -> str:
     """The flags of a cell's rows, merged ('' when its seeds share one clean commit)."""
     flags = [flag for r in rows for flag in str(r.get("cell_flag") or "").split(", ") if flag]

@@ -165,8 +165,9 @@ def throughput_targets(targets: dict, students: list[str]) -> str:
 def grid(rows: list[dict], source: str) -> str:
     """Validation KL per student and init (mean ± half the range over seeds), and, at one init, the score
     families, % recovered with its interval, and C_α / α* (`bench.evaluation.recovery`)."""
-    from bench.report.leaderboard import TIE_COLUMN, cell_flag, cell_value, cells, interval_kind
+    from bench.report.leaderboard import TIE_COLUMN, cell_flag, cell_value, cells, interval_kind, primary_rows
 
+    rows = primary_rows(rows)  # ablation runs (another stage list) are the claims table's, not a cell's seeds
     runs = cells(rows)
 
     def mean(student, init, key):
