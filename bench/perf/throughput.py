@@ -210,7 +210,7 @@ def resolved_backend(model, kind: str, device: torch.device) -> dict:
         chosen = pick_backend("auto", backends, device, op)
         name = next(n for n, fn in backends.items() if fn is chosen)
         return {"requested": "auto", "prefill": f"{op}:{name}",
-                "decode": "recurrent step (step, O(1) per token, constant state)"}
+                "decode": "recurrent step (kernel backend `step`, O(1) per token, constant state)"}
     return {"requested": "auto", "prefill": "torch scaled_dot_product_attention",
             "decode": "KV cache in StudentCache (grows with context)"}
 
