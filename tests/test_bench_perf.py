@@ -100,7 +100,8 @@ def test_round_robin_timing_takes_turns_and_runs_before_outside_the_timing():
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
     timings = time_round_robin(calls, repeats=3, warmup=1, before={"b": lambda: order.append("reset b")})
-    assert order == ["a", "reset b", "b", "c"] * 4  # one warm-up round, then three timed ones, in turn
+    forward, backward = ["a", "reset b", "b", "c"], ["c", "reset b", "b", "a"]
+    assert order == (forward + backward) * 2  # one warm-up round, then three timed ones, every other reversed
     assert set(timings) == {"a", "b", "c"} and all(t["repeats"] == 3 for t in timings.values())
     assert all(0 <= t["min_s"] <= t["median_s"] <= t["max_s"] for t in timings.values())
 

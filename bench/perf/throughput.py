@@ -21,12 +21,14 @@ For every model, batch 1:
 The floor is the same model with a mixer that costs nothing beyond its projections (`FloorMixer`: q/k/v/o
 projections, o = v, no token mixing), so "student / floor" is the price of a student's token mixing.
 Every timing is a median over repeats after a warm-up, with its spread, the models measured together taking
-turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them alike); every
-result carries the machine header (device, threads, torch, commit), dtype and the backend actually used.
+turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them alike), and in decode
+every (model, context) pair takes its turn, a model's contexts back to back, so growth with context is measured
+side by side too; every result carries the machine header (device, threads, torch, commit), dtype and the backend actually used.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import gc
 import math
@@ -289,7 +291,8 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         "kind": kind, "machine": machine(), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "backend": resolved_backend(model, kind, device), "memory_source": memory_source(device),
         "parameters": sum(p.numel() for p in model.parameters()), "batch_size": 1, "repeats": repeats,
-        "warmup": 1, "timing": "round robin over the models measured together", "prefill": {}, "train": {},
+        "warmup": 1, "timing": "round robin over the models measured together (decode: over every model and context)",
+        "prefill": {}, "train": {},
         "decode": {},
     } for name, (model, kind) in models.items()}
 
@@ -315,34 +318,34 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
             record("train", length, calls, memory, time_round_robin(calls, repeats), length)
 
     with torch.no_grad():
-        filled = {name: (None, 0) for name in models}  # each model's cache and the tokens it holds
-        for context in decode_contexts:
-            first_token, decoders = random_tokens(1), {}
-            for name, (model, _) in models.items():
-                cache, seen = filled[name]
-                if seen > context:  # the previous context's timed steps overshot this one: start afresh
-                    cache, seen = None, 0
-                while seen < context:  # fill the cache by chunked prefill, not N single steps
+        # Every (model, context) pair gets its own filled cache, and all pairs take turns in one round robin,
+        # a model's contexts back to back: a slow spell then lands on every context alike, so a model's
+        # decode growth across contexts is measured side by side, as the ratios between models are.
+        first_token, decoders, memory, state_bytes = random_tokens(1), {}, {}, {}
+        for name, (model, _) in models.items():
+            cache, seen = None, 0
+            for context in decode_contexts:  # fill by chunked prefill, not N single steps; copy at each context
+                while seen < context:
                     n = min(prefill_chunk, context - seen)
                     cache = getattr(model(random_tokens(n), use_cache=True, **{_CACHE_FIELD: cache}), _CACHE_FIELD)
                     seen += n
-                decoders[name] = _Decoder(model, cache, first_token, decode_steps)
-            state_bytes = {name: cache_nbytes(decoder.cache) for name, decoder in decoders.items()}
-            restarts = {name: decoder.restart for name, decoder in decoders.items()}
-            memory = {name: memory_of(decoder, decoder.restart) for name, decoder in decoders.items()}
-            timings = time_round_robin(decoders, repeats, before=restarts)
-            for name, (model, kind) in models.items():
-                timing = timings[name]
-                entry = {"context_tokens": context, "decode_steps": decode_steps,
-                         "ms_per_token": 1e3 * timing["median_s"] / decode_steps,
-                         "min_ms": 1e3 * timing["min_s"] / decode_steps,
-                         "max_ms": 1e3 * timing["max_s"] / decode_steps,
-                         "repeats": repeats, "state_bytes": state_bytes[name], **memory[name]}
-                if kind != "teacher":  # the mixers' own account, as the leaderboard's state-size column uses
-                    entry["mixer_state_size_bytes"] = sum(m.state_size(context, dtype) for m in model.mixers)
-                results[name]["decode"][str(context)] = entry
-                filled[name] = (decoders[name].cache, context + decode_steps)
-        del decoders, filled
+                decoder = _Decoder(model, copy.deepcopy(cache), first_token, decode_steps)
+                decoders[name, context] = decoder
+                state_bytes[name, context] = cache_nbytes(decoder.cache)
+                memory[name, context] = memory_of(decoder, decoder.restart)
+            del cache
+        timings = time_round_robin(decoders, repeats, before={key: d.restart for key, d in decoders.items()})
+        for (name, context), timing in timings.items():
+            model, kind = models[name]
+            entry = {"context_tokens": context, "decode_steps": decode_steps,
+                     "ms_per_token": 1e3 * timing["median_s"] / decode_steps,
+                     "min_ms": 1e3 * timing["min_s"] / decode_steps,
+                     "max_ms": 1e3 * timing["max_s"] / decode_steps,
+                     "repeats": repeats, "state_bytes": state_bytes[name, context], **memory[name, context]}
+            if kind != "teacher":  # the mixers' own account, as the leaderboard's state-size column uses
+                entry["mixer_state_size_bytes"] = sum(m.state_size(context, dtype) for m in model.mixers)
+            results[name]["decode"][str(context)] = entry
+        del decoders
     for name, (model, _) in models.items():
         model.train(was_training[name])
     return results

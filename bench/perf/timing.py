@@ -32,14 +32,16 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
 
 def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
                      before: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
-    """`time_call` for several calls taking turns (a, b, c, a, b, c, …): a slow spell of a shared machine then
-    lands on every call alike, so the ratios between their medians hold where back-to-back blocks would not.
-    `before[name]` runs ahead of each of that call's runs, outside the timed region."""
+    """`time_call` for several calls taking turns, every other round in reverse (a, b, c, c, b, a, a, …): a slow
+    spell of a shared machine then lands on every call alike, and a drift within a round favours none, so the
+    ratios between their medians hold where back-to-back blocks would not. `before[name]` runs ahead of each of
+    that call's runs, outside the timed region."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     before = before or {}
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls.items())
     for round_index in range(warmup + repeats):
-        for name, fn in calls.items():
+        for name, fn in (order if round_index % 2 == 0 else order[::-1]):
             if name in before:
                 before[name]()
             sync()
