@@ -30,52 +30,82 @@ class ShortConv(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C); cache: (B, kernel_size − 1, C) or None. Returns (y, new cache)."""
-        B, T, C = x.shape
-        if cache is None:
-            cache = x.new_zeros(B, self.kernel_size - 1, C)
-        padded = torch.cat([cache.to(x.dtype), x], dim=1)
-        weight = self.weight[:, 0].to(x.dtype)  # (C, k)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        new_cache = padded[:, padded.shape[1] - (self.kernel_size - 1):]
-        if T == 1:  # a decode step: one weighted sum over the k cached inputs, a third of the general path's time
-            y = (padded * weight.t()).sum(1, keepdim=True)
-            y = y if bias is None else y + bias
-            return (F.silu(y) if self.activation == "silu" else y), new_cache
-        return _ShiftedConv.apply(padded, weight, bias, self.activation == "silu"), new_cache
+        return short_conv(x, self.weight[:, 0], self.bias, self.activation == "silu", cache)
+
+
+def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
+               cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ShortConv`'s function: x (B, T, C), weight (C, k), bias (C,) or None, cache (B, k − 1, C) or None.
+    Several ShortConvs over adjacent channels run as one call on their concatenated weights."""
+    B, T, C = x.shape
+    k = weight.shape[1]
+    weight = weight.to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
+    if cache is None and T > 1:  # zero history: the taps read shifted slices of x, no padded copy of it
+        history = x[:, T - (k - 1):] if T >= k - 1 else torch.cat([x.new_zeros(B, k - 1 - T, C), x], dim=1)
+        return _ShiftedConv.apply(x, weight, bias, silu, True), history.clone()  # clone: not a view of x
+    if cache is None:
+        cache = x.new_zeros(B, k - 1, C)
+    padded = torch.cat([cache.to(x.dtype), x], dim=1)
+    new_cache = padded[:, padded.shape[1] - (k - 1):]
+    if T == 1:  # a decode step: one weighted sum over the k cached inputs, a third of the general path's time
+        y = (padded * weight.t()).sum(1, keepdim=True)
+        y = y if bias is None else y + bias
+        return (F.silu(y) if silu else y), new_cache
+    return _ShiftedConv.apply(padded, weight, bias, silu, False), new_cache.clone()
 
 
 class _ShiftedConv(torch.autograd.Function):
     """y = act(b + Σ_j w_j ⊙ padded[:, j:j+T]) with hand-written backward: F.conv1d's depthwise backward is many
     times slower on CPU (bf16 above all), and autograd through the shifted multiply-adds spends its time on
-    zero-filled slice gradients. `conv1d_reference` is the same function through F.conv1d."""
+    zero-filled slice gradients. With `zero_history` the input is x itself and the k − 1 rows before it are
+    zeros: tap j then reads x shifted by k − 1 − j, and no padded copy is made. `conv1d_reference` is the same
+    function through F.conv1d."""
 
     @staticmethod
-    def forward(ctx, padded, weight, bias, silu: bool):
+    def forward(ctx, inputs, weight, bias, silu: bool, zero_history: bool):
         taps = weight.t().contiguous()  # (k, C): a strided per-channel factor makes each multiply ~10× slower
-        k, T = taps.shape[0], padded.shape[1] - taps.shape[0] + 1
-        y = padded[:, :T] * taps[0] if bias is None else torch.addcmul(bias, padded[:, :T], taps[0])
-        for j in range(1, k):
-            y.addcmul_(padded[:, j:j + T], taps[j])
-        ctx.silu, ctx.has_bias = silu, bias is not None
-        ctx.save_for_backward(padded, taps, y if silu else None)
+        k = taps.shape[0]
+        T = inputs.shape[1] - (0 if zero_history else k - 1)
+        first = k - 1 if zero_history else 0  # the tap that reads inputs[:, :T] whole
+        y = inputs[:, :T] * taps[first] if bias is None else torch.addcmul(bias, inputs[:, :T], taps[first])
+        for j, (out, src) in _ShiftedConv.taps(k, T, zero_history):
+            y[:, out].addcmul_(inputs[:, src], taps[j])
+        ctx.silu, ctx.has_bias, ctx.zero_history = silu, bias is not None, zero_history
+        ctx.save_for_backward(inputs, taps, y if silu else None)
         return F.silu(y) if silu else y
 
     @staticmethod
+    def taps(k: int, T: int, zero_history: bool):
+        """(tap, (output rows, input rows)) of every tap but the first one `forward` applies whole."""
+        if not zero_history:
+            return [(j, (slice(None), slice(j, j + T))) for j in range(1, k)]
+        return [(j, (slice(k - 1 - j, None), slice(0, T - (k - 1 - j)))) for j in range(k - 1) if k - 1 - j < T]
+
+    @staticmethod
     def backward(ctx, grad):
-        padded, taps, pre_activation = ctx.saved_tensors
+        inputs, taps, pre_activation = ctx.saved_tensors
         if ctx.silu:
             grad = torch.ops.aten.silu_backward(grad, pre_activation)
         k, T = taps.shape[0], grad.shape[1]
-        grad_padded = grad_weight = grad_bias = None
+        first = k - 1 if ctx.zero_history else 0
+        shifted = _ShiftedConv.taps(k, T, ctx.zero_history)
+        grad_inputs = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_padded = padded.new_zeros(padded.shape)
-            for j in range(k):
-                grad_padded[:, j:j + T].addcmul_(grad, taps[j])
+            grad_inputs = grad * taps[first] if ctx.zero_history else inputs.new_zeros(inputs.shape)
+            if not ctx.zero_history:
+                grad_inputs[:, :T].addcmul_(grad, taps[first])
+            for j, (out, src) in shifted:
+                grad_inputs[:, src].addcmul_(grad[:, out], taps[j])
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.stack([(grad * padded[:, j:j + T]).sum((0, 1)) for j in range(k)], dim=1)
+            grad_weight = inputs.new_zeros(taps.shape)  # (k, C); a tap that reads only zeros keeps 0
+            grad_weight[first] = (grad * inputs[:, :T]).sum((0, 1))
+            for j, (out, src) in shifted:
+                grad_weight[j] = (grad[:, out] * inputs[:, src]).sum((0, 1))
+            grad_weight = grad_weight.t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 1))
-        return grad_padded, grad_weight, grad_bias, None
+        return grad_inputs, grad_weight, grad_bias, None, None
 
 
 def conv1d_reference(conv: ShortConv, x: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:

@@ -126,7 +126,7 @@ def test_xlstm_stabiliser_and_normaliser_agree_with_chunked_form(input_bias):
 
 @pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("T", [1, 5, 37])
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 37])
 def test_short_conv_equals_conv1d_with_and_without_a_cache(T, bias, activation):
     from students.layers import ShortConv, conv1d_reference
 
