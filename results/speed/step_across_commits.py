@@ -1,0 +1,66 @@
+"""Probe: one distillation optimiser step timed in the checkout it runs from, for comparing two commits.
+
+    python results/speed/step_across_commits.py --repo DIR --mode fp32|default [--students a,b] [--stages ...]
+
+Run from a worktree of each commit in turn (A, B, A, B, ... as separate processes, one at a time); each prints
+one JSON line of median step times. Used for issue 19's "tokens/s ≥ 2× today's default run": the commit the
+issue was filed at (default fp32 on CPU then) against the current default (bf16 autocast). Works with both
+layouts of the stage code (bench/stages.py before the bench/ split, bench/distill/stages.py after).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--repo", required=True)
+parser.add_argument("--mode", choices=("fp32", "default"), required=True)
+parser.add_argument("--students", default="mamba,linear_attention,rwkv,retnet,gla,xlstm,metala,gated_deltanet")
+parser.add_argument("--stages", default="end_to_end,hidden_alignment")
+parser.add_argument("--repeats", type=int, default=3)
+args = parser.parse_args()
+sys.path.insert(0, args.repo)
+import subprocess  # noqa: E402
+
+import students  # noqa: E402
+
+try:
+    from bench.distill import stages as stage_lib
+    from bench.data.teacher import EMBEDDED_TEACHER
+except ImportError:  # the layout before the bench/ split
+    from bench import stages as stage_lib
+    from pathlib import Path
+    EMBEDDED_TEACHER = Path(args.repo) / "bench/embedded/teacher"
+
+commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+torch.manual_seed(0)
+teacher = students.load_teacher(str(EMBEDDED_TEACHER))
+batch = torch.randint(0, teacher.config.vocab_size, (8, 512))
+bf16 = args.mode == "default"
+results = {}
+for name in args.students.split(","):
+    for stage in args.stages.split(","):
+        student = students.build_student(teacher, name, "qkv_copy", seed=0)
+        module = stage_lib.StageModule(stage_lib.STAGES[stage], student, [teacher], stage_lib.StageOptions())
+        student.requires_grad_(False)
+        params = module.trainable_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=1e-6)
+        times = []
+        for _ in range(args.repeats + 1):
+            start = time.perf_counter()
+            with stage_lib.eager_attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), \
+                    (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
+                loss, _ = module(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        results[f"{name}/{stage}"] = statistics.median(times[1:])
+print(json.dumps({"commit": commit, "mode": args.mode, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step_s": results}))
