@@ -323,3 +323,17 @@ def linear_recurrence_chunk(*args, **kwargs):
     assert ours.__file__.startswith(str(Path(__file__).resolve().parents[1])) and hasattr(ours, "chunk_forms")
     assert kernel_ab.main(["--base-dir", str(tmp_path / "empty"), "--repeats", "1"]) == 2
     assert "no kernels" in capsys.readouterr().err
+
+
+def test_a_warm_restart_leaves_the_decoder_where_a_restart_does(teacher):
+    """The untimed warm-up before each timed decode call must not move the context the call starts from."""
+    with torch.no_grad():
+        cache = teacher(torch.randint(0, 128, (1, 10)), use_cache=True).past_key_values
+        decoder = throughput._Decoder(teacher, cache, torch.tensor([[3]]), steps=3)
+        decoder.restart()
+        decoder()
+        after_restart = (decoder.token.clone(), decoder.cache.get_seq_length())
+        decoder.warm_restart(steps=5)
+        assert decoder.cache.get_seq_length() == 10 and torch.equal(decoder.token, torch.tensor([[3]]))
+        decoder()
+    assert torch.equal(decoder.token, after_restart[0]) and decoder.cache.get_seq_length() == after_restart[1] == 13

@@ -12,7 +12,8 @@ For every model, batch 1:
 - training step: forward + backward of the next-token loss, tokens/s per length (no optimizer step);
 - decode: the model's own cache is filled to exactly N tokens by chunked prefill (transformers'
   DynamicCache for the teacher, the recurrent StudentCache for students), then single-token greedy
-  steps are timed, every call from the same N (the cache is put back between calls): ms per token, and
+  steps are timed, every call from the same N (the cache is put back between calls, after a few untimed steps
+  that bring the model's weights back into the CPU's caches): ms per token, and
   the cache's bytes per sequence at that context;
 - peak memory of one untimed call per model and block: CUDA's max_memory_allocated, or on CPU the process's
   resident high-water mark (VmHWM) reset before the call through /proc/self/clear_refs (reported as absolute
@@ -59,6 +60,7 @@ DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
 DEFAULT_TRAIN_LENGTHS = (2048,)
 DEFAULT_DECODE_CONTEXTS = (1024, 4096, 16384, 32768)
 DECODE_STEPS = 32  # tokens per timed decode call; every call starts at the same context N (`rewinder`)
+WARM_STEPS = 4  # untimed decode steps before each timed call (see measure_side_by_side)
 PREFILL_CHUNK = 2048  # chunk size used to fill a cache to the decode context
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Targets from the issues, checked on the benchmark output (never in tests).
@@ -334,7 +336,9 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
                 state_bytes[name, context] = cache_nbytes(decoder.cache)
                 memory[name, context] = memory_of(decoder, decoder.restart)
             del cache
-        timings = time_round_robin(decoders, repeats, before={key: d.restart for key, d in decoders.items()})
+        # Before each timed call, untimed: the cache put back and a few steps decoded, so every call starts warm
+        # (the model's weights in the last-level cache, as in continuous decoding) whichever model ran before it.
+        timings = time_round_robin(decoders, repeats, before={key: d.warm_restart for key, d in decoders.items()})
         for (name, context), timing in timings.items():
             model, kind = models[name]
             entry = {"context_tokens": context, "decode_steps": decode_steps,
@@ -367,8 +371,17 @@ class _Decoder:
     def restart(self) -> None:
         self.cache, self.token = self.rewind(), self.first_token
 
+    def warm_restart(self, steps: int = WARM_STEPS) -> None:
+        """`restart`, after decoding `steps` tokens untimed (weights and cache back in the CPU's caches)."""
+        self.restart()
+        self.run(steps)
+        self.restart()
+
     def __call__(self) -> None:
-        for _ in range(self.steps):
+        self.run(self.steps)
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
             output = self.model(self.token, use_cache=True, **{_CACHE_FIELD: self.cache})
             self.cache, self.token = getattr(output, _CACHE_FIELD), output.logits[:, -1:].argmax(-1)
 
