@@ -38,7 +38,7 @@ GRIDS: dict[str, list[RunConfig]] = {
     "paper": [RunConfig(s, i, seed) for seed in (0, 1, 2) for i in PAPER_INITS for s in PAPER_STUDENTS],
     # What hidden-state alignment adds: QKV copy without that stage (the claims table compares it with "paper").
     "no_hidden": [RunConfig(s, "qkv_copy", seed, ("--stages", "attention_output,end_to_end"))
-                  for seed in (0,) for s in PAPER_STUDENTS],
+                  for seed in (0, 1, 2) for s in PAPER_STUDENTS],
     "smoke": [RunConfig(s, "qkv_copy", 0) for s in ("gla", "mamba")],
     # Hybrids: every student pure and with the one attention layer that the KL ranking says matters most.
     "hybrid": [RunConfig(s, "qkv_copy", 0, flags) for s in PAPER_STUDENTS
