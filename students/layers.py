@@ -33,6 +33,15 @@ class ShortConv(nn.Module):
         return short_conv(x, self.weight[:, 0], self.bias, self.activation == "silu", cache)
 
 
+def stacked_linear(x: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:
+    """torch.cat([linear(x) for linear in linears], -1) for bias-free projections of one input: over a sequence
+    one product with the weights stacked (no concatenation of activations); for one token the separate products
+    (stacking the weights would copy more than it saves)."""
+    if x.shape[1] > 1:
+        return F.linear(x, torch.cat([linear.weight for linear in linears]))
+    return torch.cat([linear(x) for linear in linears], dim=-1)
+
+
 def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
                cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`ShortConv`'s function: x (B, T, C), weight (C, k), bias (C,) or None, cache (B, k − 1, C) or None.
@@ -69,14 +78,14 @@ class _ShiftedConv(torch.autograd.Function):
         T = inputs.shape[1] - (0 if zero_history else k - 1)
         first = k - 1 if zero_history else 0  # the tap that reads inputs[:, :T] whole
         y = inputs[:, :T] * taps[first] if bias is None else torch.addcmul(bias, inputs[:, :T], taps[first])
-        for j, (out, src) in _ShiftedConv.taps(k, T, zero_history):
+        for j, (out, src) in _ShiftedConv.shifts(k, T, zero_history):
             y[:, out].addcmul_(inputs[:, src], taps[j])
         ctx.silu, ctx.has_bias, ctx.zero_history = silu, bias is not None, zero_history
         ctx.save_for_backward(inputs, taps, y if silu else None)
         return F.silu(y) if silu else y
 
     @staticmethod
-    def taps(k: int, T: int, zero_history: bool):
+    def shifts(k: int, T: int, zero_history: bool):
         """(tap, (output rows, input rows)) of every tap but the first one `forward` applies whole."""
         if not zero_history:
             return [(j, (slice(None), slice(j, j + T))) for j in range(1, k)]
@@ -89,7 +98,7 @@ class _ShiftedConv(torch.autograd.Function):
             grad = torch.ops.aten.silu_backward(grad, pre_activation)
         k, T = taps.shape[0], grad.shape[1]
         first = k - 1 if ctx.zero_history else 0
-        shifted = _ShiftedConv.taps(k, T, ctx.zero_history)
+        shifted = _ShiftedConv.shifts(k, T, ctx.zero_history)
         grad_inputs = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_inputs = grad * taps[first] if ctx.zero_history else inputs.new_zeros(inputs.shape)

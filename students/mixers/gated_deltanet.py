@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.base import Features, MixerConfig, RecurrentMixer
-from students.layers import HeadRMSNorm, ShortConv, merge_heads, short_conv, split_heads
+from students.layers import HeadRMSNorm, ShortConv, merge_heads, short_conv, split_heads, stacked_linear
 
 
 class GatedDeltaNetMixer(RecurrentMixer):
@@ -38,18 +38,13 @@ class GatedDeltaNetMixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        if x.shape[1] > 1:  # q, k, v as one product and one convolution over their concatenated channels
-            convs = (self.q_conv, self.k_conv, self.v_conv)
-            qkv_in = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
-            caches = [state.get(name) for name in ("q_conv", "k_conv", "v_conv")]
-            qkv, cache = short_conv(qkv_in, torch.cat([c.weight[:, 0] for c in convs]), None, True,
-                                    None if caches[0] is None else torch.cat(caches, dim=-1))
-            (q_in, k_in, _), (q, k, v), (q_cache, k_cache, v_cache) = (t.chunk(3, dim=-1) for t in (qkv_in, qkv, cache))
-        else:  # a decode step: concatenating the weights would cost more than the separate small products save
-            q_in, k_in = self.q_proj(x), self.k_proj(x)
-            q, q_cache = self.q_conv(q_in, state.get("q_conv"))
-            k, k_cache = self.k_conv(k_in, state.get("k_conv"))
-            v, v_cache = self.v_conv(self.v_proj(x), state.get("v_conv"))
+        # q, k and v as one product and one convolution over their stacked channels (each conv keeps its cache)
+        convs = (self.q_conv, self.k_conv, self.v_conv)
+        qkv_in = stacked_linear(x, [self.q_proj, self.k_proj, self.v_proj])
+        caches = [state.get(name) for name in ("q_conv", "k_conv", "v_conv")]
+        qkv, cache = short_conv(qkv_in, torch.cat([c.weight[:, 0] for c in convs]), None,
+                                self.q_conv.activation == "silu", None if caches[0] is None else torch.cat(caches, -1))
+        (q_in, k_in, _), (q, k, v), (q_cache, k_cache, v_cache) = (t.chunk(3, dim=-1) for t in (qkv_in, qkv, cache))
         q = F.normalize(split_heads(q, H).float(), dim=-1)
         k = F.normalize(split_heads(k, H).float(), dim=-1)
         beta = torch.sigmoid(self.beta_proj(x).float())

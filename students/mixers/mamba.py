@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.base import Features, MixerConfig, RecurrentMixer
-from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads
+from students.layers import HeadRMSNorm, ShortConv, merge_heads, split_heads, stacked_linear
 
 
 class Mamba2Mixer(RecurrentMixer):
@@ -37,13 +37,8 @@ class Mamba2Mixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        if x.shape[1] > 1:  # one product into the conv's layout: no concatenation of the three activations
-            weight = torch.cat([self.x_proj.weight, self.B_proj.weight, self.C_proj.weight])
-            xBC_in = F.linear(x, weight)
-            x_in, B_in, C_in = xBC_in.chunk(3, dim=-1)
-        else:  # a decode step: concatenating the weights would cost more than the three small products save
-            x_in, B_in, C_in = self.x_proj(x), self.B_proj(x), self.C_proj(x)
-            xBC_in = torch.cat([x_in, B_in, C_in], -1)
+        xBC_in = stacked_linear(x, [self.x_proj, self.B_proj, self.C_proj])  # the conv's layout: x, B, C
+        x_in, B_in, C_in = xBC_in.chunk(3, dim=-1)
         xBC, conv_cache = self.conv(xBC_in, state.get("conv"))
         xs, Bs, Cs = (split_heads(t, H) for t in xBC.chunk(3, dim=-1))
         dt = F.softplus(self.dt_proj(x).float() + self.dt_bias)  # (B, T, H)
