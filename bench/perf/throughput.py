@@ -24,7 +24,8 @@ projections, o = v, no token mixing), so "student / floor" is the price of a stu
 Every timing is a median over repeats after a warm-up, with its spread, the models measured together taking
 turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them alike), and in decode
 every (model, context) pair takes its turn, a model's contexts back to back, so growth with context is measured
-side by side too; every result carries the machine header (device, threads, torch, commit), dtype and the backend actually used.
+side by side too; every result carries the machine header (device, threads, torch, commit), dtype and the backend
+actually used.
 """
 from __future__ import annotations
 
