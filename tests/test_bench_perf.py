@@ -94,6 +94,21 @@ def test_teacher_kv_cache_grows_and_floor_has_no_state(teacher):
     assert "floor" not in students.available()
 
 
+def test_prefill_flops_count_every_product_and_causal_cpu_attention_once(teacher):
+    """By hand for the test teacher (2 layers, width 64, 4 heads of 16, 2 kv heads, MLP 96, vocab 128): the floor
+    is its linear layers; the teacher adds the causal half of its attention's score and value products."""
+    T, D, HK, KV, F, V, layers = 40, 64, 64, 32, 96, 128, 2
+    ids = torch.randint(0, V, (1, T))
+    mlp, head = 3 * 2 * T * D * F, 2 * T * D * V
+    floor = layers * (4 * 2 * T * D * HK + mlp) + head  # the floor's q/k/v/o are a student's: H·K wide each
+    teacher_projections = layers * (2 * 2 * T * D * HK + 2 * 2 * T * D * KV + mlp) + head
+    attention = layers * 2 * (2 * T * T * HK) // 2
+    assert throughput.prefill_flops(throughput.build_floor(teacher), ids) == floor
+    assert throughput.prefill_flops(teacher, ids) == teacher_projections + attention
+    gla = students.build_student(teacher, "gla", init="random", seed=0)
+    assert throughput.prefill_flops(gla, ids) > floor  # its gates and chunked products come on top
+
+
 def test_round_robin_timing_takes_turns_and_runs_before_outside_the_timing():
     from bench.perf.timing import time_round_robin
 
@@ -205,6 +220,7 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     assert report["teacher"]["attn_implementation"] == "sdpa"
     assert report["ratios"]["teacher_prefill_vs_best_student"]["best_student"] == "retnet"
     assert set(report["ratios"]["prefill_vs_floor"]["retnet"]) == {"16", "32"}
+    assert report["ratios"]["prefill_flops_vs_floor"]["retnet"]["32"] > 1  # the recurrence's products on top
     assert "prefill time / floor" in capsys.readouterr().out
 
 

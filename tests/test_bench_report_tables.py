@@ -105,6 +105,13 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
                               "| target met by | prefill within 1.3x floor at 2048 and 16384 "
                               "| decode no slower than teacher at 1024 |", "|---|---|---|", "| gla | **no** | – |", "",
                               "teacher decode grows: yes."]
+    doc = json.loads((tmp_path / "throughput_cpu.json").read_text())  # a report with the FLOP count
+    for name, flops in (("floor", 10e9), ("teacher", 9e9), ("gla", 11.5e9)):
+        doc["models"][name]["prefill"]["2048"]["matmul_flops"] = flops
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
+    counted = tables.render("throughput_cpu", tmp_path).splitlines()
+    assert "| matmul FLOPs × floor 2048 / 2048 |" in counted[2]
+    assert counted[6] == "| gla | 150 (1.50) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
     grid = tables.render("grid", tmp_path).splitlines()
     assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
     assert "† seeds on different commits or a dirty tree" in grid[0]

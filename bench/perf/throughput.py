@@ -242,6 +242,28 @@ def _check_lengths(name: str, values) -> list[int]:
     return values
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, dropout_p=0.0, is_causal=False, *args, out_shape=None,
+                    **kwargs) -> int:
+    """CPU flash attention's FLOPs (FlopCounterMode counts the CUDA kernels only): the score and value
+    products, halved when causal (the kernel skips the blocks above the diagonal)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    flops = sdpa_flop_count(query_shape, key_shape, value_shape)
+    return flops // 2 if is_causal else flops
+
+
+def prefill_flops(model, ids: torch.Tensor) -> int:
+    """Matrix-product FLOPs of one prefill (torch's FlopCounterMode: mm, bmm, addmm, baddbmm, attention; the
+    elementwise work, norms, short convolutions and triangular solves are not counted), from a real call, since
+    the chunk kernels choose their forms from the data."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={cpu_flash: _cpu_sdpa_flops}) as counter:
+        model(ids, use_cache=False)
+    return sum(count for op, count in counter.get_flop_counts()["Global"].items() if "convolution" not in str(op))
+
+
 def measure(model, kind: str, lengths, decode_contexts, repeats: int, dtype: torch.dtype = torch.float32,
             train_lengths=None, decode_steps: int = DECODE_STEPS, prefill_chunk: int = PREFILL_CHUNK) -> dict:
     """`measure_side_by_side` of one model of `kind`."""
@@ -310,6 +332,8 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         with torch.no_grad():
             memory = {name: memory_of(call) for name, call in calls.items()}
             record("prefill", length, calls, memory, time_round_robin(calls, repeats), length)
+        for name, (model, _) in models.items():
+            results[name]["prefill"][str(length)]["matmul_flops"] = prefill_flops(model, ids)
 
     with ExitStack() as trainable:
         for model, _ in models.values():
@@ -431,11 +455,14 @@ def compare(models: dict[str, dict]) -> dict:
     """Ratios between models measured in the same run: student/floor prefill, teacher/best student, decode growth."""
     floor, teacher = models.get("floor"), models.get("teacher")
     students = {name: r for name, r in models.items() if r["kind"] == "student"}
-    ratios: dict = {"prefill_vs_floor": {}, "decode_growth": {}}
+    ratios: dict = {"prefill_vs_floor": {}, "prefill_flops_vs_floor": {}, "decode_growth": {}}
     if floor:
         for name, r in {**students, **({"teacher": teacher} if teacher else {})}.items():
             ratios["prefill_vs_floor"][name] = {length: _ratio(_prefill_s(r, length), _prefill_s(floor, length))
                                                 for length in r["prefill"]}
+            ratios["prefill_flops_vs_floor"][name] = {
+                length: _ratio(entry.get("matmul_flops"), floor["prefill"].get(length, {}).get("matmul_flops"))
+                for length, entry in r["prefill"].items()}
     for name, r in models.items():
         ratios["decode_growth"][name] = _decode_growth(r)
     candidates = {n: r for n, r in students.items() if n != CONTROL} or students
@@ -599,6 +626,8 @@ def _validate_measurement(result: dict, path: str):
                 _positive(entry.get(key), f"{path}.{section}[{length}].{key}")
             for key in non_negative:
                 _positive(entry.get(key), f"{path}.{section}[{length}].{key}", allow_zero=True)
+            if section == "prefill" and "matmul_flops" in entry:  # reports from before the count lack it
+                _positive(entry["matmul_flops"], f"{path}.prefill[{length}].matmul_flops", allow_zero=True)
 
 
 def validate(document: dict) -> None:
@@ -654,9 +683,11 @@ def _print_result(name: str, r: dict) -> None:
 
 
 def _print_ratios(ratios: dict, targets: dict) -> None:
-    print("prefill time / floor:")
+    print("prefill time / floor (matmul FLOPs / floor's):")
     for name, by_length in ratios["prefill_vs_floor"].items():
-        print(f"  {name:16} " + "  ".join(f"{k}:{v:.2f}x" for k, v in by_length.items() if v is not None))
+        flops = ratios.get("prefill_flops_vs_floor", {}).get(name, {})
+        print(f"  {name:16} " + "  ".join(f"{k}:{v:.2f}x" + (f" ({flops[k]:.2f}x)" if flops.get(k) else "")
+                                          for k, v in by_length.items() if v is not None))
     best = ratios.get("teacher_prefill_vs_best_student")
     if best:
         print(f"teacher prefill / best student ({best['best_student']}) at {best['length']}: {best['ratio']:.2f}x")

@@ -113,7 +113,10 @@ def throughput(doc: dict, source: str) -> str:
     s, models = doc["settings"], doc["models"]
     floor = models["floor"]["prefill"]
     first, last = str(s["decode_contexts"][0]), str(s["decode_contexts"][-1])
+    shortest, longest = str(s["lengths"][0]), str(s["lengths"][-1])
+    counted = "matmul_flops" in floor.get(longest, {})  # reports from before the FLOP count lack it
     header = (["model"] + [f"prefill {n}: ms (× floor)" for n in s["lengths"]]
+              + ([f"matmul FLOPs × floor {shortest} / {longest}"] if counted else [])
               + [f"train tok/s at {n}" for n in s["train_lengths"]]
               + [f"decode ms/token {first} → {last} (×)", f"cache at {last}"])
     body = []
@@ -123,12 +126,18 @@ def throughput(doc: dict, source: str) -> str:
         for n in map(str, s["lengths"]):
             t = m["prefill"].get(n, {}).get("median_s")
             row.append(f"{ms(t)} ({t / floor[n]['median_s']:.2f})" if t else "–")
+        if counted:
+            flops = [m["prefill"].get(n, {}).get("matmul_flops") for n in (shortest, longest)]
+            row.append(" / ".join(f"{f / floor[n]['matmul_flops']:.2f}" if f else "–"
+                                  for f, n in zip(flops, (shortest, longest))))
         row += [num(m["train"].get(str(n), {}).get("tokens_per_s")) for n in s["train_lengths"]]
         a, b = (m["decode"].get(c, {}).get("ms_per_token") for c in (first, last))
         row += [f"{num(a)} → {num(b)} ({b / a:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
         body.append(row)
     details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
-               "× floor: prefill time over the projections-only floor's")
+               "× floor: prefill time over the projections-only floor's; matmul FLOPs: the products torch's "
+               "FlopCounterMode counts (attention causal), over the floor's, the least a model's time can be "
+               "at the floor's efficiency")
     return (caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)
             + "\n\n" + throughput_targets(doc["targets"], s["students"]))
 
