@@ -247,6 +247,25 @@ def test_targets_judge_each_student_on_what_was_measured():
     assert targets["teacher_decode_grows_1024_to_32768"] is True
 
 
+def test_a_verdict_the_rounds_do_not_settle_is_within_noise_and_one_they_do_is_yes_or_no():
+    """Per-round ratios (times taken in the same round) decide: all rounds under 1.3× the floor is yes, all over
+    is no; a median under the limit with a quarter of the rounds above it is within noise, not yes."""
+    def timed(kind, times):  # the same per-round times at both floor-target lengths
+        return {"kind": kind, "decode": {}, "prefill": {str(n): {"median_s": sorted(times)[len(times) // 2],
+                                                                   "times_s": times} for n in (2048, 16384)}}
+    floor = timed("floor", [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0])  # the machine's speed halves every other round
+    models = {"floor": floor,
+              "paired": timed("student", [1.2, 2.4, 1.2, 2.4, 1.2, 2.4, 1.2]),  # 1.2× in every round
+              "slow": timed("student", [1.4, 2.8, 1.4, 2.8, 1.4, 2.8, 1.4]),
+              "noisy": timed("student", [1.2, 2.4, 1.2, 3.0, 1.2, 3.0, 1.2])}  # median 1.2×; 1.5× in two rounds
+    verdicts = throughput.check_targets(models, throughput.compare(models))["prefill_within_1.3x_floor_at_2048_and_16384"]
+    assert verdicts == {"paired": True, "slow": False, "noisy": throughput.NOISE}
+    assert throughput.judge({"median_s": 1.2}, {"median_s": 1.0}, 1.3, "median_s") is True  # older reports: medians
+    assert throughput.judge({"median_s": 1.4}, {"median_s": 1.0}, 1.3, "median_s") is False
+    assert throughput.all_of([True, throughput.NOISE, None]) == throughput.NOISE
+    assert throughput.all_of([throughput.NOISE, False]) is False and throughput.all_of([None]) is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--student", "transformerxl"], "unknown student 'transformerxl'; choose one of mamba"),
     (["--student", "gla", "--lengths", "512,0"], "--lengths must be positive integers"),

@@ -35,7 +35,8 @@ def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, w
     """`time_call` for several calls taking turns, every other round in reverse (a, b, c, c, b, a, a, …): a slow
     spell of a shared machine then lands on every call alike, and a drift within a round favours none, so the
     ratios between their medians hold where back-to-back blocks would not. `before[name]` runs ahead of each of
-    that call's runs, outside the timed region."""
+    that call's runs, outside the timed region. `times_s` lists each call's times round by round, so the i-th
+    times of two calls were taken in the same round (paired ratios)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     before = before or {}
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -50,8 +51,8 @@ def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, w
             sync()
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats}
-            for name, t in times.items()}
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats,
+                   "times_s": t} for name, t in times.items()}
 
 
 def peak_memory(fn: Callable[[], object], device: str) -> tuple[object, int]:

@@ -160,8 +160,8 @@ def distill_speed(doc: dict, source: str) -> str:
 
 def throughput_targets(targets: dict, students: list[str]) -> str:
     """The benchmark's own verdicts (`bench.perf.throughput.check_targets`): one column per target judged per
-    student (yes / no / – where not measured), then the targets judged once."""
-    verdict = {True: "yes", False: "**no**", None: "–"}
+    student (yes / no / within noise / – where not measured), then the targets judged once."""
+    verdict = {True: "yes", False: "**no**", None: "–", "within noise": "within noise"}
     per_student = {name: value for name, value in targets.items() if isinstance(value, dict)}
     judged = [n for n in students if any(n in v for v in per_student.values())]
     rows = [[name] + [verdict[per_student[t].get(name)] for t in per_student] for name in judged]
