@@ -109,9 +109,12 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     for name, flops in (("floor", 10e9), ("teacher", 9e9), ("gla", 11.5e9)):
         doc["models"][name]["prefill"]["2048"]["matmul_flops"] = flops
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
+    doc["models"]["gla"]["prefill"]["2048"]["times_s"] = [0.15, 0.6, 0.6]  # per round, beside the floor's
+    doc["models"]["floor"]["prefill"]["2048"]["times_s"] = [0.1, 0.3, 0.3]  # paired 1.5, 2, 2: shown 2.00, not 1.50
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     counted = tables.render("throughput_cpu", tmp_path).splitlines()
     assert "| matmul FLOPs × floor 2048 / 2048 |" in counted[2]
-    assert counted[6] == "| gla | 150 (1.50) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
+    assert counted[6] == "| gla | 150 (2.00) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
     grid = tables.render("grid", tmp_path).splitlines()
     assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
     assert "† seeds on different commits or a dirty tree" in grid[0]

@@ -442,6 +442,18 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
+def paired_ratio(entry: dict | None, reference: dict | None) -> float | None:
+    """entry / reference for two prefill entries timed in the same round robin: the median of the per-round
+    ratios (`times_s`), which the machine's drift between rounds does not move; the ratio of the medians for
+    entries without per-round times."""
+    if not entry or not reference or not entry.get("median_s") or not reference.get("median_s"):
+        return None
+    ours, theirs = entry.get("times_s"), reference.get("times_s")
+    if ours and theirs and len(ours) == len(theirs):
+        return statistics.median(a / b for a, b in zip(ours, theirs))
+    return entry["median_s"] / reference["median_s"]
+
+
 def _prefill_s(result: dict, length: str) -> float | None:
     return result["prefill"].get(length, {}).get("median_s")
 
@@ -464,8 +476,8 @@ def compare(models: dict[str, dict]) -> dict:
     ratios: dict = {"prefill_vs_floor": {}, "prefill_flops_vs_floor": {}, "decode_growth": {}}
     if floor:
         for name, r in {**students, **({"teacher": teacher} if teacher else {})}.items():
-            ratios["prefill_vs_floor"][name] = {length: _ratio(_prefill_s(r, length), _prefill_s(floor, length))
-                                                for length in r["prefill"]}
+            ratios["prefill_vs_floor"][name] = {length: paired_ratio(entry, floor["prefill"].get(length))
+                                                for length, entry in r["prefill"].items()}
             ratios["prefill_flops_vs_floor"][name] = {
                 length: _ratio(entry.get("matmul_flops"), floor["prefill"].get(length, {}).get("matmul_flops"))
                 for length, entry in r["prefill"].items()}

@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import re
+import statistics
 from pathlib import Path
 
 from bench.errors import BenchError, fail
@@ -109,6 +110,14 @@ def distill_loss(doc: dict, source: str) -> str:
     return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown([s[0] for s in spec], body)
 
 
+def _paired_ratio(entry: dict, reference: dict) -> float:
+    """`bench.perf.throughput.paired_ratio` (the median of per-round ratios, else of the medians), without torch."""
+    ours, theirs = entry.get("times_s"), reference.get("times_s")
+    if ours and theirs and len(ours) == len(theirs):
+        return statistics.median(a / b for a, b in zip(ours, theirs))
+    return entry["median_s"] / reference["median_s"]
+
+
 def throughput(doc: dict, source: str) -> str:
     s, models = doc["settings"], doc["models"]
     floor = models["floor"]["prefill"]
@@ -124,8 +133,9 @@ def throughput(doc: dict, source: str) -> str:
         m = models[name]
         row = [name]
         for n in map(str, s["lengths"]):
-            t = m["prefill"].get(n, {}).get("median_s")
-            row.append(f"{ms(t)} ({t / floor[n]['median_s']:.2f})" if t else "–")
+            entry = m["prefill"].get(n, {})
+            t, ratio = entry.get("median_s"), _paired_ratio(entry, floor[n])
+            row.append(f"{ms(t)} ({ratio:.2f})" if t else "–")
         if counted:
             flops = [m["prefill"].get(n, {}).get("matmul_flops") for n in (shortest, longest)]
             row.append(" / ".join(f"{f / floor[n]['matmul_flops']:.2f}" if f else "–"
@@ -135,7 +145,8 @@ def throughput(doc: dict, source: str) -> str:
         row += [f"{num(a)} → {num(b)} ({b / a:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
         body.append(row)
     details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
-               "× floor: prefill time over the projections-only floor's; matmul FLOPs: the products torch's "
+               "× floor: prefill time over the projections-only floor's (median of the ratios within a round, "
+               "where the report keeps them); matmul FLOPs: the products torch's "
                "FlopCounterMode counts (attention causal), over the floor's, the least a model's time can be "
                "at the floor's efficiency")
     return (caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Paired A/B of whole grid runs: the paper grid's qkv_copy seed-0 configuration at HEAD and at e262c35, alternating.
+# Run from the repository root: HEAD_TREE=<worktree at the new commit> OLD_TREE=<worktree at e262c35> OUT=<empty folder>
+#   bash results/speed/grid_wall_time_ab.sh mamba rwkv gla gated_deltanet
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+for s in "$@"; do
+  for side in head old; do
+    dir=${HEAD_TREE:?worktree of the new commit}; [ $side = old ] && dir=${OLD_TREE:?worktree of e262c35}
+    cd $dir
+    start=$(date +%s.%N)
+    python -m bench.run --student $s --init qkv_copy --seed 0 --preset grid --threads 2 --no-progress \
+      --results-dir ${OUT:?output folder}/$side/results --output-dir ${OUT:?output folder}/$side/runs > ${OUT:?output folder}/$side-$s.log 2>&1
+    rc=$?
+    end=$(date +%s.%N)
+    echo "$side $s rc=$rc wall=$(echo "$end - $start" | bc) commit=$(git rev-parse --short HEAD)"
+  done
+done

@@ -1,0 +1,33 @@
+"""Repeated runs of `python -m bench.throughput --student all --repeats 7 --threads 2` side by side: one row per
+student, one column group per run, so the spread of each ratio and verdict between runs of (nearly) the same code
+can be read off. The runs kept here differ in code only in the benchmark's FLOP count and verdict rule (848c497,
+21a8ea1, d3fb851) and in gated_deltanet/mamba decode (bf3153d, after 0f8987d).
+
+    python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
+"""
+import json
+import sys
+
+
+def row(doc, name):
+    models = doc["models"]
+    floor, teacher, m = models["floor"], models["teacher"], models[name]
+    prefill = lambda r, n: r["prefill"][n]["median_s"]
+    decode = lambda r, n: r["decode"][n]["ms_per_token"]
+    return (f"{prefill(m, '2048') / prefill(floor, '2048'):.2f} / {prefill(m, '16384') / prefill(floor, '16384'):.2f}",
+            f"{prefill(m, '1024') / prefill(teacher, '1024'):.2f}",
+            f"{decode(m, '1024') / decode(teacher, '1024'):.2f}",
+            f"{decode(m, '32768') / decode(m, '1024'):.2f}")
+
+
+docs = [json.load(open(path)) for path in sys.argv[1:]]
+docs.sort(key=lambda d: d["date"])
+students = docs[-1]["settings"]["students"]
+print("Per run (commit, date), ratios of medians: prefill × floor at 2,048 / 16,384; prefill / teacher at 1,024; decode / teacher at 1k;"
+      " decode 32k / 1k.\n")
+print("| student | " + " | ".join(f"{d['machine']['commit']} ({d['date'][:16]})" for d in docs) + " |")
+print("|---|" + "---|" * len(docs))
+for name in students:
+    if name == "attention":
+        continue
+    print(f"| {name} | " + " | ".join("; ".join(row(d, name)) for d in docs) + " |")
