@@ -258,15 +258,17 @@ def test_a_verdict_the_rounds_do_not_settle_is_within_noise_and_one_they_do_is_y
               "paired": timed("student", [1.2, 2.4, 1.2, 2.4, 1.2, 2.4, 1.2]),  # 1.2× in every round
               "slow": timed("student", [1.4, 2.8, 1.4, 2.8, 1.4, 2.8, 1.4]),
               "noisy": timed("student", [1.2, 2.4, 1.2, 3.0, 1.2, 3.0, 1.2])}  # median 1.2×; 1.5× in two rounds
+    from bench.perf.ratios import NOISE, all_of, judge, paired_ratio
+
     verdicts = throughput.check_targets(models, throughput.compare(models))["prefill_within_1.3x_floor_at_2048_and_16384"]
-    assert verdicts == {"paired": True, "slow": False, "noisy": throughput.NOISE}
+    assert verdicts == {"paired": True, "slow": False, "noisy": NOISE}
     # the ratio shown is the median of the per-round ratios (1, 1, 3), not of the medians (3 / 1)
-    assert throughput.paired_ratio({"median_s": 3.0, "times_s": [1.0, 3.0, 3.0]},
-                                   {"median_s": 1.0, "times_s": [1.0, 3.0, 1.0]}) == 1.0
-    assert throughput.judge({"median_s": 1.2}, {"median_s": 1.0}, 1.3, "median_s") is True  # older reports: medians
-    assert throughput.judge({"median_s": 1.4}, {"median_s": 1.0}, 1.3, "median_s") is False
-    assert throughput.all_of([True, throughput.NOISE, None]) == throughput.NOISE
-    assert throughput.all_of([throughput.NOISE, False]) is False and throughput.all_of([None]) is None
+    assert paired_ratio({"median_s": 3.0, "times_s": [1.0, 3.0, 3.0]},
+                        {"median_s": 1.0, "times_s": [1.0, 3.0, 1.0]}) == 1.0
+    assert judge({"median_s": 1.2}, {"median_s": 1.0}, 1.3, "median_s") is True  # older reports: medians
+    assert judge({"median_s": 1.4}, {"median_s": 1.0}, 1.3, "median_s") is False
+    assert all_of([True, NOISE, None]) == NOISE
+    assert all_of([NOISE, False]) is False and all_of([None]) is None
 
 
 @pytest.mark.parametrize("args, message", [

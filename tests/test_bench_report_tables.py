@@ -108,7 +108,6 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     doc = json.loads((tmp_path / "throughput_cpu.json").read_text())  # a report with the FLOP count
     for name, flops in (("floor", 10e9), ("teacher", 9e9), ("gla", 11.5e9)):
         doc["models"][name]["prefill"]["2048"]["matmul_flops"] = flops
-    (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     doc["models"]["gla"]["prefill"]["2048"]["times_s"] = [0.15, 0.6, 0.6]  # per round, beside the floor's
     doc["models"]["floor"]["prefill"]["2048"]["times_s"] = [0.1, 0.3, 0.3]  # paired 1.5, 2, 2: shown 2.00, not 1.50
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))

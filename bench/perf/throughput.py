@@ -35,7 +35,6 @@ import functools
 import gc
 import math
 import resource
-import statistics
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
 from kernels._backend import pick_backend
@@ -442,18 +442,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def paired_ratio(entry: dict | None, reference: dict | None) -> float | None:
-    """entry / reference for two prefill entries timed in the same round robin: the median of the per-round
-    ratios (`times_s`), which the machine's drift between rounds does not move; the ratio of the medians for
-    entries without per-round times."""
-    if not entry or not reference or not entry.get("median_s") or not reference.get("median_s"):
-        return None
-    ours, theirs = entry.get("times_s"), reference.get("times_s")
-    if ours and theirs and len(ours) == len(theirs):
-        return statistics.median(a / b for a, b in zip(ours, theirs))
-    return entry["median_s"] / reference["median_s"]
-
-
 def _prefill_s(result: dict, length: str) -> float | None:
     return result["prefill"].get(length, {}).get("median_s")
 
@@ -494,37 +482,9 @@ def compare(models: dict[str, dict]) -> dict:
     return ratios
 
 
-NOISE = "within noise"  # a verdict that the rounds of one run do not settle (`judge`)
-
-
-def judge(entry: dict | None, reference: dict | None, limit: float, field: str):
-    """Whether entry / reference ≤ limit, for two entries timed in the same round robin: True when it holds in the
-    upper quartile of the per-round ratios (`times_s` / `times_ms`, round by round), False when it fails in the
-    lower quartile, `NOISE` in between; on the medians alone (True / False) for entries without per-round
-    times; None when either was not measured. The machine's speed drifts by tens of per cent over minutes, and a
-    ratio within that drift of its limit is reported as such rather than as whichever side one median fell."""
-    if not entry or not reference or not entry.get(field) or not reference.get(field):
-        return None
-    times_key = "times_s" if field.endswith("_s") else "times_ms"
-    ours, theirs = entry.get(times_key), reference.get(times_key)
-    if not ours or not theirs or len(ours) != len(theirs):
-        return entry[field] / reference[field] <= limit
-    per_round = sorted(a / b for a, b in zip(ours, theirs))
-    lower, _, upper = statistics.quantiles(per_round, n=4, method="inclusive") if len(per_round) > 1 else per_round * 3
-    return True if upper <= limit else False if lower > limit else NOISE
-
-
-def all_of(verdicts):
-    """One verdict from several: None when none was judged, False if any fails, else `NOISE` if any is, else True."""
-    verdicts = [v for v in verdicts if v is not None]
-    if not verdicts:
-        return None
-    return False if False in verdicts else NOISE if NOISE in verdicts else True
-
-
 def check_targets(models: dict[str, dict], ratios: dict) -> dict:
-    """The issues' targets, judged on what this run measured (`judge`: True, False or `NOISE`; None where a needed
-    length was not measured).
+    """The issues' targets, judged on what this run measured (`bench.perf.ratios.judge`: True, False or
+    "within noise"; None where a needed length was not measured).
 
     Per student: prefill ≤ 1.3× the floor at 2,048 and 16,384; prefill faster than the teacher at every measured
     length ≥ 1,024; decode per token within 10% from 1k to 32k context and no slower than the teacher's at 1k.

@@ -14,11 +14,11 @@ import argparse
 import csv
 import json
 import re
-import statistics
 from pathlib import Path
 
 from bench.errors import BenchError, fail
 from bench.files import atomic_write_text
+from bench.perf.ratios import NOISE, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"^(<!-- table:(\S+?) -->\n)(.*?)^(<!-- /table:\2 -->)$", re.S | re.M)  # markers on lines of their own
@@ -110,14 +110,6 @@ def distill_loss(doc: dict, source: str) -> str:
     return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown([s[0] for s in spec], body)
 
 
-def _paired_ratio(entry: dict, reference: dict) -> float:
-    """`bench.perf.throughput.paired_ratio` (the median of per-round ratios, else of the medians), without torch."""
-    ours, theirs = entry.get("times_s"), reference.get("times_s")
-    if ours and theirs and len(ours) == len(theirs):
-        return statistics.median(a / b for a, b in zip(ours, theirs))
-    return entry["median_s"] / reference["median_s"]
-
-
 def throughput(doc: dict, source: str) -> str:
     s, models = doc["settings"], doc["models"]
     floor = models["floor"]["prefill"]
@@ -134,7 +126,7 @@ def throughput(doc: dict, source: str) -> str:
         row = [name]
         for n in map(str, s["lengths"]):
             entry = m["prefill"].get(n, {})
-            t, ratio = entry.get("median_s"), _paired_ratio(entry, floor[n])
+            t, ratio = entry.get("median_s"), paired_ratio(entry, floor[n])
             row.append(f"{ms(t)} ({ratio:.2f})" if t else "–")
         if counted:
             flops = [m["prefill"].get(n, {}).get("matmul_flops") for n in (shortest, longest)]
@@ -172,7 +164,7 @@ def distill_speed(doc: dict, source: str) -> str:
 def throughput_targets(targets: dict, students: list[str]) -> str:
     """The benchmark's own verdicts (`bench.perf.throughput.check_targets`): one column per target judged per
     student (yes / no / within noise / – where not measured), then the targets judged once."""
-    verdict = {True: "yes", False: "**no**", None: "–", "within noise": "within noise"}
+    verdict = {True: "yes", False: "**no**", None: "–", NOISE: NOISE}
     per_student = {name: value for name, value in targets.items() if isinstance(value, dict)}
     judged = [n for n in students if any(n in v for v in per_student.values())]
     rows = [[name] + [verdict[per_student[t].get(name)] for t in per_student] for name in judged]
