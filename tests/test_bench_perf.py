@@ -260,8 +260,15 @@ def test_a_verdict_the_rounds_do_not_settle_is_within_noise_and_one_they_do_is_y
               "noisy": timed("student", [1.2, 2.4, 1.2, 3.0, 1.2, 3.0, 1.2])}  # median 1.2×; 1.5× in two rounds
     from bench.perf.ratios import NOISE, all_of, judge, paired_ratio
 
-    verdicts = throughput.check_targets(models, throughput.compare(models))["prefill_within_1.3x_floor_at_2048_and_16384"]
+    ratios = throughput.compare(models)
+    verdicts = throughput.check_targets(models, ratios)["prefill_within_1.3x_floor_at_2048_and_16384"]
     assert verdicts == {"paired": True, "slow": False, "noisy": NOISE}
+    # the report's ratios are the per-round ones the verdicts read: "noisy" over its medians would be 2.4 / 1.0
+    assert ratios["prefill_vs_floor"]["noisy"]["2048"] == pytest.approx(1.2)
+    decoding = {"kind": "student", "prefill": {}, "decode": {  # per round 1, 1, 3: growth 1.0, not 3 / 1
+        "1024": {"ms_per_token": 1.0, "times_ms": [1.0, 3.0, 1.0]},
+        "32768": {"ms_per_token": 3.0, "times_ms": [1.0, 3.0, 3.0]}}}
+    assert throughput.compare({"decoding": decoding})["decode_growth"]["decoding"]["ratio"] == 1.0
     # the ratio shown is the median of the per-round ratios (1, 1, 3), not of the medians (3 / 1)
     assert paired_ratio({"median_s": 3.0, "times_s": [1.0, 3.0, 3.0]},
                         {"median_s": 1.0, "times_s": [1.0, 3.0, 1.0]}) == 1.0

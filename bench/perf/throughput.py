@@ -447,18 +447,19 @@ def _prefill_s(result: dict, length: str) -> float | None:
 
 
 def _decode_growth(result: dict) -> dict | None:
-    """Decode latency at the longest context over the one at 1k (or the shortest measured)."""
+    """Decode latency at the longest context over the one at 1k (or the shortest measured), round by round."""
     contexts = sorted(result["decode"], key=int)
     if len(contexts) < 2:
         return None
     end = contexts[-1]
     start = "1024" if "1024" in contexts[:-1] else contexts[0]
     return {"from_context": int(start), "to_context": int(end),
-            "ratio": result["decode"][end]["ms_per_token"] / result["decode"][start]["ms_per_token"]}
+            "ratio": paired_ratio(result["decode"][end], result["decode"][start], "ms_per_token")}
 
 
 def compare(models: dict[str, dict]) -> dict:
-    """Ratios between models measured in the same run: student/floor prefill, teacher/best student, decode growth."""
+    """Ratios between models measured in the same run: student/floor prefill, teacher/best student, decode growth;
+    each the median of its per-round ratios (`paired_ratio`), the same the verdicts and the report table read."""
     floor, teacher = models.get("floor"), models.get("teacher")
     students = {name: r for name, r in models.items() if r["kind"] == "student"}
     ratios: dict = {"prefill_vs_floor": {}, "prefill_flops_vs_floor": {}, "decode_growth": {}}
@@ -477,8 +478,9 @@ def compare(models: dict[str, dict]) -> dict:
         timed = {n: _prefill_s(r, longest) for n, r in candidates.items() if _prefill_s(r, longest)}
         if timed:
             best = min(timed, key=timed.get)
-            ratios["teacher_prefill_vs_best_student"] = {"length": int(longest), "best_student": best,
-                                                         "ratio": _prefill_s(teacher, longest) / timed[best]}
+            ratios["teacher_prefill_vs_best_student"] = {
+                "length": int(longest), "best_student": best,
+                "ratio": paired_ratio(teacher["prefill"][longest], candidates[best]["prefill"][longest])}
     return ratios
 
 
