@@ -110,9 +110,14 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
         doc["models"][name]["prefill"]["2048"]["matmul_flops"] = flops
     doc["models"]["gla"]["prefill"]["2048"]["times_s"] = [0.15, 0.6, 0.6]  # per round, beside the floor's
     doc["models"]["floor"]["prefill"]["2048"]["times_s"] = [0.1, 0.3, 0.3]  # paired 1.5, 2, 2: shown 2.00, not 1.50
+    doc["models"]["gla"]["decode"]["1024"]["times_ms"] = [2.0, 3.0, 1.0]  # per round 1.5, 1, 3: growth 1.50 → 1.50
+    doc["models"]["gla"]["decode"]["32768"]["times_ms"] = [3.0, 3.0, 3.0]
+    doc["models"]["teacher"]["decode"]["1024"]["times_ms"] = [2.0, 1.0, 3.0]  # per round 2, 3, 1: shown 2.00
+    doc["models"]["teacher"]["decode"]["32768"]["times_ms"] = [4.0, 3.0, 3.0]
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     counted = tables.render("throughput_cpu", tmp_path).splitlines()
     assert "| matmul FLOPs × floor 2048 / 2048 |" in counted[2]
+    assert counted[5] == "| teacher | 200 (2.00) | 0.90 / 0.90 | 4000 | 2 → 3 (2.00×) | 128 MiB |"
     assert counted[6] == "| gla | 150 (2.00) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
     grid = tables.render("grid", tmp_path).splitlines()
     assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]

@@ -134,13 +134,14 @@ def throughput(doc: dict, source: str) -> str:
                                   for f, n in zip(flops, (shortest, longest))))
         row += [num(m["train"].get(str(n), {}).get("tokens_per_s")) for n in s["train_lengths"]]
         a, b = (m["decode"].get(c, {}).get("ms_per_token") for c in (first, last))
-        row += [f"{num(a)} → {num(b)} ({b / a:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
+        growth = paired_ratio(m["decode"].get(last), m["decode"].get(first), "ms_per_token")
+        row += [f"{num(a)} → {num(b)} ({growth:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
         body.append(row)
     details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
-               "× floor: prefill time over the projections-only floor's (median of the ratios within a round, "
-               "where the report keeps them); matmul FLOPs: the products torch's "
-               "FlopCounterMode counts (attention causal), over the floor's, the least a model's time can be "
-               "at the floor's efficiency")
+               "× floor: prefill time over the projections-only floor's, and decode (×): the last context's time "
+               "over the first's, each the median of the ratios within a round where the report keeps them; "
+               "matmul FLOPs: the products torch's FlopCounterMode counts (attention causal), over the floor's, "
+               "the least a model's time can be at the floor's efficiency")
     return (caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, body)
             + "\n\n" + throughput_targets(doc["targets"], s["students"]))
 
