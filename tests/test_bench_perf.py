@@ -5,6 +5,7 @@ other checkout's own code."""
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -300,6 +301,7 @@ def test_recurrence_suite_checks_then_times_every_backend(tmp_path):
                                "--backends", "naive,chunk,triton", "--repeats", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["device"] == "cpu" and result["matmul_gflops"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["date"])  # results carry their date
     rows = {(r["op"], r["backend"]): r for r in result["rows"]}
     assert set(rows) == {(op, b) for op in ("linear_recurrence", "delta_rule") for b in ("naive", "chunk", "triton")}
     for row in rows.values():

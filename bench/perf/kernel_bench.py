@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     backends = (args.backends or ("chunk,triton,fla" if on_gpu else "naive,chunk")).split(",")
     baseline = "chunk" if on_gpu else "naive"
     print(header())
-    result = {"machine": machine(), "rows": []}
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
     if args.suite in ("recurrence", "all"):
         peak = matmul_gflops(args.device, dtype)
         result["matmul_gflops"] = peak
