@@ -49,8 +49,8 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
         g = to_chunks(log_decay.float()[..., None], N, C)
     b = g.cumsum(dim=3)  # log γ_t, (N, B, H, C, 1)
     b_last = b[:, :, :, -1:]
-    # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), solved as Uᵀ (I + L)ᵀ = Rᵀ: LAPACK is
-    # column-major, so this right-sided form on the transposed system reads and writes our row-major
+    # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), through X = ((I + L)⁻¹)ᵀ from X (I + L)ᵀ = I:
+    # LAPACK is column-major, so this right-sided form on the transposed system reads and writes our row-major
     # memory as it is (faster than the left-sided solve). Lᵀ is built directly.
     if bool((b_last >= -DENORMALS.safe_span).all()):  # γ_t/γ_s = exp(b_t − c)·exp(c − b_s), c the midpoint
         mid = b_last / 2
@@ -65,8 +65,8 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
         L_t = (kc @ kc.transpose(-1, -2)) * ratio_incl.tril(-1).transpose(-1, -2) * bc.transpose(-1, -2)
         attn = (qc @ kc.transpose(-1, -2)) * ratio_incl
 
-    # (I + L)⁻¹ once (the unit diagonal implied, never stored or read), then two batched products: cheaper than
-    # two triangular solves, forward and backward, at these C × C blocks
+    # (I + L)⁻¹ once (the unit diagonal implied, never stored or read), then two batched products: at these
+    # C × C blocks usually faster than two triangular solves (results/speed/speed_probes_2026-12-01.md)
     eye = torch.eye(C, dtype=L_t.dtype, device=L_t.device).expand_as(L_t)
     inverse = torch.linalg.solve_triangular(L_t, eye, upper=True, left=False, unitriangular=True).transpose(-1, -2)
     # new values U = u_free + w S_0 from (I + L) U = β v − β γ k S_0 (w carries the minus sign: no extra pass)
