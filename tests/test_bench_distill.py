@@ -646,6 +646,47 @@ def test_seconds_count_every_invocation_of_a_resumed_run(tmp_path, tiny_teacher_
     assert record["seconds"] >= record["train_seconds"]
 
 
+def test_phase_seconds_say_where_the_wall_time_went_and_add_up_to_it(tmp_path, tiny_teacher_dir, works_dir,
+                                                                       monkeypatch):
+    from bench.evaluation import tasks, teacher_cache
+    from students import surgery
+    from students.modeling import StudentForCausalLM
+
+    clock, ticks = {"now": 1000.0}, []
+    monkeypatch.setattr(run.time, "time", lambda: clock["now"])
+
+    def taking(seconds, function):  # `function`, with the clock moved on by `seconds` while it runs
+        def timed(*args, **kwargs):
+            clock["now"] += seconds
+            return function(*args, **kwargs)
+        return timed
+
+    real_train = train.train
+
+    def ticking_train(*args, **kwargs):
+        def tick(state, inner=kwargs["on_checkpoint"]):
+            clock["now"] += 10.0
+            ticks.append(1)
+            return inner(state)
+        return real_train(*args, **{**kwargs, "on_checkpoint": tick})
+
+    monkeypatch.setattr(surgery, "build_student", taking(13.0, surgery.build_student))
+    monkeypatch.setattr(run.train_lib, "train", ticking_train)
+    monkeypatch.setattr(run, "validation_metrics", taking(3.0, run.validation_metrics))
+    monkeypatch.setattr(teacher_cache, "teacher_scores", taking(5.0, lambda *a, **k: ({}, {}, None)))
+    monkeypatch.setattr(tasks, "evaluate_with_items", taking(11.0, lambda *a, **k: ({}, {})))
+    monkeypatch.setattr(run, "_throughput", taking(7.0, lambda *a, **k: {}))
+    monkeypatch.setattr(StudentForCausalLM, "save_pretrained", taking(2.0, StudentForCausalLM.save_pretrained))
+    assert run.main(["--student", "gla", "--run-name", "phases",
+                     *_cli(tmp_path, tiny_teacher_dir, works_dir, throughput=True)]) == 0
+    record = _record(tmp_path)
+    assert ticks
+    assert record["phase_seconds"] == {"setup": 13.0, "training": 10.0 * len(ticks), "validation": 3.0,
+                                       "evaluation_teacher": 5.0, "evaluation_student": 11.0, "throughput": 7.0,
+                                       "save": 2.0}
+    assert sum(record["phase_seconds"].values()) == pytest.approx(record["seconds"])
+
+
 def test_threads_flag_sets_torch_threads(tmp_path, tiny_teacher_dir, works_dir):
     before = torch.get_num_threads()
     try:

@@ -543,6 +543,22 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
+class PhaseClock:
+    """Seconds of this invocation by phase, back to back from the start: setup (teachers, data, surgery),
+    training (with its checkpoints and recall probes), validation, evaluation_teacher, evaluation_student,
+    throughput, save. They add up to the invocation's wall time, so a record says where a run's time went."""
+
+    def __init__(self, started: float):
+        self.seconds: dict[str, float] = {}
+        self._mark = started
+
+    def lap(self, phase: str) -> None:
+        """Close `phase` at now: it gets the seconds since the previous lap (or the start)."""
+        now = time.time()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._mark, 2)
+        self._mark = now
+
+
 def run(settings: RunSettings, args) -> dict:
     from transformers import AutoTokenizer
 
@@ -636,6 +652,8 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
     dist.barrier()
     options = stage_lib.StageOptions(**{**settings.options, "teacher_weights": tuple(settings.options["teacher_weights"])})
     invocation_started = time.time()
+    clock = PhaseClock(started)
+    clock.lap("setup")
 
     def with_seconds(state: dict) -> dict:  # seconds trained over every invocation, carried by the checkpoint
         return {**state, "train_seconds": round(seconds_before + time.time() - invocation_started, 1),
@@ -646,21 +664,25 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
     summaries = train_lib.train(plans, student, train_teachers, options, batches, config, output_dir, dist, resume,
                                 identity=identity, on_checkpoint=with_seconds, probe=probe)
     train_seconds = seconds_before + time.time() - invocation_started
+    clock.lap("training")
     record = None
     if dist.is_main:
         if sharded:  # sharded teachers need every rank in each forward; evaluation runs on rank 0 alone
             teachers = [load_teacher(t, trust_remote_code=args.trust_remote_code).to(dist.device)
                         for t in teacher_paths]
         metrics = validation_metrics(student, teachers[0], validation, max(1, settings.batch_size))
+        clock.lap("validation")
         evaluation, throughput = {}, {}
         if not args.skip_eval:
             evaluation = _evaluate(student, teachers[0], tokenizer, spec, preset, settings.teacher_fingerprints[0],
-                                   results_dir, args.no_progress)
+                                   results_dir, args.no_progress, clock)
         if not args.skip_throughput:
             throughput = _throughput(student, teachers[0], preset)
+            clock.lap("throughput")
         with atomic_directory(output_dir / "student") as staging:  # never a half-written student
             student.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
+        clock.lap("save")
         record = {"run": settings.run_name, "settings": asdict(settings), "config_hash": settings.config_hash(),
                   "lr_history": lr_history,  # [global step, per-stage peak lrs] from each (re)start on
                   "teacher_fingerprint": "+".join(settings.teacher_fingerprints),
@@ -673,7 +695,8 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
                   "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16,
                   "threads": torch.get_num_threads(),
                   "seconds": round(seconds_before + time.time() - started, 1),  # every invocation's training
-                  "train_seconds": round(train_seconds, 1), "machine": provenance.machine(),
+                  "train_seconds": round(train_seconds, 1), "phase_seconds": clock.seconds,  # this invocation
+                  "machine": provenance.machine(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)
         from bench.report import leaderboard
@@ -701,7 +724,7 @@ def recall_probe(tokenizer, length: int, n_docs: int, batch_size: int):
 
 
 def _evaluate(student, teacher, tokenizer, spec, preset: Preset, teacher_fingerprint: str, results_dir: Path,
-              quiet: bool) -> dict:
+              quiet: bool, clock: PhaseClock) -> dict:
     """Downstream scores of teacher and student with their items, families and % recovered
     (`bench.evaluation.recovery`). The evaluation sets are drawn by EvalConfig's own seed, never the training
     seed, so every run of a grid meets the same documents; the teacher's scores come from
@@ -713,7 +736,9 @@ def _evaluate(student, teacher, tokenizer, spec, preset: Preset, teacher_fingerp
                               recall_docs=preset.recall_docs)
     teacher_scores, teacher_items, cached = teacher_cache.teacher_scores(
         teacher, tokenizer, config, teacher_fingerprint, results_dir / "teacher_scores", progress=not quiet)
+    clock.lap("evaluation_teacher")  # near zero when the teacher's scores were on file
     student_scores, student_items = tasks.evaluate_with_items(student, tokenizer, config, progress=not quiet)
+    clock.lap("evaluation_student")
     return {"teacher": teacher_scores, "student": student_scores,
             "recovered": recovery.recovered(student_scores, teacher_scores),
             "summary": recovery.summary(student_scores, teacher_scores, student_items, teacher_items),
