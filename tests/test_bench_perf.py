@@ -386,3 +386,22 @@ def test_a_warm_restart_leaves_the_decoder_where_a_restart_does(teacher):
         assert decoder.cache.get_seq_length() == 10 and torch.equal(decoder.token, torch.tensor([[3]]))
         decoder()
     assert torch.equal(decoder.token, after_restart[0]) and decoder.cache.get_seq_length() == after_restart[1] == 13
+
+
+def test_distill_speed_rates_each_row_against_the_yardstick_timed_in_its_own_rounds(tmp_path, capsys):
+    from bench.perf import distill_speed
+
+    out = tmp_path / "speed.json"
+    assert distill_speed.main(["--students", "gla,mamba", "--stages", "end_to_end", "--batch", "1", "--seq-len", "16",
+                               "--repeats", "2", "--threads", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [(r["student"], r["stage"]) for r in doc["rows"]] == [("gla", "end_to_end"), ("mamba", "end_to_end")]
+    for row in doc["rows"]:
+        for mode in ("eager fp32", "default"):  # the share is of this row's own yardstick
+            achieved = row["gflop_per_step"] * row[f"{mode}_tok_s"] / row["tokens_per_step"]
+            assert row[f"{mode}_pct_yardstick"] == pytest.approx(100 * achieved / row["yardstick_gflops"][mode])
+    for mode in ("eager fp32", "default"):
+        low, high = doc["yardstick_gflops_range"][mode]
+        assert low == min(r["yardstick_gflops"][mode] for r in doc["rows"])
+        assert high == max(r["yardstick_gflops"][mode] for r in doc["rows"])
+        assert low <= doc["yardstick_gflops"][mode] <= high

@@ -80,6 +80,11 @@ def test_distill_speed_rows_show_both_paths_their_ratio_and_the_yardstick(tmp_pa
     assert "batch 8 × 512 tokens" in caption and "yardstick fp32 150, default 400 GFLOP/s" in caption
     assert header.startswith("| student | stage | eager fp32 tok/s | default (bf16 autocast) tok/s | × eager fp32")
     assert line == "| gla | end_to_end | 2500 | 4000 | 1.60 | 148 | 63% / 39% |"
+    doc = json.loads((tmp_path / "speed" / "distill_speed_cpu.json").read_text())
+    doc["yardstick_gflops_range"] = {"eager fp32": [120.0, 170.0], "default": [310.0, 455.0]}
+    (tmp_path / "speed" / "distill_speed_cpu.json").write_text(json.dumps(doc))
+    caption = tables.render("distill_speed_cpu", tmp_path).splitlines()[0]
+    assert ("yardstick fp32 150 (120–170 over the rows), default 400 (310–455 over the rows) GFLOP/s" in caption)
 
 
 def test_recurrence_rows_put_backends_side_by_side_under_a_provenance_caption(tmp_path):

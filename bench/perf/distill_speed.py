@@ -6,8 +6,8 @@
 One optimiser step of each stage (teacher forward + student forward and backward + AdamW), on the embedded
 teacher, for every student, timed in both modes with their calls interleaved (separate runs on a shared
 machine move ±20%, ratios measured side by side do not). Each mode's step FLOPs are counted by torch's
-FlopCounterMode (matmuls and attention), and achieved FLOP/s is printed beside a matmul yardstick measured
-in the same run in each mode's dtype.
+FlopCounterMode (matmuls and attention), and achieved FLOP/s is printed as a share of a matmul yardstick in
+each mode's dtype, timed in the same rounds as that row's steps (the machine's rate drifts within a run too).
 """
 from __future__ import annotations
 
@@ -22,10 +22,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.distill import stages as stage_lib
 from bench.distill.loop import autocast, use_bf16
 from bench.files import atomic_write_json
-from bench.perf.kernel_bench import matmul_gflops
 from bench.provenance import header, machine
 
 MODES = {"eager fp32": False, "default": True}  # True: the run's default precision on this device
+YARDSTICK_N = 1024  # the yardstick is one n × n × n matmul
+
+
+def yardstick_fn(dtype: torch.dtype, n: int = YARDSTICK_N):
+    """One n × n × n matrix product in `dtype` as a callable; 2n³ FLOPs per call."""
+    a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
+    return lambda: a @ b
 
 
 def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool):
@@ -82,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     teacher = students.load_teacher(str(EMBEDDED_TEACHER))
     batch = torch.randint(0, teacher.config.vocab_size, (args.batch, args.seq_len))
     default_bf16 = use_bf16(args.dtype, batch.device)
-    yardsticks = {"eager fp32": matmul_gflops("cpu", torch.float32),
-                  "default": matmul_gflops("cpu", torch.bfloat16 if default_bf16 else torch.float32)}
+    yardsticks = {"eager fp32": yardstick_fn(torch.float32),
+                  "default": yardstick_fn(torch.bfloat16 if default_bf16 else torch.float32)}
+    yardstick_flops = 2 * YARDSTICK_N ** 3
     print(header())
     print(f"batch {args.batch} x {args.seq_len}; default = {'bf16 autocast' if default_bf16 else 'fp32'}; matmul "
-          f"yardstick fp32 {yardsticks['eager fp32']:.0f} GF/s, default {yardsticks['default']:.0f} GF/s")
+          f"yardstick {YARDSTICK_N}^3 in each mode's dtype, timed in each row's rounds")
     print(f"{'student':16} {'stage':18} {'eager fp32 tok/s':>16} {'default tok/s':>14} {'x':>6} "
-          f"{'GF/step':>8} {'% yardstick fp32 / default':>27}")
+          f"{'GF/step':>8} {'% yardstick fp32 / default':>27} {'yardstick GF/s':>15}")
     rows = []
     tokens = args.batch * args.seq_len
     for name in names:
@@ -97,25 +104,32 @@ def main(argv: list[str] | None = None) -> int:
             steps = {mode: step_fn(stage, student, teacher, batch, bf16 and default_bf16)
                      for mode, bf16 in MODES.items()}
             flops = count_flops(steps["eager fp32"])
-            times = {mode: [] for mode in steps}
+            calls = {**steps, **{f"yardstick {mode}": fn for mode, fn in yardsticks.items()}}
+            times = {key: [] for key in calls}
             for _ in range(args.repeats + 1):  # the first round warms up
-                for mode, fn in steps.items():
+                for key, fn in calls.items():
                     start = time.perf_counter()
                     fn()
-                    times[mode].append(time.perf_counter() - start)
-            median = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+                    times[key].append(time.perf_counter() - start)
+            median = {key: statistics.median(t[1:]) for key, t in times.items()}
+            yardstick = {mode: yardstick_flops / median[f"yardstick {mode}"] / 1e9 for mode in steps}
             row = {"student": name, "stage": stage, "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
-                   **{f"{mode}_tok_s": tokens / median[mode] for mode in median},
-                   **{f"{mode}_pct_yardstick": 100 * flops / median[mode] / 1e9 / yardsticks[mode] for mode in median},
-                   "speedup": median["eager fp32"] / median["default"]}
+                   **{f"{mode}_tok_s": tokens / median[mode] for mode in steps},
+                   **{f"{mode}_pct_yardstick": 100 * flops / median[mode] / 1e9 / yardstick[mode] for mode in steps},
+                   "yardstick_gflops": yardstick, "speedup": median["eager fp32"] / median["default"]}
             rows.append(row)
             print(f"{name:16} {stage:18} {row['eager fp32_tok_s']:16,.0f} {row['default_tok_s']:14,.0f} "
                   f"{row['speedup']:6.2f} {flops / 1e9:8.1f} {row['eager fp32_pct_yardstick']:13.0f}% / "
-                  f"{row['default_pct_yardstick']:.0f}%", flush=True)
+                  f"{row['default_pct_yardstick']:.0f}%  {yardstick['eager fp32']:6.0f} / {yardstick['default']:.0f}",
+                  flush=True)
+    # the whole run's yardstick: the median of the rows', with their range
+    summary = {mode: statistics.median(r["yardstick_gflops"][mode] for r in rows) for mode in MODES}
+    spread = {mode: [min(r["yardstick_gflops"][mode] for r in rows), max(r["yardstick_gflops"][mode] for r in rows)]
+              for mode in MODES}
     if args.json:
         atomic_write_json(args.json, {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "settings": vars(args), "default_bf16": default_bf16, "yardstick_gflops": yardsticks,
-                                      "rows": rows})
+                                      "settings": vars(args), "default_bf16": default_bf16, "yardstick_gflops": summary,
+                                      "yardstick_gflops_range": spread, "rows": rows})
     return 0
 
 

@@ -148,8 +148,10 @@ def throughput(doc: dict, source: str) -> str:
 
 def distill_speed(doc: dict, source: str) -> str:
     """One row per student and stage: tokens/s of one optimiser step on the old path (eager fp32) and the default,
-    their ratio, and each mode's achieved share of the matmul yardstick measured in the same run."""
-    s, yard = doc["settings"], doc["yardstick_gflops"]
+    their ratio, and each mode's achieved share of the matmul yardstick timed in the row's own rounds."""
+    s, yard, spread = doc["settings"], doc["yardstick_gflops"], doc.get("yardstick_gflops_range")
+    yard_text = {mode: f"{yard[mode]:.0f}" + (f" ({spread[mode][0]:.0f}–{spread[mode][1]:.0f} over the rows)"
+                                              if spread else "") for mode in ("eager fp32", "default")}
     default = "bf16 autocast" if doc["default_bf16"] else "fp32"
     header = ["student", "stage", "eager fp32 tok/s", f"default ({default}) tok/s", "× eager fp32",
               "GFLOP/step", "% of matmul yardstick fp32 / default"]
@@ -157,8 +159,8 @@ def distill_speed(doc: dict, source: str) -> str:
              num(r["gflop_per_step"]), f"{r['eager fp32_pct_yardstick']:.0f}% / {r['default_pct_yardstick']:.0f}%"]
             for r in doc["rows"]]
     details = (f"batch {s['batch']} × {s['seq_len']} tokens, medians of {s['repeats']} interleaved steps (teacher "
-               f"forward, student forward and backward, AdamW); matmul yardstick fp32 {yard['eager fp32']:.0f}, "
-               f"default {yard['default']:.0f} GFLOP/s")
+               f"forward, student forward and backward, AdamW); matmul yardstick fp32 {yard_text['eager fp32']}, "
+               f"default {yard_text['default']} GFLOP/s")
     return caption(source, doc["machine"], doc.get("date"), details) + "\n\n" + markdown(header, rows)
 
 
