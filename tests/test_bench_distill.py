@@ -111,6 +111,28 @@ def test_attention_control_with_qkv_copy_has_zero_alignment_losses(teacher, batc
     assert teacher.config._attn_implementation != "eager"  # restored after the stage
 
 
+@pytest.mark.parametrize("name", ["matrix_mixing", "attention_output", "hidden_alignment"])
+def test_layer_local_stages_skip_the_teachers_head_and_get_the_same_loss(name, teacher, batch_ids, monkeypatch):
+    student = build_student(teacher, "gla", "random", seed=0)
+    module = stages.StageModule(stages.STAGES[name], student, [teacher], stages.StageOptions())
+    positions = []  # positions the teacher's LM head projects in each forward
+    handle = teacher.lm_head.register_forward_hook(lambda _, args, out: positions.append(args[0].shape[1]))
+    real_trace = stages.trace_teacher
+
+    def loss_of_one_step():
+        with stages.eager_attention([teacher], stages.STAGES[name].needs_attention_weights):
+            return module(batch_ids)[0]
+
+    try:
+        loss = loss_of_one_step()
+        monkeypatch.setattr(stages, "trace_teacher", lambda t, ids, logits=True: real_trace(t, ids))  # with logits
+        with_logits = loss_of_one_step()
+    finally:
+        handle.remove()
+    assert positions == [0, batch_ids.shape[1]]
+    assert torch.equal(loss, with_logits)
+
+
 @pytest.mark.parametrize("name", ["matrix_mixing", "attention_output", "hidden_alignment", "end_to_end",
                                   "attention_transfer", "multi_teacher"])
 @pytest.mark.parametrize("student_name", ["gla", "mamba"])
