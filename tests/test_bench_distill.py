@@ -152,6 +152,24 @@ def test_mixer_stages_train_only_the_mixers(teacher, batch_ids):
     assert changed and all(".mixer." in k for k in changed)
 
 
+def test_the_stages_fused_adamw_makes_the_per_tensor_update():
+    torch.manual_seed(0)
+    shapes = [(7, 5), (13,), (3, 4, 6)]
+    fused_params = [torch.randn(s, requires_grad=True) for s in shapes]
+    plain_params = [p.detach().clone().requires_grad_(True) for p in fused_params]
+    fused = train.adamw(fused_params, 1e-2, 0.1)
+    plain = torch.optim.AdamW(plain_params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(5):
+        grads = [torch.randn(s) for s in shapes]
+        for params, optimizer in ((fused_params, fused), (plain_params, plain)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(fused_params, plain_params):
+        assert_close(a, b, tol=1e-6)
+
+
 def test_budget_split_follows_the_reference_proportions():
     steps = run.split_budget(1000 * 64, ["matrix_mixing", "hidden_alignment", "end_to_end"], 64)
     assert steps == [26, 53, 920]

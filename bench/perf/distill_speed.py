@@ -4,7 +4,8 @@
         [--batch 8] [--seq-len 512] [--repeats 5] [--threads N] [--json FILE]
 
 One optimiser step of each stage (teacher forward + student forward and backward + AdamW), on the embedded
-teacher, for every student, timed in both modes with their calls interleaved (separate runs on a shared
+teacher, for every student, timed in both modes (the old path: fp32 and torch's default AdamW; the default: the
+run's precision and its fused AdamW) with their calls interleaved (separate runs on a shared
 machine move ±20%, ratios measured side by side do not). Each mode's step FLOPs are counted by torch's
 FlopCounterMode (matmuls and attention), and achieved FLOP/s is printed as a share of a matmul yardstick in
 each mode's dtype, timed in the same rounds as that row's steps (the machine's rate drifts within a run too).
@@ -20,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.distill import stages as stage_lib
-from bench.distill.loop import autocast, use_bf16
+from bench.distill.loop import adamw, autocast, use_bf16
 from bench.files import atomic_write_json
 from bench.provenance import header, machine
 
@@ -34,14 +35,16 @@ def yardstick_fn(dtype: torch.dtype, n: int = YARDSTICK_N):
     return lambda: a @ b
 
 
-def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool):
-    """One optimiser step of `stage` as a callable, with its own optimiser (the mode's precision inside)."""
+def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool, run_optimizer: bool = True):
+    """One optimiser step of `stage` as a callable, with its own optimiser: the mode's precision inside, and the
+    run's AdamW (`loop.adamw`, fused) or, for the old path, torch's default per-tensor AdamW."""
     module = stage_lib.StageModule(stage_lib.STAGES[stage], student, [teacher], stage_lib.StageOptions())
     student.requires_grad_(False)
     params = module.trainable_parameters()
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=1e-6)  # tiny: the weights barely move between timed steps
+    lr = 1e-6  # tiny: the weights barely move between timed steps
+    optimizer = adamw(params, lr, 0.01) if run_optimizer else torch.optim.AdamW(params, lr=lr)  # 0.01: torch's
     def step():
         with stage_lib.eager_attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), autocast(batch.device, bf16):
             loss, _ = module(batch)
@@ -101,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for stage in stage_names:
             student = students.build_student(teacher, name, "qkv_copy", seed=0)
-            steps = {mode: step_fn(stage, student, teacher, batch, bf16 and default_bf16)
-                     for mode, bf16 in MODES.items()}
+            steps = {mode: step_fn(stage, student, teacher, batch, is_default and default_bf16,
+                                   run_optimizer=is_default) for mode, is_default in MODES.items()}
             flops = count_flops(steps["eager fp32"])
             calls = {**steps, **{f"yardstick {mode}": fn for mode, fn in yardsticks.items()}}
             times = {key: [] for key in calls}
