@@ -120,10 +120,11 @@ def test_chunk_takes_bf16_hidden_and_computes_in_fp32():
     _assert_close(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])  # τ = 1 has its own in-place path
 @pytest.mark.parametrize("teacher_form", ["logits", "hidden"])
-def test_bf16_products_stay_within_bf16_rounding_of_the_fp32_loss(teacher_form):
+def test_bf16_products_stay_within_bf16_rounding_of_the_fp32_loss(teacher_form, temperature):
     hidden, weight, ids, teacher = _inputs(2, 37, 101, 24, 20, teacher_form)
-    kwargs = dict(temperature=2.0, kl_weight=0.7, ce_weight=0.3)
+    kwargs = dict(temperature=temperature, kl_weight=0.7, ce_weight=0.3)
     want = _value_and_grads(distill_loss_naive, hidden, weight, ids, teacher, **kwargs)
     got = _value_and_grads(functools.partial(fused_distillation_loss, backend="chunk", matmul_dtype=torch.bfloat16),
                            hidden, weight, ids, teacher, chunk_size=16, **kwargs)

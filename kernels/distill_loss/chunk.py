@@ -16,25 +16,30 @@ import torch
 IGNORE = -100  # target of the last position of each sequence: no next token
 
 
-def chunk_math_torch(logits, teacher_logits, targets, temperature, kl_coef, ce_coef, write_grad=True):
+def chunk_math_torch(logits, teacher_logits, targets, temperature, kl_coef, ce_coef, write_grad=True, scratch=None):
     """Per-chunk work in torch: returns (Σ_rows KL, Σ_valid rows CE) and overwrites `logits` (rows, V, fp32)
-    with d(loss)/d(logits) when `write_grad`. KL is at temperature τ without the τ² factor."""
-    log_q = torch.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
-    log_p = torch.log_softmax(teacher_logits.float() / temperature if temperature != 1 else teacher_logits.float(),
-                              dim=-1)
-    p = log_p.exp()
-    kl = log_p.sub_(log_q).mul_(p).sum(-1).sum()  # Σ p (log p − log q), in place to keep memory at a few chunks
-    del log_p
+    with d(loss)/d(logits) when `write_grad` (with other values when not). KL is at temperature τ without the τ²
+    factor. `scratch`: two fp32 tensors shaped like `logits` that the τ = 1 path fills in place of allocating."""
     valid = targets != IGNORE
     if temperature == 1:  # softmax(s/τ) is softmax(s): the CE reuses it (two passes over the logits fewer)
+        log_q_out, log_p_out = scratch if scratch is not None else (None, None)
+        teacher = teacher_logits.float()
+        log_q = torch.log_softmax(logits, dim=-1, out=log_q_out)
+        log_p = torch.log_softmax(teacher, dim=-1, out=log_p_out)
+        p = torch.softmax(teacher, dim=-1, out=logits)  # s is no longer needed; softmax is cheaper than exp(log p)
+        kl = log_p.sub_(log_q).mul_(p).sum(-1).sum()  # Σ p (log p − log q), in place
         picked = log_q.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
         ce = torch.where(valid, -picked, torch.zeros_like(picked)).sum()
-        if write_grad:  # (kl_coef + ce_coef·valid)·q − kl_coef·p − ce_coef·onehot(y)
-            q = log_q.exp_()
-            torch.mul(q, (kl_coef + ce_coef * valid).unsqueeze(1), out=logits).sub_(p.mul_(kl_coef))
+        if write_grad:  # (kl_coef + ce_coef·valid)·q − kl_coef·p − ce_coef·onehot(y), over p in place
+            p.mul_(-kl_coef).addcmul_(log_q.exp_(), (kl_coef + ce_coef * valid).unsqueeze(1))
             rows = valid.nonzero().squeeze(1)
             logits[rows, targets[rows]] -= ce_coef
         return kl, ce
+    log_q = torch.log_softmax(logits / temperature, dim=-1)
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    p = log_p.exp()
+    kl = log_p.sub_(log_q).mul_(p).sum(-1).sum()  # Σ p (log p − log q), in place to keep memory at a few chunks
+    del log_p
     lse = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
     ce = torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()
@@ -81,29 +86,42 @@ class FusedDistillLoss(torch.autograd.Function):
             grad_w = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if need_weight else None
             kl_sum = torch.zeros((), device=h.device, dtype=torch.float64)
             ce_sum = torch.zeros((), device=h.device, dtype=torch.float64)
+            # Every chunk-sized tensor lives in a buffer made once: on the CPU a fresh tensor of a few MiB per op
+            # is fresh pages from the kernel (glibc returns large blocks on free), page faults on first touch.
+            rows_max = min(chunk_size, N)
+            chunk_buffer = lambda dtype: torch.empty(rows_max, V, device=h.device, dtype=dtype)  # noqa: E731
+            logits_buf, scratch = chunk_buffer(torch.float32), (chunk_buffer(torch.float32), chunk_buffer(torch.float32))
+            teacher_buf = chunk_buffer(torch.float32) if teacher_logits is None else None
+            low_buf = chunk_buffer(matmul_dtype) if low else None
+            grad_w_low = torch.empty(w.shape, device=w.device, dtype=matmul_dtype) if low and need_weight else None
+
+            def product(a, b, out):  # a @ b into the fp32 `out`, through the low-precision buffer when `low`
+                if not low:
+                    return torch.mm(a, b, out=out)
+                return out.copy_(torch.mm(a, b, out=low_buf[:out.shape[0]]))
+
             for start in range(0, N, chunk_size):
                 end = min(start + chunk_size, N)
+                rows = end - start
                 hc = h[start:end].to(matmul_dtype)
-                logits = (hc @ w.T).float()
+                logits = product(hc, w.T, logits_buf[:rows])
                 teacher = teacher_rows[start:end] if teacher_logits is not None else \
-                    (teacher_rows[start:end].to(matmul_dtype) @ tw.T).float()
+                    product(teacher_rows[start:end].to(matmul_dtype), tw.T, teacher_buf[:rows])
                 kl, ce = chunk_math(logits, teacher, targets[start:end], temperature, kl_coef, ce_coef,
-                                    write_grad=need_hidden or need_weight)
+                                    write_grad=need_hidden or need_weight, scratch=[b[:rows] for b in scratch])
                 kl_sum += kl
                 ce_sum += ce
-                del teacher
                 if low:
-                    logits = logits.to(matmul_dtype)  # now d(loss)/d(logits)
+                    grad = low_buf[:rows].copy_(logits)  # now d(loss)/d(logits)
                     if need_hidden:
-                        grad_h[start:end] = logits @ w
+                        grad_h[start:end] = grad @ w
                     if need_weight:
-                        grad_w += logits.T @ hc
+                        grad_w += torch.mm(grad.T, hc, out=grad_w_low)
                 else:
                     if need_hidden:
                         torch.mm(logits, w, out=grad_h[start:end])
                     if need_weight:
                         grad_w.addmm_(logits.T, hc)
-                del logits
         kl_mean = (kl_sum / N * temperature**2).float()
         ce_mean = (ce_sum / n_ce).float() if n_ce else torch.full((), float("nan"), device=h.device)
         loss = kl_weight * kl_mean + ce_weight * ce_mean

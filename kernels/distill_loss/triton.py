@@ -77,8 +77,9 @@ def _distill_row_kernel(s_ptr, z_ptr, y_ptr, kl_ptr, ce_ptr, stride_s, stride_z,
 
 
 def chunk_math_triton(logits, teacher_logits, targets, temperature, kl_coef, ce_coef, write_grad=True,
-                      block_size=None):
-    """Same contract as `chunk.chunk_math_torch`: (Σ KL, Σ CE) and `logits` overwritten by its gradient."""
+                      block_size=None, scratch=None):
+    """Same contract as `chunk.chunk_math_torch`: (Σ KL, Σ CE) and `logits` overwritten by its gradient (one
+    pass per row in registers, so `scratch` is not used)."""
     rows, V = logits.shape
     if logits.dtype != torch.float32 or logits.stride(1) != 1:
         raise ValueError("distill_loss triton: logits must be fp32 with a contiguous vocabulary dimension")
