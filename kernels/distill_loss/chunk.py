@@ -89,7 +89,10 @@ class FusedDistillLoss(torch.autograd.Function):
             # Every chunk-sized tensor lives in a buffer made once: on the CPU a fresh tensor of a few MiB per op
             # is fresh pages from the kernel (glibc returns large blocks on free), page faults on first touch.
             rows_max = min(chunk_size, N)
-            chunk_buffer = lambda dtype: torch.empty(rows_max, V, device=h.device, dtype=dtype)  # noqa: E731
+
+            def chunk_buffer(dtype):
+                return torch.empty(rows_max, V, device=h.device, dtype=dtype)
+
             logits_buf, scratch = chunk_buffer(torch.float32), (chunk_buffer(torch.float32), chunk_buffer(torch.float32))
             teacher_buf = chunk_buffer(torch.float32) if teacher_logits is None else None
             low_buf = chunk_buffer(matmul_dtype) if low else None
