@@ -23,16 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.distill import stages as stage_lib
 from bench.distill.loop import adamw, autocast, use_bf16
 from bench.files import atomic_write_json
+from bench.perf.kernel_bench import matmul_call
 from bench.provenance import header, machine
 
 MODES = {"eager fp32": False, "default": True}  # True: the run's default precision on this device
 YARDSTICK_N = 1024  # the yardstick is one n × n × n matmul
-
-
-def yardstick_fn(dtype: torch.dtype, n: int = YARDSTICK_N):
-    """One n × n × n matrix product in `dtype` as a callable; 2n³ FLOPs per call."""
-    a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
-    return lambda: a @ b
 
 
 def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool, run_optimizer: bool = True):
@@ -91,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = students.load_teacher(str(EMBEDDED_TEACHER))
     batch = torch.randint(0, teacher.config.vocab_size, (args.batch, args.seq_len))
     default_bf16 = use_bf16(args.dtype, batch.device)
-    yardsticks = {"eager fp32": yardstick_fn(torch.float32),
-                  "default": yardstick_fn(torch.bfloat16 if default_bf16 else torch.float32)}
+    yardsticks = {"eager fp32": matmul_call("cpu", torch.float32, YARDSTICK_N),
+                  "default": matmul_call("cpu", torch.bfloat16 if default_bf16 else torch.float32, YARDSTICK_N)}
     yardstick_flops = 2 * YARDSTICK_N ** 3
     print(header())
     print(f"batch {args.batch} x {args.seq_len}; default = {'bf16 autocast' if default_bf16 else 'fp32'}; matmul "

@@ -145,11 +145,16 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
     return rows
 
 
+def matmul_call(device: str, dtype: torch.dtype, n: int):
+    """One n × n × n matrix product in `dtype` as a callable (2n³ FLOPs a call): the yardstick's work."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    return lambda: a @ b
+
+
 def matmul_gflops(device: str, dtype: torch.dtype, n: int = 1024) -> float:
     """This machine's matmul throughput in the benchmark's dtype, measured now, as the yardstick."""
     n = 8192 if device == "cuda" else n
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    t = time_call(lambda: a @ b, repeats=5)["median_s"]
+    t = time_call(matmul_call(device, dtype, n), repeats=5)["median_s"]
     return 2 * n ** 3 / t / 1e9
 
 
