@@ -663,10 +663,11 @@ def test_leftovers_of_a_killed_write_are_cleared_and_the_student_is_written_whol
     assert not [p for p in out.iterdir() if p.name.startswith(".student-")]
 
 
-def test_seconds_count_every_invocation_of_a_resumed_run(tmp_path, tiny_teacher_dir, works_dir, monkeypatch):
-    common = ["--student", "gla", "--skip-eval", "--run-name", "timed", *_cli(tmp_path, tiny_teacher_dir, works_dir)]
+def _clock_moved_by_checkpoints(monkeypatch) -> tuple[dict, list]:
+    """A fake clock for the run (`run.time.time`) that moves 10 s at each training checkpoint and otherwise only
+    when a test moves it; returns the clock and the list of checkpoints seen."""
     clock, ticks = {"now": 1000.0}, []
-    monkeypatch.setattr(run.time, "time", lambda: clock["now"])  # time only moves at checkpoints, 10 s each
+    monkeypatch.setattr(run.time, "time", lambda: clock["now"])
     real_train = train.train
 
     def ticking_train(*args, **kwargs):
@@ -677,6 +678,12 @@ def test_seconds_count_every_invocation_of_a_resumed_run(tmp_path, tiny_teacher_
         return real_train(*args, **{**kwargs, "on_checkpoint": tick})
 
     monkeypatch.setattr(run.train_lib, "train", ticking_train)
+    return clock, ticks
+
+
+def test_seconds_count_every_invocation_of_a_resumed_run(tmp_path, tiny_teacher_dir, works_dir, monkeypatch):
+    common = ["--student", "gla", "--skip-eval", "--run-name", "timed", *_cli(tmp_path, tiny_teacher_dir, works_dir)]
+    _, ticks = _clock_moved_by_checkpoints(monkeypatch)
     assert run.main([*common, "--stop-after", "3"]) == 0
     first = len(ticks)
     assert run.main([*common, "--resume"]) == 0
@@ -692,8 +699,7 @@ def test_phase_seconds_say_where_the_wall_time_went_and_add_up_to_it(tmp_path, t
     from students import surgery
     from students.modeling import StudentForCausalLM
 
-    clock, ticks = {"now": 1000.0}, []
-    monkeypatch.setattr(run.time, "time", lambda: clock["now"])
+    clock, ticks = _clock_moved_by_checkpoints(monkeypatch)
 
     def taking(seconds, function):  # `function`, with the clock moved on by `seconds` while it runs
         def timed(*args, **kwargs):
@@ -701,17 +707,7 @@ def test_phase_seconds_say_where_the_wall_time_went_and_add_up_to_it(tmp_path, t
             return function(*args, **kwargs)
         return timed
 
-    real_train = train.train
-
-    def ticking_train(*args, **kwargs):
-        def tick(state, inner=kwargs["on_checkpoint"]):
-            clock["now"] += 10.0
-            ticks.append(1)
-            return inner(state)
-        return real_train(*args, **{**kwargs, "on_checkpoint": tick})
-
     monkeypatch.setattr(surgery, "build_student", taking(13.0, surgery.build_student))
-    monkeypatch.setattr(run.train_lib, "train", ticking_train)
     monkeypatch.setattr(run, "validation_metrics", taking(3.0, run.validation_metrics))
     monkeypatch.setattr(teacher_cache, "teacher_scores", taking(5.0, lambda *a, **k: ({}, {}, None)))
     monkeypatch.setattr(tasks, "evaluate_with_items", taking(11.0, lambda *a, **k: ({}, {})))
