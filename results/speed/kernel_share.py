@@ -4,8 +4,9 @@
 
 One process per call. For each student, one optimiser step (batch 8 × 512, qkv_copy) four ways, interleaved
 round by round: the old path (eager fp32, torch's per-tensor AdamW) and the default (bf16 autocast, the run's
-fused AdamW), each with the real recurrence kernel and with a stub in its place (o = v: no mixing, no state,
-gradients still reach q, k, v's producers through v only). The kernel's cost is real − stub in each mode; the
+fused AdamW), each with the real recurrence kernel and with a stub in its place (o = v + 0 · (Σ q + Σ k + decay
++ β + bonus): no mixing, no state, but every kernel input still gets a gradient, so the backward of the
+projections, gates and decays that feed the kernel is still timed). The kernel's cost is real − stub in each mode; the
 stub's fp32 / bf16 ratio is the speed-up the rest of the step (teacher, projections, MLPs, norms, loss,
 optimiser) reaches alone. Medians over the rounds after the first. Appends one JSON line per student.
 """
@@ -39,8 +40,14 @@ args = parser.parse_args()
 REAL = {"linear_recurrence": base.linear_recurrence, "delta_rule": base.delta_rule}
 
 
-def stub(q, k, v, *args, **kwargs):  # the kernels' signature: (o, final state)
-    return v.float() * 1.0, None
+def stub(q, k, v, *args, **kwargs):
+    """(o, final state) as the kernels return them; o depends on every input (zero weight) so all get gradients."""
+    inputs = [kwargs.get(name) for name in ("log_decay", "bonus", "beta")] + list(args)
+    touch = q.float().sum(-1, keepdim=True) + k.float().sum(-1, keepdim=True)  # (B, T, H, 1)
+    for x in inputs:
+        if torch.is_tensor(x) and x.requires_grad:
+            touch = touch + x.float().sum()
+    return v.float() + 0.0 * touch, None
 
 
 def use_kernels(real: bool) -> None:
