@@ -140,7 +140,17 @@ def test_a_recorded_date_is_shown_and_a_missing_one_is_never_invented(tmp_path):
     doc["date"] = "2026-11-27"
     (tmp_path / "kernels_cpu.json").write_text(json.dumps(doc))
     assert "date 2026-11-27;" in tables.render("kernels_cpu", tmp_path)
-    assert "date: not recorded" in tables.render("kernels_h100_distill_loss", tmp_path)
+    assert "date: not recorded;" in tables.render("kernels_h100_distill_loss", tmp_path)
+    # a file measured before dates were written may carry a bound from the repository's history; shown as a bound
+    loss = json.loads((tmp_path / "kernels_h100_distill_loss.json").read_text())
+    loss["date_bound"] = {"after": "2026-11-26T16:15Z", "before": "2026-11-26T16:51Z", "evidence": "commit dates"}
+    (tmp_path / "kernels_h100_distill_loss.json").write_text(json.dumps(loss))
+    assert ("date: not recorded (measured between 2026-11-26T16:15Z and 2026-11-26T16:51Z: commit dates);"
+            in tables.render("kernels_h100_distill_loss", tmp_path))
+    doc["date_bound"] = loss["date_bound"]  # a recorded date wins over a bound
+    (tmp_path / "kernels_cpu.json").write_text(json.dumps(doc))
+    rendered = tables.render("kernels_cpu", tmp_path)
+    assert "date 2026-11-27;" in rendered and "between" not in rendered
 
 
 @pytest.mark.parametrize("content", [None, "{", '{"machine": {}}'], ids=["missing", "not-json", "no-rows"])
