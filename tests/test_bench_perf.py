@@ -140,6 +140,25 @@ def test_models_measured_side_by_side_report_as_when_measured_alone(teacher):
     assert together["teacher"]["decode"]["48"]["state_bytes"] == 6 * together["teacher"]["decode"]["8"]["state_bytes"]
 
 
+def test_each_block_runs_a_model_once_untimed_then_only_the_timed_repeats(teacher):
+    """The memory call is the warm-up: prefill and training run 1 + repeats calls per length (plus the FLOP count's
+    one prefill), decode 1 + repeats calls of `decode_steps` tokens per context, each timed call after its warm
+    restart's few untimed steps. A second warm-up round would cost every run's throughput sweep a call per block."""
+    student = students.build_student(teacher, "gla", init="random", seed=0)
+    calls = []
+    student.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs.get("input_ids", args[0] if args
+                                                                                            else None).shape[1]),
+                                      with_kwargs=True)
+    repeats, steps = 3, 2
+    throughput.measure(student, "student", (16,), (8,), repeats=repeats, dtype=torch.float32, decode_steps=steps,
+                       train_lengths=(24,))
+    assert calls.count(16) == 1 + repeats + 1  # memory call, timed calls, FLOP count
+    assert calls.count(24) == 1 + repeats  # training: memory call, timed calls
+    assert calls.count(8) == 1  # the cache filled to the context once
+    single = calls.count(1)
+    assert single == (1 + repeats) * steps + repeats * throughput.WARM_STEPS, single
+
+
 @pytest.mark.parametrize("name", ["teacher", "gla", "attention", "hybrid"])
 def test_a_rewound_cache_decodes_the_same_tokens_from_the_same_context(teacher, name):
     """Timed decode calls restart from context N: after `rewinder`'s function the same steps give the same

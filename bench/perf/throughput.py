@@ -21,11 +21,11 @@ For every model, batch 1:
 
 The floor is the same model with a mixer that costs nothing beyond its projections (`FloorMixer`: q/k/v/o
 projections, o = v, no token mixing), so "student / floor" is the price of a student's token mixing.
-Every timing is a median over repeats after a warm-up, with its spread, the models measured together taking
-turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them alike), and in decode
-every (model, context) pair takes its turn, a model's contexts back to back, so growth with context is measured
-side by side too; every result carries the machine header (device, threads, torch, commit), dtype and the backend
-actually used.
+Every timing is a median over repeats after a warm-up (the untimed memory call), with its spread, the models
+measured together taking turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them
+alike), and in decode every (model, context) pair takes its turn, a model's contexts back to back, so growth with
+context is measured side by side too; every result carries the machine header (device, threads, torch, commit),
+dtype and the backend actually used.
 """
 from __future__ import annotations
 
@@ -332,8 +332,9 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         ids = random_tokens(length)
         calls = {name: functools.partial(model, ids, use_cache=False) for name, (model, _) in models.items()}
         with torch.no_grad():
+            # The untimed memory call is each model's warm-up for this block: no second warm-up round.
             memory = {name: memory_of(call) for name, call in calls.items()}
-            record("prefill", length, calls, memory, time_round_robin(calls, repeats), length)
+            record("prefill", length, calls, memory, time_round_robin(calls, repeats, warmup=0), length)
         prefill_ids[length] = ids
 
     with ExitStack() as trainable:
@@ -342,8 +343,8 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         for length in train_lengths:
             ids = random_tokens(length)
             calls = {name: functools.partial(_train_step, model, ids) for name, (model, _) in models.items()}
-            memory = {name: memory_of(call) for name, call in calls.items()}
-            record("train", length, calls, memory, time_round_robin(calls, repeats), length)
+            memory = {name: memory_of(call) for name, call in calls.items()}  # the warm-up, as in prefill
+            record("train", length, calls, memory, time_round_robin(calls, repeats, warmup=0), length)
 
     with torch.no_grad():
         # Every (model, context) pair gets its own filled cache, and all pairs take turns in one round robin,
@@ -364,7 +365,9 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
             del cache
         # Before each timed call, untimed: the cache put back and a few steps decoded, so every call starts warm
         # (the model's weights in the last-level cache, as in continuous decoding) whichever model ran before it.
-        timings = time_round_robin(decoders, repeats, before={key: d.warm_restart for key, d in decoders.items()})
+        # (The memory call above was each decoder's first call, so no warm-up round either.)
+        timings = time_round_robin(decoders, repeats, warmup=0,
+                                   before={key: d.warm_restart for key, d in decoders.items()})
         for (name, context), timing in timings.items():
             model, kind = models[name]
             entry = {"context_tokens": context, "decode_steps": decode_steps,
