@@ -1,0 +1,64 @@
+"""Compare re-run grid records with the paper grid's records of the same runs (issue 19: the grid's wall time).
+
+    python results/speed/grid_rerun_summary.py RERUN_RESULTS_DIR [--json results/speed/grid_rerun_<commit>.json]
+
+RERUN_RESULTS_DIR is the `--results-dir` of a `bench.sweep` re-run; each of its `runs/*.json` is matched by run
+name with `results/runs/` (the grid's records, e262c35). Prints run time, training time and validation KL per run
+and in total, and optionally writes them to a JSON file with both sides' commits and dates and the machine.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+parser = argparse.ArgumentParser()
+parser.add_argument("rerun", type=Path)
+parser.add_argument("--json", type=Path)
+args = parser.parse_args()
+
+
+
+def end_to_end_rate(record: dict) -> float:
+    """The end_to_end stage's tokens over its seconds (recall probes and checkpoints included, as the record has it)."""
+    stage = next(s for s in record["stages"] if s["stage"] == "end_to_end")
+    return round(stage["tokens"] / stage["seconds"], 1)
+
+
+rows = []
+for new_file in sorted((args.rerun / "runs").glob("*.json")):
+    old_file = ROOT / "results" / "runs" / new_file.name
+    if not old_file.exists():
+        continue
+    new, old = json.loads(new_file.read_text()), json.loads(old_file.read_text())
+    rows.append({"run": new["run"], "student": new["settings"]["student"], "init": new["settings"]["init"],
+                 "stages": "+".join(stage["stage"] for stage in new["stages"]),
+                 **{side: {"seconds": rec["seconds"], "train_seconds": rec["train_seconds"], "date": rec["date"],
+                           "commit": rec["machine"]["commit"], "val_kl": rec["metrics"]["val_kl"],
+                           "end_to_end_tokens_per_s": end_to_end_rate(rec), "phase_seconds": rec.get("phase_seconds")}
+                    for side, rec in (("old", old), ("new", new))}})
+rows.sort(key=lambda r: r["new"]["date"])
+print("| student | init | old: run s (training s) | new: run s (training s) | run × | training × "
+      "| end_to_end tok/s old / new | val KL old / new |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    o, n = r["old"], r["new"]
+    init = r["init"] + ("+matrix_mixing" if "matrix_mixing" in r["stages"] else "")
+    print(f"| {r['student']} | {init} | {o['seconds']:.1f} ({o['train_seconds']:.1f}) | {n['seconds']:.1f} "
+          f"({n['train_seconds']:.1f}) | {o['seconds'] / n['seconds']:.2f} | {o['train_seconds'] / n['train_seconds']:.2f} "
+          f"| {o['end_to_end_tokens_per_s']:,.0f} / {n['end_to_end_tokens_per_s']:,.0f} "
+          f"| {o['val_kl']:.4f} / {n['val_kl']:.4f} |")
+total = {side: sum(r[side]["seconds"] for r in rows) for side in ("old", "new")}
+train = {side: sum(r[side]["train_seconds"] for r in rows) for side in ("old", "new")}
+if rows:
+    kl = [r["new"]["val_kl"] - r["old"]["val_kl"] for r in rows]
+    print(f"\n{len(rows)} runs: run time {total['old']:,.0f} → {total['new']:,.0f} s ({total['old'] / total['new']:.2f}×), "
+          f"training {train['old']:,.0f} → {train['new']:,.0f} s ({train['old'] / train['new']:.2f}×); "
+          f"val KL new − old {min(kl):+.4f} … {max(kl):+.4f}")
+if args.json and rows:
+    first = json.loads(sorted((args.rerun / "runs").glob("*.json"))[0].read_text())
+    args.json.write_text(json.dumps({
+        "what": "paper-grid runs re-run at a later commit, matched by run name with the grid's records",
+        "machine": first["machine"], "old_commits": sorted({r["old"]["commit"] for r in rows}),
+        "new_commits": sorted({r["new"]["commit"] for r in rows}), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": rows, "total_seconds": total, "train_seconds": train}, indent=1) + "\n")
