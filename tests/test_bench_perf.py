@@ -145,10 +145,12 @@ def test_each_block_runs_a_model_once_untimed_then_only_the_timed_repeats(teache
     one prefill), decode 1 + repeats calls of `decode_steps` tokens per context, each timed call after its warm
     restart's few untimed steps. A second warm-up round would cost every run's throughput sweep a call per block."""
     student = students.build_student(teacher, "gla", init="random", seed=0)
-    calls = []
-    student.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs.get("input_ids", args[0] if args
-                                                                                            else None).shape[1]),
-                                      with_kwargs=True)
+    calls = []  # the length of every forward call's input
+
+    def count(module, args, kwargs):
+        calls.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[1])
+
+    student.register_forward_pre_hook(count, with_kwargs=True)
     repeats, steps = 3, 2
     throughput.measure(student, "student", (16,), (8,), repeats=repeats, dtype=torch.float32, decode_steps=steps,
                        train_lengths=(24,))

@@ -65,9 +65,11 @@ def values(rows: list[dict], *keys) -> str:
     return ", ".join(f"{k}=" + "/".join(dict.fromkeys(str(r.get(k)) for r in rows)) for k in keys)
 
 
-def caption(source: str, machine: dict, date, details: str, date_bound: dict | None = None) -> str:
-    """`date_bound` ({"after": time, "before": time, "evidence": why}) bounds the date of a file measured before the
-    benchmark wrote one, from the history of the repository (the commit it was measured at, the commit that added it)."""
+def caption(source: str, doc: dict, details: str) -> str:
+    """The provenance line of a results document: its machine, and its date or else "date: not recorded", with the
+    document's `date_bound` ({"after": time, "before": time, "evidence": why}) where it has one (files measured before
+    the benchmark wrote dates, bounded from the repository's history)."""
+    machine, date, date_bound = doc["machine"], doc.get("date"), doc.get("date_bound")
     when = f"date {date}" if date else "date: not recorded"
     if not date and date_bound:
         when += f" (measured between {date_bound['after']} and {date_bound['before']}: {date_bound['evidence']})"
@@ -101,7 +103,7 @@ def recurrence(doc: dict, source: str) -> str:
         body.append([case[0], case[1], str(case[2])] + cells + form)
     details = (values(rows, "B", "H", "K", "V", "dtype") + f"; speed-ups over {base}"
                + (f"; matmul yardstick {num(peak)} GFLOP/s" if peak else ""))
-    return caption(source, doc["machine"], doc.get("date"), details, doc.get("date_bound")) + "\n\n" + markdown(header, body)
+    return caption(source, doc, details) + "\n\n" + markdown(header, body)
 
 
 def distill_loss(doc: dict, source: str) -> str:
@@ -112,7 +114,7 @@ def distill_loss(doc: dict, source: str) -> str:
     spec = [s for s in spec if any(s[1] in r for r in rows)]
     body = [[fmt(r.get(field)) for _, field, fmt in spec] for r in rows]
     details = values(rows, "B", "T", "V", "D") + "; speed and memory relative to naive"
-    return (caption(source, doc["machine"], doc.get("date"), details, doc.get("date_bound")) + "\n\n"
+    return (caption(source, doc, details) + "\n\n"
             + markdown([s[0] for s in spec], body))
 
 
@@ -148,7 +150,7 @@ def throughput(doc: dict, source: str) -> str:
                "over the first's, each the median of the ratios within a round where the report keeps them; "
                "matmul FLOPs: the products torch's FlopCounterMode counts (attention causal), over the floor's, "
                "the least a model's time can be at the floor's efficiency")
-    return (caption(source, doc["machine"], doc.get("date"), details, doc.get("date_bound")) + "\n\n" + markdown(header, body)
+    return (caption(source, doc, details) + "\n\n" + markdown(header, body)
             + "\n\n" + throughput_targets(doc["targets"], s["students"]))
 
 
@@ -167,7 +169,7 @@ def distill_speed(doc: dict, source: str) -> str:
     details = (f"batch {s['batch']} × {s['seq_len']} tokens, medians of {s['repeats']} interleaved steps (teacher "
                f"forward, student forward and backward, AdamW); matmul yardstick fp32 {yard_text['eager fp32']}, "
                f"default {yard_text['default']} GFLOP/s")
-    return caption(source, doc["machine"], doc.get("date"), details, doc.get("date_bound")) + "\n\n" + markdown(header, rows)
+    return caption(source, doc, details) + "\n\n" + markdown(header, rows)
 
 
 def throughput_targets(targets: dict, students: list[str]) -> str:
