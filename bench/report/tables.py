@@ -114,8 +114,7 @@ def distill_loss(doc: dict, source: str) -> str:
     spec = [s for s in spec if any(s[1] in r for r in rows)]
     body = [[fmt(r.get(field)) for _, field, fmt in spec] for r in rows]
     details = values(rows, "B", "T", "V", "D") + "; speed and memory relative to naive"
-    return (caption(source, doc, details) + "\n\n"
-            + markdown([s[0] for s in spec], body))
+    return caption(source, doc, details) + "\n\n" + markdown([s[0] for s in spec], body)
 
 
 def throughput(doc: dict, source: str) -> str:
