@@ -693,6 +693,41 @@ def test_seconds_count_every_invocation_of_a_resumed_run(tmp_path, tiny_teacher_
     assert record["seconds"] >= record["train_seconds"]
 
 
+def test_stage_rates_count_training_steps_only_over_every_invocation(tmp_path, tiny_teacher_dir, works_dir,
+                                                                     monkeypatch):
+    """With a clock that moves 1 s per training forward, 10 s per checkpoint and 100 s per recall probe, each
+    stage's tokens/s is tokens over its steps' seconds, across a stop and a resume."""
+    clock, ticks = _clock_moved_by_checkpoints(monkeypatch)
+    real_forward, real_train = stages.StageModule.forward, run.train_lib.train
+
+    def forward_taking_a_second(self, *args, **kwargs):
+        clock["now"] += 1.0
+        return real_forward(self, *args, **kwargs)
+
+    def train_with_slow_probes(*args, **kwargs):
+        def probe(student, inner=kwargs["probe"]):
+            clock["now"] += 100.0
+            return inner(student)
+        return real_train(*args, **{**kwargs, "probe": probe})
+
+    monkeypatch.setattr(stages.StageModule, "forward", forward_taking_a_second)
+    monkeypatch.setattr(run.train_lib, "train", train_with_slow_probes)
+    common = ["--student", "gla", "--skip-eval", "--run-name", "rates", "--checkpoint-every", "5",
+              *_cli(tmp_path, tiny_teacher_dir, works_dir)]
+    assert run.main([*common, "--stop-after", "12"]) == 0
+    assert run.main([*common, "--resume"]) == 0
+    record = _record(tmp_path)
+    for stage in record["stages"]:
+        assert stage["step_seconds"] == stage["steps"]  # the stopped step's forward counts once, when it is redone
+        assert stage["tokens_per_s"] == pytest.approx(stage["tokens"] / stage["steps"])
+        assert stage["probe_seconds"] == 100.0 * len(stage["probes"])
+    # every checkpoint's 10 s but those of the one the stop wrote (the clock moved after it was saved) and of
+    # the one written after the last stage, once training is over
+    assert sum(s["checkpoint_seconds"] for s in record["stages"]) == 10.0 * (len(ticks) - 2)
+    parts = sum(s["step_seconds"] + s["probe_seconds"] + s["checkpoint_seconds"] for s in record["stages"])
+    assert sum(s["seconds"] for s in record["stages"]) == parts + 1.0  # + the stopped step's first forward
+
+
 def test_phase_seconds_say_where_the_wall_time_went_and_add_up_to_it(tmp_path, tiny_teacher_dir, works_dir,
                                                                        monkeypatch):
     from bench.evaluation import tasks, teacher_cache

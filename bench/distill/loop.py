@@ -173,6 +173,23 @@ def _truncate_log(log_path: Path, global_step: int) -> None:
         atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
 
+@dataclass
+class StageClock:
+    """Where a stage's wall time went, in seconds: its training steps (batch, forward, backward, update), the
+    recall probes and the checkpoints, and all of it (`seconds`, which also covers building the stage).
+    A checkpoint carries the clock, so a resumed stage's totals cover every invocation; `tokens_per_s` is
+    the training rate (tokens over training-step seconds), not diluted by probes or checkpoint writes."""
+
+    seconds: float = 0.0
+    step_seconds: float = 0.0
+    probe_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+
+    def summary(self, tokens: int) -> dict:
+        return {**{name: round(value, 2) for name, value in asdict(self).items()},
+                "tokens_per_s": round(tokens / self.step_seconds, 1) if self.step_seconds > 0 else None}
+
+
 PLATEAU_TOLERANCE = 0.02  # a stage has plateaued when its last tenth of steps is < 2% below the tenth before
 
 
@@ -224,11 +241,12 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         for p in params:
             p.requires_grad_(True)
         optimizer = adamw(params, plan.lr, config.weight_decay)
-        start, history, probes, shown = 0, [], [], {}
+        start, history, probes, shown, clock = 0, [], [], {}, StageClock()
         resumed_here = resume is not None and stage_index == first_stage
         if resumed_here:
             start, history = resume["step"], list(resume["history"])
             probes = list(resume.get("probes", []))
+            clock = StageClock(**resume.get("stage_clock", {}))  # checkpoints written before the clock: from zero
             saved = torch.load(Path(resume["path"]) / "optimizer.pt", weights_only=True)
             torch.set_rng_state(saved["rng"])
             if start > 0:  # mid-stage; at a stage boundary the saved optimiser belongs to the previous stage
@@ -242,9 +260,10 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         student.train()
         bar = tqdm(total=plan.steps, initial=start, desc=plan.name, disable=not (config.progress and dist.is_main),
                    dynamic_ncols=True)
-        stage_started, stage_tokens = time.time(), 0
+        stage_started, seconds_before = time.time(), clock.seconds
 
         def run_probe(step: int) -> None:
+            began = time.time()
             if dist.is_main:
                 student.eval()
                 with torch.no_grad():
@@ -255,22 +274,27 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps({"stage": plan.name, "step": step, "global_step": global_step,
                                              "probe": values}) + "\n")
+            clock.probe_seconds += time.time() - began
 
         def checkpoint(step: int, rng_state: torch.Tensor) -> None:
+            began = time.time()
             if dist.is_main:
+                clock.seconds = seconds_before + began - stage_started
                 state = extra({"stage_index": stage_index, "step": step, "history": list(history),
-                               "probes": list(probes), "summaries": summaries, "identity": identity})
+                               "probes": list(probes), "summaries": summaries, "identity": identity,
+                               "stage_clock": asdict(clock)})
                 save_checkpoint(checkpoint_dir, student, module, optimizer, state, rng_state)
             dist.barrier()
+            clock.checkpoint_seconds += time.time() - began
 
         with stage_lib.eager_attention(teachers, plan.stage.needs_attention_weights):
             for step in range(start, plan.steps):
+                step_started, overhead_before = time.time(), clock.probe_seconds + clock.checkpoint_seconds
                 rng_state = torch.get_rng_state()  # before the forward: a resume repeats it exactly
                 lr = learning_rate(step, plan.steps, plan.lr, config.schedule, config.warmup_fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 ids = batches(global_step, dist.rank, dist.world_size).to(dist.device)
-                tick = time.time()
                 with autocast(dist.device, config.bf16):
                     loss, metrics = wrapped(ids)
                 loss_value = dist.mean(loss.detach().float()).item()
@@ -297,8 +321,9 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
                 global_step += 1
-                stage_tokens += tokens_per_step
-                elapsed = time.time() - tick
+                # the step's own time: a probe or checkpoint taken inside it is not training
+                elapsed = time.time() - step_started - (clock.probe_seconds + clock.checkpoint_seconds - overhead_before)
+                clock.step_seconds += elapsed
                 history.append(round(loss_value, 6))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / max(elapsed, 1e-9):.0f}", **shown)
@@ -312,12 +337,12 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
         if probe is not None and plan.steps > 0:
             run_probe(plan.steps)
         bar.close()
+        clock.seconds = seconds_before + time.time() - stage_started
         summaries.append({"stage": plan.name, "steps": plan.steps, "tokens": plan.steps * tokens_per_step,
                           "lr": plan.lr, "first_loss": history[0] if history else None,
                           "last_loss": history[-1] if history else None,
                           "mean_last_10": sum(history[-10:]) / max(1, len(history[-10:])),
-                          "plateau": plateau(history), "seconds": round(time.time() - stage_started, 2),
-                          "tokens_per_s": round(plan.steps * tokens_per_step / max(time.time() - stage_started, 1e-9), 1),
+                          "plateau": plateau(history), **clock.summary(plan.steps * tokens_per_step),
                           "losses": history, "probes": probes})
         if stage_index + 1 == len(plans) and dist.is_main and _all_finite(student.parameters()):
             # Training is over: a resume (e.g. after a crash during evaluation) goes straight to evaluation.

@@ -779,10 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         print(str(error), file=sys.stderr)
         return 0
     if record is not None:
-        for stage in record["stages"]:  # the cost per token of each stage, measured in this run
+        for stage in record["stages"]:  # the cost per token of each stage: tokens over its training steps' seconds
             flat = stage.get("plateau", {})
             print(f"  {stage['stage']:18} {stage['steps']:6} steps {stage['tokens']:>10,} tokens "
-                  f"{stage.get('tokens_per_s', 0):>8,.0f} tok/s  loss {stage['first_loss']} -> {stage['last_loss']}"
+                  f"{stage.get('tokens_per_s') or 0:>8,.0f} tok/s  loss {stage['first_loss']} -> {stage['last_loss']}"
                   f"{'  (plateaued)' if flat.get('plateaued') else ''}")
         m = record["metrics"]
         print(f"{settings.run_name}: val KL {m['val_kl']:.4f}, student ppl {m['val_ppl_student']:.2f}, "
