@@ -35,11 +35,29 @@ def _version(module: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` says (often only the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    """Device, threads, versions and commit. On CPU also the vector ISA torch dispatches to (AVX2, AVX512, …)
+    and whether oneDNN has bf16 kernels: they set a CPU's speed and what `--dtype auto` resolves to, and a
+    shared machine's model name alone does not tell them apart."""
+    cuda = torch.cuda.is_available()
+    cpu = {} if cuda else {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "cpu_bf16_kernels": bool(torch.backends.mkldnn.is_available()
+                                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())}
     return {
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "device_name": device,
+        "device": "cuda" if cuda else "cpu",
+        "device_name": torch.cuda.get_device_name(0) if cuda else cpu_model(),
+        **cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -600,6 +600,30 @@ def test_run_names_carry_every_setting_that_changes_the_result(tmp_path, tiny_te
     assert name("--seed", "1").replace("seed1", "seed0") == base  # seeds of one configuration share the hash
 
 
+def test_the_identity_holds_the_precision_auto_resolves_to_on_this_machine(tmp_path, tiny_teacher_dir, works_dir,
+                                                                           monkeypatch):
+    def settings(has_bf16, *extra):
+        monkeypatch.setattr(run.train_lib, "use_bf16", lambda dtype, device: dtype == "bf16" or
+                            (dtype == "auto" and has_bf16))
+        args = run.build_parser().parse_args(["--student", "gla", *_cli(tmp_path, tiny_teacher_dir, works_dir), *extra])
+        return run.settings_from_args(args)
+
+    with_bf16, without = settings(True), settings(False)
+    assert (with_bf16.dtype, without.dtype) == ("bf16", "fp32")
+    assert with_bf16.run_name != without.run_name  # one flag, two computations: two names, two records
+    assert settings(True, "--dtype", "bf16").run_name == with_bf16.run_name
+    assert settings(True, "--dtype", "fp32").run_name == without.run_name
+
+
+def test_machine_names_the_cpu_features_that_set_speed_and_precision():
+    from bench import provenance
+
+    found = provenance.machine()
+    if found["device"] == "cpu":
+        assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert isinstance(found["cpu_bf16_kernels"], bool) and found["device_name"]
+
+
 def test_resume_refuses_other_settings_and_may_lower_the_learning_rate(tmp_path, tiny_teacher_dir, works_dir, capsys):
     common = [*_cli(tmp_path, tiny_teacher_dir, works_dir), "--run-name", "fixed", "--skip-eval"]
     assert run.main(["--student", "gla", *common, "--stop-after", "3"]) == 0

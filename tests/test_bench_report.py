@@ -107,6 +107,17 @@ def test_a_cell_whose_seeds_ran_on_different_commits_or_a_dirty_tree_is_flagged(
                      "dirty0": ("dirty tree", "True")}
 
 
+def test_a_cell_whose_seeds_ran_in_different_precisions_is_flagged(tmp_path):
+    # records from before the identity held what `--dtype auto` resolved to share a config hash across machines
+    for seed, bf16 in ((0, True), (1, False)):
+        _write(tmp_path, {**_record(f"auto{seed}", "gla", seed=seed), "bf16": bf16})
+    for seed in (0, 1):
+        _write(tmp_path, {**_record(f"same{seed}", "mamba", seed=seed), "bf16": True})
+    flags = {r["run_id"]: (r["cell_flag"], r["dtype"]) for r in csv.DictReader(open(leaderboard.rebuild(tmp_path)))}
+    assert flags == {"auto0": ("mixed precision", "bf16"), "auto1": ("mixed precision", "fp32"),
+                     "same0": ("", "bf16"), "same1": ("", "bf16")}
+
+
 def test_a_cell_interval_spans_the_seeds_bootstrap_intervals_else_their_range():
     with_items = [{"x": 50.0, "x_lo": 45.0, "x_hi": 55.0}, {"x": 60.0, "x_lo": 52.0, "x_hi": 70.0}]
     assert leaderboard.cell_value(with_items, "x") == leaderboard.CellValue(55.0, 45.0, 70.0, "bootstrap", 2)

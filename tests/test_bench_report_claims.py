@@ -91,7 +91,7 @@ def test_render_shows_every_claim_with_its_verdict_and_flags():
     rows = _grid({"xlstm": [80, 82], "gla": [78, 80], "metala": [79, 81], "mamba": [50, 52]}, flag="mixed commits")
     text = claims.render(rows, "leaderboard.csv")
     lines = text.splitlines()
-    assert "† the seeds of a cell ran on different commits or a dirty tree (4 of 4 cells)" in lines[0]
+    assert "† the seeds of a cell ran on different commits, a dirty tree or in different precisions (4 of 4 cells)" in lines[0]
     assert len(lines) == 4 + len(claims.findings(rows))
     assert "| xLSTM, GLA and MetaLA are the best students | xlstm† 81.0 [80.0, 82.0]" in text
     assert all(line.endswith(("**reproduced** |", "**differs** |", "**not measurable** |")) for line in lines[4:])

@@ -35,10 +35,11 @@ def _write_results(directory):
     with open(directory / "leaderboard.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["student", "init", "stages", "seed", "val_kl", "pct_language", "pct_recall",
                                          "pct_cloze", "pct_recovered", "pct_recovered_lo", "pct_recovered_hi", "c_0.05",
-                                         "alpha_star", "cell_flag", "device", "torch", "commit", "date", "tokens",
-                                         "seconds"])
+                                         "alpha_star", "cell_flag", "device", "dtype", "torch", "commit", "date",
+                                         "tokens", "seconds"])
         writer.writeheader()
-        common = dict(stages="hidden_alignment+end_to_end", device="x86_64", torch="2.13.0+cpu", tokens=1000, seconds=600)
+        common = dict(stages="hidden_alignment+end_to_end", device="x86_64", dtype="bf16", torch="2.13.0+cpu", tokens=1000,
+                      seconds=600)
         for seed, kl, day, pct in ((0, 0.4, "2026-11-26T00:00:00Z", 50.0), (1, 0.6, "2026-11-27T00:00:00Z", 52.0)):
             writer.writerow(dict(student="gla", init="qkv_copy", seed=seed, val_kl=kl, pct_language=90.0, pct_recall=10.0,
                                  pct_cloze=50.0, pct_recovered=pct, **{"c_0.05": 0.25}, alpha_star=0.9, commit="abc1234",
@@ -124,7 +125,7 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     assert counted[6] == "| gla | 150 (2.00) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
     grid = tables.render("grid", tmp_path).splitlines()
     assert "5 runs" in grid[0] and "dates 2026-11-26T00:00:00Z … 2026-11-27T00:00:00Z" in grid[0]
-    assert "† seeds on different commits or a dirty tree" in grid[0]
+    assert "† seeds on different commits, a dirty tree or in different precisions" in grid[0]
     assert "run time 0.8 h in all (seed 0 30 min, seed 1 20 min)" in grid[0]  # summed from the runs' seconds
     assert grid[2].startswith("| student | val KL random | val KL qkv_copy | language (qkv_copy) | recall (qkv_copy)")
     assert grid[4] == "| xlstm † | – | 0.300 ± 0.000 | – | – | – | 60.0% [55.0, 67.0] | – / – |"  # bootstrap span

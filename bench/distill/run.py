@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-tokens", type=int, default=None,
                    help="--select kl|recall: the token budget of each one-layer ranking run (default: a tenth of --tokens)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on GPUs that support it), fp32, bf16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 autocast on GPUs and CPUs with bf16 kernels, else fp32), fp32, bf16")
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="checkpoints, logs, the student")
     p.add_argument("--results-dir", type=Path, default=provenance.REPO_ROOT / "results", help="run records, leaderboard")
     p.add_argument("--run-name", default=None)
@@ -316,6 +317,14 @@ def teacher_fingerprint(name: str) -> str:
     return provenance.weights_fingerprint(path)
 
 
+def resolved_dtype(requested: str) -> str:
+    """The precision a run computes in: `--dtype auto` resolved on this machine (bf16 autocast where bf16
+    matmuls pay, else fp32; `loop.use_bf16`). The run's identity holds it, so runs that `auto` sent to
+    different precisions on different machines never share a name, a record or a checkpoint."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as `Distributed.from_env` picks
+    return "bf16" if train_lib.use_bf16(requested, device) else "fp32"
+
+
 def settings_from_args(args) -> RunSettings:
     from students import available, check_options
 
@@ -402,7 +411,8 @@ def settings_from_args(args) -> RunSettings:
     data = {"text_field": args.text_field, "streaming": args.streaming, "max_blocks": args.max_blocks,
             "works_dir": args.works_dir, "recall_fraction": recall_fraction}
     settings = RunSettings(student, init, teachers, [teacher_fingerprint(t) for t in teachers], args.dataset, data,
-                           args.preset, tokens, seq_len, batch_size, stages, stage_steps, keep, lrs, args.seed, args.dtype,
+                           args.preset, tokens, seq_len, batch_size, stages, stage_steps, keep, lrs, args.seed,
+                           resolved_dtype(args.dtype),
                            args.schedule, args.warmup_fraction, args.weight_decay, args.grad_clip, options, mixer_options, "")
     teacher_tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(t).name if t != EMBEDDED else t) for t in teachers)
     hybrid = ("+keep" + "-".join(map(str, keep["layers"])) if "layers" in keep else f"+keep{keep['count']}{keep['select']}") \
@@ -692,7 +702,7 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
                              "teacher": sum(p.numel() for p in teachers[0].parameters())},
                   "state_bytes_per_layer": [m.state_size(settings.seq_len) for m in student.mixers],
                   "keep_attention": keep, "keep_ranking": ranking,
-                  "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16,
+                  "world_size": dist.world_size, "fsdp_teachers": sharded, "bf16": bf16, "dtype_requested": args.dtype,
                   "threads": torch.get_num_threads(),
                   "seconds": round(seconds_before + time.time() - started, 1),  # every invocation's training
                   "train_seconds": round(train_seconds, 1), "phase_seconds": clock.seconds,  # this invocation

@@ -209,8 +209,8 @@ def render(rows: list[dict], source: str) -> str:
     caption = (f"Source: `{source}` — {len(rows)} runs; `{SCORE}` (and `{RECALL}`) in %, mean [interval] at init "
                f"{FOCUS}, intervals: {interval_kind(rows)}; a difference counts when the intervals do not overlap "
                f"(rule: `bench/report/claims.py`)"
-               + (f"; † the seeds of a cell ran on different commits or a dirty tree ({len(flagged)} of "
-                  f"{len(cells(rows, ('student', 'init', 'stages')))} cells)" if flagged else "")
+               + (f"; † the seeds of a cell ran on different commits, a dirty tree or in different precisions "
+                  f"({len(flagged)} of {len(cells(rows, ('student', 'init', 'stages')))} cells)" if flagged else "")
                + ".")
     return caption + "\n\n" + markdown(["the study's claim", "measured here", "verdict"], body)
 

@@ -47,7 +47,7 @@ def _records(results: Path) -> list[dict]:
     return records
 
 
-FLAG_NOTE = "hatched / †: seeds ran on different commits or a dirty tree"
+FLAG_NOTE = "hatched / †: seeds ran on different commits, a dirty tree or in different precisions"
 STAGE_ORDER = ("matrix_mixing", "attention_output", "attention_transfer", "hidden_alignment", "end_to_end",
                "multi_teacher")
 

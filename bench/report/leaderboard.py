@@ -7,7 +7,7 @@ atomic rename keep concurrent runs from tearing it. A malformed record is report
 Scores come from `bench.evaluation.recovery` (families, % recovered, intervals, C_α, α*): a record's stored
 summary, or, for a record written before items were kept, a summary computed from its flat scores (point
 estimates, no intervals). `cell_flag` marks every run of a cell (runs that differ only in their seed) whose
-seeds ran on different commits or on a dirty tree; `cells` and `cell_interval` aggregate seeds for the
+seeds ran on different commits, on a dirty tree or in different precisions; `cells` and `cell_interval` aggregate seeds for the
 tables, the claims and the figures.
 """
 
@@ -135,14 +135,16 @@ def load_rows(results_dir: Path, report=lambda message: print(message, file=sys.
 
 def flag_cells(rows: list[dict]) -> list[dict]:
     """Set `cell_flag` on every row of a cell (same config_hash) whose seeds ran on different commits
-    ("mixed commits") or on a dirty tree ("dirty tree")."""
+    ("mixed commits"), on a dirty tree ("dirty tree") or in different precisions ("mixed precision": records
+    from before the identity held the precision `--dtype auto` resolved to, run on machines that differ)."""
     by_cell = defaultdict(list)
     for r in rows:
         by_cell[r.get("config_hash")].append(r)
     for members in by_cell.values():
         commits = {str(r.get("commit") or "unknown").removesuffix("-dirty") for r in members}
         flags = (["mixed commits"] if len(commits) > 1 else []) + \
-            (["dirty tree"] if any(truthy(r.get("dirty")) for r in members) else [])
+            (["dirty tree"] if any(truthy(r.get("dirty")) for r in members) else []) + \
+            (["mixed precision"] if len({r.get("dtype") for r in members}) > 1 else [])
         for r in members:
             r["cell_flag"] = ", ".join(flags)
     return rows

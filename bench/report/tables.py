@@ -236,10 +236,12 @@ def grid(rows: list[dict], source: str) -> str:
         f"seed {seed} {m:.0f} min" for seed, m in sorted(minutes.items())) + ")") if minutes else ""
     details = (f"{len(rows)} runs, devices {distinct('device')}, torch {distinct('torch')}, commits {distinct('commit')}, "
                + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded") + wall
-               + f"; tokens {distinct('tokens')}, seeds {distinct('seed')}; val KL: mean ± half the range over seeds"
+               + f"; tokens {distinct('tokens')}, precision {distinct('dtype')}, seeds {distinct('seed')}; "
+               "val KL: mean ± half the range over seeds"
                + (f", (n=k): a cell with k of {most_seeds} seeds" if uneven else "") + "; "
                f"families and C/α*: mean over seeds; % recovered: mean [{interval_kind(rows)}]"
-               + ("; † seeds on different commits or a dirty tree" if any(r.get("cell_flag") for r in rows) else ""))
+               + ("; † seeds on different commits, a dirty tree or in different precisions"
+                  if any(r.get("cell_flag") for r in rows) else ""))
     return f"Source: `{source}` — {details}.\n\n" + markdown(header, body)
 
 
