@@ -99,6 +99,13 @@ def test_recurrence_rows_put_backends_side_by_side_under_a_provenance_caption(tm
                    "| C=64, all of chunks factored |")
 
 
+def test_a_caption_names_the_cpu_features_where_the_file_has_them():
+    doc = {"machine": {**MACHINE, "device_name": "AMD EPYC", "cpu_capability": "AVX2", "cpu_bf16_kernels": False},
+           "date": "2026-12-02T00:00:00Z"}
+    assert "AMD EPYC (cpu, AVX2, no bf16 kernels), torch" in tables.caption("f.json", doc, "d")
+    assert "x86_64 (cpu), torch" in tables.caption("f.json", {"machine": MACHINE}, "d")  # older files: as they were
+
+
 def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     _write_results(tmp_path)
     loss = tables.render("kernels_h100_distill_loss", tmp_path).splitlines()

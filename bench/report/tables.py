@@ -73,8 +73,10 @@ def caption(source: str, doc: dict, details: str) -> str:
     when = f"date {date}" if date else "date: not recorded"
     if not date and date_bound:
         when += f" (measured between {date_bound['after']} and {date_bound['before']}: {date_bound['evidence']})"
-    return (f"Source: `{source}` — {machine.get('device_name')} ({machine.get('device')}), torch {machine.get('torch')}, "
-            f"commit {machine.get('commit')}, {when}; {details}.")
+    isa = "".join(f", {machine[key]}" for key in ("cpu_capability",) if machine.get(key))
+    bf16 = {True: ", bf16 kernels", False: ", no bf16 kernels"}.get(machine.get("cpu_bf16_kernels"), "")
+    return (f"Source: `{source}` — {machine.get('device_name')} ({machine.get('device')}{isa}{bf16}), "
+            f"torch {machine.get('torch')}, commit {machine.get('commit')}, {when}; {details}.")
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -342,6 +344,9 @@ TABLES = {
                        "python -m bench.throughput --student all --repeats 7 --threads 2 --json results/throughput_cpu.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
+    "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
+                               "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 "
+                               "--json results/speed/distill_speed_cpu_avx2.json"),
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "recall_research": ("research/recall/runs", research, "python -m bench.run ... --results-dir results/research/recall"),
