@@ -25,6 +25,9 @@ def _inputs(T, K=24, H=4, Hkv=2, D=16, decay="channel", bonus=False, extras=Fals
         student["log_decay"] = -rand(B, T, H) * 2
     elif decay == "channel":  # RWKV-6 strength: down to −20 per step
         student["log_decay"] = -rand(B, T, H, K).pow(4) * 20
+    elif decay == "channel-mixed":  # mild decays (blocks that factor) up to T/2, then RWKV-6 strength (pairwise)
+        mild, strong = -rand(B, T, H, K) * 0.5, -rand(B, T, H, K).pow(4) * 20
+        student["log_decay"] = torch.where(torch.arange(T, device=DEVICE)[:, None, None] < T // 2, mild, strong)
     if bonus:
         student["bonus"] = randn(H, K)
     if extras:
@@ -55,6 +58,8 @@ CASES = {  # id: (T, decay, bonus, extras, tile)
     "T37-head-rowscale-diag-tile8": (37, "head", False, True, 8),
     "T70-channel-tile16": (70, "channel", False, False, 16),
     "T70-channel-bonus-tile32": (70, "channel", True, False, 32),
+    "T70-channel-mixed-tile16": (70, "channel-mixed", False, False, 16),
+    "T70-channel-mixed-bonus-rowscale-diag-tile8": (70, "channel-mixed", True, True, 8),
     "T37-head-bonus-rowscale-diag-tile64": (37, "head", True, True, 64),
 }
 

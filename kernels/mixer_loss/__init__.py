@@ -63,7 +63,7 @@ def prepare(q, k, log_decay=None, bonus=None, scale=None, diagonal=None):
 
 
 def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
-                      diagonal=None, teacher_scale=None, tile: int = 32, backend: str = "auto") -> torch.Tensor:
+                      diagonal=None, teacher_scale=None, tile: int = 64, backend: str = "auto") -> torch.Tensor:
     """MOHAWK stage-1 loss between the teacher's causal softmax attention and a recurrent student's matrix.
 
     teacher_q (B, T, H, D), teacher_k (B, T, Hkv, D): post-RoPE; q, k (B, T, H, K): the student's kernel

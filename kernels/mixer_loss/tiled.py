@@ -2,7 +2,9 @@
 
 Per row block [t0, t1) the student's rows split into keys before the block, a product of two factors
 relative to the reference point t0 − 1 (q_t·exp(B_t − B_ref) and k_s·exp(B_ref − B_s), both exponents ≤ 0,
-one (tile × t0) matmul), and the block's own keys, built pairwise (tile × tile × K). Decay sums are formed
+one (tile × t0) matmul), and the block's own keys: a matmul times the exact decay matrix for per-head decays;
+for per-channel decays the same two factors (the key's exponent now ≥ 0, at most `FACTOR_SPAN`) where the
+block's decay spans no more than that, else exact pairwise differences (tile × tile × K). Decay sums are formed
 from local sums (within the block, and backwards from t0), never from a global cumsum, so strong decays
 over long T stay exact. Inputs come prepared by `kernels.mixer_loss.prepare` (q already scaled, the bonus
 folded into `diagonal`).
@@ -10,6 +12,12 @@ folded into `diagonal`).
 from __future__ import annotations
 
 import torch
+
+from kernels.chunking import DENORMALS
+
+# A block whose per-channel log decay spans at most this is factored (its key factors stay within
+# exp(±factor_range/2), as the chunked recurrences' factors do); a stronger one is built pairwise.
+FACTOR_SPAN = DENORMALS.factor_range / 2
 
 
 def _block_loss(tq, tk, q, k, g, diag, rs, tscale: float, strict: bool, t0: int, t1: int) -> torch.Tensor:
@@ -35,10 +43,19 @@ def _block_loss(tq, tk, q, k, g, diag, rs, tscale: float, strict: bool, t0: int,
         # Σ_{r=s+1..t0−1} g_r for s < t0, summed backwards from t0 − 1
         back = g[:, :, 1:t0].flip(2).cumsum(2).flip(2)
         back = torch.cat([back, g.new_zeros(B, H, min(t0, 1), g.shape[-1])], 2)
-        M_before = (q_blk * within_q.exp()) @ (k[:, :, :t0] * back.exp()).transpose(-1, -2)
-        diff = within_q[:, :, :, None] - within[:, :, None]  # (B, H, n, n, 1|K)
-        weight = diff.masked_fill(~keep[..., None], float("-inf")).exp()
-        M_own = (q_blk[:, :, :, None] * k_blk[:, :, None] * weight).sum(-1)
+        q_f = q_blk * within_q.exp()  # q_t exp(Σ_{t0..t} g) (to t − 1 for RWKV): exponents ≤ 0
+        M_before = q_f @ (k[:, :, :t0] * back.exp()).transpose(-1, -2)
+        if g.shape[-1] == 1:  # per head: one exact (n × n) decay matrix per head, so the scores are a matmul
+            diff = within_q[..., 0, None] - within[..., 0][:, :, None]
+            M_own = (q_blk @ k_blk.transpose(-1, -2)) * diff.masked_fill(~keep, float("-inf")).exp()
+        elif bool((within[:, :, -1] >= -FACTOR_SPAN).all()):
+            # per channel, every channel's decay over the block within FACTOR_SPAN: factored about the block's
+            # start as the keys before it are, k_s exp(−Σ_{t0..s} g) ≤ exp(FACTOR_SPAN), so one matmul
+            M_own = (q_f @ (k_blk * (-within).exp()).transpose(-1, -2)).masked_fill(~keep, 0.0)
+        else:  # per channel, decays too strong to factor: exact pairwise differences over (n, n, K)
+            diff = within_q[:, :, :, None] - within[:, :, None]
+            weight = diff.masked_fill(~keep[..., None], float("-inf")).exp()
+            M_own = (q_blk[:, :, :, None] * k_blk[:, :, None] * weight).sum(-1)
     M = torch.cat([M_before, M_own], -1)
     if diag is not None:
         M = M + torch.cat([M.new_zeros(B, H, n, t0), torch.diag_embed(diag[:, :, t0:t1])], -1)
@@ -90,6 +107,6 @@ class _TiledLoss(torch.autograd.Function):
         return (None, None, *grads, None, None, None)
 
 
-def mixer_loss_tiled(tq, tk, q, k, g=None, diag=None, rs=None, tscale=1.0, strict=False, tile=32):
+def mixer_loss_tiled(tq, tk, q, k, g=None, diag=None, rs=None, tscale=1.0, strict=False, tile=64):
     """Prepared inputs (B, T, H, X) -> the loss, in O(T · tile) memory (O(T · K + tile² · K) with decays)."""
     return _TiledLoss.apply(tq, tk, q, k, g, diag, rs, tscale, strict, tile)
