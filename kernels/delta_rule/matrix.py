@@ -16,7 +16,8 @@ def delta_rule_matrix(q, k, beta, log_decay=None, scale=None) -> torch.Tensor:
     idx = torch.arange(T, device=q.device)
     gamma = (b - b.transpose(-1, -2)).masked_fill(~(idx[:, None] >= idx[None, :]), float("-inf")).exp()
     L = beta * (k @ k.transpose(-1, -2)) * gamma.tril(-1)
-    eye = torch.eye(T, dtype=q.dtype, device=q.device)
-    inverse_times_beta = torch.linalg.solve_triangular(eye + L, torch.diag_embed(beta[..., 0]), upper=False,
-                                                       unitriangular=True)
-    return scale * ((q @ k.transpose(-1, -2)) * gamma) @ inverse_times_beta
+    # X (I + L) = scale · (Q Kᵀ ⊙ Γ), solved from the right, then M = X diag(β): one triangular solve with
+    # T right-hand sides, not the inverse times diag(β) and a further (T × T)(T × T) product
+    scores = scale * (q @ k.transpose(-1, -2)) * gamma
+    return torch.linalg.solve_triangular(L, scores, upper=False, left=False, unitriangular=True) * \
+        beta.transpose(-1, -2)
