@@ -15,9 +15,11 @@ def delta_rule_matrix(q, k, beta, log_decay=None, scale=None) -> torch.Tensor:
     b = q.new_zeros(B, H, T, 1) if log_decay is None else log_decay.float().transpose(1, 2)[..., None].cumsum(2)
     idx = torch.arange(T, device=q.device)
     gamma = (b - b.transpose(-1, -2)).masked_fill(~(idx[:, None] >= idx[None, :]), float("-inf")).exp()
-    L = beta * (k @ k.transpose(-1, -2)) * gamma.tril(-1)
+    # β and the scale go into the (T × K) factors, not the (T × T) products. The solve reads L's strict lower
+    # triangle only (unitriangular: its diagonal is taken as ones), so L needs no tril.
+    L = ((beta * k) @ k.transpose(-1, -2)) * gamma
+    scores = ((scale * q) @ k.transpose(-1, -2)) * gamma
     # X (I + L) = scale · (Q Kᵀ ⊙ Γ), solved from the right, then M = X diag(β): one triangular solve with
     # T right-hand sides, not the inverse times diag(β) and a further (T × T)(T × T) product
-    scores = scale * (q @ k.transpose(-1, -2)) * gamma
     return torch.linalg.solve_triangular(L, scores, upper=False, left=False, unitriangular=True) * \
         beta.transpose(-1, -2)
