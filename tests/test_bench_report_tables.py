@@ -69,6 +69,20 @@ def test_an_ablation_run_of_the_same_student_and_init_stays_out_of_the_grid_cell
     assert tables.render("grid", tmp_path) == before  # no extra seed, no flag, no 9.0 in the mean
 
 
+@pytest.mark.parametrize("other", [{"dtype": "fp32"}, {"tokens": "2000"}], ids=["precision", "budget"])
+def test_a_run_of_another_precision_or_budget_is_not_another_seed_of_the_cell(tmp_path, other):
+    _write_results(tmp_path)
+    before = tables.render("grid", tmp_path)
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    extra = dict(rows[0], seed="2", val_kl="9.0", pct_recovered="1.0", **other)
+    with open(tmp_path / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + [extra])
+    assert tables.render("grid", tmp_path) == before
+
+
 def test_distill_speed_rows_show_both_paths_their_ratio_and_the_yardstick(tmp_path):
     row = {"student": "gla", "stage": "end_to_end", "eager fp32_tok_s": 2500.0, "default_tok_s": 4000.0,
            "speedup": 1.6, "gflop_per_step": 148.5, "eager fp32_pct_yardstick": 63.2, "default_pct_yardstick": 38.9}

@@ -175,13 +175,15 @@ def cells(rows: list[dict], key: tuple[str, ...] = ("student", "init")) -> dict[
 
 
 def primary_rows(rows: list[dict]) -> list[dict]:
-    """Per student and init, the rows of its most common stage list: a grid's cells without the ablation runs
-    of the same student and init (e.g. the `no_hidden` grid), which the claims compare on their own."""
+    """Per student and init, the rows of its most common stage list, precision and token budget: a grid's cells
+    without the ablation runs of the same student and init (e.g. the `no_hidden` grid), which the claims compare
+    on their own, and without runs of another precision or budget, which are not more seeds of the cell."""
+    setup = lambda r: (str(r.get("stages")), str(r.get("dtype")), str(r.get("tokens")))  # noqa: E731
     counts = defaultdict(lambda: defaultdict(int))
     for r in rows:
-        counts[(r.get("student"), r.get("init"))][str(r.get("stages"))] += 1
-    main = {key: max(by_stages, key=lambda stages: (by_stages[stages], stages)) for key, by_stages in counts.items()}
-    return [r for r in rows if str(r.get("stages")) == main[(r.get("student"), r.get("init"))]]
+        counts[(r.get("student"), r.get("init"))][setup(r)] += 1
+    main = {key: max(by_setup, key=lambda found: (by_setup[found], found)) for key, by_setup in counts.items()}
+    return [r for r in rows if setup(r) == main[(r.get("student"), r.get("init"))]]
 
 
 def cell_flag(rows: list[dict]) -> str:

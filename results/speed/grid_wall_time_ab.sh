@@ -1,7 +1,8 @@
 #!/bin/bash
-# Paired A/B of whole grid runs: the paper grid's qkv_copy seed-0 configuration at HEAD and at e262c35, alternating.
+# Paired A/B of whole grid runs: the paper grid's seed-0 configuration (init qkv_copy, or INIT) at HEAD and at an
+# older commit (e262c35, the grid's, unless OLD_TREE is another), alternating.
 # Run from the repository root: HEAD_TREE=<worktree at the new commit> OLD_TREE=<worktree at e262c35> OUT=<empty folder>
-#   bash results/speed/grid_wall_time_ab.sh mamba rwkv gla gated_deltanet
+#   [INIT=qkv_copy+matrix_mixing] bash results/speed/grid_wall_time_ab.sh mamba rwkv gla gated_deltanet
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 for s in "$@"; do
@@ -9,7 +10,7 @@ for s in "$@"; do
     dir=${HEAD_TREE:?worktree of the new commit}; [ $side = old ] && dir=${OLD_TREE:?worktree of e262c35}
     cd $dir
     start=$(date +%s.%N)
-    python -m bench.run --student $s --init qkv_copy --seed 0 --preset grid --threads 2 --no-progress \
+    python -m bench.run --student $s --init ${INIT:-qkv_copy} --seed 0 --preset grid --threads 2 --no-progress \
       --results-dir ${OUT:?output folder}/$side/results --output-dir ${OUT:?output folder}/$side/runs > ${OUT:?output folder}/$side-$s.log 2>&1
     rc=$?
     end=$(date +%s.%N)
