@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,9 +71,14 @@ def show(value: CellValue | None) -> str:
 
 # ----------------------------------------------------------------------------------------------- cells
 class Grid:
-    """The leaderboard rows as cells: (student, init, stages) -> rows."""
+    """The leaderboard rows as cells: (student, init, stages) -> rows, of the rows' most common precision and
+    token budget only (runs of another are not more seeds of a cell, nor comparable with it)."""
 
     def __init__(self, rows: list[dict]):
+        setup = lambda r: (str(r.get("dtype")), str(r.get("tokens")))  # noqa: E731
+        counts = Counter(setup(r) for r in rows)
+        main = max(counts, key=lambda found: (counts[found], found)) if counts else None
+        rows = [r for r in rows if setup(r) == main]
         self.rows = rows
         self.by_cell = cells(rows, ("student", "init", "stages"))
         self.students = sorted({r["student"] for r in rows})
