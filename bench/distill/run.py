@@ -635,6 +635,8 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
     """Everything that writes: under the run's lock, after every input has been checked."""
     from students.surgery import load_teacher
 
+    measured_on = provenance.machine()  # before training: the commit the run's code came from, whatever lands later
+
     resume, seconds_before, lr_history = None, 0.0, [[0, settings.lrs]]
     if dist.is_main:
         clear_staging(output_dir / "checkpoint")
@@ -706,7 +708,7 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
                   "threads": torch.get_num_threads(),
                   "seconds": round(seconds_before + time.time() - started, 1),  # every invocation's training
                   "train_seconds": round(train_seconds, 1), "phase_seconds": clock.seconds,  # this invocation
-                  "machine": provenance.machine(),
+                  "machine": measured_on,
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)
         from bench.report import leaderboard

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     yardsticks = {"eager fp32": matmul_call("cpu", torch.float32, YARDSTICK_N),
                   "default": matmul_call("cpu", torch.bfloat16 if default_bf16 else torch.float32, YARDSTICK_N)}
     yardstick_flops = 2 * YARDSTICK_N ** 3
+    measured_on = machine()  # at the start: the commit the timed code came from, whatever is committed during the run
     print(header())
     print(f"batch {args.batch} x {args.seq_len}; default = {'bf16 autocast' if default_bf16 else 'fp32'}; matmul "
           f"yardstick {YARDSTICK_N}^3 in each mode's dtype, timed in each row's rounds")
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     spread = {mode: [min(r["yardstick_gflops"][mode] for r in rows), max(r["yardstick_gflops"][mode] for r in rows)]
               for mode in MODES}
     if args.json:
-        atomic_write_json(args.json, {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        atomic_write_json(args.json, {"machine": measured_on, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "settings": vars(args), "default_bf16": default_bf16, "yardstick_gflops": summary,
                                       "yardstick_gflops_range": spread, "rows": rows})
     return 0

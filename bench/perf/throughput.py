@@ -780,6 +780,7 @@ def main(argv=None) -> int:
                 "decode_contexts": contexts,
                 "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "init": args.init, "seed": 0,
                 "students": names}
+    measured_on = machine()  # at the start: the commit the timed code came from, whatever is committed during the run
     print(header())
     print(f"teacher: {source} ({teacher_record['attn_implementation']}), dtype {args.dtype}, "
           f"threads {settings['threads']}", flush=True)
@@ -795,7 +796,7 @@ def main(argv=None) -> int:
     ratios = compare(models)
     targets = check_targets(models, ratios)
     _print_ratios(ratios, targets)
-    report = {"schema": REPORT_SCHEMA, "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    report = {"schema": REPORT_SCHEMA, "machine": measured_on, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": settings, "teacher": teacher_record,
               "models": models, "ratios": ratios, "targets": targets}
     validate(report)

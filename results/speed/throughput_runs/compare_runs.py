@@ -2,7 +2,8 @@
 student, one column group per run, so the spread of each ratio and verdict between runs of (nearly) the same code
 can be read off. The runs kept here differ in code only in the benchmark's FLOP count and verdict rule (848c497,
 21a8ea1, d3fb851), in gated_deltanet/mamba decode (bf3153d, after 0f8987d) and in the delta rule's triangular
-solves (3425af6, 11 repeats: the committed results/throughput_cpu.json at the sixth stop).
+solves (3425af6, 11 repeats: the committed results/throughput_cpu.json at the sixth stop). `throughput_cpu_avx2_2b8f9c0`
+is the same code as the committed file's (7a4124f) for every timed path, on another CPU (AVX2, no bf16 kernels).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
