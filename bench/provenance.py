@@ -46,14 +46,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_bf16_kernels() -> bool:
+    """Whether this CPU's oneDNN has bf16 kernels (AVX512-BF16 or AMX): where `--dtype auto` picks bf16."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def machine() -> dict:
     """Device, threads, versions and commit. On CPU also the vector ISA torch dispatches to (AVX2, AVX512, …)
     and whether oneDNN has bf16 kernels: they set a CPU's speed and what `--dtype auto` resolves to, and a
     shared machine's model name alone does not tell them apart."""
     cuda = torch.cuda.is_available()
     cpu = {} if cuda else {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                           "cpu_bf16_kernels": bool(torch.backends.mkldnn.is_available()
-                                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+                           "cpu_bf16_kernels": cpu_has_bf16_kernels()}
     return {
         "device": "cuda" if cuda else "cpu",
         "device_name": torch.cuda.get_device_name(0) if cuda else cpu_model(),

@@ -620,8 +620,9 @@ def test_machine_names_the_cpu_features_that_set_speed_and_precision():
 
     found = provenance.machine()
     if found["device"] == "cpu":
-        assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-        assert isinstance(found["cpu_bf16_kernels"], bool) and found["device_name"]
+        assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and found["device_name"]
+        # the record says what decided the precision of a run with --dtype auto here
+        assert found["cpu_bf16_kernels"] is train.use_bf16("auto", torch.device("cpu"))
 
 
 def test_resume_refuses_other_settings_and_may_lower_the_learning_rate(tmp_path, tiny_teacher_dir, works_dir, capsys):

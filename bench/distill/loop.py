@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from bench.distill import stages as stage_lib
 from bench.files import atomic_directory, atomic_write_json, atomic_write_text, previous_version
+from bench.provenance import cpu_has_bf16_kernels
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -103,7 +104,7 @@ def use_bf16(dtype: str, device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     # On CPU, bf16 held the validation KL and recall of the fp32 run within the seed spread
     # (results/research/recall/) at a higher training throughput (results/speed/).
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16_kernels()
 
 
 def autocast(device: torch.device, bf16: bool):

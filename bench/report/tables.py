@@ -73,7 +73,7 @@ def caption(source: str, doc: dict, details: str) -> str:
     when = f"date {date}" if date else "date: not recorded"
     if not date and date_bound:
         when += f" (measured between {date_bound['after']} and {date_bound['before']}: {date_bound['evidence']})"
-    isa = "".join(f", {machine[key]}" for key in ("cpu_capability",) if machine.get(key))
+    isa = f", {machine['cpu_capability']}" if machine.get("cpu_capability") else ""
     bf16 = {True: ", bf16 kernels", False: ", no bf16 kernels"}.get(machine.get("cpu_bf16_kernels"), "")
     return (f"Source: `{source}` — {machine.get('device_name')} ({machine.get('device')}{isa}{bf16}), "
             f"torch {machine.get('torch')}, commit {machine.get('commit')}, {when}; {details}.")
