@@ -311,15 +311,18 @@ class RecurrentMixer(Mixer):
 
     @property
     def supports_matrix_terms(self) -> bool:
-        return not self.uses_delta_rule and not self.window  # the window's max-shifted softmax has no such terms
+        return not self.window  # the window's max-shifted softmax has no such terms
 
     def matrix_terms(self, x):
         """M = row_scale · (scale · Σ_c q_tc k_sc exp(decay sums) + diag(diagonal)) as kernel inputs, without
-        forming M; `finish_terms` adds a mixer's normaliser or skip term (its `finish_matrix`)."""
+        forming M; `finish_terms` adds a mixer's normaliser or skip term (its `finish_matrix`). For the delta
+        rule the terms carry beta (its matrix is `delta_rule_matrix`)."""
         if not self.supports_matrix_terms:
             return None
         f = self.featurize(x, {})
         terms = dict(q=f.q, k=f.k, log_decay=f.log_decay, bonus=f.bonus, scale=f.scale, row_scale=None, diagonal=None)
+        if self.uses_delta_rule:
+            terms["beta"] = f.beta
         return self.finish_terms(terms, f)
 
     def finish_terms(self, terms: dict[str, Any], features: Features) -> dict[str, Any]:
@@ -330,5 +333,8 @@ class RecurrentMixer(Mixer):
     def matrix_row_sums(terms: dict[str, Any]) -> torch.Tensor:
         """Row sums of the kernel's matrix (B, T, H): the recurrence with values of ones."""
         ones = terms["q"].new_ones(*terms["q"].shape[:-1], 1, dtype=torch.float32)
+        if terms.get("beta") is not None:
+            o, _ = delta_rule(terms["q"], terms["k"], ones, terms["beta"], terms["log_decay"], scale=terms["scale"])
+            return o[..., 0].float()
         o, _ = linear_recurrence(terms["q"], terms["k"], ones, terms["log_decay"], terms["bonus"], scale=terms["scale"])
         return o[..., 0].float()

@@ -484,7 +484,7 @@ def test_end_to_end_with_fsdp_sharded_teacher_passes_its_logits(tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------------------------ stage
-@pytest.mark.parametrize("name", ["mamba", "rwkv", "linear_attention", "gla", "xlstm"])
+@pytest.mark.parametrize("name", ["mamba", "rwkv", "linear_attention", "gla", "xlstm", "gated_deltanet"])
 def test_matrix_mixing_stage_fused_equals_materialised(teacher, name, monkeypatch):
     calls = []
     monkeypatch.setattr(stages, "mixer_matrix_loss", lambda *a, **kw: calls.append(1) or mixer_matrix_loss(*a, **kw))

@@ -1,16 +1,18 @@
 """Fused mixer-matrix loss (MOHAWK stage 1): naive == matrix_distance; tiled and Triton == naive, values and
-gradients."""
+gradients; the delta rule's chunk blocks assemble its materialised matrix."""
 import pytest
 import torch
 
 import students
 from bench.distill import losses
 from kernels import mixer_matrix_loss
+from kernels.delta_rule.matrix import delta_rule_matrix
 from kernels.mixer_loss import teacher_attention
+from kernels.mixer_loss.delta_rule import delta_rule_matrix_diagonals
 from students import MixerConfig, build_mixer
 from tests.helpers import assert_close
 
-MIXERS = [name for name in students.available() if name not in ("gated_deltanet", "attention")]
+MIXERS = [name for name in students.available() if name != "attention"]
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton compiles on CUDA, interprets on CPU
@@ -90,9 +92,62 @@ def test_matrix_terms_describe_the_mixer_matrix(name):
 
 
 def test_unsupported_mixers_have_no_matrix_terms():
-    for name in ("gated_deltanet", "attention"):
-        mixer = build_mixer(name, MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16))
-        assert not mixer.supports_matrix_terms and mixer.matrix_terms(torch.randn(1, 5, 48)) is None
+    mixer = build_mixer("attention", MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16))
+    assert not mixer.supports_matrix_terms and mixer.matrix_terms(torch.randn(1, 5, 48)) is None
+
+
+def _delta_inputs(T, B=1, H=4, Hkv=2, K=16, decay=0.3, seed=0):
+    """Gated-delta-rule student inputs (k L2-normalised, β in (0, 1), log decays down to −decay per step)."""
+    g = torch.Generator().manual_seed(seed)
+    student = dict(q=torch.randn(B, T, H, K, generator=g),
+                   k=torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1),
+                   beta=torch.rand(B, T, H, generator=g))
+    if decay:
+        student["log_decay"] = -torch.rand(B, T, H, generator=g) * decay
+    for t in student.values():
+        t.requires_grad_(True)
+    return torch.randn(B, T, H, 16, generator=g), torch.randn(B, T, Hkv, 16, generator=g), student
+
+
+DELTA_CASES = {  # id: (T, B, H, Hkv, decay per step, chunk)
+    "T37-nodecay-chunk16": (37, 1, 4, 2, 0.0, 16),
+    "T70-strong-chunk16-batch2": (70, 2, 4, 2, 6.0, 16),  # ratios beyond the delta floor inside chunks
+    "T64-one-chunk": (64, 1, 2, 1, 0.3, 64),
+    "T5-shorter-than-chunk": (5, 1, 3, 1, 0.3, 16),
+    "T100-chunk7": (100, 1, 2, 2, 0.3, 7),
+}
+
+
+@pytest.mark.parametrize("case", list(DELTA_CASES))
+def test_delta_rule_blocks_assemble_the_materialised_matrix(case):
+    T, B, H, Hkv, decay, chunk = DELTA_CASES[case]
+    _, _, s = _delta_inputs(T, B, H, Hkv, decay=decay)
+    with torch.no_grad():
+        want = delta_rule_matrix(s["q"], s["k"], s["beta"], s.get("log_decay"))
+        C = min(chunk, T)
+        N = -(-T // C)
+        got = torch.zeros(B, H, N, C, N, C)
+        for d, blocks in delta_rule_matrix_diagonals(s["q"], s["k"], s["beta"], s.get("log_decay"), chunk_size=chunk):
+            assert blocks.shape == (B, H, N - d, C, C)
+            got.diagonal(offset=-d, dim1=2, dim2=4).copy_(blocks.permute(0, 1, 3, 4, 2))
+        got = got.view(B, H, N * C, N * C)
+    assert_close(got[..., :T, :T], want, 1e-5)
+    assert not got[..., T:, :].any() and not got[..., :, T:].any()  # padding writes nothing
+
+
+@pytest.mark.parametrize("case", list(DELTA_CASES))
+def test_delta_rule_tiled_matches_naive(case):
+    T, B, H, Hkv, decay, chunk = DELTA_CASES[case]
+    tq, tk, student = _delta_inputs(T, B, H, Hkv, decay=decay)
+    _compare("tiled", tq, tk, student, tile=chunk)
+
+
+def test_delta_rule_row_sums_are_the_matrix_row_sums():
+    mixer = build_mixer("gated_deltanet", MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16))
+    x = torch.randn(2, 13, 48)
+    with torch.no_grad():
+        terms = mixer.matrix_terms(x)
+        assert_close(mixer.matrix_row_sums(terms).transpose(1, 2), mixer.mixer_matrix(x).sum(-1), 1e-5)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -136,6 +191,10 @@ def test_bad_shapes_raise_one_clear_error():
         "row_scale": dict(row_scale=torch.zeros(1, 9)),
         "diagonal": dict(diagonal=torch.zeros(3)),
         "backend": dict(backend="cuda"),
+        "beta of shape": dict(beta=torch.rand(1, 9, 3)),
+        "one decay per head": dict(beta=torch.rand(1, 9, 4), log_decay=torch.zeros(1, 9, 4, 24)),
+        "no bonus, row_scale or diagonal": dict(beta=torch.rand(1, 9, 4), bonus=torch.zeros(4, 24)),
+        "no Triton form": dict(beta=torch.rand(1, 9, 4), backend="triton"),
     }
     for message, change in bad.items():
         args = dict(tq=tq, tk=tk, **s)

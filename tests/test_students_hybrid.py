@@ -192,7 +192,7 @@ def test_windowed_mixer_matrix_is_causal_and_reproduces_core(name):
     assert torch.equal(M.triu(1), torch.zeros_like(M))
     assert_close(torch.einsum("bhts,bshv->bthv", M, values.float()), core.float(), 1e-4, "M @ v")
     assert not mixer.supports_matrix_terms and mixer.matrix_terms(x) is None
-    assert make(name).supports_matrix_terms == (name != "gated_deltanet")  # window 0 keeps the fused loss
+    assert make(name).supports_matrix_terms  # window 0 keeps the fused loss
 
 
 @pytest.mark.parametrize("name", RECURRENT)

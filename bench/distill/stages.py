@@ -191,7 +191,8 @@ def matrix_mixing(batch: Batch):
 
     With `fused_matrix_loss` (default) and mixers that expose `matrix_terms`, neither matrix is formed:
     the teacher's post-RoPE q/k are captured (sdpa attention) and `kernels.mixer_matrix_loss` recomputes
-    both matrices tile by tile.
+    both matrices tile by tile (delta-rule students: the teacher's matrix is formed, the student's is built
+    from chunk blocks).
     """
     student, per_layer = batch.student, []
     layers = replaced_layers(student)

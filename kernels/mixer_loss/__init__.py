@@ -6,23 +6,28 @@
               s ≤ t; B = cumsum of log_decay; RWKV "bonus" form: s < t, Bq = B − log_decay, and
               scale · Σ_c q_tc bonus_c k_tc on the diagonal.
 
+    Gated delta rule (`beta` given): M = scale · (Q Kᵀ ⊙ Γ)(I + L)⁻¹ diag(β) (`kernels.delta_rule.matrix`).
+
 Backends: `naive` (both matrices materialised, the ground truth), `tiled` (torch, blocks of query rows,
-O(T · tile) memory, recomputed block by block in backward), `triton` (forward and backward kernels tiled
-over (query block, key block), teacher softmax recomputed from its log-sum-exp; proven in Triton's
-interpreter, not yet timed on a GPU, so `auto` picks `tiled` everywhere). Gradients flow to the
-student's q, k, log_decay, bonus, row_scale and diagonal; the teacher is treated as a constant.
+O(T · tile) memory, recomputed block by block in backward; for the delta rule, the teacher's A is formed and
+the student's M is built from `tile`-token chunk blocks, `delta_rule.py`, with no (T × T) solve), `triton`
+(forward and backward kernels tiled over (query block, key block), teacher softmax recomputed from its
+log-sum-exp; proven in Triton's interpreter, not yet timed on a GPU, so `auto` picks `tiled` everywhere; no
+delta-rule form). Gradients flow to the student's q, k, log_decay, bonus, beta, row_scale and diagonal; the
+teacher is treated as a constant.
 """
 from __future__ import annotations
 
 import torch
 
+from kernels.mixer_loss.delta_rule import delta_rule_mixer_loss
 from kernels.mixer_loss.naive import mixer_matrix_loss_naive, student_matrix, teacher_attention
 from kernels.mixer_loss.tiled import mixer_loss_tiled
 
 BACKENDS = ("naive", "tiled", "triton")
 
 
-def _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal) -> None:
+def _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal, beta=None) -> None:
     op = "mixer_matrix_loss"
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"{op}: expected student q, k of shape (B, T, H, K), got q {tuple(q.shape)}, k {tuple(k.shape)}")
@@ -42,6 +47,14 @@ def _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal) ->
         raise ValueError(f"{op}: expected row_scale of shape (B, T, H), got {tuple(row_scale.shape)}")
     if diagonal is not None and diagonal.shape not in ((B, T, H), (H,)):
         raise ValueError(f"{op}: expected diagonal of shape (B, T, H) or (H,), got {tuple(diagonal.shape)}")
+    if beta is not None:
+        if beta.shape != (B, T, H):
+            raise ValueError(f"{op}: expected beta of shape (B, T, H) = ({B}, {T}, {H}), got {tuple(beta.shape)}")
+        if log_decay is not None and log_decay.dim() != 3:
+            raise ValueError(f"{op}: the delta rule takes one decay per head, log_decay (B, T, H); "
+                             f"got {tuple(log_decay.shape)}")
+        if bonus is not None or row_scale is not None or diagonal is not None:
+            raise ValueError(f"{op}: the delta-rule matrix (beta given) takes no bonus, row_scale or diagonal")
 
 
 def prepare(q, k, log_decay=None, bonus=None, scale=None, diagonal=None):
@@ -63,16 +76,18 @@ def prepare(q, k, log_decay=None, bonus=None, scale=None, diagonal=None):
 
 
 def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
-                      diagonal=None, teacher_scale=None, tile: int = 64, backend: str = "auto") -> torch.Tensor:
+                      diagonal=None, teacher_scale=None, tile: int = 64, backend: str = "auto",
+                      beta=None) -> torch.Tensor:
     """MOHAWK stage-1 loss between the teacher's causal softmax attention and a recurrent student's matrix.
 
     teacher_q (B, T, H, D), teacher_k (B, T, Hkv, D): post-RoPE; q, k (B, T, H, K): the student's kernel
     inputs; log_decay None, (B, T, H) or (B, T, H, K), ≤ 0; bonus (H, K): RWKV form; scale: default K^-½;
     row_scale (B, T, H): row multiplier (normalisers); diagonal (B, T, H) or (H,): added on the diagonal
-    before row_scale (Mamba's D); teacher_scale: default D^-½. Equals
+    before row_scale (Mamba's D); teacher_scale: default D^-½; beta (B, T, H): the student is the gated
+    delta rule (then log_decay is per head and bonus, row_scale, diagonal are None). Equals
     the materialised loss of `naive.py` with M = the mixer's `mixer_matrix`. Scalar fp32.
     """
-    _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal)
+    _check(teacher_q, teacher_k, q, k, log_decay, bonus, row_scale, diagonal, beta)
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"mixer_matrix_loss: unknown backend {backend!r}; choose one of {list(BACKENDS) + ['auto']}")
     if tile < 1:
@@ -82,7 +97,13 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
         backend = "tiled"
     if backend == "naive":
         return mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay, bonus, scale, row_scale, diagonal,
-                                       teacher_scale)
+                                       teacher_scale, beta)
+    if beta is not None:
+        if backend == "triton":
+            raise ValueError("mixer_matrix_loss: no Triton form for the delta rule (beta given); use tiled or naive")
+        with torch.no_grad():
+            A = teacher_attention(teacher_q.detach(), teacher_k.detach(), teacher_scale)
+        return delta_rule_mixer_loss(A, q, k, beta, log_decay, scale, chunk_size=tile)
     tq, tk = teacher_q.detach().float(), teacher_k.detach().float()
     q32, k32, g, diag, strict = prepare(q, k, log_decay, bonus, scale, diagonal)
     rs = None if row_scale is None else row_scale.float()
@@ -93,4 +114,5 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     return mixer_loss_triton(tq, tk, q32, k32, g, diag, rs, teacher_scale, strict)
 
 
-__all__ = ["mixer_matrix_loss", "mixer_matrix_loss_naive", "prepare", "student_matrix", "teacher_attention"]
+__all__ = ["delta_rule_mixer_loss", "mixer_matrix_loss", "mixer_matrix_loss_naive", "prepare", "student_matrix",
+           "teacher_attention"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.delta_rule.matrix import delta_rule_matrix
 from kernels.linear_recurrence.matrix import linear_recurrence_matrix
 
 
@@ -17,9 +18,14 @@ def teacher_attention(teacher_q: torch.Tensor, teacher_k: torch.Tensor, teacher_
     return logits.softmax(-1)
 
 
-def student_matrix(q, k, log_decay=None, bonus=None, scale=None, row_scale=None, diagonal=None) -> torch.Tensor:
-    """M = row_scale_t · (linear_recurrence_matrix + diag(diagonal)), (B, H, T, T) in fp32."""
-    M = linear_recurrence_matrix(q, k, log_decay, bonus, scale)
+def student_matrix(q, k, log_decay=None, bonus=None, scale=None, row_scale=None, diagonal=None,
+                   beta=None) -> torch.Tensor:
+    """M = row_scale_t · (linear_recurrence_matrix + diag(diagonal)), or `delta_rule_matrix` when beta is given;
+    (B, H, T, T) in fp32."""
+    if beta is not None:
+        M = delta_rule_matrix(q, k, beta, log_decay, scale)
+    else:
+        M = linear_recurrence_matrix(q, k, log_decay, bonus, scale)
     if diagonal is not None:
         d = diagonal.float()
         d = d.transpose(1, 2) if d.dim() == 3 else d[None, :, None].expand(M.shape[0], -1, M.shape[-1])
@@ -30,9 +36,9 @@ def student_matrix(q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
 
 
 def mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, scale=None, row_scale=None,
-                            diagonal=None, teacher_scale=None) -> torch.Tensor:
+                            diagonal=None, teacher_scale=None, beta=None) -> torch.Tensor:
     """Mean over (B, H) of ‖A − M‖²_F / T, both matrices held in memory."""
     teacher_scale = teacher_q.shape[-1] ** -0.5 if teacher_scale is None else teacher_scale
     A = teacher_attention(teacher_q.detach(), teacher_k.detach(), teacher_scale)
-    M = student_matrix(q, k, log_decay, bonus, scale, row_scale, diagonal)
+    M = student_matrix(q, k, log_decay, bonus, scale, row_scale, diagonal, beta)
     return (A - M).pow(2).sum((-1, -2)).div(A.shape[-1]).mean()
