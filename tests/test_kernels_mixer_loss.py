@@ -142,6 +142,15 @@ def test_delta_rule_tiled_matches_naive(case):
     _compare("tiled", tq, tk, student, tile=chunk)
 
 
+def test_delta_rule_tiled_stays_fp32_under_bf16_autocast():
+    tq, tk, student = _delta_inputs(70, decay=0.3)
+    want = mixer_matrix_loss(tq, tk, **student, backend="naive")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mixer_matrix_loss(tq, tk, **student, tile=16)
+    assert got.dtype == torch.float32
+    assert_close(got, want, 1e-5)
+
+
 def test_delta_rule_row_sums_are_the_matrix_row_sums():
     mixer = build_mixer("gated_deltanet", MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16))
     x = torch.randn(2, 13, 48)
