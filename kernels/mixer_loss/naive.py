@@ -14,8 +14,8 @@ def teacher_attention(teacher_q: torch.Tensor, teacher_k: torch.Tensor, teacher_
     k = teacher_k.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
     T = q.shape[2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    logits = (q @ k.transpose(-1, -2) * teacher_scale).masked_fill(~causal, float("-inf"))
-    return logits.softmax(-1)
+    logits = (q * teacher_scale) @ k.transpose(-1, -2)  # the scale on the (T × D) side: no extra (T × T) pass
+    return logits.masked_fill_(~causal, float("-inf")).softmax(-1)
 
 
 def student_matrix(q, k, log_decay=None, bonus=None, scale=None, row_scale=None, diagonal=None,
