@@ -128,8 +128,8 @@ def test_delta_rule_blocks_assemble_the_materialised_matrix(case):
         N = -(-T // C)
         got = torch.zeros(B, H, N, C, N, C)
         for d, blocks in delta_rule_matrix_diagonals(s["q"], s["k"], s["beta"], s.get("log_decay"), chunk_size=chunk):
-            assert blocks.shape == (B, H, N - d, C, C)
-            got.diagonal(offset=-d, dim1=2, dim2=4).copy_(blocks.permute(0, 1, 3, 4, 2))
+            assert blocks.shape == (N - d, B, H, C, C)
+            got.diagonal(offset=-d, dim1=2, dim2=4).copy_(blocks.permute(1, 2, 3, 4, 0))
         got = got.view(B, H, N * C, N * C)
     assert_close(got[..., :T, :T], want, 1e-5)
     assert not got[..., T:, :].any() and not got[..., :, T:].any()  # padding writes nothing

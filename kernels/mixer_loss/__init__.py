@@ -103,8 +103,7 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
             raise ValueError("mixer_matrix_loss: no Triton form for the delta rule (beta given); use tiled or naive")
         # fp32 whatever the caller's autocast, as the delta rule's kernels: the state products chain across chunks
         with torch.autocast(q.device.type, enabled=False):
-            with torch.no_grad():
-                A = teacher_attention(teacher_q.detach(), teacher_k.detach(), teacher_scale)
+            A = teacher_attention(teacher_q.detach(), teacher_k.detach(), teacher_scale)
             return delta_rule_mixer_loss(A, q, k, beta, log_decay, scale, chunk_size=tile)
     tq, tk = teacher_q.detach().float(), teacher_k.detach().float()
     q32, k32, g, diag, strict = prepare(q, k, log_decay, bonus, scale, diagonal)

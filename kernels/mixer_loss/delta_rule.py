@@ -18,32 +18,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.chunking import CHUNK, DENORMALS, exp_floored, masked_exp
+from kernels.chunking import CHUNK, DENORMALS, exp_floored, masked_exp, to_chunks
 
 FLOOR = DENORMALS.delta_floor
 
 
-def _blocked(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
-    """(B, T, H, ...) -> contiguous (B, H, N, C, ...), zero padded at the end."""
-    pad = n_chunks * chunk - x.shape[1]
-    if pad:
-        x = F.pad(x, [0, 0] * (x.dim() - 3) + [0, 0, 0, pad])
-    return x.unflatten(1, (n_chunks, chunk)).permute(0, 3, 1, 2, *range(4, x.dim() + 1)).contiguous()
-
-
 def delta_rule_matrix_diagonals(q, k, beta, log_decay=None, scale=None, chunk_size: int = CHUNK):
     """The delta rule's mixing matrix (`delta_rule_matrix`) as block diagonals: yields (d, blocks) for d = 0 … N−1,
-    blocks (B, H, N − d, C, C) holding M[i, j] for chunks i = j + d, indexed by j (T padded to N·C with zeros:
+    blocks (N − d, B, H, C, C) holding M[i, j] for chunks i = j + d, indexed by j (T padded to N·C with zeros:
     padded rows and columns of M are zero). q, k: (B, T, H, K); beta, log_decay: (B, T, H)."""
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else scale
     C = max(1, min(chunk_size, T))
     N = -(-T // C)
-    qc, kc = _blocked(q.float(), N, C), _blocked(k.float(), N, C)  # (B, H, N, C, K)
-    bc = _blocked(beta.float()[..., None], N, C)  # (B, H, N, C, 1)
-    g = bc.new_zeros(bc.shape) if log_decay is None else _blocked(log_decay.float()[..., None], N, C)
+    qc, kc = to_chunks(q.float(), N, C), to_chunks(k.float(), N, C)  # (N, B, H, C, K)
+    bc = to_chunks(beta.float()[..., None], N, C)  # (N, B, H, C, 1)
+    g = bc.new_zeros(bc.shape) if log_decay is None else to_chunks(log_decay.float()[..., None], N, C)
     b = g.cumsum(dim=3)  # log γ_t inside each chunk
-    b_last = b[..., -1:, :]  # (B, H, N, 1, 1)
+    b_last = b[..., -1:, :]  # (N, B, H, 1, 1)
     idx = torch.arange(C, device=q.device)
     ratio = masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :], FLOOR)  # γ_t/γ_s, s ≤ t
     # (I + L)⁻¹ with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t): the unitriangular solve reads the strict lower part only
@@ -51,7 +43,7 @@ def delta_rule_matrix_diagonals(q, k, beta, log_decay=None, scale=None, chunk_si
     eye = torch.eye(C, dtype=L.dtype, device=L.device).expand_as(L)
     inverse = torch.linalg.solve_triangular(L, eye, upper=False, unitriangular=True)
     values = inverse * bc.transpose(-1, -2)  # (I + L)⁻¹ diag(β): the chunk's new values for identity values
-    attn = (qc @ kc.transpose(-1, -2)) * ratio  # (B, H, N, C, C), s ≤ t
+    attn = (qc @ kc.transpose(-1, -2)) * ratio  # (N, B, H, C, C), s ≤ t
     yield 0, scale * (attn @ values)
     if N == 1:
         return
@@ -61,11 +53,11 @@ def delta_rule_matrix_diagonals(q, k, beta, log_decay=None, scale=None, chunk_si
     transition = k_to_end @ w  # (K × K), plus γ_C on the diagonal
     transition = transition + torch.diag_embed(exp_floored(b_last, FLOOR).squeeze(-1).expand(*b_last.shape[:3], K))
     written = k_to_end @ values  # R_j (K × C)
-    state = written[:, :, :-1]  # chunk j's columns in the state chunk j + 1 reads
+    state = written[:-1]  # chunk j's columns in the state chunk j + 1 reads
     for d in range(1, N):
-        yield d, scale * (query_to_state[:, :, d:] @ state)
+        yield d, scale * (query_to_state[d:] @ state)
         if d + 1 < N:
-            state = transition[:, :, d:-1] @ state[:, :, :-1]
+            state = transition[d:-1] @ state[:-1]
 
 
 def delta_rule_mixer_loss(teacher_attention: torch.Tensor, q, k, beta, log_decay=None, scale=None,
@@ -82,6 +74,6 @@ def delta_rule_mixer_loss(teacher_attention: torch.Tensor, q, k, beta, log_decay
     A = A.view(B, H, N, C, N, C)
     total = A.new_zeros(())
     for d, blocks in delta_rule_matrix_diagonals(q, k, beta, log_decay, scale, C):
-        target = A.diagonal(offset=-d, dim1=2, dim2=4).permute(0, 1, 4, 2, 3)  # A[i = j + d, j], by j
+        target = A.diagonal(offset=-d, dim1=2, dim2=4).permute(4, 0, 1, 2, 3)  # A[i = j + d, j], by j
         total = total + (blocks - target).pow(2).sum()
     return total / (T * B * H)
