@@ -112,6 +112,7 @@ def _delta_inputs(T, B=1, H=4, Hkv=2, K=16, decay=0.3, seed=0):
 DELTA_CASES = {  # id: (T, B, H, Hkv, decay per step, chunk)
     "T37-nodecay-chunk16": (37, 1, 4, 2, 0.0, 16),
     "T70-strong-chunk16-batch2": (70, 2, 4, 2, 6.0, 16),  # ratios beyond the delta floor inside chunks
+    "T70-pairwise-chunk16": (70, 1, 2, 1, 14.0, 16),  # chunks spanning beyond DENORMALS.safe_span: pairwise form
     "T64-one-chunk": (64, 1, 2, 1, 0.3, 64),
     "T5-shorter-than-chunk": (5, 1, 3, 1, 0.3, 16),
     "T100-chunk7": (100, 1, 2, 2, 0.3, 7),

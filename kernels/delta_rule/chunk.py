@@ -10,6 +10,8 @@ every chunk decays by at most exp(−safe_span) (no product of two factors denor
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,58 @@ def chunk_size_for(log_decay: torch.Tensor | None, chunk_size: int = CHUNK) -> i
     return chunk_size
 
 
+class ChunkWY(NamedTuple):
+    """The per-chunk quantities of the WY form that the chunk kernel and the blockwise mixing matrix share
+    (`kernels.mixer_loss.delta_rule`); every tensor (N, B, H, ·, ·), fp32, γ_t the cumulative decay in the chunk:
+
+    attn = (q kᵀ ⊙ γ_t/γ_s), s ≤ t (C × C);  inverse = (I + L)⁻¹ (C × C);
+    w = −(I + L)⁻¹ diag(β γ) k (C × K), the new values' dependence on the chunk's initial state;
+    query_to_state = q γ + attn w (C × K);  k_to_end = (k γ_C/γ)ᵀ (K × C);  transition = γ_C I + k_to_end w (K × K).
+    With values V the new values are U = inverse diag(β) V + w S_0, the chunk's output (q γ + attn w) S_0 + attn
+    inverse diag(β) V, and the next state transition S_0 + k_to_end inverse diag(β) V."""
+    attn: torch.Tensor
+    inverse: torch.Tensor
+    w: torch.Tensor
+    query_to_state: torch.Tensor
+    k_to_end: torch.Tensor
+    transition: torch.Tensor
+
+
+def chunk_wy(qc: torch.Tensor, kc: torch.Tensor, bc: torch.Tensor, g: torch.Tensor) -> ChunkWY:
+    """`ChunkWY` from q, k (N, B, H, C, K), β and the log decays g (N, B, H, C, 1), all fp32 in the chunk layout."""
+    C = qc.shape[-2]
+    b = g.cumsum(dim=3)  # log γ_t, (N, B, H, C, 1)
+    b_last = b[:, :, :, -1:]
+    # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), through X = ((I + L)⁻¹)ᵀ from X (I + L)ᵀ = I:
+    # LAPACK is column-major, so this right-sided form on the transposed system reads and writes our row-major
+    # memory as it is (faster than the left-sided solve). Lᵀ is built directly.
+    if bool((b_last >= -DENORMALS.safe_span).all()):  # γ_t/γ_s = exp(b_t − c)·exp(c − b_s), c the midpoint
+        mid = b_last / 2
+        up = (b - mid).exp()  # (N, B, H, C, 1): per-head factors are small, β rides on k's
+        k_down = kc * (mid - b).exp()
+        k_up_beta, q_up = kc * (up * bc), qc * up
+        L_t = (k_down @ k_up_beta.transpose(-1, -2)).triu_(1)
+        attn = (q_up @ k_down.transpose(-1, -2)).tril_()  # (N, B, H, C, C)
+    else:  # a chunk decays by more than exp(−safe_span): exact pairwise ratios (every exponent ≤ 0)
+        idx = torch.arange(C, device=qc.device)
+        ratio_incl = masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :], FLOOR)  # γ_t/γ_s, s ≤ t
+        L_t = (kc @ kc.transpose(-1, -2)) * ratio_incl.tril(-1).transpose(-1, -2) * bc.transpose(-1, -2)
+        attn = (qc @ kc.transpose(-1, -2)) * ratio_incl
+
+    # (I + L)⁻¹ once (the unit diagonal implied, never stored or read), then batched products: at these
+    # C × C blocks usually faster than triangular solves (results/speed/speed_probes_2026-12-01.md)
+    eye = torch.eye(C, dtype=L_t.dtype, device=L_t.device).expand_as(L_t)
+    inverse = torch.linalg.solve_triangular(L_t, eye, upper=True, left=False, unitriangular=True).transpose(-1, -2)
+    gamma = exp_floored(b, FLOOR)  # γ_t
+    w = inverse @ ((-bc * gamma) * kc)  # carries the minus sign: no extra pass
+    N, B, H, _, K = qc.shape
+    query_to_state = (qc * gamma).flatten(0, 2).baddbmm_(attn.flatten(0, 2), w.flatten(0, 2)).view(N, B, H, C, K)
+    k_to_end = (kc * exp_floored(b_last - b, FLOOR)).transpose(-1, -2)  # (N, B, H, K, C)
+    transition = k_to_end @ w  # (N, B, H, K, K), plus γ_C on the diagonal:
+    transition.diagonal(dim1=-2, dim2=-1).add_(exp_floored(b_last.squeeze(-1), FLOOR))
+    return ChunkWY(attn, inverse, w, query_to_state, k_to_end, transition)
+
+
 def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False,
                      chunk_size: int = CHUNK):
     B, T, H, K = q.shape
@@ -47,46 +101,17 @@ def delta_rule_chunk(q, k, v, beta, log_decay=None, scale=None, initial_state=No
         g = bc.new_zeros(N, B, H, C, 1)
     else:
         g = to_chunks(log_decay.float()[..., None], N, C)
-    b = g.cumsum(dim=3)  # log γ_t, (N, B, H, C, 1)
-    b_last = b[:, :, :, -1:]
-    # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), through X = ((I + L)⁻¹)ᵀ from X (I + L)ᵀ = I:
-    # LAPACK is column-major, so this right-sided form on the transposed system reads and writes our row-major
-    # memory as it is (faster than the left-sided solve). Lᵀ is built directly.
-    if bool((b_last >= -DENORMALS.safe_span).all()):  # γ_t/γ_s = exp(b_t − c)·exp(c − b_s), c the midpoint
-        mid = b_last / 2
-        up = (b - mid).exp()  # (N, B, H, C, 1): per-head factors are small, β rides on k's
-        k_down = kc * (mid - b).exp()
-        k_up_beta, q_up = kc * (up * bc), qc * up
-        L_t = (k_down @ k_up_beta.transpose(-1, -2)).triu_(1)
-        attn = (q_up @ k_down.transpose(-1, -2)).tril_()  # (N, B, H, C, C)
-    else:  # a chunk decays by more than exp(−safe_span): exact pairwise ratios (every exponent ≤ 0)
-        idx = torch.arange(C, device=q.device)
-        ratio_incl = masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :], FLOOR)  # γ_t/γ_s, s ≤ t
-        L_t = (kc @ kc.transpose(-1, -2)) * ratio_incl.tril(-1).transpose(-1, -2) * bc.transpose(-1, -2)
-        attn = (qc @ kc.transpose(-1, -2)) * ratio_incl
-
-    # (I + L)⁻¹ once (the unit diagonal implied, never stored or read), then two batched products: at these
-    # C × C blocks usually faster than two triangular solves (results/speed/speed_probes_2026-12-01.md)
-    eye = torch.eye(C, dtype=L_t.dtype, device=L_t.device).expand_as(L_t)
-    inverse = torch.linalg.solve_triangular(L_t, eye, upper=True, left=False, unitriangular=True).transpose(-1, -2)
-    # new values U = u_free + w S_0 from (I + L) U = β v − β γ k S_0 (w carries the minus sign: no extra pass)
-    u_free = inverse @ (bc * vc)
-    gamma = exp_floored(b, FLOOR)  # γ_t
-    w = inverse @ ((-bc * gamma) * kc)
-    # With U = u_free + w S_0:  o = (q γ + attn w) S_0 + attn u_free,
-    # S_next = (γ_C I + k̃ᵀ w) S_0 + k̃ᵀ u_free, k̃ = k γ_C/γ. Only the last line is sequential.
-    query_to_state = (qc * gamma).flatten(0, 2).baddbmm_(attn.flatten(0, 2), w.flatten(0, 2))
-    query_to_state = query_to_state.view(N, B, H, C, K)
-    k_to_end = (kc * exp_floored(b_last - b, FLOOR)).transpose(-1, -2)  # (N, B, H, K, C)
-    transition = k_to_end @ w  # (N, B, H, K, K), plus γ_C on the diagonal:
-    transition.diagonal(dim1=-2, dim2=-1).add_(exp_floored(b_last.squeeze(-1), FLOOR))
-    chunk_kv = k_to_end @ u_free  # (N, B, H, K, V)
+    wy = chunk_wy(qc, kc, bc, g)
+    # new values U = u_free + w S_0, so o = query_to_state S_0 + attn u_free and
+    # S_next = transition S_0 + k_to_end u_free: only the last line is sequential
+    u_free = wy.inverse @ (bc * vc)
+    chunk_kv = wy.k_to_end @ u_free  # (N, B, H, K, V)
 
     state = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    states = _MatrixCarry.apply(transition.flatten(1, 2), chunk_kv.flatten(1, 2), state.flatten(0, 1))
+    states = _MatrixCarry.apply(wy.transition.flatten(1, 2), chunk_kv.flatten(1, 2), state.flatten(0, 1))
     states = states.view(N + 1, B, H, K, V)
-    # o = (q γ + attn w) S_0 + attn u_free, the state term accumulated into the other in one call
-    o = (attn @ u_free).flatten(0, 2).baddbmm_(query_to_state.flatten(0, 2), states[:N].flatten(0, 2))
+    # the state term accumulated into the other in one call
+    o = (wy.attn @ u_free).flatten(0, 2).baddbmm_(wy.query_to_state.flatten(0, 2), states[:N].flatten(0, 2))
     o = from_chunks(o.view(N, B, H, C, V), T, scale, out_dtype)
     return o, (states[N] if output_final_state else None)
 

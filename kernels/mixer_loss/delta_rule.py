@@ -11,16 +11,16 @@ for chunks i > j (C tokens each), with the per-chunk quantities of `kernels.delt
 
 Blocks are formed one block diagonal (i − j = d) at a time for all chunks at once and compared with the
 teacher's blocks there; autograd differentiates through them. Only (C × C) systems are solved, and the
-(T × T)-sized work is one pass per block to form it and one to compare it. Every decay exponent is ≤ 0.
+(T × T)-sized work is one pass per block to form it and one to compare it. The per-chunk quantities are the
+chunk kernel's (`kernels.delta_rule.chunk.chunk_wy`), with its decay factoring and denormal floor.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kernels.chunking import CHUNK, DENORMALS, exp_floored, masked_exp, to_chunks
-
-FLOOR = DENORMALS.delta_floor
+from kernels.chunking import CHUNK, to_chunks
+from kernels.delta_rule.chunk import chunk_wy
 
 
 def delta_rule_matrix_diagonals(q, k, beta, log_decay=None, scale=None, chunk_size: int = CHUNK):
@@ -34,30 +34,16 @@ def delta_rule_matrix_diagonals(q, k, beta, log_decay=None, scale=None, chunk_si
     qc, kc = to_chunks(q.float(), N, C), to_chunks(k.float(), N, C)  # (N, B, H, C, K)
     bc = to_chunks(beta.float()[..., None], N, C)  # (N, B, H, C, 1)
     g = bc.new_zeros(bc.shape) if log_decay is None else to_chunks(log_decay.float()[..., None], N, C)
-    b = g.cumsum(dim=3)  # log γ_t inside each chunk
-    b_last = b[..., -1:, :]  # (N, B, H, 1, 1)
-    idx = torch.arange(C, device=q.device)
-    ratio = masked_exp(b - b.transpose(-1, -2), idx[:, None] >= idx[None, :], FLOOR)  # γ_t/γ_s, s ≤ t
-    # (I + L)⁻¹ with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t): the unitriangular solve reads the strict lower part only
-    L = (kc @ kc.transpose(-1, -2)) * ratio * bc
-    eye = torch.eye(C, dtype=L.dtype, device=L.device).expand_as(L)
-    inverse = torch.linalg.solve_triangular(L, eye, upper=False, unitriangular=True)
-    values = inverse * bc.transpose(-1, -2)  # (I + L)⁻¹ diag(β): the chunk's new values for identity values
-    attn = (qc @ kc.transpose(-1, -2)) * ratio  # (N, B, H, C, C), s ≤ t
-    yield 0, scale * (attn @ values)
+    wy = chunk_wy(qc, kc, bc, g)  # the chunk kernel's own per-chunk quantities
+    values = wy.inverse * bc.transpose(-1, -2)  # (I + L)⁻¹ diag(β): the chunk's new values for identity values
+    yield 0, scale * (wy.attn @ values)
     if N == 1:
         return
-    w = inverse @ ((-bc * exp_floored(b, FLOOR)) * kc)  # (C × K): the new values' dependence on the state
-    query_to_state = qc * exp_floored(b, FLOOR) + attn @ w  # (C × K)
-    k_to_end = (kc * exp_floored(b_last - b, FLOOR)).transpose(-1, -2)  # (K × C)
-    transition = k_to_end @ w  # (K × K), plus γ_C on the diagonal
-    transition = transition + torch.diag_embed(exp_floored(b_last, FLOOR).squeeze(-1).expand(*b_last.shape[:3], K))
-    written = k_to_end @ values  # R_j (K × C)
-    state = written[:-1]  # chunk j's columns in the state chunk j + 1 reads
+    state = (wy.k_to_end @ values)[:-1]  # R_j (K × C): chunk j's columns in the state chunk j + 1 reads
     for d in range(1, N):
-        yield d, scale * (query_to_state[d:] @ state)
+        yield d, scale * (wy.query_to_state[d:] @ state)
         if d + 1 < N:
-            state = transition[d:-1] @ state[:-1]
+            state = wy.transition[d:-1] @ state[:-1]
 
 
 def delta_rule_mixer_loss(teacher_attention: torch.Tensor, q, k, beta, log_decay=None, scale=None,
