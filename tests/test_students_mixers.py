@@ -149,6 +149,33 @@ def test_short_conv_equals_conv1d_with_and_without_a_cache(T, bias, activation):
         torch.testing.assert_close(new_cache, expected_cache)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gated", [True, False])
+def test_head_rms_norm_is_the_gated_rms_norm_formula(gated, dtype):
+    """Outputs and gradients against x / sqrt(mean(x²) + eps) · w · silu(z), written out in float64."""
+    from students.layers import HeadRMSNorm
+
+    torch.manual_seed(3)
+    norm = HeadRMSNorm(13, eps=1e-3)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(2, 5, 3, 13) * 0.05).to(dtype).requires_grad_()  # small, so eps matters
+    z = torch.randn(2, 5, 3, 13).to(dtype).requires_grad_() if gated else None
+    y = norm(x, z)
+    assert y.dtype == torch.float32
+    x64 = x.double()
+    want = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-3) * norm.weight.double()
+    if gated:
+        want = want * torch.nn.functional.silu(z.double())
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(want)
+    params = [x, norm.weight] + ([z] if gated else [])
+    got = torch.autograd.grad((y.double() * g).sum(), params)
+    expected = torch.autograd.grad((want * g).sum(), params)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-5)
+
+
 def test_rotary_reuses_angles_only_for_the_same_positions_and_frequencies():
     from students.layers import Rotary, apply_rotary, rope_inv_freq
 
