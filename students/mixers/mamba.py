@@ -48,7 +48,7 @@ class Mamba2Mixer(RecurrentMixer):
                         window_q=split_heads(C_in, H), window_k=split_heads(B_in, H))
 
     def finish_core(self, o, f):
-        return o + self.D.float()[:, None] * f.v.float()
+        return torch.addcmul(o, self.D.float()[:, None], f.v.float())  # one pass, one new tensor
 
     def finish_matrix(self, matrix, f):
         T = matrix.shape[-1]
