@@ -2,9 +2,12 @@
 
     python results/speed/grid_rerun_summary.py RERUN_RESULTS_DIR [--json results/speed/grid_rerun_<commit>.json]
 
-RERUN_RESULTS_DIR is the `--results-dir` of a `bench.sweep` re-run; each of its `runs/*.json` is matched by run
-name with `results/runs/` (the grid's records, e262c35). Prints run time, training time and validation KL per run
-and in total, and optionally writes them to a JSON file with both sides' commits and dates and the machine.
+RERUN_RESULTS_DIR is the `--results-dir` of a `bench.sweep` (or `bench.run`) re-run; each of its `runs/*.json` is
+matched with `results/runs/` (the grid's records, e262c35) by run name, or, where the name's settings hash differs
+(since 1dfed36 it covers the resolved precision, so an fp32 re-run of a bf16 record is named apart), by teacher,
+student, init, preset and seed; each side's precision is printed. Prints run time, training time, the
+matrix_mixing stage's seconds and validation KL per run and in total, and optionally writes them to a JSON file
+with both sides' commits and dates and the machine.
 """
 import argparse
 import json
@@ -25,29 +28,54 @@ def end_to_end_rate(record: dict) -> float:
     return round(stage["tokens"] / stage["seconds"], 1)
 
 
+def config_key(name: str) -> str:
+    """The run name without its settings hash: teacher__student__init__preset__seedN."""
+    parts = name.split("__")
+    return "__".join(parts[:4] + parts[5:])
+
+
+def precision(record: dict) -> str:
+    return "bf16" if record.get("bf16") else "fp32"
+
+
+def stage_seconds(record: dict, stage: str) -> float | None:
+    return next((s["seconds"] for s in record["stages"] if s["stage"] == stage), None)
+
+
+grid = {config_key(path.stem): path for path in (ROOT / "results" / "runs").glob("*.json")}
 rows = []
 for new_file in sorted((args.rerun / "runs").glob("*.json")):
     old_file = ROOT / "results" / "runs" / new_file.name
     if not old_file.exists():
+        old_file = grid.get(config_key(new_file.stem))
+    if old_file is None:
         continue
     new, old = json.loads(new_file.read_text()), json.loads(old_file.read_text())
     rows.append({"run": new["run"], "student": new["settings"]["student"], "init": new["settings"]["init"],
                  "stages": "+".join(stage["stage"] for stage in new["stages"]),
                  **{side: {"seconds": rec["seconds"], "train_seconds": rec["train_seconds"], "date": rec["date"],
                            "commit": rec["machine"]["commit"], "val_kl": rec["metrics"]["val_kl"],
-                           "end_to_end_tokens_per_s": end_to_end_rate(rec), "phase_seconds": rec.get("phase_seconds")}
+                           "end_to_end_tokens_per_s": end_to_end_rate(rec), "phase_seconds": rec.get("phase_seconds"),
+                           "precision": precision(rec), "matrix_mixing_seconds": stage_seconds(rec, "matrix_mixing")}
                     for side, rec in (("old", old), ("new", new))}})
 rows.sort(key=lambda r: r["new"]["date"])
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 print("| student | init | old: run s (training s) | new: run s (training s) | run × | training × "
-      "| end_to_end tok/s old / new | val KL old / new |")
-print("|---|---|---|---|---|---|---|---|")
+      "| matrix_mixing s old / new | end_to_end tok/s old / new | val KL old / new | precision old / new |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     o, n = r["old"], r["new"]
     init = r["init"] + ("+matrix_mixing" if "matrix_mixing" in r["stages"] else "")
     print(f"| {r['student']} | {init} | {o['seconds']:.1f} ({o['train_seconds']:.1f}) | {n['seconds']:.1f} "
           f"({n['train_seconds']:.1f}) | {o['seconds'] / n['seconds']:.2f} | {o['train_seconds'] / n['train_seconds']:.2f} "
+          f"| {_seconds(o['matrix_mixing_seconds'])} / {_seconds(n['matrix_mixing_seconds'])} "
           f"| {o['end_to_end_tokens_per_s']:,.0f} / {n['end_to_end_tokens_per_s']:,.0f} "
-          f"| {o['val_kl']:.4f} / {n['val_kl']:.4f} |")
+          f"| {o['val_kl']:.4f} / {n['val_kl']:.4f} | {o['precision']} / {n['precision']} |")
 total = {side: sum(r[side]["seconds"] for r in rows) for side in ("old", "new")}
 train = {side: sum(r[side]["train_seconds"] for r in rows) for side in ("old", "new")}
 if rows:
@@ -58,7 +86,7 @@ if rows:
 if args.json and rows:
     first = json.loads(sorted((args.rerun / "runs").glob("*.json"))[0].read_text())
     args.json.write_text(json.dumps({
-        "what": "paper-grid runs re-run at a later commit, matched by run name with the grid's records",
+        "what": "paper-grid runs re-run at a later commit, matched with the grid's records by run name or by configuration",
         "machine": first["machine"], "old_commits": sorted({r["old"]["commit"] for r in rows}),
         "new_commits": sorted({r["new"]["commit"] for r in rows}), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": rows, "total_seconds": total, "train_seconds": train}, indent=1) + "\n")
