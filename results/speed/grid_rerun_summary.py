@@ -70,7 +70,7 @@ print("| student | init | old: run s (training s) | new: run s (training s) | ru
 print("|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     o, n = r["old"], r["new"]
-    init = r["init"] + ("+matrix_mixing" if "matrix_mixing" in r["stages"] else "")
+    init = r["init"] + ("+matrix_mixing" if "matrix_mixing" in r["stages"] and "matrix_mixing" not in r["init"] else "")
     print(f"| {r['student']} | {init} | {o['seconds']:.1f} ({o['train_seconds']:.1f}) | {n['seconds']:.1f} "
           f"({n['train_seconds']:.1f}) | {o['seconds'] / n['seconds']:.2f} | {o['train_seconds'] / n['train_seconds']:.2f} "
           f"| {_seconds(o['matrix_mixing_seconds'])} / {_seconds(n['matrix_mixing_seconds'])} "
