@@ -54,7 +54,7 @@ class ChunkWY(NamedTuple):
 
 def chunk_wy(qc: torch.Tensor, kc: torch.Tensor, bc: torch.Tensor, g: torch.Tensor) -> ChunkWY:
     """`ChunkWY` from q, k (N, B, H, C, K), β and the log decays g (N, B, H, C, 1), all fp32 in the chunk layout."""
-    C = qc.shape[-2]
+    N, B, H, C, K = qc.shape
     b = g.cumsum(dim=3)  # log γ_t, (N, B, H, C, 1)
     b_last = b[:, :, :, -1:]
     # (I + L) U = R with L[t, s] = β_t (γ_t/γ_s) k_tᵀ k_s (s < t), through X = ((I + L)⁻¹)ᵀ from X (I + L)ᵀ = I:
@@ -79,7 +79,6 @@ def chunk_wy(qc: torch.Tensor, kc: torch.Tensor, bc: torch.Tensor, g: torch.Tens
     inverse = torch.linalg.solve_triangular(L_t, eye, upper=True, left=False, unitriangular=True).transpose(-1, -2)
     gamma = exp_floored(b, FLOOR)  # γ_t
     w = inverse @ ((-bc * gamma) * kc)  # carries the minus sign: no extra pass
-    N, B, H, _, K = qc.shape
     query_to_state = (qc * gamma).flatten(0, 2).baddbmm_(attn.flatten(0, 2), w.flatten(0, 2)).view(N, B, H, C, K)
     k_to_end = (kc * exp_floored(b_last - b, FLOOR)).transpose(-1, -2)  # (N, B, H, K, C)
     transition = k_to_end @ w  # (N, B, H, K, K), plus γ_C on the diagonal:
