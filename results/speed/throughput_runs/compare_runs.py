@@ -1,12 +1,13 @@
-"""Repeated runs of `python -m bench.throughput --student all --repeats 7 --threads 2` side by side: one row per
+"""Repeated runs of `python -m bench.throughput --student all --repeats 7|11 --threads 2` side by side: one row per
 student, one column group per run, so the spread of each ratio and verdict between runs of (nearly) the same code
 can be read off. The runs kept here differ in code only in the benchmark's FLOP count and verdict rule (848c497,
 21a8ea1, d3fb851), in gated_deltanet/mamba decode (bf3153d, after 0f8987d) and in the delta rule's triangular
 solves (3425af6, 11 repeats: the committed results/throughput_cpu.json at the sixth stop). `throughput_cpu_7a4124f`
 (11 repeats, the grid's AVX-512 machine type, like the five before it) was the committed file until the twelfth stop;
 `throughput_cpu_avx2_2b8f9c0` is the same code for every timed path on another CPU (AMD EPYC, AVX2, no bf16 kernels),
-the machine type of the committed file since (bdb258d, 11 repeats: the head-norm, WY-sharing and D-skip changes
-since 7a4124f).
+the machine type of the committed file since. `throughput_cpu_avx2_bdb258d` (11 repeats: the head-norm, WY-sharing
+and D-skip changes since 7a4124f) ran in a slow session (the floor's prefill of 2,048 tokens 225 ms); the committed
+file (913754e, the same code for every timed path, 11 repeats) in a quiet one on the same machine type (144 ms).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
