@@ -7,8 +7,10 @@ projections fused through weights stacked once (a probe: the stacked copies are 
 - rwkv fused: the five token-shift interpolations as one batched product, and r, k, v, g (four inputs) as one
   batched product over their stacked weights (16 → 9 per layer).
 
-Outputs are checked against the unfused model's (same weights) before timing. 32 tokens per call, rounds in turn,
-each call warm-started from the same cache as `bench.throughput` does; 2 threads.
+The two featurize functions below are the mixers' own (students/mixers/gated_deltanet.py, rwkv.py at 913754e)
+with only the products changed. Outputs are checked against the unfused model's (same weights) before timing.
+32 tokens per call, rounds in turn, each call warm-started from the same cache as `bench.throughput` does;
+2 threads.
 
     python results/speed/decode_fused_projection_probe.py
 """
