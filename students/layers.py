@@ -1,6 +1,8 @@
 """Building blocks shared by the mixers: short causal convolution with a cache, rotary, norms."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,13 +35,65 @@ class ShortConv(nn.Module):
         return short_conv(x, self.weight[:, 0], self.bias, self.activation == "silu", cache)
 
 
+@contextlib.contextmanager
+def kept_weight_stacks():
+    """Within this scope, with gradients off, weights stacked for one product are built once and reused
+    (`StudentForCausalLM.generate` decodes inside it): stacking per call would copy as many bytes as a decoded
+    token's product reads, so outside it one token runs separate products. As with
+    `torch.nn.utils.parametrize.cached`, weights must not change inside the scope; a weight updated in place
+    (its version counter) or replaced (`.to`, `.data =`) is still noticed, but torch's fused optimisers update
+    weights without bumping their version counters. The stacks are dropped when the outermost scope exits."""
+    global _KEPT_STACKS
+    outermost = _KEPT_STACKS is None
+    if outermost:
+        _KEPT_STACKS = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _KEPT_STACKS = None
+
+
+_KEPT_STACKS: dict | None = None
+
+
+def _keeping_stacks() -> bool:
+    return _KEPT_STACKS is not None and not torch.is_grad_enabled()
+
+
+def stacked_weight(linears: list[nn.Linear], batched: bool = False) -> torch.Tensor:
+    """The linears' weights stacked for one product: (Σ out, in), or with `batched` (n, in, out) for torch.bmm.
+    Built in the graph each call (each weight gets its gradient), or kept inside `kept_weight_stacks`."""
+    weights = [linear.weight for linear in linears]
+    stack = (lambda ws: torch.stack(ws).transpose(1, 2)) if batched else torch.cat
+    if not _keeping_stacks() or any(w.is_inference() for w in weights):  # inference tensors keep no versions
+        return stack(weights)
+    key = (batched, *map(id, linears))
+    hit = _KEPT_STACKS.get(key)
+    # the kept entry holds the tensors it was built from, so a replaced tensor's memory is not reused meanwhile
+    if hit is None or any(a.data_ptr() != w.data_ptr() or a.dtype != w.dtype or a.device != w.device or version != w._version
+                          for (a, version), w in zip(hit[0], weights)):
+        hit = _KEPT_STACKS[key] = (tuple((w.detach(), w._version) for w in weights), stack(weights))
+    return hit[1]
+
+
 def stacked_linear(x: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:
-    """torch.cat([linear(x) for linear in linears], -1) for bias-free projections of one input: over a sequence
-    one product with the weights stacked (no concatenation of activations); for one token the separate products
-    (stacking the weights would copy more than it saves)."""
-    if x.shape[1] > 1:
-        return F.linear(x, torch.cat([linear.weight for linear in linears]))
-    return torch.cat([linear(x) for linear in linears], dim=-1)
+    """torch.cat([linear(x) for linear in linears], -1) for bias-free projections of one input, as one product
+    with their weights stacked (no concatenation of activations); for one token outside `kept_weight_stacks`
+    the separate products (stacking the weights each call would copy more than it saves)."""
+    if x.shape[1] == 1 and not _keeping_stacks():
+        return torch.cat([linear(x) for linear in linears], dim=-1)
+    return F.linear(x, stacked_weight(linears))
+
+
+def batched_linear(xs: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:
+    """torch.stack([linear(x) for x, linear in zip(xs, linears)]) for bias-free projections of n inputs
+    xs (n, B, T, in) with one output width, as one batched product (n, B, T, out); for one token outside
+    `kept_weight_stacks` the separate products."""
+    n, B, T, D = xs.shape
+    if T == 1 and not _keeping_stacks():
+        return torch.stack([linear(x) for x, linear in zip(xs, linears)])
+    return torch.bmm(xs.reshape(n, B * T, D), stacked_weight(linears, batched=True)).view(n, B, T, -1)
 
 
 def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,

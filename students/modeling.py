@@ -23,6 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from students.base import MixerConfig
+from students.layers import kept_weight_stacks
 from students.registry import available, build_mixer
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -237,6 +238,12 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=tuple(hidden_states) if hidden_states else None,
                                       **{_CACHE_FIELD: cache})
+
+    def generate(self, *args, **kwargs):
+        """GenerationMixin.generate, keeping the weights stacked for one product between decoded tokens
+        (`students.layers.kept_weight_stacks`)."""
+        with kept_weight_stacks():
+            return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, use_cache=True, **kwargs):
         cache = kwargs.get("cache") or kwargs.get("past_key_values")

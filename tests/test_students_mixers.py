@@ -191,3 +191,98 @@ def test_rotary_reuses_angles_only_for_the_same_positions_and_frequencies():
     y = torch.randn(2, 5, 3, 8, requires_grad=True)
     plain(y, 3).sum().backward()  # angles kept from inference mode would fail here
     assert y.grad is not None
+
+
+def _linears(widths, seed=0):
+    torch.manual_seed(seed)
+    return [torch.nn.Linear(5, width, bias=False) for width in widths]
+
+
+def test_stacked_linear_equals_separate_products_with_gradients_and_one_token():
+    from students.layers import stacked_linear
+
+    for T in (1, 3):
+        linears = _linears([7, 3, 1])
+        x = torch.randn(2, T, 5, requires_grad=True)
+        want = torch.cat([linear(x) for linear in linears], -1)
+        torch.testing.assert_close(stacked_linear(x, linears), want)
+        grads = torch.autograd.grad(want.square().sum(), [x, *(l.weight for l in linears)])
+        got = torch.autograd.grad(stacked_linear(x, linears).square().sum(), [x, *(l.weight for l in linears)])
+        for a, b in zip(got, grads):
+            torch.testing.assert_close(a, b)
+
+
+def test_batched_linear_equals_separate_products_with_gradients():
+    from students.layers import batched_linear
+
+    linears = _linears([6, 6, 6])
+    xs = torch.randn(3, 2, 5, 5, requires_grad=True)
+    want = torch.stack([linear(x) for x, linear in zip(xs, linears)])
+    got = batched_linear(xs, linears)
+    torch.testing.assert_close(got, want)
+    inputs = [xs, *(l.weight for l in linears)]
+    for a, b in zip(torch.autograd.grad(got.square().sum(), inputs), torch.autograd.grad(want.square().sum(), inputs)):
+        torch.testing.assert_close(a, b)
+    with torch.inference_mode():
+        torch.testing.assert_close(batched_linear(xs, linears), want)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_kept_weight_stacks_follow_every_change_of_a_weight(batched):
+    from students.layers import kept_weight_stacks, stacked_weight
+
+    linears = _linears([4, 4])
+
+    def expected():
+        weights = [linear.weight.detach() for linear in linears]
+        return torch.stack(weights).transpose(1, 2) if batched else torch.cat(weights)
+
+    with torch.no_grad():
+        assert stacked_weight(linears, batched) is not stacked_weight(linears, batched)  # outside the scope
+    with kept_weight_stacks(), torch.no_grad():
+        first = stacked_weight(linears, batched)
+        with kept_weight_stacks():
+            assert stacked_weight(linears, batched) is first  # kept while nothing changed, nested scopes share
+        assert stacked_weight(linears, batched) is first
+        torch.testing.assert_close(first, expected(), rtol=0, atol=0)
+        # with gradients on the stack is built in the graph (each weight gets its gradient), never the kept one
+        with torch.enable_grad():
+            stack = stacked_weight(linears, batched)
+            assert stack.requires_grad and stack.grad_fn is not None
+        for linear in linears:
+            linear.weight.add_(1.0)  # in place
+        torch.testing.assert_close(stacked_weight(linears, batched), expected(), rtol=0, atol=0)
+        linears[0].weight.data = torch.randn(4, 5)  # replaced
+        torch.testing.assert_close(stacked_weight(linears, batched), expected(), rtol=0, atol=0)
+        for linear in linears:
+            linear.double()
+        assert stacked_weight(linears, batched).dtype == torch.float64
+        torch.testing.assert_close(stacked_weight(linears, batched), expected(), rtol=0, atol=0)
+    with kept_weight_stacks(), torch.inference_mode():
+        torch.testing.assert_close(stacked_weight(linears, batched), expected(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "rwkv", "mamba"])
+def test_decoding_after_training_steps_reads_the_trained_weights(name):
+    """Weights stacked and kept for decoding must not outlive their scope: decode, take steps of the stages' fused
+    AdamW (which does not bump version counters), decode again, and compare the steps with the full forward of the
+    trained mixer (run with gradients on, from the weights themselves)."""
+    from students.layers import kept_weight_stacks
+
+    mixer = make(name)
+    optimizer = torch.optim.AdamW(mixer.parameters(), lr=1e-2, fused=True)
+    x = torch.randn(1, 6, CONFIG["hidden_size"])
+    for _ in range(2):
+        with kept_weight_stacks(), torch.inference_mode():
+            state, steps = None, []
+            for t in range(x.shape[1]):
+                y_t, state = mixer.step(x[:, t], state)
+                steps.append(y_t)
+        full = mixer(x)[0].detach()
+        assert_close(torch.stack(steps, 1), full, 1e-4, "steps vs chunk")
+        before = full.clone()
+        optimizer.zero_grad()
+        mixer(x)[0].square().mean().backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert (mixer(x)[0] - before).abs().max() > 1e-3  # the steps did change the mixer's output

@@ -50,6 +50,7 @@ from kernels._backend import pick_backend
 from kernels.delta_rule import BACKENDS as DELTA_RULE_BACKENDS
 from kernels.linear_recurrence import BACKENDS as LINEAR_RECURRENCE_BACKENDS
 from students.base import Mixer, RecurrentMixer
+from students.layers import kept_weight_stacks
 from students.modeling import _CACHE_FIELD, StudentCache
 from students.registry import available
 from students.surgery import build_student, load_teacher
@@ -415,9 +416,10 @@ class _Decoder:
         self.run(self.steps)
 
     def run(self, steps: int) -> None:
-        for _ in range(steps):
-            output = self.model(self.token, use_cache=True, **{_CACHE_FIELD: self.cache})
-            self.cache, self.token = getattr(output, _CACHE_FIELD), output.logits[:, -1:].argmax(-1)
+        with kept_weight_stacks():  # as `StudentForCausalLM.generate` decodes
+            for _ in range(steps):
+                output = self.model(self.token, use_cache=True, **{_CACHE_FIELD: self.cache})
+                self.cache, self.token = getattr(output, _CACHE_FIELD), output.logits[:, -1:].argmax(-1)
 
 
 def rewinder(cache):
