@@ -7,7 +7,9 @@ solves (3425af6, 11 repeats: the committed results/throughput_cpu.json at the si
 `throughput_cpu_avx2_2b8f9c0` is the same code for every timed path on another CPU (AMD EPYC, AVX2, no bf16 kernels),
 the machine type of the committed file since. `throughput_cpu_avx2_bdb258d` (11 repeats: the head-norm, WY-sharing
 and D-skip changes since 7a4124f) ran in a slow session (the floor's prefill of 2,048 tokens 225 ms); the committed
-file (913754e, the same code for every timed path, 11 repeats) in a quiet one on the same machine type (144 ms).
+run `throughput_cpu_avx2_913754e` (the same code for every timed path, 11 repeats) in a quiet one on the same machine
+type (144 ms); it was the committed file until the fifteenth stop. The committed file now (430a34a: the stacked
+projections and kept weight stacks of 43a51cf) ran on an Intel Xeon (AVX-512, 260 MiB L3; floor 89 ms).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
