@@ -47,8 +47,28 @@ def cpu_model() -> str:
 
 
 def cpu_has_bf16_kernels() -> bool:
-    """Whether this CPU's oneDNN has bf16 kernels (AVX512-BF16 or AMX): where `--dtype auto` picks bf16."""
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): where `--dtype auto` picks bf16.
+
+    oneDNN also reports bf16 support on AVX-512 CPUs that have neither, converting in software: there bf16
+    products ran at a fifth of fp32's rate and a bf16 training step at 0.4× fp32's (results/speed/), so those
+    count as no."""
+    return _onednn_reports_bf16() and any(_cpu_feature(name) for name in ("avx512_bf16", "amx_tile"))
+
+
+def _onednn_reports_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _cpu_feature(name: str) -> bool:
+    """torch's own probe of an x86 feature (`torch.cpu._is_<name>_supported`), else the kernel's cpuinfo flags."""
+    probe = getattr(torch.cpu, f"_is_{name}_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        return any(line.startswith("flags") and name in line.split()
+                   for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return False
 
 
 def machine() -> dict:

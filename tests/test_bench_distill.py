@@ -625,6 +625,29 @@ def test_machine_names_the_cpu_features_that_set_speed_and_precision():
         assert found["cpu_bf16_kernels"] is train.use_bf16("auto", torch.device("cpu"))
 
 
+def test_auto_precision_takes_bf16_only_where_the_cpu_multiplies_it_in_hardware(monkeypatch):
+    # oneDNN reports bf16 on every AVX-512 CPU; without AVX512-BF16 or AMX it converts in software and a bf16
+    # training step ran at 0.4x fp32's rate, so `auto` must stay fp32 there
+    for onednn, features, expected in [(True, set(), False), (True, {"avx512_bf16"}, True),
+                                       (True, {"amx_tile"}, True), (False, {"avx512_bf16", "amx_tile"}, False)]:
+        monkeypatch.setattr(env, "_onednn_reports_bf16", lambda: onednn)
+        monkeypatch.setattr(env, "_cpu_feature", lambda name: name in features)
+        assert env.cpu_has_bf16_kernels() is expected
+        assert train.use_bf16("auto", torch.device("cpu")) is expected
+        assert train.use_bf16("fp32", torch.device("cpu")) is False and train.use_bf16("bf16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="the fallback reads Linux's /proc/cpuinfo")
+def test_cpu_feature_fallback_agrees_with_torchs_probe(monkeypatch):
+    for name in ("avx512_bf16", "amx_tile"):
+        probe = getattr(torch.cpu, f"_is_{name}_supported", None)
+        if probe is None:
+            continue
+        told = bool(probe())
+        monkeypatch.delattr(torch.cpu, f"_is_{name}_supported")
+        assert env._cpu_feature(name) is told
+
+
 def test_resume_refuses_other_settings_and_may_lower_the_learning_rate(tmp_path, tiny_teacher_dir, works_dir, capsys):
     common = [*_cli(tmp_path, tiny_teacher_dir, works_dir), "--run-name", "fixed", "--skip-eval"]
     assert run.main(["--student", "gla", *common, "--stop-after", "3"]) == 0

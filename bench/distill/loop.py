@@ -96,7 +96,7 @@ class Distributed:
 
 def use_bf16(dtype: str, device: torch.device) -> bool:
     """`--dtype`: fp32, bf16, or auto = bf16 autocast where bf16 matmuls run at about twice fp32's rate: CUDA
-    with bf16, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16 or AMX). The recurrences and the fused
+    with bf16, or a CPU that multiplies bf16 in hardware (AVX512-BF16 or AMX). The recurrences and the fused
     losses keep their own precision inside (fp32 states and logits) whatever the autocast."""
     if dtype != "auto":
         return dtype == "bf16"
