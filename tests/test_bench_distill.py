@@ -627,7 +627,7 @@ def test_machine_names_the_cpu_features_that_set_speed_and_precision():
 
 def test_auto_precision_takes_bf16_only_where_the_cpu_multiplies_it_in_hardware(monkeypatch):
     # oneDNN reports bf16 on every AVX-512 CPU; without AVX512-BF16 or AMX it converts in software and a bf16
-    # training step ran at 0.4x fp32's rate, so `auto` must stay fp32 there
+    # training step ran at a third of fp32's rate, so `auto` must stay fp32 there
     for onednn, features, expected in [(True, set(), False), (True, {"avx512_bf16"}, True),
                                        (True, {"amx_tile"}, True), (False, {"avx512_bf16", "amx_tile"}, False)]:
         monkeypatch.setattr(env, "_onednn_reports_bf16", lambda: onednn)

@@ -165,7 +165,7 @@ def distill_speed(doc: dict, source: str) -> str:
     requested = s.get("dtype", "auto")  # the new path is the run's default only under --dtype auto
     new_path = f"default ({precision})" if requested == "auto" else f"--dtype {requested} ({precision})"
     header = ["student", "stage", "eager fp32 tok/s", f"{new_path} tok/s", "× eager fp32",
-              "GFLOP/step", "% of matmul yardstick fp32 / default"]
+              "GFLOP/step", f"% of matmul yardstick fp32 / {new_path.split(' (')[0]}"]
     rows = [[r["student"], r["stage"], num(r["eager fp32_tok_s"]), num(r["default_tok_s"]), f"{r['speedup']:.2f}",
              num(r["gflop_per_step"]), f"{r['eager fp32_pct_yardstick']:.0f}% / {r['default_pct_yardstick']:.0f}%"]
             for r in doc["rows"]]
@@ -349,6 +349,10 @@ TABLES = {
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
                                "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 "
                                "--json results/speed/distill_speed_cpu_avx2.json"),
+    "distill_speed_cpu_avx512_software_bf16": (
+        "speed/distill_speed_cpu_avx512_software_bf16.json", distill_speed,
+        "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 --dtype bf16 "
+        "--json results/speed/distill_speed_cpu_avx512_software_bf16.json"),
     "grid": ("leaderboard.csv", grid, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "claims": ("leaderboard.csv", claims, "python -m bench.sweep --grid paper, then python -m bench.leaderboard"),
     "recall_research": ("research/recall/runs", research, "python -m bench.run ... --results-dir results/research/recall"),
