@@ -5,9 +5,9 @@
 RERUN_RESULTS_DIR is the `--results-dir` of a `bench.sweep` (or `bench.run`) re-run; each of its `runs/*.json` is
 matched with `results/runs/` (the grid's records, e262c35) by run name, or, where the name's settings hash differs
 (since 1dfed36 it covers the resolved precision, so an fp32 re-run of a bf16 record is named apart), by teacher,
-student, init, preset and seed; each side's precision is printed. Prints run time, training time, the
-matrix_mixing stage's seconds and validation KL per run and in total, and optionally writes them to a JSON file
-with both sides' commits and dates and the machine.
+student, init, preset, seed and every other setting but the precision; each side's precision is printed. Prints
+run time, training time, the matrix_mixing stage's seconds and validation KL per run and in total, and optionally
+writes them to a JSON file with both sides' commits and dates and the machine.
 """
 import argparse
 import json
@@ -42,15 +42,24 @@ def stage_seconds(record: dict, stage: str) -> float | None:
     return next((s["seconds"] for s in record["stages"] if s["stage"] == stage), None)
 
 
-grid = {config_key(path.stem): path for path in (ROOT / "results" / "runs").glob("*.json")}
+def settings_key(record: dict) -> str:
+    """Every setting but the name and the precision: an ablation sharing a run's name pattern (another stage list)
+    must not stand in for it."""
+    return json.dumps({k: v for k, v in record["settings"].items() if k not in ("run_name", "dtype")}, sort_keys=True)
+
+
+grid: dict[tuple[str, str], Path] = {}
+for path in (ROOT / "results" / "runs").glob("*.json"):
+    grid[config_key(path.stem), settings_key(json.loads(path.read_text()))] = path
 rows = []
 for new_file in sorted((args.rerun / "runs").glob("*.json")):
+    new = json.loads(new_file.read_text())
     old_file = ROOT / "results" / "runs" / new_file.name
     if not old_file.exists():
-        old_file = grid.get(config_key(new_file.stem))
+        old_file = grid.get((config_key(new_file.stem), settings_key(new)))
     if old_file is None:
         continue
-    new, old = json.loads(new_file.read_text()), json.loads(old_file.read_text())
+    old = json.loads(old_file.read_text())
     rows.append({"run": new["run"], "student": new["settings"]["student"], "init": new["settings"]["init"],
                  "stages": "+".join(stage["stage"] for stage in new["stages"]),
                  **{side: {"seconds": rec["seconds"], "train_seconds": rec["train_seconds"], "date": rec["date"],
