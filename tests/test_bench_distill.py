@@ -637,6 +637,18 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_multiplies_it_in_hardware(
         assert train.use_bf16("fp32", torch.device("cpu")) is False and train.use_bf16("bf16", torch.device("cpu"))
 
 
+def test_forced_bf16_on_a_cpu_without_bf16_instructions_warns_once(tmp_path, tiny_teacher_dir, works_dir, capsys,
+                                                                    monkeypatch):
+    common = [*_cli(tmp_path, tiny_teacher_dir, works_dir), "--skip-eval", "--stop-after", "1", "--student", "gla"]
+    for hardware, expected in [(False, 1), (True, 0)]:
+        monkeypatch.setattr(env, "cpu_has_bf16_kernels", lambda: hardware)
+        assert run.main([*common, "--dtype", "bf16", "--run-name", f"bf16_{hardware}"]) == 0
+        assert capsys.readouterr().err.count("neither AVX512-BF16 nor AMX") == expected
+    monkeypatch.setattr(env, "cpu_has_bf16_kernels", lambda: False)
+    assert run.main([*common, "--dtype", "fp32", "--run-name", "fp32"]) == 0
+    assert "AVX512-BF16" not in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="the fallback reads Linux's /proc/cpuinfo")
 def test_cpu_feature_fallback_agrees_with_torchs_probe(monkeypatch):
     for name in ("avx512_bf16", "amx_tile"):
