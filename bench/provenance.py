@@ -73,7 +73,7 @@ def _cpu_feature(name: str) -> bool:
 
 def machine() -> dict:
     """Device, threads, versions and commit. On CPU also the vector ISA torch dispatches to (AVX2, AVX512, …)
-    and whether oneDNN has bf16 kernels: they set a CPU's speed and what `--dtype auto` resolves to, and a
+    and whether it multiplies bf16 in hardware: they set a CPU's speed and what `--dtype auto` resolves to, and a
     shared machine's model name alone does not tell them apart."""
     cuda = torch.cuda.is_available()
     cpu = {} if cuda else {"cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -163,15 +163,15 @@ def distill_speed(doc: dict, source: str) -> str:
                                               if spread else "") for mode in ("eager fp32", "default")}
     precision = "bf16 autocast" if doc["default_bf16"] else "fp32"
     requested = s.get("dtype", "auto")  # the new path is the run's default only under --dtype auto
-    new_path = f"default ({precision})" if requested == "auto" else f"--dtype {requested} ({precision})"
-    header = ["student", "stage", "eager fp32 tok/s", f"{new_path} tok/s", "× eager fp32",
-              "GFLOP/step", f"% of matmul yardstick fp32 / {new_path.split(' (')[0]}"]
+    new_path = "default" if requested == "auto" else f"--dtype {requested}"
+    header = ["student", "stage", "eager fp32 tok/s", f"{new_path} ({precision}) tok/s", "× eager fp32",
+              "GFLOP/step", f"% of matmul yardstick fp32 / {new_path}"]
     rows = [[r["student"], r["stage"], num(r["eager fp32_tok_s"]), num(r["default_tok_s"]), f"{r['speedup']:.2f}",
              num(r["gflop_per_step"]), f"{r['eager fp32_pct_yardstick']:.0f}% / {r['default_pct_yardstick']:.0f}%"]
             for r in doc["rows"]]
     details = (f"batch {s['batch']} × {s['seq_len']} tokens, medians of {s['repeats']} interleaved steps (teacher "
                f"forward, student forward and backward, AdamW); matmul yardstick fp32 {yard_text['eager fp32']}, "
-               f"{new_path.split(' (')[0]} {yard_text['default']} GFLOP/s")
+               f"{new_path} {yard_text['default']} GFLOP/s")
     return caption(source, doc, details) + "\n\n" + markdown(header, rows)
 
 
