@@ -1,11 +1,13 @@
 """Probe: one distillation optimiser step timed in the checkout it runs from, for comparing two commits.
 
-    python results/speed/step_across_commits.py --repo DIR --mode fp32|default [--students a,b] [--stages ...]
+    python results/speed/step_across_commits.py --repo DIR --mode fp32|default|auto [--students a,b] [--stages ...]
 
 Run from a worktree of each commit in turn (A, B, A, B, ... as separate processes, one at a time); each prints
 one JSON line of median step times. Used for issue 19's "tokens/s ≥ 2× today's default run": the commit the
 issue was filed at (default fp32 on CPU then) against the current default (bf16 autocast). Works with both
 layouts of the stage code (bench/stages.py before the bench/ split, bench/distill/stages.py after).
+`--mode auto` is the run's default as the checkout resolves `--dtype auto` on this CPU (bf16 autocast only where
+`bench.provenance.cpu_has_bf16_kernels` says the CPU has bf16 instructions) with the checkout's own optimiser.
 """
 import argparse
 import json
@@ -18,7 +20,7 @@ import torch
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--repo", required=True)
-parser.add_argument("--mode", choices=("fp32", "default"), required=True)
+parser.add_argument("--mode", choices=("fp32", "default", "auto"), required=True)
 parser.add_argument("--students", default="mamba,linear_attention,rwkv,retnet,gla,xlstm,metala,gated_deltanet")
 parser.add_argument("--stages", default="end_to_end,hidden_alignment")
 parser.add_argument("--repeats", type=int, default=3)
@@ -40,7 +42,12 @@ commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"]
 torch.manual_seed(0)
 teacher = students.load_teacher(str(EMBEDDED_TEACHER))
 batch = torch.randint(0, teacher.config.vocab_size, (8, 512))
-bf16 = args.mode == "default"
+if args.mode == "auto":
+    from bench.provenance import cpu_has_bf16_kernels
+    bf16 = cpu_has_bf16_kernels()
+else:
+    bf16 = args.mode == "default"
+default_optimizer = args.mode != "fp32"
 try:
     from bench.distill.loop import adamw as run_adamw
 except ImportError:  # before the stages' optimiser had a function of its own
@@ -55,7 +62,7 @@ for name in args.students.split(","):
         for p in params:
             p.requires_grad_(True)
         # the checkout's own optimiser in default mode (fused AdamW from d86cd32 on), torch's default otherwise
-        optimizer = run_adamw(params, 1e-6, 0.01) if run_adamw and bf16 else torch.optim.AdamW(params, lr=1e-6)
+        optimizer = run_adamw(params, 1e-6, 0.01) if run_adamw and default_optimizer else torch.optim.AdamW(params, lr=1e-6)
         times = []
         for _ in range(args.repeats + 1):
             start = time.perf_counter()
@@ -67,5 +74,6 @@ for name in args.students.split(","):
             optimizer.step()
             times.append(time.perf_counter() - start)
         results[f"{name}/{stage}"] = statistics.median(times[1:])
-print(json.dumps({"commit": commit, "mode": args.mode, "torch": torch.__version__, "threads": torch.get_num_threads(),
+print(json.dumps({"commit": commit, "mode": args.mode, "autocast_bf16": bf16, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step_s": results}))
