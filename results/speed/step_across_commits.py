@@ -74,6 +74,7 @@ for name in args.students.split(","):
             optimizer.step()
             times.append(time.perf_counter() - start)
         results[f"{name}/{stage}"] = statistics.median(times[1:])
-print(json.dumps({"commit": commit, "mode": args.mode, "autocast_bf16": bf16, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+print(json.dumps({"commit": commit, "mode": args.mode, "autocast_bf16": bf16,
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step_s": results}))
