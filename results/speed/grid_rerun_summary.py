@@ -1,6 +1,6 @@
 """Compare re-run grid records with the paper grid's records of the same runs (issue 19: the grid's wall time).
 
-    python results/speed/grid_rerun_summary.py RERUN_RESULTS_DIR [--json results/speed/grid_rerun_<commit>.json]
+    python results/speed/grid_rerun_summary.py RERUN_RESULTS_DIR [--seeds 1,2] [--json results/speed/grid_rerun_<commit>.json]
 
 RERUN_RESULTS_DIR is the `--results-dir` of a `bench.sweep` (or `bench.run`) re-run; each of its `runs/*.json` is
 matched with `results/runs/` (the grid's records, e262c35) by run name, or, where the name's settings hash differs
@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 parser = argparse.ArgumentParser()
 parser.add_argument("rerun", type=Path)
 parser.add_argument("--json", type=Path)
+parser.add_argument("--seeds", help="only the re-run's records of these seeds (comma-separated), e.g. 1")
 args = parser.parse_args()
+seeds = None if args.seeds is None else {int(seed) for seed in args.seeds.split(",")}
 
 
 
@@ -54,6 +56,8 @@ for path in (ROOT / "results" / "runs").glob("*.json"):
 rows = []
 for new_file in sorted((args.rerun / "runs").glob("*.json")):
     new = json.loads(new_file.read_text())
+    if seeds is not None and new["settings"]["seed"] not in seeds:
+        continue
     old_file = ROOT / "results" / "runs" / new_file.name
     if not old_file.exists():
         old_file = grid.get((config_key(new_file.stem), settings_key(new)))
@@ -61,6 +65,7 @@ for new_file in sorted((args.rerun / "runs").glob("*.json")):
         continue
     old = json.loads(old_file.read_text())
     rows.append({"run": new["run"], "student": new["settings"]["student"], "init": new["settings"]["init"],
+                 "seed": new["settings"]["seed"],
                  "stages": "+".join(stage["stage"] for stage in new["stages"]),
                  **{side: {"seconds": rec["seconds"], "train_seconds": rec["train_seconds"], "date": rec["date"],
                            "commit": rec["machine"]["commit"], "val_kl": rec["metrics"]["val_kl"],
@@ -93,9 +98,10 @@ if rows:
           f"training {train['old']:,.0f} → {train['new']:,.0f} s ({train['old'] / train['new']:.2f}×); "
           f"val KL new − old {min(kl):+.4f} … {max(kl):+.4f}")
 if args.json and rows:
-    first = json.loads(sorted((args.rerun / "runs").glob("*.json"))[0].read_text())
+    first = json.loads((args.rerun / "runs" / f"{rows[0]['run']}.json").read_text())
     args.json.write_text(json.dumps({
         "what": "paper-grid runs re-run at a later commit, matched with the grid's records by run name or by configuration",
         "machine": first["machine"], "old_commits": sorted({r["old"]["commit"] for r in rows}),
-        "new_commits": sorted({r["new"]["commit"] for r in rows}), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "new_commits": sorted({r["new"]["commit"] for r in rows}),
+        "seeds": sorted({r["seed"] for r in rows}), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": rows, "total_seconds": total, "train_seconds": train}, indent=1) + "\n")
