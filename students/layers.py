@@ -61,8 +61,9 @@ def _keeping_stacks() -> bool:
     return _KEPT_STACKS is not None and not torch.is_grad_enabled()
 
 
-def stacked_weight(linears: list[nn.Linear], batched: bool = False) -> torch.Tensor:
-    """The linears' weights stacked for one product: (Σ out, in), or with `batched` (n, in, out) for torch.bmm.
+def stacked_weight(linears: list[nn.Module], batched: bool = False) -> torch.Tensor:
+    """The linears' weights stacked for one product: (Σ out, in), or with `batched` (n, in, out) for torch.bmm
+    (any modules with a `weight` stack the same way: ShortConvs give (Σ channels, 1, k), one convolution's weight).
     Built in the graph each call (each weight gets its gradient), or kept inside `kept_weight_stacks`."""
     weights = [linear.weight for linear in linears]
     stack = (lambda ws: torch.stack(ws).transpose(1, 2)) if batched else torch.cat

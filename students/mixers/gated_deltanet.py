@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.base import Features, MixerConfig, RecurrentMixer
-from students.layers import HeadRMSNorm, ShortConv, merge_heads, short_conv, split_heads, stacked_linear
+from students.layers import HeadRMSNorm, ShortConv, merge_heads, short_conv, split_heads, stacked_linear, stacked_weight
 
 
 class GatedDeltaNetMixer(RecurrentMixer):
@@ -38,23 +38,21 @@ class GatedDeltaNetMixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H, HK = self.num_heads, self.num_heads * self.head_dim
-        # every projection of x as one product; q, k and v as one convolution over their stacked channels
-        # (each conv keeps its cache)
+        # every projection of x as one product; q, k and v as one convolution over their stacked channels with one
+        # cache (a decoded token's time is mostly per-op overhead)
         projected = stacked_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.beta_proj,
                                        self.decay_proj])
         qkv_in, g, beta_in, decay_in = projected.split([3 * HK, HK, H, H], dim=-1)
-        convs = (self.q_conv, self.k_conv, self.v_conv)
-        caches = [state.get(name) for name in ("q_conv", "k_conv", "v_conv")]
-        qkv, cache = short_conv(qkv_in, torch.cat([c.weight[:, 0] for c in convs]), None,
-                                self.q_conv.activation == "silu", None if caches[0] is None else torch.cat(caches, -1))
-        (q_in, k_in, _), (q, k, v), (q_cache, k_cache, v_cache) = (t.chunk(3, dim=-1) for t in (qkv_in, qkv, cache))
-        q = F.normalize(split_heads(q, H).float(), dim=-1)
-        k = F.normalize(split_heads(k, H).float(), dim=-1)
+        conv_weight = stacked_weight([self.q_conv, self.k_conv, self.v_conv])[:, 0]
+        qkv, conv_cache = short_conv(qkv_in, conv_weight, None, self.q_conv.activation == "silu", state.get("qkv_conv"))
+        q = F.normalize(split_heads(qkv[..., :HK], H).float(), dim=-1)
+        k = F.normalize(split_heads(qkv[..., HK:2 * HK], H).float(), dim=-1)
         beta = torch.sigmoid(beta_in.float())
         log_decay = -self.A_log.float().exp() * F.softplus(decay_in.float() + self.dt_bias)
-        return Features(q=q, k=k, v=split_heads(v, H), beta=beta, log_decay=log_decay, context={"g": split_heads(g, H)},
-                        window_q=split_heads(q_in, H), window_k=split_heads(k_in, H),
-                        carry={"q_conv": q_cache, "k_conv": k_cache, "v_conv": v_cache})
+        return Features(q=q, k=k, v=split_heads(qkv[..., 2 * HK:], H), beta=beta,
+                        log_decay=log_decay, context={"g": split_heads(g, H)},
+                        window_q=split_heads(qkv_in[..., :HK], H), window_k=split_heads(qkv_in[..., HK:2 * HK], H),
+                        carry={"qkv_conv": conv_cache})
 
     def readout(self, core, f, x):
         return self.o_proj(merge_heads(self.norm(core, f.context["g"])).to(x.dtype))
