@@ -108,7 +108,6 @@ def main() -> int:
         print(json.dumps(child(args.child, args.students.split(","), args.repeats)))
         return 0
     if not args.summary:
-        sys.path.insert(0, str(ROOT))
         from bench.provenance import machine
         from students.registry import STUDENTS
 
