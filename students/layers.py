@@ -261,7 +261,9 @@ class HeadLayerNorm(nn.Module):
         self.norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.float())
+        norm = self.norm  # fp32 statistics and affine whatever the model's dtype (bf16 weights too)
+        weight, bias = (None, None) if norm.weight is None else (norm.weight.float(), norm.bias.float())
+        return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -319,14 +319,20 @@ def test_bad_input_is_one_error_line_and_exit_code_2(args, message, capsys):
 def test_recurrence_suite_checks_then_times_every_backend(tmp_path):
     out = tmp_path / "k.json"
     assert bench_kernels.main(["--lengths", "40", "--cases", "linear_recurrence:channel,delta_rule:head",
-                               "--backends", "naive,chunk,triton", "--repeats", "1", "--json", str(out)]) == 0
+                               "--backends", "naive,chunk,triton,triton_chunk_parallel", "--repeats", "1",
+                               "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["device"] == "cpu" and result["matmul_gflops"] > 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["date"])  # results carry their date
     rows = {(r["op"], r["backend"]): r for r in result["rows"]}
-    assert set(rows) == {(op, b) for op in ("linear_recurrence", "delta_rule") for b in ("naive", "chunk", "triton")}
+    # the schedule variant is the linear recurrence's alone
+    assert set(rows) == ({(op, b) for op in ("linear_recurrence", "delta_rule") for b in ("naive", "chunk", "triton")}
+                         | {("linear_recurrence", "triton_chunk_parallel")})
     for row in rows.values():
         assert row["correct"] and row["fwd_s"] > 0 and row["speedup_fwd"] > 0
+    # each Triton row says which schedule ran: `auto` is sequential off CUDA, the variant its own
+    assert rows["linear_recurrence", "triton"]["schedule"] == "sequential"
+    assert rows["linear_recurrence", "triton_chunk_parallel"]["schedule"] == "chunk_parallel"
 
 
 def test_a_wrong_backend_gets_no_speedup(monkeypatch):

@@ -176,6 +176,26 @@ def test_head_rms_norm_is_the_gated_rms_norm_formula(gated, dtype):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-5)
 
 
+def test_head_layer_norm_keeps_fp32_statistics_when_the_model_is_bf16():
+    """A model cast to bf16 (throughput --dtype bfloat16) normalises in fp32 with its bf16 affine values."""
+    from students.layers import HeadLayerNorm
+
+    torch.manual_seed(4)
+    norm = HeadLayerNorm(13)
+    with torch.no_grad():
+        norm.norm.weight.normal_()
+        norm.norm.bias.normal_()
+    norm = norm.to(torch.bfloat16)
+    x = torch.randn(2, 5, 3, 13).to(torch.bfloat16)
+    y = norm(x)
+    assert y.dtype == torch.float32
+    x64 = x.double()
+    centred = x64 - x64.mean(-1, keepdim=True)
+    want = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-5)
+    want = want * norm.norm.weight.double() + norm.norm.bias.double()
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_rotary_reuses_angles_only_for_the_same_positions_and_frequencies():
     from students.layers import Rotary, apply_rotary, rope_inv_freq
 

@@ -16,6 +16,7 @@ passes. The loss suites live in `bench.perf.distill_loss_bench` and `bench.perf.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
@@ -36,6 +37,23 @@ CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:cha
          "linear_recurrence:channel_strong,linear_recurrence:bonus,delta_rule:head,delta_rule:head_strong")
 DECAYS = ("none", "head", "head_strong", "channel", "channel_edge", "channel_strong", "bonus")
 TOLERANCE = {"chunk": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
+# The Triton linear recurrence with its schedule fixed, beside `triton` (schedule="auto"), to measure the auto rule.
+SCHEDULE_VARIANTS = ("triton_sequential", "triton_chunk_parallel")
+
+
+def op_call(op: str, backend: str):
+    """`backend` of `op` as a callable taking the op's tensors: its public entry point, or for a schedule
+    variant the Triton linear recurrence with `schedule` fixed."""
+    if backend in SCHEDULE_VARIANTS:
+        from kernels.linear_recurrence.triton import linear_recurrence_triton
+        return functools.partial(linear_recurrence_triton, schedule=backend.removeprefix("triton_"))
+    return functools.partial(linear_recurrence if op == "linear_recurrence" else delta_rule, backend=backend)
+
+
+def available_backends(op: str) -> set[str]:
+    if op == "delta_rule":
+        return set(DELTA_BACKENDS)
+    return set(LR_BACKENDS) | (set(SCHEDULE_VARIANTS) if "triton" in LR_BACKENDS else set())
 
 
 def make_inputs(op: str, decay: str, B: int, T: int, H: int, K: int, device: str, dtype: torch.dtype, grad: bool):
@@ -83,8 +101,8 @@ def _flops(op: str, T: int, H: int, K: int) -> float:
     return H * T * per_token
 
 
-def _outputs_and_grads(fn, args, backend):
-    o, _ = fn(**args, backend=backend)
+def _outputs_and_grads(call, args):
+    o, _ = call(**args)
     weights = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(o.device)
     tensors = [t for t in args.values() if t.requires_grad]
     return [o.float()] + [g.float() for g in torch.autograd.grad((o.float() * weights).sum(), tensors)]
@@ -92,21 +110,20 @@ def _outputs_and_grads(fn, args, backend):
 
 def check_backend(op: str, decay: str, backend: str, B: int, T: int, H: int, K: int, device: str) -> float:
     """Largest error (relative to the reference's magnitude) of outputs and gradients vs the fp32 loop."""
-    fn = linear_recurrence if op == "linear_recurrence" else delta_rule
     args = make_inputs(op, decay, B, min(T, CHECK_LENGTH), H, K, device, torch.float32, grad=True)
-    reference = _outputs_and_grads(fn, args, "naive")
-    candidate = _outputs_and_grads(fn, args, backend)
+    reference = _outputs_and_grads(op_call(op, "naive"), args)
+    candidate = _outputs_and_grads(op_call(op, backend), args)
     return max(((c - r).abs().max() / r.abs().max().clamp_min(1.0)).item() for c, r in zip(candidate, reference))
 
 
 def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: list[str], baseline: str,
                device: str, dtype: torch.dtype, repeats: int) -> list[dict]:
-    fn = linear_recurrence if op == "linear_recurrence" else delta_rule
-    available = LR_BACKENDS if op == "linear_recurrence" else DELTA_BACKENDS
+    available = available_backends(op)
     rows = []
     for backend in backends:
         if backend not in available:
             continue
+        call = op_call(op, backend)
         row = {"op": op, "decay": decay, "backend": backend, "B": B, "T": T, "H": H, "K": K, "V": K,
                "dtype": str(dtype).removeprefix("torch.")}
         try:
@@ -120,12 +137,16 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
         args = make_inputs(op, decay, B, T, H, K, device, dtype, grad=False)
         if backend == "chunk":
             row["form"] = chunk_form(op, args.get("log_decay"))
+        if op == "linear_recurrence" and backend.startswith("triton"):
+            from kernels.linear_recurrence.triton import schedule_for
+            row["schedule"] = schedule_for(args["q"], args["v"], args.get("log_decay"),
+                                           backend.removeprefix("triton").removeprefix("_") or "auto")
         with torch.no_grad():
-            fwd = time_call(lambda: fn(**args, backend=backend), repeats=1 if slow else repeats)
+            fwd = time_call(lambda: call(**args), repeats=1 if slow else repeats)
         grad_args = make_inputs(op, decay, B, T, H, K, device, dtype, grad=True)
 
         def fwd_bwd():
-            fn(**grad_args, backend=backend)[0].float().sum().backward()
+            call(**grad_args)[0].float().sum().backward()
 
         fb = time_call(fwd_bwd, repeats=1 if slow else repeats, warmup=0 if slow else 1)
         flops = B * _flops(op, T, H, K)
@@ -160,12 +181,12 @@ def matmul_gflops(device: str, dtype: torch.dtype, n: int = 1024) -> float:
 
 def _print_row(r: dict, peak: float) -> None:
     if "fwd_s" not in r:
-        print(f"{r['op']:18} {r['decay']:14} {r['T']:>6} {r['backend']:7} unavailable: {r.get('error')}", flush=True)
+        print(f"{r['op']:18} {r['decay']:14} {r['T']:>6} {r['backend']:21} unavailable: {r.get('error')}", flush=True)
         return
     sx = lambda s: f"{s:7.2f}" if s is not None else "   FAIL"
-    print(f"{r['op']:18} {r['decay']:14} {r['T']:>6} {r['backend']:7} {r['rel_err']:9.1e} {r['fwd_s'] * 1e3:10.2f} "
+    print(f"{r['op']:18} {r['decay']:14} {r['T']:>6} {r['backend']:21} {r['rel_err']:9.1e} {r['fwd_s'] * 1e3:10.2f} "
           f"{sx(r['speedup_fwd'])} {r['fwdbwd_s'] * 1e3:10.2f} {sx(r['speedup_fwdbwd'])} {r['fwd_gflops']:10.1f} "
-          f"{100 * r['fwd_gflops'] / peak:6.1f}%  {r.get('form', '')}", flush=True)
+          f"{100 * r['fwd_gflops'] / peak:6.1f}%  {r.get('form') or r.get('schedule', '')}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -208,7 +229,7 @@ def main(argv=None) -> int:
         peak = matmul_gflops(args.device, dtype)
         result["matmul_gflops"] = peak
         print(f"{args.dtype or dtype} matmul yardstick: {peak:.1f} GFLOP/s; speed-ups are vs {baseline}")
-        print(f"{'op':18} {'decay':14} {'T':>6} {'backend':7} {'rel err':>9} {'fwd ms':>10} {'x':>7} "
+        print(f"{'op':18} {'decay':14} {'T':>6} {'backend':21} {'rel err':>9} {'fwd ms':>10} {'x':>7} "
               f"{'f+b ms':>10} {'x':>7} {'GF/s fwd':>10} {'%peak':>7}  form")
         for op, decay in cases:
             for T in lengths:

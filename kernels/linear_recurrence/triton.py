@@ -508,6 +508,12 @@ def pick_schedule(schedule: str, device: torch.device, programs: int) -> str:
     return "chunk_parallel" if few else "sequential"
 
 
+def schedule_for(q, v, log_decay, schedule: str = "auto") -> str:
+    """The schedule a call on these inputs runs: `pick_schedule` on the sequential schedule's program count."""
+    B, _, H, _ = q.shape
+    return pick_schedule(schedule, q.device, B * H * triton.cdiv(v.shape[-1], _config(q, v, log_decay)["BV"]))
+
+
 class _LinearRecurrenceTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, log_decay, initial_state, exclusive: bool, output_final_state: bool, schedule: str):
@@ -516,7 +522,7 @@ class _LinearRecurrenceTriton(torch.autograd.Function):
         if K > 256:
             raise ValueError(f"linear_recurrence(backend='triton'): key dim {K} > 256 is not supported; use 'chunk'")
         cfg = _config(q, v, log_decay)
-        schedule = pick_schedule(schedule, q.device, B * H * triton.cdiv(V, cfg["BV"]))
+        schedule = schedule_for(q, v, log_decay, schedule)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b = chunk_local_cumsum(log_decay, cfg["C"]) if log_decay is not None else q.new_zeros(1, dtype=torch.float32)
         h0 = initial_state.float().contiguous() if initial_state is not None else None
