@@ -66,6 +66,17 @@ def test_naive_equals_bench_losses_on_materialised_logits(teacher_form, temperat
     assert got[1] == pytest.approx(want[1], rel=1e-6)
 
 
+def test_naive_computes_in_fp64_for_fp64_inputs():
+    """The benchmarks' reference: fp64 inputs stay fp64 end to end (fp32 and bf16 inputs compute in fp32)."""
+    hidden, weight, ids, teacher = _inputs(2, 37, 101, 24, 20, "hidden")
+    wide = {n: t.double() for n, t in teacher.items()}
+    exact, _ = distill_loss_naive(hidden.double(), weight.double(), ids, **wide, temperature=2.0, ce_weight=0.3)
+    single, _ = distill_loss_naive(hidden, weight, ids, **teacher, temperature=2.0, ce_weight=0.3)
+    half, _ = distill_loss_naive(hidden.bfloat16(), weight.bfloat16(), ids, **teacher, temperature=2.0, ce_weight=0.3)
+    assert (exact.dtype, single.dtype, half.dtype) == (torch.float64, torch.float32, torch.float32)
+    assert exact.item() != single.item() and exact.item() == pytest.approx(single.item(), rel=1e-5)
+
+
 def _check_backend(backend, shape, teacher_form, temperature, weights, **fn_kwargs):
     B, T, V, D, Dt, chunk = shape
     hidden, weight, ids, teacher = _inputs(B, T, V, D, Dt, teacher_form)

@@ -3,8 +3,10 @@
     python -m bench.perf.distill_loss_bench [--device cpu|cuda] [--quick] [--json FILE]
 
 One row per variant at B=1, T=2048, V=49152, D=576 (teacher from its hidden states and head, Dt = D):
-the loss value and its relative difference from naive (must be ≤ 1e-5, else the row says FAIL and no
-ratio is printed), forward+backward time, and peak memory above what the inputs already hold. On CUDA peak
+the loss value and its relative difference from the materialised loss in fp64 on the same inputs (must be
+≤ 1e-5, else the row says FAIL and no ratio is printed; fp32 forms differ from each other by rounding alone, at
+times by more than from the exact value), forward+backward time, and peak memory above what the inputs already
+hold; speed and memory ratios are over naive. On CUDA peak
 memory is `max_memory_allocated` after `reset_peak_memory_stats`; on CPU each variant runs in a fresh
 spawned process and reports its peak RSS growth (`ru_maxrss`) over the RSS after the inputs were made.
 """
@@ -41,6 +43,18 @@ def _inputs(config: dict, device: str):
     return hidden, weight, ids, teacher_hidden, teacher_weight
 
 
+def reference_loss(config: dict, device: str) -> float:
+    """The materialised loss in fp64 on the benchmark's inputs: what every variant's value is checked against."""
+    from kernels.distill_loss.naive import distill_loss_naive
+
+    hidden, weight, ids, teacher_hidden, teacher_weight = (t.detach().double() if t.is_floating_point() else t
+                                                           for t in _inputs(config, device))
+    with torch.no_grad():
+        loss, _ = distill_loss_naive(hidden, weight, ids, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
+                                     temperature=TEMPERATURE, kl_weight=KL_WEIGHT, ce_weight=CE_WEIGHT)
+    return loss.item()
+
+
 def measure(config: dict, device: str, backend: str, chunk: int, repeats: int) -> dict:
     """Run one variant (value, peak memory of the first forward+backward, then timing)."""
     from kernels import fused_distillation_loss
@@ -67,18 +81,22 @@ def run(device: str, quick: bool = False) -> list[dict]:
     config = QUICK if quick else FULL
     repeats = 3 if quick or device == "cuda" else 1
     print(header())
+    reference = reference_loss(config, device)
     print(f"distillation loss, B={config['B']} T={config['T']} V={config['V']} D={config['D']} τ={TEMPERATURE} "
-          f"kl_weight={KL_WEIGHT} ce_weight={CE_WEIGHT}; teacher from hidden states + head")
+          f"kl_weight={KL_WEIGHT} ce_weight={CE_WEIGHT}; teacher from hidden states + head; "
+          f"fp64 reference {reference:.10f}")
     print(f"{'backend':8} {'chunk':>6} {'loss':>14} {'rel diff':>10} {'f+b s':>9} {'peak MiB':>10} {'naive/this mem':>15}")
     rows = []
     for backend, chunk in _variants(device, quick):
         args = (config, device, backend, chunk, repeats)
         row = measure(*args) if device == "cuda" else in_fresh_process(measure, *args)
         naive = rows[0] if rows else row
-        row.update(config, device=device, rel_diff=abs(row["loss"] - naive["loss"]) / abs(naive["loss"]))
+        row.update(config, device=device, reference_loss=reference,
+                   rel_diff=abs(row["loss"] - reference) / abs(reference))
         row["correct"] = row["rel_diff"] <= 1e-5
-        row["memory_ratio"] = naive["peak_mib"] / max(row["peak_mib"], 1e-9) if row["correct"] else None
-        row["speedup"] = naive["fwdbwd_s"] / row["fwdbwd_s"] if row["correct"] else None
+        ratios = row["correct"] and naive["correct"]
+        row["memory_ratio"] = naive["peak_mib"] / max(row["peak_mib"], 1e-9) if ratios else None
+        row["speedup"] = naive["fwdbwd_s"] / row["fwdbwd_s"] if ratios else None
         rows.append(row)
         ratio = f"{row['memory_ratio']:14.1f}x" if row["correct"] else "          FAIL"
         print(f"{backend:8} {row['chunk'] or '-':>6} {row['loss']:>14.8f} {row['rel_diff']:>10.2e} {row['fwdbwd_s']:>9.3f} "
