@@ -1,6 +1,7 @@
 """Backend selection shared by every kernel."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -27,3 +28,9 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str) -> tup
         )
     B, T, H, K = q.shape
     return B, T, H, K, v.shape[-1]
+
+
+def autocast_off(device: torch.device):
+    """A context with autocast off on `device`, so each form keeps its own precision (fp32 state); a no-op context
+    when autocast is not on (entering `torch.autocast` costs microseconds a call, felt in one-token decode steps)."""
+    return torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type) else contextlib.nullcontext()

@@ -55,3 +55,24 @@ def test_linear_recurrence_matrix_times_v_equals_output(decay, bonus):
     M = linear_recurrence_matrix(inputs["q"], inputs["k"], inputs["log_decay"], inputs["bonus"], row_block=17)
     assert M.shape == (B, H, 100, 100)
     assert_close(torch.einsum("bhts,bshv->bthv", M, inputs["v"]), o, 1e-4, "M @ v")
+
+
+@pytest.mark.parametrize("backend", ["step", "chunk"])
+def test_recurrences_keep_fp32_under_bf16_autocast(backend):
+    """Autocast on (as `--dtype auto` trains): the forms' products stay fp32, so outputs equal those without it."""
+    from kernels import delta_rule
+
+    inputs = {n: t.detach() if t is not None else None for n, t in lr_inputs(70, "head", False, True).items()}
+    beta = torch.rand(inputs["q"].shape[:3], generator=torch.Generator().manual_seed(0))
+    k_unit = torch.nn.functional.normalize(inputs["k"], dim=-1)
+    plain = (linear_recurrence(**inputs, output_final_state=True, backend=backend),
+             delta_rule(inputs["q"], k_unit, inputs["v"], beta, inputs["log_decay"], initial_state=inputs["initial_state"],
+                        output_final_state=True, backend=backend))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = (linear_recurrence(**inputs, output_final_state=True, backend=backend),
+                    delta_rule(inputs["q"], k_unit, inputs["v"], beta, inputs["log_decay"],
+                               initial_state=inputs["initial_state"], output_final_state=True, backend=backend))
+    for (o, state), (o_ac, state_ac) in zip(plain, autocast):
+        assert o_ac.dtype == torch.float32 and state_ac.dtype == torch.float32
+        torch.testing.assert_close(o_ac, o, rtol=0, atol=0)
+        torch.testing.assert_close(state_ac, state, rtol=0, atol=0)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-import torch
-
-from kernels._backend import check_qkv, pick_backend
+from kernels._backend import autocast_off, check_qkv, pick_backend
 from kernels.delta_rule.chunk import delta_rule_chunk
 from kernels.delta_rule.matrix import delta_rule_matrix as delta_rule_matrix
 from kernels.delta_rule.naive import delta_rule_naive
@@ -46,7 +44,7 @@ def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, ou
         raise ValueError(f"delta_rule: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
                          f"got {tuple(initial_state.shape)}")
     fn = pick_backend(backend, BACKENDS, q.device, "delta_rule")
-    with torch.autocast(q.device.type, enabled=False):  # each form keeps its own precision (fp32 state)
+    with autocast_off(q.device):
         return fn(q, k, v, beta, log_decay=log_decay, scale=scale, initial_state=initial_state,
                   output_final_state=output_final_state)
 

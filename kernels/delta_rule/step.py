@@ -22,5 +22,7 @@ def delta_rule_step(q, k, v, beta, log_decay=None, scale=None, initial_state=Non
         error = v[:, t, :, None, :].float() - torch.matmul(k_t, state)  # v_t − S_{t−1}ᵀ k_t, (B, H, 1, V)
         state = torch.addcmul(state, (beta[:, t, :, None, None].float() * k_t).transpose(-1, -2), error)
         outputs.append(torch.matmul(q[:, t, :, None, :].float(), state) * scale)
-    o = torch.cat(outputs, dim=2).transpose(1, 2) if T else v.new_zeros(B, 0, H, V, dtype=torch.float32)
+    if not T:
+        return v.new_zeros(B, 0, H, V, dtype=torch.float32), (state if output_final_state else None)
+    o = (outputs[0] if T == 1 else torch.cat(outputs, dim=2)).transpose(1, 2)  # one token: no copy
     return o, (state if output_final_state else None)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 
-import torch
-
-from kernels._backend import check_qkv, pick_backend
+from kernels._backend import autocast_off, check_qkv, pick_backend
 from kernels.fla_backends import linear_recurrence_fla
 from kernels.linear_recurrence.chunk import linear_recurrence_chunk
 from kernels.linear_recurrence.matrix import linear_recurrence_matrix as linear_recurrence_matrix
@@ -43,7 +41,7 @@ def linear_recurrence(q, k, v, log_decay=None, bonus=None, scale=None, initial_s
         raise ValueError(f"linear_recurrence: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
                          f"got {tuple(initial_state.shape)}")
     fn = pick_backend(backend, BACKENDS, q.device, "linear_recurrence")
-    with torch.autocast(q.device.type, enabled=False):  # each form keeps its own precision (fp32 state)
+    with autocast_off(q.device):
         return fn(q, k, v, log_decay=log_decay, bonus=bonus, scale=scale, initial_state=initial_state,
                   output_final_state=output_final_state)
 

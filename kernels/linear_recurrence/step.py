@@ -27,5 +27,7 @@ def linear_recurrence_step(q, k, v, log_decay=None, bonus=None, scale=None, init
             decay = log_decay[:, t].float().exp()
             state = torch.addcmul(kv, decay[..., None] if decay.dim() == 3 else decay[..., None, None], state)
         outputs.append(torch.matmul(q[:, t, :, None, :].float(), state if bonus is None else read) * scale)
-    o = torch.cat(outputs, dim=2).transpose(1, 2) if T else v.new_zeros(B, 0, H, V, dtype=torch.float32)
+    if not T:
+        return v.new_zeros(B, 0, H, V, dtype=torch.float32), (state if output_final_state else None)
+    o = (outputs[0] if T == 1 else torch.cat(outputs, dim=2)).transpose(1, 2)  # one token: no copy
     return o, (state if output_final_state else None)
