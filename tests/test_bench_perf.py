@@ -432,3 +432,26 @@ def test_distill_speed_rates_each_row_against_the_yardstick_timed_in_its_own_rou
         assert low == min(r["yardstick_gflops"][mode] for r in doc["rows"])
         assert high == max(r["yardstick_gflops"][mode] for r in doc["rows"])
         assert low <= doc["yardstick_gflops"][mode] <= high
+
+
+# ------------------------------------------------------------------------------------------ the GPU script
+def test_gpu_script_parses_and_names_only_what_exists():
+    """bench/perf/gpu_kernels.sh runs only where a GPU is lent, rarely: bash must parse it, and every module,
+    test file and kernel-bench backend it names must exist here, so it does not rot between GPU sessions."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "perf" / "gpu_kernels.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    modules = set(re.findall(r"python3 -m (bench\.perf\.\w+)", text))
+    assert {"bench.perf.kernel_bench", "bench.perf.throughput", "bench.perf.mixer_loss_bench"} <= modules
+    assert all(importlib.util.find_spec(m) is not None for m in modules), modules
+    test_files = set(re.findall(r"tests/\w+\.py", text))
+    assert test_files and all((script.parents[2] / f).exists() for f in test_files), test_files
+    (backends,) = re.findall(r"^backends=(\S+)$", text, flags=re.M)
+    if "triton" in BACKENDS:
+        assert set(backends.split(",")) <= bench_kernels.available_backends("linear_recurrence"), backends
+    for op, decay in (case.split(":") for case in re.findall(r"^cases=(\S+)$", text, flags=re.M)[0].split(",")):
+        assert op in ("linear_recurrence", "delta_rule") and decay in bench_kernels.DECAYS
