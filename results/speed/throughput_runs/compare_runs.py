@@ -10,6 +10,9 @@ and D-skip changes since 7a4124f) ran in a slow session (the floor's prefill of 
 run `throughput_cpu_avx2_913754e` (the same code for every timed path, 11 repeats) in a quiet one on the same machine
 type (144 ms); it was the committed file until the fifteenth stop. The committed file now (430a34a: the stacked
 projections and kept weight stacks of 43a51cf) ran on an Intel Xeon (AVX-512, 260 MiB L3; floor 89 ms).
+`throughput_cpu_avx2_98ed2af` (11 repeats, 16:28-16:47 UTC on 2026-12-04) is the code of the nineteenth stop
+(gated_deltanet's one-cache featurize of 66e497a, autocast entered only when on) on the AMD EPYC type again, not
+quiet by the floor's prefill of 2,048 tokens (181 ms).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
