@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from kernels import linear_recurrence
 from students.base import Features, MixerConfig, RecurrentMixer
-from students.layers import HeadLayerNorm, merge_heads, split_heads
+from students.layers import HeadLayerNorm, merge_heads, split_heads, stacked_linear
 
 GATE_SOFT_CAP = 15.0
 
@@ -43,13 +43,18 @@ class MLSTMMixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
+        projections = (self.q_proj, self.k_proj, self.v_proj, self.o_gate)
+        if x.shape[1] == 1:  # a decode step: one product over the stacked weights (kept between tokens)
+            q, k, v, o = stacked_linear(x, list(projections)).chunk(4, dim=-1)
+        else:  # prefill and training: separate products keep each output contiguous
+            q, k, v, o = (p(x) for p in projections)
+        q, k, v = (split_heads(t, H) for t in (q, k, v))
         log_input = soft_cap(self.i_gate(x).float())  # ĩ_t, (B, T, H)
         log_forget = F.logsigmoid(soft_cap(self.f_gate(x).float()))
         ones = v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)
         return Features(q=q, k=k.float() * log_input.exp()[..., None], v=torch.cat([v.float(), ones], -1),
                         log_decay=log_forget, value_dim=v.shape[-1], window_k=k,
-                        context={"k_raw": k, "log_input": log_input, "o": self.o_gate(x)})
+                        context={"k_raw": k, "log_input": log_input, "o": o})
 
     def recurrence(self, f, backend, state):
         """Chunked: the unstabilised kernel (n rides along as the last value column); the state keeps C′ and m
@@ -79,7 +84,7 @@ class MLSTMMixer(RecurrentMixer):
             m_new = torch.maximum(log_f + m, log_i)
             forget, inp = (log_f + m - m_new).exp(), (log_i - m_new).exp()
             memory = forget[..., None, None] * memory + inp[..., None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
-            read = scale * torch.einsum("bhk,bhkv->bhv", q[:, t], memory)
+            read = torch.matmul(q[:, t, :, None, :], memory).squeeze(-2) * scale  # (B, H, V + 1); einsum costs more
             if normalise:
                 denom = torch.maximum(read[..., -1:].abs(), (-m_new).exp()[..., None])
                 outputs.append(torch.cat([read[..., :-1] / denom, torch.ones_like(denom)], dim=-1))
