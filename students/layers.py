@@ -262,7 +262,8 @@ class HeadLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm  # fp32 statistics and affine whatever the model's dtype (bf16 weights too)
-        weight, bias = (None, None) if norm.weight is None else (norm.weight.float(), norm.bias.float())
+        weight = None if norm.weight is None else norm.weight.float()
+        bias = None if norm.bias is None else norm.bias.float()
         return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
 
 
