@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels._backend import autocast_off
 from kernels.chunking import exp_floored
 
 MASKED = float("-inf")  # every row keeps at least its own key, so its max is finite and exp(MASKED − m) = 0
@@ -65,7 +66,7 @@ def band_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int, 
     if T == 0:
         return q.new_zeros(B, 0, H, v.shape[-1], dtype=torch.float32), q.new_zeros(B, 0, H, dtype=torch.float32)
     # fp32 even under autocast: Z_t sums up to W terms and may be shared with the recurrence's normaliser.
-    with torch.autocast(q.device.type, enabled=False):
+    with autocast_off(q.device):
         return _band_softmax(q, k, v, width, first_valid, min(max(width, block), T))
 
 

@@ -98,7 +98,8 @@ def run(device: str, quick: bool = False) -> list[dict]:
         row["memory_ratio"] = naive["peak_mib"] / max(row["peak_mib"], 1e-9) if ratios else None
         row["speedup"] = naive["fwdbwd_s"] / row["fwdbwd_s"] if ratios else None
         rows.append(row)
-        ratio = f"{row['memory_ratio']:14.1f}x" if row["correct"] else "          FAIL"
+        ratio = ("          FAIL" if not row["correct"] else "  naive failed" if row["memory_ratio"] is None
+                 else f"{row['memory_ratio']:14.1f}x")
         print(f"{backend:8} {row['chunk'] or '-':>6} {row['loss']:>14.8f} {row['rel_diff']:>10.2e} {row['fwdbwd_s']:>9.3f} "
               f"{row['peak_mib']:>10.1f} {ratio}", flush=True)
     return rows

@@ -5,7 +5,7 @@
 # mixer-matrix and distillation losses, then flash-linear-attention's kernels as peers (slow autotuning).
 # Usage: bash bench/perf/gpu_kernels.sh OUT_DIR. Wheels in .whl/ (fla) are installed to a private folder first.
 # Step limits (seconds): TESTS_S, RECURRENCE_S (per batch·heads), MIXER_S, DISTILL_S, THROUGHPUT_S, FLA_S;
-# a limit of 0 skips its step.
+# a limit of 0 skips its step. TESTS_K: the tests' -k expression (default: the Triton tests, fla's left out).
 set -uo pipefail
 out=${1:?usage: bash bench/perf/gpu_kernels.sh OUT_DIR}
 mkdir -p "$out"

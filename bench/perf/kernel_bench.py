@@ -139,8 +139,8 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
             row["form"] = chunk_form(op, args.get("log_decay"))
         if op == "linear_recurrence" and backend.startswith("triton"):
             from kernels.linear_recurrence.triton import schedule_for
-            row["schedule"] = schedule_for(args["q"], args["v"], args.get("log_decay"),
-                                           backend.removeprefix("triton").removeprefix("_") or "auto")
+            schedule = backend.removeprefix("triton_") if backend in SCHEDULE_VARIANTS else "auto"
+            row["schedule"] = schedule_for(args["q"], args["v"], args.get("log_decay"), schedule)
         with torch.no_grad():
             fwd = time_call(lambda: call(**args), repeats=1 if slow else repeats)
         grad_args = make_inputs(op, decay, B, T, H, K, device, dtype, grad=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels._backend import autocast_off
+
 IGNORE = -100  # target of the last position of each sequence: no next token
 
 
@@ -72,7 +74,7 @@ class FusedDistillLoss(torch.autograd.Function):
         # The softmax work and every sum are fp32 whatever the caller's autocast; the four products per chunk run
         # in `matmul_dtype` (fp32, or bf16 with fp32 accumulation, outputs widened before any softmax).
         low = matmul_dtype != torch.float32
-        with torch.autocast(hidden.device.type, enabled=False):
+        with autocast_off(hidden.device):
             h = hidden.reshape(N, D)
             w = weight.detach().to(matmul_dtype)
             if teacher_logits is not None:

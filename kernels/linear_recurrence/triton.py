@@ -508,10 +508,12 @@ def pick_schedule(schedule: str, device: torch.device, programs: int) -> str:
     return "chunk_parallel" if few else "sequential"
 
 
-def schedule_for(q, v, log_decay, schedule: str = "auto") -> str:
-    """The schedule a call on these inputs runs: `pick_schedule` on the sequential schedule's program count."""
+def schedule_for(q, v, log_decay, schedule: str = "auto", cfg: dict | None = None) -> str:
+    """The schedule a call on these inputs runs: `pick_schedule` on the sequential schedule's program count
+    (`cfg`: the call's `_config`, when the caller has it)."""
     B, _, H, _ = q.shape
-    return pick_schedule(schedule, q.device, B * H * triton.cdiv(v.shape[-1], _config(q, v, log_decay)["BV"]))
+    cfg = cfg or _config(q, v, log_decay)
+    return pick_schedule(schedule, q.device, B * H * triton.cdiv(v.shape[-1], cfg["BV"]))
 
 
 class _LinearRecurrenceTriton(torch.autograd.Function):
@@ -522,7 +524,7 @@ class _LinearRecurrenceTriton(torch.autograd.Function):
         if K > 256:
             raise ValueError(f"linear_recurrence(backend='triton'): key dim {K} > 256 is not supported; use 'chunk'")
         cfg = _config(q, v, log_decay)
-        schedule = schedule_for(q, v, log_decay, schedule)
+        schedule = schedule_for(q, v, log_decay, schedule, cfg)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b = chunk_local_cumsum(log_decay, cfg["C"]) if log_decay is not None else q.new_zeros(1, dtype=torch.float32)
         h0 = initial_state.float().contiguous() if initial_state is not None else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels._backend import autocast_off
 from kernels.mixer_loss.delta_rule import delta_rule_mixer_loss
 from kernels.mixer_loss.naive import mixer_matrix_loss_naive, student_matrix, teacher_attention
 from kernels.mixer_loss.tiled import mixer_loss_tiled
@@ -102,7 +103,7 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
         if backend == "triton":
             raise ValueError("mixer_matrix_loss: no Triton form for the delta rule (beta given); use tiled or naive")
         # fp32 whatever the caller's autocast, as the delta rule's kernels: the state products chain across chunks
-        with torch.autocast(q.device.type, enabled=False):
+        with autocast_off(q.device):
             A = teacher_attention(teacher_q.detach(), teacher_k.detach(), teacher_scale)
             return delta_rule_mixer_loss(A, q, k, beta, log_decay, scale, chunk_size=tile)
     tq, tk = teacher_q.detach().float(), teacher_k.detach().float()
