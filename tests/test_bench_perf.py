@@ -244,6 +244,9 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     assert set(report["ratios"]["prefill_vs_floor"]["retnet"]) == {"16", "32"}
     assert report["ratios"]["prefill_flops_vs_floor"]["retnet"]["32"] > 1  # the recurrence's products on top
     assert "prefill time / floor" in capsys.readouterr().out
+    assert report["activity"]["source"] in ("/proc/stat", None)
+    with pytest.raises(ValueError, match=r"\$\.activity"):
+        throughput.validate({**report, "activity": {**report["activity"], "source": "x", "cpus": 2, "others_share": 7}})
 
 
 def _timed(kind, prefill_s, decode_ms):
@@ -432,6 +435,8 @@ def test_distill_speed_rates_each_row_against_the_yardstick_timed_in_its_own_rou
         assert low == min(r["yardstick_gflops"][mode] for r in doc["rows"])
         assert high == max(r["yardstick_gflops"][mode] for r in doc["rows"])
         assert low <= doc["yardstick_gflops"][mode] <= high
+    assert doc["activity"]["source"] in ("/proc/stat", None)  # what else ran meanwhile, where Linux tells
+    assert "machine: " in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------ the GPU script

@@ -9,6 +9,7 @@ run's precision and its fused AdamW) with their calls interleaved (separate runs
 machine move ±20%, ratios measured side by side do not). Each mode's step FLOPs are counted by torch's
 FlopCounterMode (matmuls and attention), and achieved FLOP/s is printed as a share of a matmul yardstick in
 each mode's dtype, timed in the same rounds as that row's steps (the machine's rate drifts within a run too).
+The file also records what else ran on the CPUs meanwhile (`bench.perf.activity`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.distill import stages as stage_lib
 from bench.distill.loop import adamw, autocast, use_bf16
 from bench.files import atomic_write_json
+from bench.perf.activity import MachineActivity, describe
 from bench.perf.kernel_bench import matmul_call
 from bench.provenance import header, machine
 
@@ -97,38 +99,40 @@ def main(argv: list[str] | None = None) -> int:
           f"{'GF/step':>8} {'% yardstick fp32 / default':>27} {'yardstick GF/s':>15}")
     rows = []
     tokens = args.batch * args.seq_len
-    for name in names:
-        for stage in stage_names:
-            student = students.build_student(teacher, name, "qkv_copy", seed=0)
-            steps = {mode: step_fn(stage, student, teacher, batch, is_default and default_bf16,
-                                   run_optimizer=is_default) for mode, is_default in MODES.items()}
-            flops = count_flops(steps["eager fp32"])
-            calls = {**steps, **{f"yardstick {mode}": fn for mode, fn in yardsticks.items()}}
-            times = {key: [] for key in calls}
-            for _ in range(args.repeats + 1):  # the first round warms up
-                for key, fn in calls.items():
-                    start = time.perf_counter()
-                    fn()
-                    times[key].append(time.perf_counter() - start)
-            median = {key: statistics.median(t[1:]) for key, t in times.items()}
-            yardstick = {mode: yardstick_flops / median[f"yardstick {mode}"] / 1e9 for mode in steps}
-            row = {"student": name, "stage": stage, "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
-                   **{f"{mode}_tok_s": tokens / median[mode] for mode in steps},
-                   **{f"{mode}_pct_yardstick": 100 * flops / median[mode] / 1e9 / yardstick[mode] for mode in steps},
-                   "yardstick_gflops": yardstick, "speedup": median["eager fp32"] / median["default"]}
-            rows.append(row)
-            print(f"{name:16} {stage:18} {row['eager fp32_tok_s']:16,.0f} {row['default_tok_s']:14,.0f} "
-                  f"{row['speedup']:6.2f} {flops / 1e9:8.1f} {row['eager fp32_pct_yardstick']:13.0f}% / "
-                  f"{row['default_pct_yardstick']:.0f}%  {yardstick['eager fp32']:6.0f} / {yardstick['default']:.0f}",
-                  flush=True)
+    with MachineActivity() as activity:
+        for name in names:
+            for stage in stage_names:
+                student = students.build_student(teacher, name, "qkv_copy", seed=0)
+                steps = {mode: step_fn(stage, student, teacher, batch, is_default and default_bf16,
+                                       run_optimizer=is_default) for mode, is_default in MODES.items()}
+                flops = count_flops(steps["eager fp32"])
+                calls = {**steps, **{f"yardstick {mode}": fn for mode, fn in yardsticks.items()}}
+                times = {key: [] for key in calls}
+                for _ in range(args.repeats + 1):  # the first round warms up
+                    for key, fn in calls.items():
+                        start = time.perf_counter()
+                        fn()
+                        times[key].append(time.perf_counter() - start)
+                median = {key: statistics.median(t[1:]) for key, t in times.items()}
+                yardstick = {mode: yardstick_flops / median[f"yardstick {mode}"] / 1e9 for mode in steps}
+                row = {"student": name, "stage": stage, "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
+                       **{f"{mode}_tok_s": tokens / median[mode] for mode in steps},
+                       **{f"{mode}_pct_yardstick": 100 * flops / median[mode] / 1e9 / yardstick[mode] for mode in steps},
+                       "yardstick_gflops": yardstick, "speedup": median["eager fp32"] / median["default"]}
+                rows.append(row)
+                print(f"{name:16} {stage:18} {row['eager fp32_tok_s']:16,.0f} {row['default_tok_s']:14,.0f} "
+                      f"{row['speedup']:6.2f} {flops / 1e9:8.1f} {row['eager fp32_pct_yardstick']:13.0f}% / "
+                      f"{row['default_pct_yardstick']:.0f}%  {yardstick['eager fp32']:6.0f} / {yardstick['default']:.0f}",
+                      flush=True)
     # the whole run's yardstick: the median of the rows', with their range
     summary = {mode: statistics.median(r["yardstick_gflops"][mode] for r in rows) for mode in MODES}
     spread = {mode: [min(r["yardstick_gflops"][mode] for r in rows), max(r["yardstick_gflops"][mode] for r in rows)]
               for mode in MODES}
+    print(f"machine: {describe(activity.report())}")
     if args.json:
         atomic_write_json(args.json, {"machine": measured_on, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "settings": vars(args), "default_bf16": default_bf16, "yardstick_gflops": summary,
-                                      "yardstick_gflops_range": spread, "rows": rows})
+                                      "activity": activity.report(), "settings": vars(args), "default_bf16": default_bf16,
+                                      "yardstick_gflops": summary, "yardstick_gflops_range": spread, "rows": rows})
     return 0
 
 

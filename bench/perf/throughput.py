@@ -25,7 +25,7 @@ Every timing is a median over repeats after a warm-up (the untimed memory call),
 measured together taking turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them
 alike), and in decode every (model, context) pair takes its turn, a model's contexts back to back, so growth with
 context is measured side by side too; every result carries the machine header (device, threads, torch, commit),
-dtype and the backend actually used.
+dtype and the backend actually used, and the report what else ran on the CPUs meanwhile (`bench.perf.activity`).
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from bench.perf.activity import MachineActivity, describe, validate_activity
 from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
@@ -667,6 +668,11 @@ def validate(document: dict) -> None:
             _validate_measurement(result, f"$.models.{name}")
         _need(document, "ratios", dict, "$")
         _need(document, "targets", dict, "$")
+        if "activity" in document:  # reports from before it was measured lack it
+            try:
+                validate_activity(document["activity"])
+            except ValueError as err:
+                _fail("$.activity", str(err))
     else:
         _fail("$.schema", f"unknown schema {schema!r}; expected {REPORT_SCHEMA!r} or {SWEEP_SCHEMA!r}")
 
@@ -790,16 +796,18 @@ def main(argv=None) -> int:
     entries = {"floor": (build_floor(teacher).to(device), "floor"), "teacher": (teacher, "teacher")}
     for name in names:
         entries[name] = (build_student(teacher, name, init=args.init, seed=0).eval().to(device), "student")
-    models = measure_side_by_side(entries, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
-                                  decode_steps=args.decode_steps)
+    with MachineActivity() as activity:
+        models = measure_side_by_side(entries, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
+                                      decode_steps=args.decode_steps)
     del entries
     for name, result in models.items():
         _print_result(name, result)
     ratios = compare(models)
     targets = check_targets(models, ratios)
     _print_ratios(ratios, targets)
+    print(f"machine: {describe(activity.report())}")
     report = {"schema": REPORT_SCHEMA, "machine": measured_on, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "settings": settings, "teacher": teacher_record,
+              "activity": activity.report(), "settings": settings, "teacher": teacher_record,
               "models": models, "ratios": ratios, "targets": targets}
     validate(report)
     if args.json:

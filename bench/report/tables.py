@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, fail
 from bench.files import atomic_write_text
+from bench.perf.activity import describe
 from bench.perf.ratios import NOISE, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,15 +69,17 @@ def values(rows: list[dict], *keys) -> str:
 def caption(source: str, doc: dict, details: str) -> str:
     """The provenance line of a results document: its machine, and its date or else "date: not recorded", with the
     document's `date_bound` ({"after": time, "before": time, "evidence": why}) where it has one (files measured before
-    the benchmark wrote dates, bounded from the repository's history)."""
+    the benchmark wrote dates, bounded from the repository's history), and what else ran on the machine meanwhile
+    where the document measured it (`bench.perf.activity`)."""
     machine, date, date_bound = doc["machine"], doc.get("date"), doc.get("date_bound")
     when = f"date {date}" if date else "date: not recorded"
     if not date and date_bound:
         when += f" (measured between {date_bound['after']} and {date_bound['before']}: {date_bound['evidence']})"
     isa = f", {machine['cpu_capability']}" if machine.get("cpu_capability") else ""
     bf16 = {True: ", bf16 kernels", False: ", no bf16 kernels"}.get(machine.get("cpu_bf16_kernels"), "")
+    activity = f"; {describe(doc['activity'])}" if "activity" in doc else ""  # files from before it was measured
     return (f"Source: `{source}` — {machine.get('device_name')} ({machine.get('device')}{isa}{bf16}), "
-            f"torch {machine.get('torch')}, commit {machine.get('commit')}, {when}; {details}.")
+            f"torch {machine.get('torch')}, commit {machine.get('commit')}, {when}; {details}{activity}.")
 
 
 # ----------------------------------------------------------------------------------------------- tables
