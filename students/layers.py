@@ -65,17 +65,25 @@ def stacked_weight(linears: list[nn.Module], batched: bool = False) -> torch.Ten
     """The linears' weights stacked for one product: (Σ out, in), or with `batched` (n, in, out) for torch.bmm
     (any modules with a `weight` stack the same way: ShortConvs give (Σ channels, 1, k), one convolution's weight).
     Built in the graph each call (each weight gets its gradient), or kept inside `kept_weight_stacks`."""
-    weights = [linear.weight for linear in linears]
+    weights = [_weight(linear) for linear in linears]
     stack = (lambda ws: torch.stack(ws).transpose(1, 2)) if batched else torch.cat
     if not _keeping_stacks() or any(w.is_inference() for w in weights):  # inference tensors keep no versions
         return stack(weights)
     key = (batched, *map(id, linears))
     hit = _KEPT_STACKS.get(key)
-    # the kept entry holds the tensors it was built from, so a replaced tensor's memory is not reused meanwhile
-    if hit is None or any(a.data_ptr() != w.data_ptr() or a.dtype != w.dtype or a.device != w.device or version != w._version
-                          for (a, version), w in zip(hit[0], weights)):
-        hit = _KEPT_STACKS[key] = (tuple((w.detach(), w._version) for w in weights), stack(weights))
-    return hit[1]
+    # The kept entry holds the tensors it was built from, so while it lives no other tensor can take their memory:
+    # a replaced weight (`.to`, `.data =`) has a new address, one updated in place a new version.
+    fingerprint = tuple((w.data_ptr(), w._version) for w in weights)
+    if hit is None or hit[1] != fingerprint:
+        hit = _KEPT_STACKS[key] = (tuple(w.detach() for w in weights), fingerprint, stack(weights))
+    return hit[2]
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """module.weight, read from the registered parameters where it is one (a decoded token reads it for every
+    projection: nn.Module's attribute lookup costs a microsecond or so a read)."""
+    weight = module._parameters.get("weight")
+    return module.weight if weight is None else weight
 
 
 def stacked_linear(x: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:

@@ -45,8 +45,8 @@ class GatedDeltaNetMixer(RecurrentMixer):
         qkv_in, g, beta_in, decay_in = projected.split([3 * HK, HK, H, H], dim=-1)
         conv_weight = stacked_weight([self.q_conv, self.k_conv, self.v_conv])[:, 0]
         qkv, conv_cache = short_conv(qkv_in, conv_weight, None, self.q_conv.activation == "silu", state.get("qkv_conv"))
-        q = F.normalize(split_heads(qkv[..., :HK], H).float(), dim=-1)
-        k = F.normalize(split_heads(qkv[..., HK:2 * HK], H).float(), dim=-1)
+        qk = F.normalize(split_heads(qkv[..., :2 * HK], 2 * H).float(), dim=-1)  # q's heads, then k's: one call
+        q, k = qk[..., :H, :], qk[..., H:, :]
         beta = torch.sigmoid(beta_in.float())
         log_decay = -self.A_log.float().exp() * F.softplus(decay_in.float() + self.dt_bias)
         return Features(q=q, k=k, v=split_heads(qkv[..., 2 * HK:], H), beta=beta,
