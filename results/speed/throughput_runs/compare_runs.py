@@ -8,11 +8,14 @@ solves (3425af6, 11 repeats: the committed results/throughput_cpu.json at the si
 the machine type of the committed file since. `throughput_cpu_avx2_bdb258d` (11 repeats: the head-norm, WY-sharing
 and D-skip changes since 7a4124f) ran in a slow session (the floor's prefill of 2,048 tokens 225 ms); the committed
 run `throughput_cpu_avx2_913754e` (the same code for every timed path, 11 repeats) in a quiet one on the same machine
-type (144 ms); it was the committed file until the fifteenth stop. The committed file now (430a34a: the stacked
+type (144 ms); it was the committed file until the fifteenth stop. The committed file after it (430a34a: the stacked
 projections and kept weight stacks of 43a51cf) ran on an Intel Xeon (AVX-512, 260 MiB L3; floor 89 ms).
 `throughput_cpu_avx2_98ed2af` (11 repeats, 16:28-16:47 UTC on 2026-12-04) is the code of the nineteenth stop
 (gated_deltanet's one-cache featurize of 66e497a, autocast entered only when on) on the AMD EPYC type again, not
-quiet by the floor's prefill of 2,048 tokens (181 ms).
+quiet by the floor's prefill of 2,048 tokens (181 ms). `throughput_cpu_af10dd2` (Intel Xeon, AVX-512) was the
+committed file until the twentieth stop; the committed file now is the run at 0d30a8b on the AMD
+EPYC type (xlstm's one-product decode step, the kept stacks' cheaper check, gated_deltanet's one normalise; its
+`activity` says other processes and steal took 0.2% and 0.3% of the CPUs' time, yet its floor took 180 ms at 2,048).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
