@@ -250,6 +250,9 @@ def test_run_writes_record_log_student_and_leaderboard_row(tmp_path, tiny_teache
     assert [s["stage"] for s in record["stages"]] == ["matrix_mixing", "hidden_alignment", "end_to_end"]
     assert [s["steps"] for s in record["stages"]] == [1, 2, 36]
     assert record["settings"]["seed"] == 0 and record["machine"]["torch"] == torch.__version__
+    assert record["activity"]["source"] in ("/proc/stat", None)  # what else ran on its CPUs meanwhile
+    if record["activity"]["source"]:
+        assert 0 < record["activity"]["this_process_share"] <= 1 and record["activity"]["wall_s"] > 0
     assert record["output_dir"] == f"<output-dir>/{record['run']}"  # no absolute local path in results
     out = tmp_path / "runs" / record["run"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

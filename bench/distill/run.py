@@ -27,6 +27,7 @@ from bench.distill import losses
 from bench.distill import stages as stage_lib
 from bench.errors import BenchError, Parser, UsageError, fail, set_threads
 from bench.files import Busy, atomic_directory, atomic_write_json, clear_staging, exclusive
+from bench.perf.activity import MachineActivity
 
 INITS = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
 KEEP_SELECT = ("first", "last", "uniform", "kl", "recall")
@@ -667,6 +668,7 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
     dist.barrier()
     options = stage_lib.StageOptions(**{**settings.options, "teacher_weights": tuple(settings.options["teacher_weights"])})
     invocation_started = time.time()
+    activity = MachineActivity().start()  # what else ran on this process's CPUs meanwhile
     clock = PhaseClock(started)
     clock.lap("setup")
 
@@ -711,7 +713,7 @@ def _train_and_record(settings, args, output_dir, results_dir, dist, teachers, t
                   "threads": torch.get_num_threads(),
                   "seconds": round(seconds_before + time.time() - started, 1),  # every invocation's training
                   "train_seconds": round(train_seconds, 1), "phase_seconds": clock.seconds,  # this invocation
-                  "machine": measured_on,
+                  "machine": measured_on, "activity": activity.stop().report(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "output_dir": portable_path(output_dir)}
         atomic_write_json(results_dir / "runs" / f"{settings.run_name}.json", record)
         from bench.report import leaderboard

@@ -64,7 +64,8 @@ def _affinity() -> set[int]:
 
 
 class MachineActivity:
-    """Context manager: reads /proc/stat and this process's CPU time on entry and exit; `report()` after exit."""
+    """Reads /proc/stat and this process's CPU time at `start()` and `stop()` (or entry and exit of a `with`
+    block); `report()` after it. In a multi-process run the other processes (ranks) count as others."""
 
     def __init__(self, stat_path: Path = PROC_STAT):
         self.stat_path = stat_path
@@ -77,7 +78,7 @@ class MachineActivity:
         except (OSError, ValueError):
             return None
 
-    def __enter__(self) -> "MachineActivity":
+    def start(self) -> "MachineActivity":
         try:
             self._load = os.getloadavg()[0]
         except (AttributeError, OSError):
@@ -85,14 +86,21 @@ class MachineActivity:
         self._stat, self._own, self._wall = self._read(), time.process_time(), time.monotonic()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> "MachineActivity":
         stat, own, wall = self._read(), time.process_time(), time.monotonic()
         if self._stat is None or stat is None:
             self._result = {"source": None}
-            return
-        self._result = {"source": str(self.stat_path), "cpus": len(self.cpus), "wall_s": round(wall - self._wall, 3),
-                        "load_average_1m_before": self._load,
-                        **shares(self._stat, stat, own - self._own, os.sysconf("SC_CLK_TCK"))}
+        else:
+            self._result = {"source": str(self.stat_path), "cpus": len(self.cpus),
+                            "wall_s": round(wall - self._wall, 3), "load_average_1m_before": self._load,
+                            **shares(self._stat, stat, own - self._own, os.sysconf("SC_CLK_TCK"))}
+        return self
+
+    def __enter__(self) -> "MachineActivity":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def report(self) -> dict:
         if self._result is None:
