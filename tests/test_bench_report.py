@@ -73,6 +73,15 @@ def test_records_become_documented_columns_and_a_sorted_markdown_table(tmp_path)
     assert lines[2].startswith("| xlstm") and lines[3].startswith("| gla")  # best recovery first
 
 
+def test_what_else_ran_during_a_run_reaches_its_row_and_an_older_record_leaves_it_empty(tmp_path):
+    _write(tmp_path, {**_record("a"), "activity": {"source": "/proc/stat", "cpus": 2, "others_share": 0.12,
+                                                   "steal_share": 0.01, "this_process_share": 0.85}})
+    _write(tmp_path, _record("b", "xlstm"))
+    rows = {r["run_id"]: r for r in csv.DictReader(open(leaderboard.rebuild(tmp_path)))}
+    assert (float(rows["a"]["others_share"]), float(rows["a"]["steal_share"])) == (0.12, 0.01)
+    assert rows["b"]["others_share"] == rows["b"]["steal_share"] == ""
+
+
 def test_an_old_record_without_items_gets_families_without_intervals(tmp_path):
     _write(tmp_path, _record("old", cloze=0.07))
     (r,) = leaderboard.load_rows(tmp_path)

@@ -152,8 +152,23 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     assert grid[4] == "| xlstm † | – | 0.300 ± 0.000 | – | – | – | 60.0% [55.0, 67.0] | – / – |"  # bootstrap span
     assert grid[5] == "| gla | 1.000 (n=1) | 0.500 ± 0.100 | 90.0% | 10.0% | 50.0% | 51.0% [50.0, 52.0] | 0.25 / 0.9 |"
     assert "(n=k): a cell with k of 2 seeds" in grid[0]  # one seed has no spread: shown as such, not as ± 0
+    assert "other processes" not in grid[0]  # no run measured what else ran: nothing said
     claims = tables.render("claims", tmp_path).splitlines()
     assert claims[2] == "| the study's claim | measured here | verdict |" and len(claims) == 4 + 8
+
+
+def test_the_grid_caption_says_the_most_other_processes_took_of_a_runs_cpu_time(tmp_path):
+    _write_results(tmp_path)
+    path = tmp_path / "leaderboard.csv"
+    rows = list(csv.DictReader(open(path)))
+    for row, share in zip(rows, ("0.01", "0.12", "")):
+        row.update(others_share=share, steal_share="0.0" if share else "")
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    caption = tables.render("grid", tmp_path).splitlines()[0]
+    assert "other processes took at most 12.0% and steal 0.0% of a run's CPU time (2 of 5 runs measured; not quiet)" in caption
 
 
 def test_a_recorded_date_is_shown_and_a_missing_one_is_never_invented(tmp_path):

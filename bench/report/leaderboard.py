@@ -34,7 +34,8 @@ COLUMNS = (["run_id", "teacher", "teacher_sha", "student", "keep", "init", "stag
             "state_bytes", "val_ppl", "teacher_val_ppl", "val_kl"] + [f"recall_{n}" for n in RECALL_LENGTHS]
            + ["cloze_acc", "pct_recovered", "pct_recovered_lo", "pct_recovered_hi", *FAMILY_COLUMNS, TIE_COLUMN,
               "alpha_star", "prefill_tok_s_2048", "prefill_tok_s_16384", "decode_ms_32768",
-              "backend", "device", "dtype", "torch", "commit", "dirty", "cell_flag", "config_hash", "date"])
+              "backend", "device", "dtype", "torch", "commit", "dirty", "cell_flag", "config_hash", "date",
+              "others_share", "steal_share"])
 MARKDOWN_COLUMNS = ["student", "init", "seed", "tokens", "val_ppl", "teacher_val_ppl", "val_kl", "cloze_acc",
                     "pct_recovered", TIE_COLUMN, "alpha_star", "prefill_tok_s_2048", "decode_ms_32768", "state_bytes",
                     "cell_flag"]
@@ -112,6 +113,8 @@ def row(record: dict) -> dict:
         "dtype": "bf16" if record.get("bf16") else "fp32", "torch": machine.get("torch"),
         "commit": commit, "dirty": bool(commit and str(commit).endswith("-dirty")), "cell_flag": "",
         "config_hash": config_hash(record), "date": record["date"],
+        # what else ran on the run's CPUs over its last invocation (records from before it was measured: empty)
+        **{key: (record.get("activity") or {}).get(key) for key in ("others_share", "steal_share")},
     }
     recovered = recovery.recovered(student_scores, teacher_scores) if student_scores and teacher_scores else {}
     for prefix, scores in (("student_", student_scores), ("teacher_", teacher_scores), ("recovered_", recovered)):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, fail
 from bench.files import atomic_write_text
-from bench.perf.activity import describe
+from bench.perf.activity import QUIET_SHARE, describe
 from bench.perf.ratios import NOISE, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,6 +178,17 @@ def distill_speed(doc: dict, source: str) -> str:
     return caption(source, doc, details) + "\n\n" + markdown(header, rows)
 
 
+def _grid_activity(rows: list[dict]) -> str:
+    """The most that other processes and steal took of a run's CPU time, over the runs whose records measured it."""
+    measured = [r for r in rows if r.get("others_share") not in (None, "")]
+    if not measured:
+        return ""
+    others, steal = (max(float(r[key] or 0) for r in measured) for key in ("others_share", "steal_share"))
+    quiet = others <= QUIET_SHARE and steal <= QUIET_SHARE
+    return (f"; other processes took at most {100 * others:.1f}% and steal {100 * steal:.1f}% of a run's CPU time "
+            f"({len(measured)} of {len(rows)} runs measured{'' if quiet else '; not quiet'})")
+
+
 def throughput_targets(targets: dict, students: list[str]) -> str:
     """The benchmark's own verdicts (`bench.perf.throughput.check_targets`): one column per target judged per
     student (yes / no / within noise / – where not measured), then the targets judged once."""
@@ -241,6 +252,7 @@ def grid(rows: list[dict], source: str) -> str:
             minutes[r["seed"]] = minutes.get(r["seed"], 0.0) + float(r["seconds"]) / 60
     wall = (f"; run time {sum(minutes.values()) / 60:.1f} h in all (" + ", ".join(
         f"seed {seed} {m:.0f} min" for seed, m in sorted(minutes.items())) + ")") if minutes else ""
+    wall += _grid_activity(rows)
     details = (f"{len(rows)} runs, devices {distinct('device')}, torch {distinct('torch')}, commits {distinct('commit')}, "
                + (f"dates {dates[0]} … {dates[-1]}" if dates else "date: not recorded") + wall
                + f"; tokens {distinct('tokens')}, precision {distinct('dtype')}, seeds {distinct('seed')}; "
