@@ -34,12 +34,19 @@ def row(doc, name):
             f"{decode(m, '32768') / decode(m, '1024'):.2f}")
 
 
+def label(doc):  # commit, date, the floor's prefill of 2,048 tokens and, where recorded, others' share of the CPUs
+    activity = doc.get("activity") or {}
+    others = f", others {100 * activity['others_share']:.1f}%" if activity.get("others_share") is not None else ""
+    floor_ms = 1e3 * doc["models"]["floor"]["prefill"]["2048"]["median_s"]
+    return f"{doc['machine']['commit']} ({doc['date'][:16]}, floor {floor_ms:.0f} ms{others})"
+
+
 docs = [json.load(open(path)) for path in sys.argv[1:]]
 docs.sort(key=lambda d: d["date"])
 students = docs[-1]["settings"]["students"]
 print("Per run (commit, date), ratios of medians: prefill × floor at 2,048 / 16,384; prefill / teacher at 1,024; decode / teacher at 1k;"
       " decode 32k / 1k.\n")
-print("| student | " + " | ".join(f"{d['machine']['commit']} ({d['date'][:16]})" for d in docs) + " |")
+print("| student | " + " | ".join(label(d) for d in docs) + " |")
 print("|---|" + "---|" * len(docs))
 for name in students:
     if name == "attention":
