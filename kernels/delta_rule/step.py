@@ -2,17 +2,24 @@
 
 Same function as `naive` (S_t = exp(log_decay_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = scale · S_tᵀ q_t);
 a generation step calls it with T = 1, where per-op overhead sets the time: two matmuls and one fused
-multiply-add per token.
+multiply-add per token. On CPU a token with a state and no gradient runs as one compiled call
+(`kernels.native`) where it can be built.
 """
 from __future__ import annotations
 
 import torch
+
+from kernels import native
 
 
 def delta_rule_step(q, k, v, beta, log_decay=None, scale=None, initial_state=None, output_final_state=False):
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
+    compiled = native.one_token(q, initial_state, k, v, beta, log_decay)
+    if compiled is not None:  # a decoded token in one call (kernels/native)
+        o, state = compiled.delta_step(q, k, v, beta, log_decay, scale, initial_state)
+        return o, (state if output_final_state else None)
     state = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
     outputs = []
     for t in range(T):

@@ -2,11 +2,14 @@
 
 Same function as `naive` (S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_tᵀ, o_t = scale · S_tᵀ q_t, RWKV-6 bonus
 form included); a generation step calls it with T = 1, where per-op overhead, not arithmetic, sets the time:
-one fused multiply-add for the state and one matmul for the read-out.
+one fused multiply-add for the state and one matmul for the read-out. On CPU a token with a state and no
+gradient runs as one compiled call (`kernels.native`) where it can be built.
 """
 from __future__ import annotations
 
 import torch
+
+from kernels import native
 
 
 def linear_recurrence_step(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
@@ -14,6 +17,10 @@ def linear_recurrence_step(q, k, v, log_decay=None, bonus=None, scale=None, init
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
+    compiled = native.one_token(q, initial_state, k, v, log_decay, bonus)
+    if compiled is not None:  # a decoded token in one call (kernels/native)
+        o, state = compiled.linear_step(q, k, v, log_decay, bonus, scale, initial_state)
+        return o, (state if output_final_state else None)
     state = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
     bonus = None if bonus is None else bonus.float()[None, :, :, None]
     outputs = []

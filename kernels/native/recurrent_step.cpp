@@ -1,0 +1,115 @@
+// One decoded token of the students' recurrences as one call each: the recurrent analogue of the teacher's one
+// fused attention call (sdpa) per token. Same arithmetic as kernels/{linear_recurrence,delta_rule}/step.py (fp32
+// state and outputs); a Python step runs ~20 tensor ops a token, whose dispatch, not arithmetic, sets its time.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+using torch::Tensor;
+
+namespace {
+
+constexpr int64_t kInlineHeads = 8;  // batch·heads up to this run on the calling thread (no pool hand-off)
+
+Tensor fp32(const Tensor& x) { return x.to(torch::kFloat).contiguous(); }
+
+}  // namespace
+
+// S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t; with bonus u (RWKV-6) o_t = scale (S_{t-1} +
+// diag(u) k_t v_t^T)^T q_t. q, k (B, 1, H, K); v (B, 1, H, V); g none, (B, 1, H) or (B, 1, H, K); u (H, K);
+// state (B, H, K, V). Returns (o (B, 1, H, V), new state).
+std::vector<Tensor> linear_step(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
+                                double scale, const Tensor& state) {
+  const Tensor q = fp32(q_in), k = fp32(k_in), v = fp32(v_in);
+  const Tensor g = log_decay.has_value() ? fp32(*log_decay) : Tensor();
+  const Tensor u = bonus.has_value() ? fp32(*bonus) : Tensor();
+  const int64_t H = q.size(2), K = q.size(3), V = v.size(3), BH = q.size(0) * H;
+  const bool per_channel = g.defined() && g.dim() == 4;
+  Tensor S = fp32(state).clone();
+  Tensor o = torch::zeros({q.size(0), 1, H, V}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *gp = g.defined() ? g.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
+  float *sp = S.data_ptr<float>(), *op = o.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, BH, kInlineHeads, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const float *kk = kp + bh * K, *qq = qp + bh * K, *vv = vp + bh * V;
+      float *rows = sp + bh * K * V, *out = op + bh * V;
+      const float head_decay = (gp != nullptr && !per_channel) ? std::exp(gp[bh]) : 1.f;
+      for (int64_t i = 0; i < K; ++i) {
+        float* row = rows + i * V;
+        const float ki = kk[i], qi = qq[i], a = per_channel ? std::exp(gp[bh * K + i]) : head_decay;
+        if (up != nullptr) {  // the read-out sees S_{t-1} plus the bonus term, then the state moves on
+          const float ui = up[(bh % H) * K + i];
+          for (int64_t j = 0; j < V; ++j) {
+            const float kv = ki * vv[j];
+            out[j] += qi * (row[j] + ui * kv);
+            row[j] = a * row[j] + kv;
+          }
+        } else {
+          for (int64_t j = 0; j < V; ++j) {
+            row[j] = a * row[j] + ki * vv[j];
+            out[j] += qi * row[j];
+          }
+        }
+      }
+      for (int64_t j = 0; j < V; ++j) out[j] *= s;
+    }
+  });
+  return {o, S};
+}
+
+// S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = scale S_t^T q_t, computed as in the
+// Python step: S' = a S, u = beta (v - S'^T k), S_t = S' + k u^T. q, k (B, 1, H, K); v (B, 1, H, V);
+// beta (B, 1, H); g none or (B, 1, H); state (B, H, K, V). Returns (o (B, 1, H, V), new state).
+std::vector<Tensor> delta_step(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& beta_in,
+                               const c10::optional<Tensor>& log_decay, double scale, const Tensor& state) {
+  const Tensor q = fp32(q_in), k = fp32(k_in), v = fp32(v_in), beta = fp32(beta_in);
+  const Tensor g = log_decay.has_value() ? fp32(*log_decay) : Tensor();
+  const int64_t H = q.size(2), K = q.size(3), V = v.size(3), BH = q.size(0) * H;
+  Tensor S = fp32(state).clone();
+  Tensor o = torch::empty({q.size(0), 1, H, V}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *bp = beta.data_ptr<float>(), *gp = g.defined() ? g.data_ptr<float>() : nullptr;
+  float *sp = S.data_ptr<float>(), *op = o.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, BH, kInlineHeads, [&](int64_t begin, int64_t end) {
+    std::vector<float> update(V);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const float a = gp != nullptr ? std::exp(gp[bh]) : 1.f, b = bp[bh];
+      const float *kk = kp + bh * K, *qq = qp + bh * K, *vv = vp + bh * V;
+      float *rows = sp + bh * K * V, *out = op + bh * V;
+      for (int64_t j = 0; j < V; ++j) update[j] = 0.f;
+      for (int64_t i = 0; i < K; ++i) {  // S' = a S and S'^T k in one pass
+        float* row = rows + i * V;
+        const float ki = kk[i];
+        for (int64_t j = 0; j < V; ++j) {
+          row[j] *= a;
+          update[j] += ki * row[j];
+        }
+      }
+      for (int64_t j = 0; j < V; ++j) {
+        update[j] = b * (vv[j] - update[j]);
+        out[j] = 0.f;
+      }
+      for (int64_t i = 0; i < K; ++i) {  // S_t = S' + k u^T and the read-out in one pass
+        float* row = rows + i * V;
+        const float ki = kk[i], qi = qq[i];
+        for (int64_t j = 0; j < V; ++j) {
+          row[j] += ki * update[j];
+          out[j] += qi * row[j];
+        }
+      }
+      for (int64_t j = 0; j < V; ++j) out[j] *= s;
+    }
+  });
+  return {o, S};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("linear_step", &linear_step, "one token of the linear recurrence (fp32 state)");
+  m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
+}
