@@ -8,6 +8,8 @@ from kernels import native
 from kernels.delta_rule.step import delta_rule_step
 from kernels.linear_recurrence.step import linear_recurrence_step
 
+native_one_token = native.one_token
+
 pytestmark = pytest.mark.skipif(native.module() is None, reason="the C++ decode step cannot be built here")
 B, H, K, V = 2, 3, 5, 7
 
@@ -71,8 +73,10 @@ def test_only_one_token_with_a_state_and_no_gradient_takes_the_compiled_step():
         assert native.one_token(q, state, bonus) is native.module()  # no gradient recorded: the compiled step
 
 
-@pytest.mark.parametrize("name", ["gated_deltanet", "rwkv", "mamba"])
-def test_a_model_decodes_the_same_tokens_with_either_step(monkeypatch, name):
+@pytest.mark.parametrize("name, options", [("gated_deltanet", None), ("rwkv", None), ("mamba", None), ("xlstm", None),
+                                           ("xlstm", {"window": 3}), ("gla", {"window": 3})],
+                         ids=["gated_deltanet", "rwkv", "mamba", "xlstm", "xlstm-window", "gla-window"])
+def test_a_model_decodes_the_same_tokens_with_either_step(monkeypatch, name, options):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from students.modeling import _CACHE_FIELD
@@ -82,7 +86,7 @@ def test_a_model_decodes_the_same_tokens_with_either_step(monkeypatch, name):
     teacher = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=120,
                                            max_position_embeddings=64, tie_word_embeddings=True))
-    model = build_student(teacher.eval(), name, init="random", seed=0).eval()
+    model = build_student(teacher.eval(), name, init="random", mixer_options=options, seed=0).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 12))
 
     def decode():
@@ -91,5 +95,9 @@ def test_a_model_decodes_the_same_tokens_with_either_step(monkeypatch, name):
             steps = [model(ids[:, i:i + 1], use_cache=True, **{_CACHE_FIELD: cache}).logits for i in range(8, 12)]
         return torch.cat(steps, dim=1)
 
-    compiled = decode()
+    calls = []
+    with monkeypatch.context() as m:  # count the tokens the compiled step takes
+        m.setattr(native, "one_token", lambda *a: calls.append(native_one_token(*a)) or calls[-1])
+        compiled = decode()
+    assert len(calls) == 4 * 2 and all(c is native.module() for c in calls)  # every layer of every decoded token
     torch.testing.assert_close(compiled, _python(monkeypatch, decode), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""One decoded token of the recurrences as one compiled call (`recurrent_step.cpp`), for CPU decoding.
+"""One decoded token of the recurrences as one compiled call (`recurrent_step.cpp`), for CPU decoding: the linear
+recurrence and the delta rule (called from their `step.py`), and xlstm's stabilised mLSTM step.
 
 A Python step (`kernels.*.step`) runs ~20 tensor ops a token, each costing microseconds of dispatch; the teacher's
 attention runs its token as one fused call. The extension is compiled on first use with torch's C++ toolchain

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -109,7 +110,55 @@ std::vector<Tensor> delta_step(const Tensor& q_in, const Tensor& k_in, const Ten
   return {o, S};
 }
 
+// One token of the mLSTM with its running-max stabiliser (xLSTM eq. 19-27), as students/mixers/xlstm.py's loop:
+// m' = max(f + m, i), C' = exp(f + m - m') C + exp(i - m') k v^T, r = scale C'^T q; v carries the normaliser's
+// column of ones last. normalise: o = [r[:-1] / max(|r[-1]|, exp(-m')), 1]; else o = r exp(m').
+// q, k (B, 1, H, K); v (B, 1, H, W); log_forget, log_input (B, 1, H); memory (B, H, K, W); m (B, H).
+// Returns (o (B, 1, H, W), new memory, new m).
+std::vector<Tensor> mlstm_step(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& f_in,
+                               const Tensor& i_in, const Tensor& memory, const Tensor& m_in, double scale,
+                               bool normalise) {
+  const Tensor q = fp32(q_in), k = fp32(k_in), v = fp32(v_in), f = fp32(f_in), ig = fp32(i_in), m = fp32(m_in);
+  const int64_t H = q.size(2), K = q.size(3), W = v.size(3), BH = q.size(0) * H;
+  Tensor C = fp32(memory).clone();
+  Tensor m_new = torch::empty_like(m);
+  Tensor o = torch::empty({q.size(0), 1, H, W}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *fp = f.data_ptr<float>(), *ip = ig.data_ptr<float>(), *mp = m.data_ptr<float>();
+  float *cp = C.data_ptr<float>(), *mn = m_new.data_ptr<float>(), *op = o.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, BH, kInlineHeads, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const float carried = fp[bh] + mp[bh], stab = std::max(carried, ip[bh]);
+      const float forget = std::exp(carried - stab), input = std::exp(ip[bh] - stab);
+      mn[bh] = stab;
+      const float *kk = kp + bh * K, *qq = qp + bh * K, *vv = vp + bh * W;
+      float *rows = cp + bh * K * W, *out = op + bh * W;
+      for (int64_t j = 0; j < W; ++j) out[j] = 0.f;
+      for (int64_t i = 0; i < K; ++i) {
+        float* row = rows + i * W;
+        const float ki = input * kk[i], qi = qq[i];
+        for (int64_t j = 0; j < W; ++j) {
+          row[j] = forget * row[j] + ki * vv[j];
+          out[j] += qi * row[j];
+        }
+      }
+      for (int64_t j = 0; j < W; ++j) out[j] *= s;
+      if (normalise) {
+        const float denom = std::max(std::fabs(out[W - 1]), std::exp(-stab));
+        for (int64_t j = 0; j < W - 1; ++j) out[j] /= denom;
+        out[W - 1] = 1.f;
+      } else {
+        const float up = std::exp(stab);
+        for (int64_t j = 0; j < W; ++j) out[j] *= up;
+      }
+    }
+  });
+  return {o, C, m_new};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
   m.def("linear_step", &linear_step, "one token of the linear recurrence (fp32 state)");
   m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
 }

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import linear_recurrence
+from kernels import linear_recurrence, native
 from students.base import Features, MixerConfig, RecurrentMixer
 from students.layers import HeadLayerNorm, merge_heads, split_heads, stacked_linear
 
@@ -63,7 +63,13 @@ class MLSTMMixer(RecurrentMixer):
         m = state.get("m", f.q.new_zeros(B, H, dtype=torch.float32))
         memory = state.get("kernel")
         if backend in ("naive", "step"):  # the loop is the paper's decode step as well as the reference
-            o, memory, m = self._stabilised_loop(f, memory, m, normalise=not self.window)
+            compiled = native.one_token(f.q, memory, f.context["k_raw"], f.v) if backend == "step" else None
+            if compiled is not None:  # a decoded token in one call (kernels/native), the loop's arithmetic
+                o, memory, m = compiled.mlstm_step(f.q, f.context["k_raw"], f.v, f.log_decay, f.context["log_input"],
+                                                   memory, m, K ** -0.5 if f.scale is None else f.scale,
+                                                   not self.window)
+            else:
+                o, memory, m = self._stabilised_loop(f, memory, m, normalise=not self.window)
             return o, {"kernel": memory, "m": m}
         unstabilised = None if memory is None else memory * m.exp()[..., None, None]
         o, memory = linear_recurrence(f.q, f.k, f.v, f.log_decay, scale=f.scale, initial_state=unstabilised,
