@@ -47,6 +47,7 @@ from bench.perf.activity import MachineActivity, describe, validate_activity
 from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
+from kernels import native
 from kernels._backend import pick_backend
 from kernels.delta_rule import BACKENDS as DELTA_RULE_BACKENDS
 from kernels.linear_recurrence import BACKENDS as LINEAR_RECURRENCE_BACKENDS
@@ -217,8 +218,10 @@ def resolved_backend(model, kind: str, device: torch.device) -> dict:
                         else ("linear_recurrence", LINEAR_RECURRENCE_BACKENDS))
         chosen = pick_backend("auto", backends, device, op)
         name = next(n for n, fn in backends.items() if fn is chosen)
+        compiled = device.type == "cpu" and native.module() is not None  # one compiled call per token (kernels/native)
         return {"requested": "auto", "prefill": f"{op}:{name}",
-                "decode": "recurrent step (kernel backend `step`, O(1) per token, constant state)"}
+                "decode": "recurrent step (kernel backend `step`, O(1) per token, constant state"
+                          + (", one compiled call per token: kernels/native)" if compiled else ", Python ops)")}
     return {"requested": "auto", "prefill": "torch scaled_dot_product_attention",
             "decode": "KV cache in StudentCache (grows with context)"}
 
