@@ -13,9 +13,11 @@ projections and kept weight stacks of 43a51cf) ran on an Intel Xeon (AVX-512, 26
 `throughput_cpu_avx2_98ed2af` (11 repeats, 16:28-16:47 UTC on 2026-12-04) is the code of the nineteenth stop
 (gated_deltanet's one-cache featurize of 66e497a, autocast entered only when on) on the AMD EPYC type again, not
 quiet by the floor's prefill of 2,048 tokens (181 ms). `throughput_cpu_af10dd2` (Intel Xeon, AVX-512) was the
-committed file until the twentieth stop; the committed file now is the run at 0d30a8b on the AMD
-EPYC type (xlstm's one-product decode step, the kept stacks' cheaper check, gated_deltanet's one normalise; its
-`activity` says other processes and steal took 0.2% and 0.3% of the CPUs' time, yet its floor took 180 ms at 2,048).
+committed file until the twentieth stop; `throughput_cpu_avx2_0d30a8b` (AMD EPYC: xlstm's one-product decode
+step, the kept stacks' cheaper check, gated_deltanet's one normalise; its `activity` says other processes and steal
+took 0.2% and 0.3% of the CPUs' time, yet its floor took 180 ms at 2,048) was committed for an hour; the committed
+file now is the run at a47d8d5 on the same machine, the first with every student's decode step as one compiled call
+(`kernels/native`).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
