@@ -1,6 +1,9 @@
 """kernels.native: the compiled one-token steps against the Python steps (the same arithmetic, op by op) on odd
 shapes, every decay form, the RWKV-6 bonus, bf16 and strided inputs; when a call may take them; a whole model
-decoding the same tokens either way. Skipped where the extension cannot be built (no C++ compiler)."""
+decoding the same tokens either way (skipped where the extension cannot be built); and a failed build, simulated:
+one warning, then the Python step."""
+import warnings
+
 import pytest
 import torch
 
@@ -10,7 +13,7 @@ from kernels.linear_recurrence.step import linear_recurrence_step
 
 native_one_token = native.one_token
 
-pytestmark = pytest.mark.skipif(native.module() is None, reason="the C++ decode step cannot be built here")
+needs_build = pytest.mark.skipif(native.module() is None, reason="the C++ decode step cannot be built here")
 B, H, K, V = 2, 3, 5, 7
 
 
@@ -30,6 +33,7 @@ def _inputs(dtype=torch.float32, seed=0):
     return q.to(dtype), k.to(dtype), v.to(dtype), state, g
 
 
+@needs_build
 @pytest.mark.parametrize("decay", ["none", "head", "channel"])
 @pytest.mark.parametrize("bonus", [False, True], ids=["plain", "bonus"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -48,6 +52,7 @@ def test_the_linear_step_matches_the_python_step(monkeypatch, decay, bonus, dtyp
     assert torch.equal(state, before)  # the caller's state is read, never written
 
 
+@needs_build
 @pytest.mark.parametrize("decay", [False, True], ids=["no-decay", "decay"])
 def test_the_delta_step_matches_the_python_step_on_strided_inputs(monkeypatch, decay):
     q, k, v, state, g = _inputs()
@@ -62,6 +67,7 @@ def test_the_delta_step_matches_the_python_step_on_strided_inputs(monkeypatch, d
     torch.testing.assert_close(final, final_ref, rtol=1e-5, atol=1e-5)
 
 
+@needs_build
 def test_only_one_token_with_a_state_and_no_gradient_takes_the_compiled_step():
     q, _, _, state, _ = _inputs()
     assert native.one_token(q, state) is native.module()
@@ -73,6 +79,7 @@ def test_only_one_token_with_a_state_and_no_gradient_takes_the_compiled_step():
         assert native.one_token(q, state, bonus) is native.module()  # no gradient recorded: the compiled step
 
 
+@needs_build
 @pytest.mark.parametrize("name, options", [("gated_deltanet", None), ("rwkv", None), ("mamba", None), ("xlstm", None),
                                            ("xlstm", {"window": 3}), ("gla", {"window": 3})],
                          ids=["gated_deltanet", "rwkv", "mamba", "xlstm", "xlstm-window", "gla-window"])
@@ -101,3 +108,20 @@ def test_a_model_decodes_the_same_tokens_with_either_step(monkeypatch, name, opt
         compiled = decode()
     assert len(calls) == 4 * 2 and all(c is native.module() for c in calls)  # every layer of every decoded token
     torch.testing.assert_close(compiled, _python(monkeypatch, decode), rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_build_warns_once_and_decoding_runs_the_python_step(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++ not found\n(details)")
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match="could not be built \\(Error building extension: c\\+\\+ not found\\)"):
+        assert native.module() is None
+    q, k, v, state, _ = _inputs()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not at every token
+        o, final = linear_recurrence_step(q, k, v, None, None, None, state, True)
+    torch.testing.assert_close(o[:, 0], torch.einsum("bhk,bhkv->bhv", q[:, 0], final) * K ** -0.5)
