@@ -108,11 +108,16 @@ class MachineActivity:
         return self._result
 
 
+def quiet(others_share: float, steal_share: float) -> bool:
+    """Others and steal each took at most QUIET_SHARE of the CPUs' time."""
+    return others_share <= QUIET_SHARE and steal_share <= QUIET_SHARE
+
+
 def is_quiet(activity: dict | None) -> bool | None:
-    """True when others and steal each took at most QUIET_SHARE of the CPUs' time; None where not measured."""
+    """`quiet` for one `MachineActivity.report()`; None where it was not measured."""
     if not activity or activity.get("source") is None or activity.get("others_share") is None:
         return None
-    return activity["others_share"] <= QUIET_SHARE and activity["steal_share"] <= QUIET_SHARE
+    return quiet(activity["others_share"], activity["steal_share"])
 
 
 def describe(activity: dict | None) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, fail
 from bench.files import atomic_write_text
-from bench.perf.activity import QUIET_SHARE, describe
+from bench.perf.activity import describe, quiet
 from bench.perf.ratios import NOISE, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,9 +184,8 @@ def _grid_activity(rows: list[dict]) -> str:
     if not measured:
         return ""
     others, steal = (max(float(r[key] or 0) for r in measured) for key in ("others_share", "steal_share"))
-    quiet = others <= QUIET_SHARE and steal <= QUIET_SHARE
     return (f"; other processes took at most {100 * others:.1f}% and steal {100 * steal:.1f}% of a run's CPU time "
-            f"({len(measured)} of {len(rows)} runs measured{'' if quiet else '; not quiet'})")
+            f"({len(measured)} of {len(rows)} runs measured{'' if quiet(others, steal) else '; not quiet'})")
 
 
 def throughput_targets(targets: dict, students: list[str]) -> str:
