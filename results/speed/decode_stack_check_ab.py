@@ -7,7 +7,6 @@ working tree's, on the same models and caches, alternating per round.
 import argparse
 import statistics
 import subprocess
-import time
 import types
 
 import torch
@@ -18,6 +17,8 @@ from bench.data.teacher import EMBEDDED_TEACHER
 from bench.perf.throughput import _Decoder
 from students.modeling import _CACHE_FIELD
 from students.surgery import build_student, load_teacher
+
+from decode_ab import ratio_summary, step_logits, time_alternating  # beside this file
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--old-commit", default="HEAD")
@@ -60,26 +61,12 @@ teacher = load_teacher(str(EMBEDDED_TEACHER))
 ids = torch.randint(0, 4096, (1, 1024), generator=torch.Generator().manual_seed(0))
 for student in args.students.split(","):
     model = build_student(teacher, student, init="random", seed=0).eval()
-    times = {"old": [], "new": []}
     with torch.inference_mode():
         decoder = _Decoder(model, getattr(model(ids, use_cache=True), _CACHE_FIELD), ids[:, -1:], 32)
-        logits = {}
-        for name in ("old", "new"):
-            use(name)
-            decoder.restart()
-            with layers.kept_weight_stacks():
-                logits[name] = model(ids[:, -1:], use_cache=True, **{_CACHE_FIELD: decoder.cache}).logits
-        decoder.restart()
-        for r in range(args.rounds):
-            for name in (("old", "new") if r % 2 else ("new", "old")):
-                use(name)
-                decoder.warm_restart()
-                start = time.perf_counter()
-                decoder()
-                times[name].append((time.perf_counter() - start) / 32 * 1e3)
+        logits = step_logits(decoder, use, layers.kept_weight_stacks)
+        times = time_alternating({student: decoder}, use, args.rounds)
     use("new")
-    ratios = sorted(a / b for a, b in zip(times["old"], times["new"]))
-    print(f"{student} decode after 1,024 tokens: old {statistics.median(times['old']):.3f}, new "
-          f"{statistics.median(times['new']):.3f} ms/token; old/new per round median {statistics.median(ratios):.3f} "
-          f"[{ratios[0]:.3f}, {ratios[-1]:.3f}], {args.rounds} rounds; one step's logits new − old max |Δ| "
+    old, new = times[student, "old"], times[student, "new"]
+    print(f"{student} decode after 1,024 tokens: old {statistics.median(old):.3f}, new {statistics.median(new):.3f} "
+          f"ms/token; {ratio_summary(old, new)}, {args.rounds} rounds; one step's logits new − old max |Δ| "
           f"{(logits['new'] - logits['old']).abs().max().item():.2e}", flush=True)

@@ -6,7 +6,6 @@ the Python step (DISTILL_BENCH_NATIVE=0, old), alternating per round, after 1,02
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
@@ -15,6 +14,8 @@ from bench.perf.throughput import _Decoder
 from kernels import native
 from students.modeling import _CACHE_FIELD
 from students.surgery import build_student, load_teacher
+
+from decode_ab import ratio_summary, step_logits, time_alternating  # beside this file
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=15)
@@ -35,31 +36,14 @@ models = {"teacher": teacher, **{s: build_student(teacher, s, init="random", see
 with torch.inference_mode():
     decoders = {name: _Decoder(m, getattr(m(ids, use_cache=True), _CACHE_FIELD), ids[:, -1:], 32)
                 for name, m in models.items()}
-    logits = {}
-    for name in names:
-        for mode in ("old", "new"):
-            use(mode)
-            decoders[name].restart()
-            logits[name, mode] = decoders[name].model(ids[:, -1:], use_cache=True,
-                                                      **{_CACHE_FIELD: decoders[name].cache}).logits
-        decoders[name].restart()
-    times = {(name, mode): [] for name in models for mode in ("old", "new")}
-    for r in range(args.rounds):
-        for name, decoder in decoders.items():
-            for mode in (("old", "new") if r % 2 else ("new", "old")):
-                use(mode)
-                decoder.warm_restart()
-                start = time.perf_counter()
-                decoder()
-                times[name, mode].append((time.perf_counter() - start) / 32 * 1e3)
+    logits = {name: step_logits(decoders[name], use) for name in names}
+    times = time_alternating(decoders, use, args.rounds)
 use("new")
 teacher_ms = statistics.median(times["teacher", "old"] + times["teacher", "new"])
 print(f"decode after 1,024 tokens, ms/token, medians of {args.rounds} rounds; teacher {teacher_ms:.3f}")
 for name in names:
     old, new = times[name, "old"], times[name, "new"]
-    ratios = sorted(a / b for a, b in zip(old, new))
-    diff = (logits[name, "new"] - logits[name, "old"]).abs().max().item()
+    diff = (logits[name]["new"] - logits[name]["old"]).abs().max().item()
     print(f"{name:16} python step {statistics.median(old):.3f}  compiled step {statistics.median(new):.3f}  "
-          f"old/new per round median {statistics.median(ratios):.3f} [{ratios[0]:.3f}, {ratios[-1]:.3f}]  "
-          f"vs teacher {statistics.median(old) / teacher_ms:.2f} -> {statistics.median(new) / teacher_ms:.2f}  "
-          f"logits max |new - old| {diff:.1e}", flush=True)
+          f"{ratio_summary(old, new)}  vs teacher {statistics.median(old) / teacher_ms:.2f} -> "
+          f"{statistics.median(new) / teacher_ms:.2f}  logits max |new - old| {diff:.1e}", flush=True)
