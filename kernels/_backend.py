@@ -10,8 +10,9 @@ import torch
 def pick_backend(name: str, backends: dict[str, Callable], device: torch.device, op: str) -> Callable:
     """Return the implementation called `name`; `auto` is the fastest correct one for `device`."""
     if name == "auto":
-        # Own Triton/fla kernels only run on CUDA; the chunked torch form is the CPU path.
-        for candidate in ("triton", "chunk") if device.type == "cuda" else ("chunk",):
+        # Own Triton/fla kernels only run on CUDA; on CPU a compiled forward where an operator has one (it runs the
+        # chunked torch form itself when a gradient is to be recorded), else the chunked torch form.
+        for candidate in ("triton", "chunk") if device.type == "cuda" else ("native", "chunk"):
             if candidate in backends:
                 return backends[candidate]
     if name not in backends:

@@ -219,6 +219,8 @@ def resolved_backend(model, kind: str, device: torch.device) -> dict:
         chosen = pick_backend("auto", backends, device, op)
         name = next(n for n, fn in backends.items() if fn is chosen)
         compiled = device.type == "cpu" and native.module() is not None  # one compiled call per token (kernels/native)
+        if name == "native" and not compiled:  # the extension could not be built: the chunked torch form runs
+            name = "chunk"
         return {"requested": "auto", "prefill": f"{op}:{name}",
                 "decode": "recurrent step (kernel backend `step`, O(1) per token, constant state"
                           + (", one compiled call per token: kernels/native)" if compiled else ", Python ops)")}

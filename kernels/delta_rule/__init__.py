@@ -12,11 +12,12 @@ from kernels._backend import autocast_off, check_qkv, pick_backend
 from kernels.delta_rule.chunk import delta_rule_chunk
 from kernels.delta_rule.matrix import delta_rule_matrix as delta_rule_matrix
 from kernels.delta_rule.naive import delta_rule_naive
+from kernels.delta_rule.native import delta_rule_native
 from kernels.delta_rule.step import delta_rule_step
 from kernels.fla_backends import delta_rule_fla
 
 BACKENDS = {"naive": delta_rule_naive, "step": delta_rule_step, "chunk": delta_rule_chunk,
-            "fla": delta_rule_fla}
+            "native": delta_rule_native, "fla": delta_rule_fla}
 
 
 def _triton(*args, **kwargs):

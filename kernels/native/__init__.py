@@ -1,10 +1,13 @@
 """One decoded token of the recurrences as one compiled call (`recurrent_step.cpp`), for CPU decoding: the linear
-recurrence and the delta rule (called from their `step.py`), and xlstm's stabilised mLSTM step.
+recurrence and the delta rule (called from their `step.py`), and xlstm's stabilised mLSTM step; and a prompt's pass
+through the delta rule as one call (`chunk_forward.cpp`, the `native` backend of `kernels.delta_rule`).
 
 A Python step (`kernels.*.step`) runs ~20 tensor ops a token, each costing microseconds of dispatch; the teacher's
-attention runs its token as one fused call. The extension is compiled on first use with torch's C++ toolchain
-(`torch.utils.cpp_extension.load`, ~25 s once per machine, cached by torch) and checked against the Python steps in
-tests. Where it cannot be built (no compiler), or with DISTILL_BENCH_NATIVE=0, the Python steps run instead.
+attention runs its token as one fused call. The Python chunk form of the delta rule builds every chunk's matrices
+as batched tensors, one memory pass each; the compiled one keeps a head's chunk in cache through all of them. The
+extension is compiled on first use with torch's C++ toolchain (`torch.utils.cpp_extension.load`, ~30 s once per
+machine, cached by torch) and checked against the Python forms in tests. Where it cannot be built (no compiler), or
+with DISTILL_BENCH_NATIVE=0, the Python forms run instead.
 """
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("recurrent_step.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("recurrent_step.cpp", "chunk_forward.cpp")]
+# vector flags for the CPU capability torch dispatches to (it names the build, so a build is only loaded where it runs)
+ISA_FLAGS = {"avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                                                       "-mavx512dq"]}
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -36,20 +42,30 @@ def module():
                 # the CPU's vector ISA in the name: torch caches builds by name, and a build for another CPU type
                 # sharing the cache directory must not be loaded here
                 isa = torch.backends.cpu.get_cpu_capability().lower()
-                _state["module"] = load(f"distill_bench_recurrent_step_{isa}", [str(SOURCE)],
-                                        extra_cflags=["-O3"], verbose=False)
+                # OpenMP as torch's own kernels, so at::parallel_for splits heads over its threads (the loaded
+                # libgomp is torch's: same soname)
+                _state["module"] = load(f"distill_bench_recurrent_step_{isa}", [str(s) for s in SOURCES],
+                                        extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(isa, [])],
+                                        extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as error:  # noqa: BLE001 - any build failure means: run the Python step
-                warnings.warn(f"kernels.native: the C++ decode step could not be built ({str(error).splitlines()[0]}); "
-                              "decoding runs the Python step", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"kernels.native: the C++ kernels could not be built ({str(error).splitlines()[0]}); "
+                              "the Python forms run instead", RuntimeWarning, stacklevel=2)
                 _state["module"] = None
         return _state["module"]
 
 
-def one_token(q: torch.Tensor, initial_state, *tensors):
-    """The extension where a call can take it: one token, on CPU, a state given, and no gradient to record (the
-    extension has no backward; parameters keep `requires_grad` under no_grad, so grad mode decides); else None."""
-    if q.shape[1] != 1 or q.device.type != "cpu" or initial_state is None:
+def without_autograd(q: torch.Tensor, *tensors):
+    """The extension where a call can take it: on CPU and no gradient to record (the extension has no backward;
+    parameters keep `requires_grad` under no_grad, so grad mode decides); else None."""
+    if q.device.type != "cpu":
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, initial_state, *tensors)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, *tensors)):
         return None
     return module()
+
+
+def one_token(q: torch.Tensor, initial_state, *tensors):
+    """The extension for a decoded token: one token, a state given, and `without_autograd`; else None."""
+    if q.shape[1] != 1 or initial_state is None:
+        return None
+    return without_autograd(q, initial_state, *tensors)
