@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import students
 from bench.perf import distill_loss_bench, mixer_loss_bench, throughput
 from bench.perf import kernel_bench as bench_kernels
+from kernels import native
 from kernels.linear_recurrence import BACKENDS, linear_recurrence_chunk
 
 LENGTHS = (16, 40)
@@ -74,7 +75,8 @@ def test_every_student_measures_finite_positive_and_decodes_in_constant_state(te
     if name == students.available()[-1]:  # the softmax control keeps a KV cache: it grows with the context
         assert long["state_bytes"] == 6 * short["state_bytes"] > 0
     else:
-        assert result["backend"]["prefill"].endswith(":chunk")
+        # the compiled pass without a gradient to record (kernels/native), where it can be built
+        assert result["backend"]["prefill"].endswith(":native" if native.module() is not None else ":chunk")
         assert long["state_bytes"] == short["state_bytes"] > 0, "a recurrent student's state must not grow"
         assert long["mixer_state_size_bytes"] == short["mixer_state_size_bytes"] > 0
     assert all(p.grad is None for p in student.parameters())

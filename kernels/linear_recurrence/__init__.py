@@ -8,10 +8,11 @@ from kernels.fla_backends import linear_recurrence_fla
 from kernels.linear_recurrence.chunk import linear_recurrence_chunk
 from kernels.linear_recurrence.matrix import linear_recurrence_matrix as linear_recurrence_matrix
 from kernels.linear_recurrence.naive import linear_recurrence_naive
+from kernels.linear_recurrence.native import linear_recurrence_native
 from kernels.linear_recurrence.step import linear_recurrence_step
 
 BACKENDS = {"naive": linear_recurrence_naive, "step": linear_recurrence_step, "chunk": linear_recurrence_chunk,
-            "fla": linear_recurrence_fla}
+            "native": linear_recurrence_native, "fla": linear_recurrence_fla}
 
 
 def _triton(*args, **kwargs):

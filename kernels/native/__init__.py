@@ -1,10 +1,11 @@
 """One decoded token of the recurrences as one compiled call (`recurrent_step.cpp`), for CPU decoding: the linear
 recurrence and the delta rule (called from their `step.py`), and xlstm's stabilised mLSTM step; and a prompt's pass
-through the delta rule as one call (`chunk_forward.cpp`, the `native` backend of `kernels.delta_rule`).
+through either recurrence as one call per layer (`sequence_forward.cpp`, the `native` backends of
+`kernels.linear_recurrence` and `kernels.delta_rule`).
 
 A Python step (`kernels.*.step`) runs ~20 tensor ops a token, each costing microseconds of dispatch; the teacher's
-attention runs its token as one fused call. The Python chunk form of the delta rule builds every chunk's matrices
-as batched tensors, one memory pass each; the compiled one keeps a head's chunk in cache through all of them. The
+attention runs its token as one fused call. The chunked torch forms build every chunk's matrices as batched
+tensors, one memory pass each; the compiled pass keeps a head's state (and chunk) in cache through all of them. The
 extension is compiled on first use with torch's C++ toolchain (`torch.utils.cpp_extension.load`, ~30 s once per
 machine, cached by torch) and checked against the Python forms in tests. Where it cannot be built (no compiler), or
 with DISTILL_BENCH_NATIVE=0, the Python forms run instead.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("recurrent_step.cpp", "chunk_forward.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("recurrent_step.cpp", "sequence_forward.cpp")]
 # vector flags for the CPU capability torch dispatches to (it names the build, so a build is only loaded where it runs)
 ISA_FLAGS = {"avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
                                                        "-mavx512dq"]}
@@ -62,6 +63,16 @@ def without_autograd(q: torch.Tensor, *tensors):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, *tensors)):
         return None
     return module()
+
+
+# the largest head state (K·V fp32 values, 32 KB) the token-by-token pass runs on: while it stays in L1 the scan is
+# the fastest form on CPU (fewest operations); larger states take the chunked forms (results/speed)
+SCAN_MAX_STATE = 8192
+
+
+def scans(key_dim: int, value_dim: int) -> bool:
+    """Whether a prompt's pass runs token by token (else chunk by chunk)."""
+    return key_dim * value_dim <= SCAN_MAX_STATE
 
 
 def one_token(q: torch.Tensor, initial_state, *tensors):

@@ -157,14 +157,22 @@ std::vector<Tensor> mlstm_step(const Tensor& q_in, const Tensor& k_in, const Ten
   return {o, C, m_new};
 }
 
-// chunk_forward.cpp
+// sequence_forward.cpp
 std::vector<Tensor> delta_chunk(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
                                 const c10::optional<Tensor>& log_decay, double scale,
                                 const c10::optional<Tensor>& initial_state, int64_t chunk, double floor);
+std::vector<Tensor> delta_scan(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                               const c10::optional<Tensor>& log_decay, double scale,
+                               const c10::optional<Tensor>& initial_state, double floor);
+std::vector<Tensor> linear_scan(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
+                                double scale, const c10::optional<Tensor>& initial_state, double floor);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
   m.def("linear_step", &linear_step, "one token of the linear recurrence (fp32 state)");
   m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
+  m.def("delta_scan", &delta_scan, "a sequence through the gated delta rule, token by token (fp32 state)");
   m.def("delta_chunk", &delta_chunk, "a sequence through the gated delta rule, chunk by chunk (fp32 state)");
+  m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
 }

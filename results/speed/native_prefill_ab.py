@@ -1,8 +1,8 @@
-"""Prefill A/B in one process: gated_deltanet's delta rule as one compiled pass (`kernels.native`, new) against the
-chunked torch form (DISTILL_BENCH_NATIVE=0, old), alternating per round, with the floor and the teacher timed in
-the same rounds (fp32, batch 1, no_grad, the embedded teacher's shape).
+"""Prefill A/B in one process: each student's recurrence as one compiled pass per layer (`kernels.native`, new)
+against the chunked torch form (DISTILL_BENCH_NATIVE=0, old), alternating per round, with the floor and the
+teacher timed in the same rounds (fp32, batch 1, no_grad, the embedded teacher's shape).
 
-    python results/speed/native_chunk_ab.py [--rounds 11] [--lengths 2048,16384] [--students gated_deltanet]
+    python results/speed/native_prefill_ab.py [--rounds 11] [--lengths 2048,16384] [--students a,b]
 """
 import argparse
 import os
@@ -19,7 +19,7 @@ from students.surgery import build_student, load_teacher
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=11)
 parser.add_argument("--lengths", default="2048,16384")
-parser.add_argument("--students", default="gated_deltanet")
+parser.add_argument("--students", default="mamba,linear_attention,rwkv,retnet,gla,xlstm,metala,gated_deltanet")
 args = parser.parse_args()
 torch.set_num_threads(2)
 assert native.module() is not None, "the extension could not be built here"

@@ -1,0 +1,368 @@
+// A prompt's pass through the students' recurrences on CPU without autograd, one call per layer: the recurrent
+// analogue of the teacher's fused sdpa prefill. Two forms, per head (heads split over torch's threads):
+// - token by token (linear_scan, delta_scan): the recurrence as written, the head's K x V state held in cache and
+//   each token's update and read-out done in one or two passes over it, register-blocked over 32 value columns.
+//   Fewest operations, exact, every decay form; fastest while a state fits in L1 (K V <= 8,192 floats).
+// - chunk by chunk (delta_chunk): the WY form of kernels/delta_rule/chunk.py (Yang et al. 2024, arXiv
+//   2406.06484, section 3) taken sequentially over chunks, each chunk's products on cache-resident blocks, with
+//   exact pairwise decay ratios exp(b_t - b_s) <= 1 (no midpoint factoring, no chunk halving): for larger states.
+// Decays below exp(floor) are dropped (0) as in kernels.chunking.DENORMALS: no denormal enters a product.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+using torch::Tensor;
+
+namespace {
+
+// Eight floats as one vector (GCC/Clang extension): AVX registers where the build targets them, SSE pairs otherwise.
+typedef float vec8 __attribute__((vector_size(32)));
+
+inline vec8 load8(const float* p) {
+  vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, vec8 v) { std::memcpy(p, &v, sizeof v); }
+inline vec8 splat(float x) { return vec8{x, x, x, x, x, x, x, x}; }
+
+// Denormals flushed to zero while a thread runs a pass (restored after): a state decaying towards zero would
+// otherwise slow every product on it by two orders of magnitude; they change results by less than 1.2e-38.
+class FlushDenormals {
+ public:
+#if defined(__SSE__)
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned int saved_;
+#endif
+};
+
+// C[M x N] = A[M x P] B[P x N] (+ C when accumulate), row-major with leading dimensions: blocks of 4 rows x 16
+// columns held in registers, the rest by plain loops.
+void gemm(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+          int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) {
+    const float *a0 = A + i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+    float *c0 = C + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
+    int64_t j = 0;
+    for (; j + 16 <= N; j += 16) {
+      vec8 x00 = {}, x01 = {}, x10 = {}, x11 = {}, x20 = {}, x21 = {}, x30 = {}, x31 = {};
+      if (accumulate) {
+        x00 = load8(c0 + j), x01 = load8(c0 + j + 8), x10 = load8(c1 + j), x11 = load8(c1 + j + 8);
+        x20 = load8(c2 + j), x21 = load8(c2 + j + 8), x30 = load8(c3 + j), x31 = load8(c3 + j + 8);
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        const float* b = B + p * ldb + j;
+        const vec8 b0 = load8(b), b1 = load8(b + 8);
+        vec8 a = splat(a0[p]);
+        x00 += a * b0, x01 += a * b1;
+        a = splat(a1[p]);
+        x10 += a * b0, x11 += a * b1;
+        a = splat(a2[p]);
+        x20 += a * b0, x21 += a * b1;
+        a = splat(a3[p]);
+        x30 += a * b0, x31 += a * b1;
+      }
+      store8(c0 + j, x00), store8(c0 + j + 8, x01), store8(c1 + j, x10), store8(c1 + j + 8, x11);
+      store8(c2 + j, x20), store8(c2 + j + 8, x21), store8(c3 + j, x30), store8(c3 + j + 8, x31);
+    }
+    for (int64_t r = 0; r < 4 && j < N; ++r) {
+      const float* a = A + (i + r) * lda;
+      float* c = C + (i + r) * ldc;
+      for (int64_t jj = j; jj < N; ++jj) {
+        float sum = accumulate ? c[jj] : 0.f;
+        for (int64_t p = 0; p < P; ++p) sum += a[p] * B[p * ldb + jj];
+        c[jj] = sum;
+      }
+    }
+  }
+  for (; i < M; ++i) {
+    const float* a = A + i * lda;
+    float* c = C + i * ldc;
+    if (!accumulate)
+      for (int64_t j = 0; j < N; ++j) c[j] = 0.f;
+    for (int64_t p = 0; p < P; ++p) {
+      const float x = a[p];
+      const float* b = B + p * ldb;
+      for (int64_t j = 0; j < N; ++j) c[j] += x * b[j];
+    }
+  }
+}
+
+// exp(x) for x <= 0, with decays below exp(floor) dropped: no denormal ever enters a product (the Python form's
+// DENORMALS.delta_floor).
+inline float decay(float x, float floor) { return x < floor ? 0.f : std::exp(x); }
+
+struct Strided {  // a (B, T, H, D) tensor's fp32 data and its batch, time and head strides (channels contiguous)
+  const float* data;
+  int64_t sb, st, sh;
+  const float* at(int64_t b, int64_t t, int64_t h) const { return data + b * sb + t * st + h * sh; }
+};
+
+Strided strided(const Tensor& x) { return {x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2)}; }
+
+Tensor channels_contiguous(const Tensor& x) {
+  Tensor y = x.to(torch::kFloat);
+  return y.stride(-1) == 1 ? y : y.contiguous();
+}
+
+// exp(g) with g below floor giving exactly 0, as one vectorised ATen pass (contiguous fp32)
+Tensor decays(const Tensor& g, double floor) {
+  return at::exp(at::threshold(g.to(torch::kFloat), floor, -INFINITY)).contiguous();
+}
+
+struct Pass {  // a call's inputs read in place (channels contiguous), its output and its state, all fp32
+  Tensor q, k, v, o, S;
+  Strided qs, ks, vs;
+  int64_t B, T, H, K, V;
+};
+
+Pass prepare(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const c10::optional<Tensor>& initial_state) {
+  Pass p;
+  p.q = channels_contiguous(q_in), p.k = channels_contiguous(k_in), p.v = channels_contiguous(v_in);
+  p.B = p.q.size(0), p.T = p.q.size(1), p.H = p.q.size(2), p.K = p.q.size(3), p.V = p.v.size(3);
+  const auto fp32 = p.q.options().dtype(torch::kFloat);
+  p.S = initial_state.has_value() ? initial_state->to(torch::kFloat).contiguous().clone()
+                                  : torch::zeros({p.B, p.H, p.K, p.V}, fp32);
+  p.o = torch::empty({p.B, p.T, p.H, p.V}, fp32);
+  p.qs = strided(p.q), p.ks = strided(p.k), p.vs = strided(p.v);
+  return p;
+}
+
+constexpr int64_t kBlock = 32;  // value columns per register block in the scans: 4 vectors of 8
+
+// One token of the linear recurrence on one head's state rows (K x V): S = diag(a) S + k v^T and
+// out = scale S^T q, or with the bonus (RWKV-6) out = scale (S_old^T q + (q.(u k)) v) read before the update.
+// a: K per-channel decays, or null with the head's decay `a0`.
+template <bool kBonus>
+void linear_token(float* state, const float* q, const float* k, const float* v, const float* a, float a0,
+                  float bonus_dot, float scale, float* out, int64_t K, int64_t V) {
+  int64_t j = 0;
+  for (; j + kBlock <= V; j += kBlock) {
+    vec8 acc[4] = {}, vv[4];
+    for (int x = 0; x < 4; ++x) vv[x] = load8(v + j + 8 * x);
+    for (int64_t i = 0; i < K; ++i) {
+      float* r = state + i * V + j;
+      const vec8 ai = splat(a != nullptr ? a[i] : a0), ki = splat(k[i]), qi = splat(q[i]);
+      for (int x = 0; x < 4; ++x) {
+        const vec8 old = load8(r + 8 * x), updated = ai * old + ki * vv[x];
+        store8(r + 8 * x, updated);
+        acc[x] += qi * (kBonus ? old : updated);
+      }
+    }
+    for (int x = 0; x < 4; ++x) store8(out + j + 8 * x, splat(scale) * (kBonus ? acc[x] + splat(bonus_dot) * vv[x] : acc[x]));
+  }
+  for (; j < V; ++j) {
+    float acc = 0.f;
+    for (int64_t i = 0; i < K; ++i) {
+      float& r = state[i * V + j];
+      const float old = r;
+      r = (a != nullptr ? a[i] : a0) * old + k[i] * v[j];
+      acc += q[i] * (kBonus ? old : r);
+    }
+    out[j] = scale * (kBonus ? acc + bonus_dot * v[j] : acc);
+  }
+}
+
+// One token of the gated delta rule on one head's state rows: w = S^T k, u = beta (v - a w),
+// S = a S + k u^T, out = scale S^T q (two passes: the first only reads).
+void delta_token(float* state, const float* q, const float* k, const float* v, float a, float beta, float scale,
+                 float* out, int64_t K, int64_t V) {
+  int64_t j = 0;
+  for (; j + kBlock <= V; j += kBlock) {
+    vec8 w[4] = {}, u[4], acc[4] = {};
+    for (int64_t i = 0; i < K; ++i) {
+      const float* r = state + i * V + j;
+      const vec8 ki = splat(k[i]);
+      for (int x = 0; x < 4; ++x) w[x] += ki * load8(r + 8 * x);
+    }
+    const vec8 va = splat(a), vb = splat(beta);
+    for (int x = 0; x < 4; ++x) u[x] = vb * (load8(v + j + 8 * x) - va * w[x]);
+    for (int64_t i = 0; i < K; ++i) {
+      float* r = state + i * V + j;
+      const vec8 ki = splat(k[i]), qi = splat(q[i]);
+      for (int x = 0; x < 4; ++x) {
+        const vec8 updated = va * load8(r + 8 * x) + ki * u[x];
+        store8(r + 8 * x, updated);
+        acc[x] += qi * updated;
+      }
+    }
+    for (int x = 0; x < 4; ++x) store8(out + j + 8 * x, splat(scale) * acc[x]);
+  }
+  for (; j < V; ++j) {
+    float w = 0.f, acc = 0.f;
+    for (int64_t i = 0; i < K; ++i) w += k[i] * state[i * V + j];
+    const float u = beta * (v[j] - a * w);
+    for (int64_t i = 0; i < K; ++i) {
+      float& r = state[i * V + j];
+      r = a * r + k[i] * u;
+      acc += q[i] * r;
+    }
+    out[j] = scale * acc;
+  }
+}
+
+}  // namespace
+
+// S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = scale S_t^T q_t over a whole sequence.
+// Per chunk of C tokens with state S_0, b_t the cumulative log decay in the chunk and gamma_t = exp(b_t):
+//   (I + L) U = diag(beta) (V - diag(gamma) K S_0),  L[t, s] = beta_t exp(b_t - b_s) k_t.k_s  (s < t),
+//   o_t = scale (gamma_t q_t S_0 + sum_{s<=t} exp(b_t - b_s) (q_t.k_s) U_s),
+//   S_C = gamma_C S_0 + sum_s exp(b_C - b_s) k_s U_s^T.
+// q, k (B, T, H, K); v (B, T, H, V); beta, g (B, T, H) (g optional); state (B, H, K, V) optional.
+// Returns (o (B, T, H, V) fp32, final state (B, H, K, V) fp32).
+std::vector<Tensor> delta_chunk(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& beta_in,
+                                const c10::optional<Tensor>& log_decay, double scale,
+                                const c10::optional<Tensor>& initial_state, int64_t chunk, double floor) {
+  const Tensor q = channels_contiguous(q_in), k = channels_contiguous(k_in), v = channels_contiguous(v_in);
+  const Tensor beta = beta_in.to(torch::kFloat).contiguous();
+  const Tensor g = log_decay.has_value() ? log_decay->to(torch::kFloat).contiguous() : Tensor();
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = v.size(3);
+  Tensor S = initial_state.has_value() ? initial_state->to(torch::kFloat).contiguous().clone()
+                                       : torch::zeros({B, H, K, V}, q.options().dtype(torch::kFloat));
+  Tensor o = torch::empty({B, T, H, V}, q.options().dtype(torch::kFloat));
+  const Strided qs = strided(q), ks = strided(k), vs = strided(v);
+  const float *bp = beta.data_ptr<float>(), *gp = g.defined() ? g.data_ptr<float>() : nullptr;
+  float *sp = S.data_ptr<float>(), *op = o.data_ptr<float>();
+  const float s = static_cast<float>(scale), lo = static_cast<float>(floor);
+  const int64_t C = chunk;
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
+    // one head's chunk buffers, a few tens of kB: they stay in cache across the chunk's products
+    std::vector<float> X(2 * C * K), R(K * (C + V)), P(2 * C * (C + V)), U(C * V), A(C * C), O(C * V);
+    std::vector<float> cum(C), gam(C), bet(C), to_end(C);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      float* state = sp + bh * K * V;
+      for (int64_t t0 = 0; t0 < T; t0 += C) {
+        const int64_t c = std::min(C, T - t0), ldr = c + V, ldp = c + V;
+        // X = [q; k] (2c x K); R = [k^T | S_0] (K x (c + V)): one product gives q.k, k.k, q S_0 and k S_0
+        for (int64_t t = 0; t < c; ++t) {
+          const float *qt = qs.at(b, t0 + t, h), *kt = ks.at(b, t0 + t, h);
+          std::memcpy(X.data() + t * K, qt, K * sizeof(float));
+          std::memcpy(X.data() + (c + t) * K, kt, K * sizeof(float));
+          for (int64_t i = 0; i < K; ++i) R[i * ldr + t] = kt[i];
+          const int64_t row = (b * T + t0 + t) * H + h;
+          bet[t] = bp[row];
+          cum[t] = (t ? cum[t - 1] : 0.f) + (gp != nullptr ? gp[row] : 0.f);
+          gam[t] = decay(cum[t], lo);
+        }
+        for (int64_t i = 0; i < K; ++i) std::memcpy(R.data() + i * ldr + c, state + i * V, V * sizeof(float));
+        gemm(2 * c, c + V, K, X.data(), K, R.data(), ldr, P.data(), ldp, false);
+        // the decay ratios exp(b_t - b_r) (r <= t) once, for L and then A
+        for (int64_t t = 0; t < c; ++t) {
+          float* d = A.data() + t * c;
+          for (int64_t r = 0; r <= t; ++r) d[r] = decay(cum[t] - cum[r], lo);
+          for (int64_t r = t + 1; r < c; ++r) d[r] = 0.f;
+        }
+        // right-hand sides, then forward substitution through the unit lower-triangular I + L
+        for (int64_t t = 0; t < c; ++t) {
+          const float* vt = vs.at(b, t0 + t, h);
+          const float* kS = P.data() + (c + t) * ldp + c;
+          float* u = U.data() + t * V;
+          for (int64_t j = 0; j < V; ++j) u[j] = bet[t] * (vt[j] - gam[t] * kS[j]);
+          const float *kk = P.data() + (c + t) * ldp, *d = A.data() + t * c;
+          for (int64_t r = 0; r < t; ++r) {
+            const float coef = bet[t] * d[r] * kk[r];
+            const float* ur = U.data() + r * V;
+            for (int64_t j = 0; j < V; ++j) u[j] -= coef * ur[j];
+          }
+        }
+        // o = scale (gamma q S_0 + A U), A[t, r] = exp(b_t - b_r) q_t.k_r (r <= t)
+        for (int64_t t = 0; t < c; ++t) {
+          const float* qk = P.data() + t * ldp;
+          float* a = A.data() + t * c;
+          for (int64_t r = 0; r <= t; ++r) a[r] *= qk[r];
+        }
+        gemm(c, V, c, A.data(), c, U.data(), V, O.data(), V, false);
+        for (int64_t t = 0; t < c; ++t) {
+          const float *qS = P.data() + t * ldp + c, *ot = O.data() + t * V;
+          float* out = op + ((b * T + t0 + t) * H + h) * V;
+          for (int64_t j = 0; j < V; ++j) out[j] = s * (ot[j] + gam[t] * qS[j]);
+        }
+        // S_C = gamma_C S_0 + (k^T scaled by exp(b_C - b_s)) U, with k^T still in R's first c columns
+        for (int64_t t = 0; t < c; ++t) to_end[t] = decay(cum[c - 1] - cum[t], lo);
+        for (int64_t i = 0; i < K; ++i)
+          for (int64_t t = 0; t < c; ++t) R[i * ldr + t] *= to_end[t];
+        const float g_end = gam[c - 1];
+        for (int64_t i = 0; i < K * V; ++i) state[i] *= g_end;
+        gemm(K, V, c, R.data(), ldr, U.data(), V, state, V, true);
+      }
+    }
+  });
+  return {o, S};
+}
+
+
+// S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t; with bonus u (RWKV-6)
+// o_t = scale (S_{t-1} + diag(u) k_t v_t^T)^T q_t. q, k (B, T, H, K); v (B, T, H, V); g none, (B, T, H) or
+// (B, T, H, K); u (H, K); state (B, H, K, V) optional. Returns (o (B, T, H, V) fp32, final state fp32).
+std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
+                                double scale, const c10::optional<Tensor>& initial_state, double floor) {
+  Pass p = prepare(q_in, k_in, v_in, initial_state);
+  const Tensor a = log_decay.has_value() ? decays(*log_decay, floor) : Tensor();
+  const Tensor u = bonus.has_value() ? bonus->to(torch::kFloat).contiguous() : Tensor();
+  const bool per_channel = a.defined() && a.dim() == 4;
+  const float *ap = a.defined() ? a.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
+  float *sp = p.S.data_ptr<float>(), *op = p.o.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
+  at::parallel_for(0, p.B * H, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      float* state = sp + bh * K * V;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = (b * T + t) * H + h;
+        const float *qt = p.qs.at(b, t, h), *kt = p.ks.at(b, t, h), *vt = p.vs.at(b, t, h);
+        const float* channel = per_channel ? ap + row * K : nullptr;
+        const float head = (ap != nullptr && !per_channel) ? ap[row] : 1.f;
+        if (up != nullptr) {
+          const float* uh = up + h * K;
+          float dot = 0.f;
+          for (int64_t i = 0; i < K; ++i) dot += qt[i] * uh[i] * kt[i];
+          linear_token<true>(state, qt, kt, vt, channel, head, dot, sc, op + row * V, K, V);
+        } else {
+          linear_token<false>(state, qt, kt, vt, channel, head, 0.f, sc, op + row * V, K, V);
+        }
+      }
+    }
+  });
+  return {p.o, p.S};
+}
+
+// The gated delta rule token by token (arguments and results as delta_chunk).
+std::vector<Tensor> delta_scan(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& beta_in,
+                               const c10::optional<Tensor>& log_decay, double scale,
+                               const c10::optional<Tensor>& initial_state, double floor) {
+  Pass p = prepare(q_in, k_in, v_in, initial_state);
+  const Tensor beta = beta_in.to(torch::kFloat).contiguous();
+  const Tensor a = log_decay.has_value() ? decays(*log_decay, floor) : Tensor();
+  const float *bp = beta.data_ptr<float>(), *ap = a.defined() ? a.data_ptr<float>() : nullptr;
+  float *sp = p.S.data_ptr<float>(), *op = p.o.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
+  at::parallel_for(0, p.B * H, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      float* state = sp + bh * K * V;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = (b * T + t) * H + h;
+        delta_token(state, p.qs.at(b, t, h), p.ks.at(b, t, h), p.vs.at(b, t, h), ap != nullptr ? ap[row] : 1.f,
+                    bp[row], sc, op + row * V, K, V);
+      }
+    }
+  });
+  return {p.o, p.S};
+}

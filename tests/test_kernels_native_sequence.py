@@ -1,0 +1,181 @@
+"""kernels.native's prompt pass (`backend="native"` of both recurrences): against the fp32 loops on odd shapes
+(partial chunks, K ≠ V, fewer value columns than a register block and more), with and without decay and initial
+state, every decay form and RWKV-6's bonus, decays strong enough to be dropped, strided and bf16 inputs; both forms
+of the delta rule (token by token and chunk by chunk); when a call takes it (no gradient to record) and when the
+chunked torch form runs instead; whole models giving the same logits either way. Skipped where the extension cannot
+be built."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import delta_rule, linear_recurrence, native
+from kernels.delta_rule import native as delta_native
+
+needs_build = pytest.mark.skipif(native.module() is None, reason="the C++ kernels cannot be built here")
+B, H, K, V = 2, 3, 5, 7
+FORMS = ["scan", "chunk"]
+
+
+def _use(monkeypatch, form):
+    monkeypatch.setattr(native, "SCAN_MAX_STATE", 10**9 if form == "scan" else 0)
+
+
+def _delta_inputs(T, decay=True, init=True, per_step=None, value_dim=V, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = dict(q=torch.randn(B, T, H, K, generator=g), k=F.normalize(torch.randn(B, T, H, K, generator=g), dim=-1),
+                  v=torch.randn(B, T, H, value_dim, generator=g), beta=torch.rand(B, T, H, generator=g),
+                  log_decay=F.logsigmoid(torch.randn(B, T, H, generator=g) + 2) if decay else None,
+                  initial_state=torch.randn(B, H, K, value_dim, generator=g) if init else None)
+    if per_step is not None:
+        inputs["log_decay"] = -per_step * (0.8 + 0.4 * torch.rand(B, T, H, generator=g))
+    return inputs
+
+
+def _linear_inputs(T, decay="channel", bonus=False, init=True, value_dim=V, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    log_decay = {"none": None, "head": F.logsigmoid(torch.randn(B, T, H, generator=g) + 2),
+                 "channel": -torch.rand(B, T, H, K, generator=g) ** 2 * 3,
+                 "strong": -30 * torch.rand(B, T, H, K, generator=g)}[decay]  # RWKV-6 channels reach −20 a step
+    return dict(q=torch.randn(B, T, H, K, generator=g), k=torch.randn(B, T, H, K, generator=g),
+                v=torch.randn(B, T, H, value_dim, generator=g), log_decay=log_decay,
+                bonus=torch.randn(H, K, generator=g) if bonus else None,
+                initial_state=torch.randn(B, H, K, value_dim, generator=g) if init else None)
+
+
+def _check(fn, inputs, tol=1e-5):
+    with torch.no_grad():
+        o, state = fn(**inputs, output_final_state=True, backend="native")
+    double = {name: t.double() if t is not None else None for name, t in inputs.items()}
+    o_ref, state_ref = fn(**double, output_final_state=True, backend="naive")
+    assert o.dtype == inputs["v"].dtype and state.dtype == torch.float32
+    torch.testing.assert_close(o.double(), o_ref.double(), rtol=tol, atol=tol)
+    torch.testing.assert_close(state.double(), state_ref.double(), rtol=tol, atol=tol)
+
+
+@needs_build
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("decay", [False, True], ids=["nodecay", "gated"])
+@pytest.mark.parametrize("T", [1, 63, 64, 100, 257])
+def test_the_delta_rule_pass_matches_the_loop(monkeypatch, form, T, decay, init):
+    _use(monkeypatch, form)
+    _check(delta_rule, _delta_inputs(T, decay, init))
+
+
+@needs_build
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("value_dim", [32, 45, 64])
+def test_the_delta_rule_pass_covers_register_blocks(monkeypatch, form, value_dim):
+    _use(monkeypatch, form)
+    _check(delta_rule, _delta_inputs(70, value_dim=value_dim))
+
+
+@needs_build
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("per_step", [1.5, 7.0])
+def test_the_delta_rule_pass_is_exact_for_strong_decay(monkeypatch, form, per_step):
+    """Chunks spanning e^-96 and e^-450 (the torch form halves or pairs them); decays below the floor dropped."""
+    _use(monkeypatch, form)
+    _check(delta_rule, _delta_inputs(200, per_step=per_step))
+
+
+@needs_build
+@pytest.mark.parametrize("form", FORMS)
+def test_the_delta_rule_pass_reads_strided_and_bf16_inputs(monkeypatch, form):
+    _use(monkeypatch, form)
+    inputs = _delta_inputs(100)
+    wide = torch.randn(B, 100, 2 * H, K)
+    inputs["q"] = wide[:, :, :H]  # a head split of a stacked projection: strided over time
+    inputs["k"] = F.normalize(wide[:, :, H:], dim=-1)
+    _check(delta_rule, inputs)
+    inputs["v"] = inputs["v"].bfloat16()  # the output follows v's dtype; the state stays fp32
+    _check(delta_rule, inputs, tol=1e-2)
+
+
+@needs_build
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["plain", "bonus"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel", "strong"])
+@pytest.mark.parametrize("T", [1, 100])
+def test_the_linear_recurrence_pass_matches_the_loop(T, decay, bonus, init):
+    _check(linear_recurrence, _linear_inputs(T, decay, bonus, init))
+
+
+@needs_build
+@pytest.mark.parametrize("value_dim", [32, 45, 65])
+def test_the_linear_recurrence_pass_covers_register_blocks(value_dim):
+    _check(linear_recurrence, _linear_inputs(40, "channel", True, value_dim=value_dim))
+
+
+@needs_build
+def test_the_linear_recurrence_pass_reads_strided_and_bf16_inputs():
+    inputs = _linear_inputs(50, "channel", True)
+    wide = torch.randn(B, 50, H, 2 * K)
+    inputs["q"], inputs["k"] = wide[..., :K], wide[..., K:]  # strided over time and heads
+    _check(linear_recurrence, inputs)
+    inputs["v"] = inputs["v"].bfloat16()
+    _check(linear_recurrence, inputs, tol=1e-2)
+
+
+@needs_build
+def test_large_states_take_the_chunked_forms(monkeypatch):
+    calls = []
+    compiled = native.module()
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(compiled, name)
+
+    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    monkeypatch.setattr(native, "SCAN_MAX_STATE", K * V - 1)
+    with torch.no_grad():
+        delta_rule(**_delta_inputs(20))
+        linear_recurrence(**_linear_inputs(20))  # no compiled chunk form: the torch one
+    assert calls == ["delta_chunk"]
+    monkeypatch.setattr(native, "SCAN_MAX_STATE", K * V)
+    with torch.no_grad():
+        delta_rule(**_delta_inputs(20))
+        linear_recurrence(**_linear_inputs(20))
+    assert calls == ["delta_chunk", "delta_scan", "linear_scan"]
+
+
+@needs_build
+def test_the_pass_runs_only_without_a_gradient_to_record():
+    inputs = {name: t.requires_grad_() if t is not None else None for name, t in _delta_inputs(70).items()}
+    assert not delta_native.takes(*inputs.values())
+    o, _ = delta_rule(**inputs, backend="native")  # runs the chunked torch form: gradients flow
+    o.sum().backward()
+    assert all(t.grad is not None for t in inputs.values() if t is not None)
+    with torch.no_grad():
+        assert delta_native.takes(*inputs.values())
+    with torch.inference_mode():
+        assert delta_native.takes(*inputs.values())
+
+
+@needs_build
+@pytest.mark.parametrize("name", ["gated_deltanet", "rwkv", "mamba", "gla", "metala", "retnet", "linear_attention",
+                                  "xlstm"])
+def test_a_model_gives_the_same_logits_either_way(monkeypatch, name):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from students.surgery import build_student
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=120,
+                                           max_position_embeddings=256, tie_word_embeddings=True))
+    model = build_student(teacher.eval(), name, init="random", seed=0).eval()  # heads of 32: one register block
+    ids = torch.randint(0, model.config.vocab_size, (2, 150))
+    calls = []
+    scan = native.scans
+    with torch.inference_mode():
+        with monkeypatch.context() as m:
+            m.setattr(native, "scans", lambda *a: calls.append(a) or scan(*a))
+            compiled = model(ids).logits
+        with monkeypatch.context() as m:
+            m.setenv("DISTILL_BENCH_NATIVE", "0")
+            assert native.module() is None
+            python = model(ids).logits
+    assert len(calls) == 2  # every layer's recurrence took the compiled pass
+    torch.testing.assert_close(compiled, python, rtol=1e-4, atol=1e-4)
