@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels import native
+
 
 class ShortConv(nn.Module):
     """Depthwise causal conv1d over time (Mamba-2 / GDN / MetaLA short convolution), stepping with a cache.
@@ -113,6 +115,14 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     k = weight.shape[1]
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
+    compiled = native.without_autograd(x, weight, bias, cache) if T > 1 and x.dtype == torch.float32 else None
+    if compiled is not None:  # a prompt on CPU without a gradient to record: one compiled pass (kernels/native)
+        if T >= k - 1:
+            history = x[:, T - (k - 1):].clone()
+        else:
+            before = x.new_zeros(B, k - 1, C) if cache is None else cache.to(x.dtype)
+            history = torch.cat([before, x], dim=1)[:, T:]
+        return compiled.short_conv(x, weight, bias, silu, cache), history
     if cache is None and T > 1:  # zero history: the taps read shifted slices of x, no padded copy of it
         history = x[:, T - (k - 1):] if T >= k - 1 else torch.cat([x.new_zeros(B, k - 1 - T, C), x], dim=1)
         return _ShiftedConv.apply(x, weight, bias, silu, True), history.clone()  # clone: not a view of x

@@ -179,3 +179,37 @@ def test_a_model_gives_the_same_logits_either_way(monkeypatch, name):
             python = model(ids).logits
     assert len(calls) == 2  # every layer's recurrence took the compiled pass
     torch.testing.assert_close(compiled, python, rtol=1e-4, atol=1e-4)
+
+
+@needs_build
+@pytest.mark.parametrize("activation", ["silu", None])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("T", [2, 3, 5, 300])
+def test_the_short_convolution_pass_equals_conv1d(monkeypatch, T, bias, activation):
+    """A prompt with and without a cache, fewer tokens than taps and more, channels strided over time (a split of
+    a stacked projection): output and new cache as F.conv1d's, and every call took the compiled pass."""
+    from students.layers import ShortConv, conv1d_reference
+
+    torch.manual_seed(T)
+    conv = ShortConv(37, 4, bias=bias, activation=activation)
+    if bias:
+        with torch.no_grad():
+            conv.bias.normal_()
+    x = torch.randn(2, T, 50)[..., 5:42]  # strided over time
+    calls = []
+    compiled = native.module()
+
+    class Counting:
+        def short_conv(self, *args):
+            calls.append(args[0].shape)
+            return compiled.short_conv(*args)
+
+    for cache in (None, torch.randn(2, 3, 37)):
+        with torch.no_grad(), monkeypatch.context() as m:
+            m.setattr(native, "without_autograd", lambda *a: Counting())
+            y, new_cache = conv(x, cache)
+            want = conv1d_reference(conv, x, cache)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+        expected_cache = torch.cat([torch.zeros(2, 3, 37) if cache is None else cache, x], 1)[:, -3:]
+        torch.testing.assert_close(new_cache, expected_cache)
+    assert calls == [(2, T, 37)] * 2

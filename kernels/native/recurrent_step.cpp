@@ -167,6 +167,8 @@ std::vector<Tensor> delta_scan(const Tensor& q, const Tensor& k, const Tensor& v
 std::vector<Tensor> linear_scan(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
                                 double scale, const c10::optional<Tensor>& initial_state, double floor);
+Tensor short_conv(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, bool silu,
+                  const c10::optional<Tensor>& cache);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
@@ -174,5 +176,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
   m.def("delta_scan", &delta_scan, "a sequence through the gated delta rule, token by token (fp32 state)");
   m.def("delta_chunk", &delta_chunk, "a sequence through the gated delta rule, chunk by chunk (fp32 state)");
+  m.def("short_conv", &short_conv, "a prompt through the short causal convolution (+ SiLU), fp32");
   m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
 }

@@ -7,6 +7,7 @@
 //   2406.06484, section 3) taken sequentially over chunks, each chunk's products on cache-resident blocks, with
 //   exact pairwise decay ratios exp(b_t - b_s) <= 1 (no midpoint factoring, no chunk halving): for larger states.
 // Decays below exp(floor) are dropped (0) as in kernels.chunking.DENORMALS: no denormal enters a product.
+// And the short causal convolution over a prompt (short_conv), one pass for all taps.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -397,4 +398,49 @@ std::vector<Tensor> delta_scan(const Tensor& q_in, const Tensor& k_in, const Ten
     }
   });
   return {p.o, p.S};
+}
+
+namespace {
+void add_product(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
+}
+}  // namespace
+
+// The short causal convolution of mamba, gated_deltanet and metala over a prompt (the CPU analogue of
+// causal-conv1d's fused kernel): y_t = b + sum_j w_j x_{t - k + 1 + j} per channel, the k - 1 inputs before the
+// prompt from `cache` (B, k - 1, C) or zeros, then SiLU in place. One pass writes y (each row read from the inputs'
+// rows in cache), instead of a pass per tap (42 -> 23 ms at (1, 16,384, 768), results/speed).
+// x (B, T, C) fp32 with channels contiguous; weight (C, k); bias (C).
+Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<Tensor>& bias_in, bool silu,
+                  const c10::optional<Tensor>& cache_in) {
+  const Tensor x = channels_contiguous(x_in);
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), k = weight.size(1);
+  const Tensor taps = weight.to(torch::kFloat).t().contiguous();  // (k, C)
+  const Tensor bias = bias_in.has_value() ? bias_in->to(torch::kFloat).contiguous() : Tensor();
+  const Tensor cache = cache_in.has_value() ? channels_contiguous(*cache_in) : Tensor();
+  Tensor y = torch::empty({B, T, C}, x.options().dtype(torch::kFloat));
+  const float *xp = x.data_ptr<float>(), *wp = taps.data_ptr<float>();
+  const float *bp = bias.defined() ? bias.data_ptr<float>() : nullptr, *cp = cache.defined() ? cache.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  const int64_t cb = cache.defined() ? cache.stride(0) : 0, ct = cache.defined() ? cache.stride(1) : 0;
+  at::parallel_for(0, B * T, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / T, t = bt % T;
+      float* out = yp + bt * C;
+      if (bp != nullptr) {
+        std::memcpy(out, bp, C * sizeof(float));
+      } else {
+        std::fill(out, out + C, 0.f);
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t source = t - (k - 1) + j;  // the input row tap j reads
+        const float* in = source >= 0 ? xp + b * sb + source * st
+                                      : (cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr);
+        if (in == nullptr) continue;  // zero history
+        add_product(out, wp + j * C, in, C);
+      }
+    }
+  });
+  return silu ? at::silu_(y) : y;
 }
