@@ -353,6 +353,45 @@ def test_a_wrong_backend_gets_no_speedup(monkeypatch):
     assert broken["speedup_fwd"] is None and broken["speedup_fwdbwd"] is None
 
 
+@pytest.mark.skipif(native.module() is None, reason="the C++ kernels cannot be built here")
+def test_prefill_flops_count_the_recurrence_in_its_torch_form(teacher):
+    """A compiled pass hides its products from torch's FLOP counter: the count must not depend on it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    student = students.build_student(teacher, "gated_deltanet", init="random", seed=0).eval()
+    ids = torch.randint(0, teacher.config.vocab_size, (1, 100))
+    with torch.no_grad(), FlopCounterMode(display=False) as compiled:
+        student(ids, use_cache=False)
+    with torch.no_grad(), native.disabled():
+        assert native.module() is None
+        with FlopCounterMode(display=False) as torch_forms:
+            student(ids, use_cache=False)
+    assert native.module() is not None  # back on after the block
+    assert throughput.prefill_flops(student, ids) == torch_forms.get_total_flops() > compiled.get_total_flops()
+
+
+@pytest.mark.skipif(native.module() is None, reason="the C++ kernels cannot be built here")
+@pytest.mark.parametrize("op, decay", [("linear_recurrence", "bonus"), ("delta_rule", "head")])
+def test_the_compiled_forward_is_what_the_native_row_checks(monkeypatch, op, decay):
+    """With a gradient to record `native` runs `chunk`; its row's check must still read the compiled output."""
+    rows = bench_kernels.bench_case(op, decay, 1, 40, 2, 16, ["naive", "native"], "naive", "cpu", torch.float32,
+                                    repeats=1)
+    assert rows[1]["correct"] and rows[1]["form"].startswith("forward compiled")
+    compiled = native.module()
+
+    class OffByOnePercent:
+        def __getattr__(self, name):
+            def call(*args):
+                o, state = getattr(compiled, name)(*args)
+                return o * 1.01, state
+            return call
+
+    monkeypatch.setattr(native, "without_autograd", lambda *a: None if torch.is_grad_enabled() else OffByOnePercent())
+    rows = bench_kernels.bench_case(op, decay, 1, 40, 2, 16, ["naive", "native"], "naive", "cpu", torch.float32,
+                                    repeats=1)
+    assert not rows[1]["correct"] and rows[1]["speedup_fwd"] is None
+
+
 @pytest.mark.slow
 def test_loss_suites_agree_with_the_materialised_losses():
     distill = distill_loss_bench.run("cpu", quick=True)

@@ -3,7 +3,7 @@
     python -m bench.perf.kernel_bench [--suite recurrence|distill_loss|mixer_loss|all] [--lengths 512,2048,8192]
                             [--batch 1] [--heads 4] [--dim 64] [--dtype fp32|bf16] [--backends ...] [--json FILE]
 
-Recurrences: forward and forward+backward time of each backend (CPU default: naive, chunk; CUDA default:
+Recurrences: forward and forward+backward time of each backend (CPU default: naive, chunk, native; CUDA default:
 chunk (torch), triton (ours), fla (flash-linear-attention, when installed)), the speed-up over the
 baseline (naive on CPU, the torch chunk form on CUDA) and achieved GFLOP/s counted from the chunked
 algorithm's nominal matmul work (per head and token: 2·C·K + 2·C·V intra-chunk, 4·K·V for the state,
@@ -11,7 +11,9 @@ C = 64 whichever form or chunk size the torch chunk backend takes;
 the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward counted as 2× forward).
 Before any timing each backend is checked against the fp32 loop on the same configuration (at most
 CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
-passes. The loss suites live in `bench.perf.distill_loss_bench` and `bench.perf.mixer_loss_bench`.
+passes. `native` (compiled, forward only) is checked forward without a gradient to record, where it runs; with
+one it runs `chunk`, so its forward+backward column is chunk's. The loss suites live in
+`bench.perf.distill_loss_bench` and `bench.perf.mixer_loss_bench`.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ CHECK_LENGTH = 256
 CASES = ("linear_recurrence:head,linear_recurrence:channel,linear_recurrence:channel_edge,"
          "linear_recurrence:channel_strong,linear_recurrence:bonus,delta_rule:head,delta_rule:head_strong")
 DECAYS = ("none", "head", "head_strong", "channel", "channel_edge", "channel_strong", "bonus")
-TOLERANCE = {"chunk": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
+TOLERANCE = {"chunk": 1e-4, "native": 1e-4, "triton": 1e-4, "fla": 5e-3}  # fla multiplies fp32 inputs in TF32
+FORWARD_ONLY = {"native"}  # compiled forwards without autograd (a gradient to record runs `chunk` instead)
 # The Triton linear recurrence with its schedule fixed, beside `triton` (schedule="auto"), to measure the auto rule.
 SCHEDULE_VARIANTS = ("triton_sequential", "triton_chunk_parallel")
 
@@ -113,6 +116,9 @@ def check_backend(op: str, decay: str, backend: str, B: int, T: int, H: int, K: 
     args = make_inputs(op, decay, B, min(T, CHECK_LENGTH), H, K, device, torch.float32, grad=True)
     reference = _outputs_and_grads(op_call(op, "naive"), args)
     candidate = _outputs_and_grads(op_call(op, backend), args)
+    if backend in FORWARD_ONLY:  # the output of the call that runs compiled, beside the gradients of the one that can't
+        with torch.no_grad():
+            candidate[0] = op_call(op, backend)(**args)[0].float()
     return max(((c - r).abs().max() / r.abs().max().clamp_min(1.0)).item() for c, r in zip(candidate, reference))
 
 
@@ -137,6 +143,8 @@ def bench_case(op: str, decay: str, B: int, T: int, H: int, K: int, backends: li
         args = make_inputs(op, decay, B, T, H, K, device, dtype, grad=False)
         if backend == "chunk":
             row["form"] = chunk_form(op, args.get("log_decay"))
+        if backend in FORWARD_ONLY:
+            row["form"] = "forward compiled (GF/s: the chunk form's nominal work); forward+backward runs chunk"
         if op == "linear_recurrence" and backend.startswith("triton"):
             from kernels.linear_recurrence.triton import schedule_for
             schedule = backend.removeprefix("triton_") if backend in SCHEDULE_VARIANTS else "auto"
@@ -199,7 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=64, help="K = V per head")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
                         help="timing dtype (default fp32 on CPU, bf16 on CUDA)")
-    parser.add_argument("--backends", default=None, help="comma list; default naive,chunk on CPU, chunk,triton,fla on CUDA")
+    parser.add_argument("--backends", default=None,
+                        help="comma list; default naive,chunk,native on CPU, chunk,triton,fla on CUDA")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per non-naive backend (median)")
     parser.add_argument("--cases", default=CASES, help=f"op:decay,... with decay {'|'.join(DECAYS)}")
     parser.add_argument("--quick", action="store_true", help="loss suites: tiny shapes")
@@ -221,7 +230,7 @@ def main(argv=None) -> int:
         return 2
     on_gpu = args.device == "cuda"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if on_gpu else "fp32")]
-    backends = (args.backends or ("chunk,triton,fla" if on_gpu else "naive,chunk")).split(",")
+    backends = (args.backends or ("chunk,triton,fla" if on_gpu else "naive,chunk,native")).split(",")
     baseline = "chunk" if on_gpu else "naive"
     print(header())
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}

@@ -263,11 +263,14 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, dropout_p=0.0, is_causa
 def prefill_flops(model, ids: torch.Tensor) -> int:
     """Matrix-product FLOPs of one prefill (torch's FlopCounterMode: mm, bmm, addmm, baddbmm, attention; the
     elementwise work, norms, short convolutions and triangular solves are not counted), from a real call, since
-    the chunk kernels choose their forms from the data."""
+    the chunk kernels choose their forms from the data. The recurrences are counted in their torch chunk forms:
+    a compiled pass (`kernels.native`) is opaque to the counter, and the chunk form's products are the work a
+    parallel form of the same operator does."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={cpu_flash: _cpu_sdpa_flops}) as counter:
+    with torch.no_grad(), native.disabled(), \
+            FlopCounterMode(display=False, custom_mapping={cpu_flash: _cpu_sdpa_flops}) as counter:
         model(ids, use_cache=False)
     return sum(count for op, count in counter.get_flop_counts()["Global"].items() if "convolution" not in str(op))
 

@@ -152,7 +152,8 @@ def throughput(doc: dict, source: str) -> str:
     details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
                "× floor: prefill time over the projections-only floor's, and decode (×): the last context's time "
                "over the first's, each the median of the ratios within a round where the report keeps them; "
-               "matmul FLOPs: the products torch's FlopCounterMode counts (attention causal), over the floor's, "
+               "matmul FLOPs: the products torch's FlopCounterMode counts (attention causal, recurrences in their "
+               "torch chunk forms), over the floor's, "
                "the least a model's time can be at the floor's efficiency")
     return (caption(source, doc, details) + "\n\n" + markdown(header, body)
             + "\n\n" + throughput_targets(doc["targets"], s["students"]))

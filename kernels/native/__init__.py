@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,7 +29,20 @@ _state: dict = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("DISTILL_BENCH_NATIVE", "1") != "0"
+    return os.environ.get("DISTILL_BENCH_NATIVE", "1") != "0" and not _state.get("off", 0)
+
+
+@contextmanager
+def disabled():
+    """The torch forms for the duration, in this process (as DISTILL_BENCH_NATIVE=0): e.g. to count a pass's
+    products, which a compiled call hides from torch's FLOP counter."""
+    with _lock:
+        _state["off"] = _state.get("off", 0) + 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["off"] -= 1
 
 
 def module():
