@@ -16,8 +16,10 @@ quiet by the floor's prefill of 2,048 tokens (181 ms). `throughput_cpu_af10dd2` 
 committed file until the twentieth stop; `throughput_cpu_avx2_0d30a8b` (AMD EPYC: xlstm's one-product decode
 step, the kept stacks' cheaper check, gated_deltanet's one normalise; its `activity` says other processes and steal
 took 0.2% and 0.3% of the CPUs' time, yet its floor took 180 ms at 2,048) was committed for an hour; the committed
-file now is the run at a47d8d5 on the same machine, the first with every student's decode step as one compiled call
-(`kernels/native`).
+file until the twenty-first stop was the run at a47d8d5 (`throughput_cpu_avx2_a47d8d5`) on the same machine, the first
+with every student's decode step as one compiled call (`kernels/native`). `throughput_cpu_avx2_be21813` is the first
+with every prompt's recurrence and short convolution as compiled passes; the committed file now is the run at
+87c6835 (the same timed code; prefill FLOPs counted in the recurrences' torch chunk forms).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
