@@ -201,12 +201,19 @@ void delta_token(float* state, const float* q, const float* k, const float* v, f
                  float* out, int64_t K, int64_t V) {
   int64_t j = 0;
   for (; j + kBlock <= V; j += kBlock) {
-    vec8 w[4] = {}, u[4], acc[4] = {};
-    for (int64_t i = 0; i < K; ++i) {
+    vec8 w[4] = {}, w_odd[4] = {}, u[4], acc[4] = {};
+    int64_t i = 0;
+    for (; i + 2 <= K; i += 2) {  // two accumulators a column block: the sum's latency, not its loads, bounds it
       const float* r = state + i * V + j;
-      const vec8 ki = splat(k[i]);
-      for (int x = 0; x < 4; ++x) w[x] += ki * load8(r + 8 * x);
+      const vec8 k0 = splat(k[i]), k1 = splat(k[i + 1]);
+      for (int x = 0; x < 4; ++x) {
+        w[x] += k0 * load8(r + 8 * x);
+        w_odd[x] += k1 * load8(r + V + 8 * x);
+      }
     }
+    for (; i < K; ++i)
+      for (int x = 0; x < 4; ++x) w[x] += splat(k[i]) * load8(state + i * V + j + 8 * x);
+    for (int x = 0; x < 4; ++x) w[x] += w_odd[x];
     const vec8 va = splat(a), vb = splat(beta);
     for (int x = 0; x < 4; ++x) u[x] = vb * (load8(v + j + 8 * x) - va * w[x]);
     for (int64_t i = 0; i < K; ++i) {
@@ -245,19 +252,16 @@ void delta_token(float* state, const float* q, const float* k, const float* v, f
 std::vector<Tensor> delta_chunk(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& beta_in,
                                 const c10::optional<Tensor>& log_decay, double scale,
                                 const c10::optional<Tensor>& initial_state, int64_t chunk, double floor) {
-  const Tensor q = channels_contiguous(q_in), k = channels_contiguous(k_in), v = channels_contiguous(v_in);
+  Pass p = prepare(q_in, k_in, v_in, initial_state);
   const Tensor beta = beta_in.to(torch::kFloat).contiguous();
   const Tensor g = log_decay.has_value() ? log_decay->to(torch::kFloat).contiguous() : Tensor();
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = v.size(3);
-  Tensor S = initial_state.has_value() ? initial_state->to(torch::kFloat).contiguous().clone()
-                                       : torch::zeros({B, H, K, V}, q.options().dtype(torch::kFloat));
-  Tensor o = torch::empty({B, T, H, V}, q.options().dtype(torch::kFloat));
-  const Strided qs = strided(q), ks = strided(k), vs = strided(v);
+  const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
+  const Strided &qs = p.qs, &ks = p.ks, &vs = p.vs;
   const float *bp = beta.data_ptr<float>(), *gp = g.defined() ? g.data_ptr<float>() : nullptr;
-  float *sp = S.data_ptr<float>(), *op = o.data_ptr<float>();
+  float *sp = p.S.data_ptr<float>(), *op = p.o.data_ptr<float>();
   const float s = static_cast<float>(scale), lo = static_cast<float>(floor);
   const int64_t C = chunk;
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.B * H, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
     // one head's chunk buffers, a few tens of kB: they stay in cache across the chunk's products
     std::vector<float> X(2 * C * K), R(K * (C + V)), P(2 * C * (C + V)), U(C * V), A(C * C), O(C * V);
@@ -321,7 +325,7 @@ std::vector<Tensor> delta_chunk(const Tensor& q_in, const Tensor& k_in, const Te
       }
     }
   });
-  return {o, S};
+  return {p.o, p.S};
 }
 
 
