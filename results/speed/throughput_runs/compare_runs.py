@@ -18,8 +18,9 @@ step, the kept stacks' cheaper check, gated_deltanet's one normalise; its `activ
 took 0.2% and 0.3% of the CPUs' time, yet its floor took 180 ms at 2,048) was committed for an hour; the committed
 file until the twenty-first stop was the run at a47d8d5 (`throughput_cpu_avx2_a47d8d5`) on the same machine, the first
 with every student's decode step as one compiled call (`kernels/native`). `throughput_cpu_avx2_be21813` is the first
-with every prompt's recurrence and short convolution as compiled passes; the committed file now is the run at
-87c6835 (the same timed code; prefill FLOPs counted in the recurrences' torch chunk forms).
+with every prompt's recurrence and short convolution as compiled passes; `throughput_cpu_avx2_87c6835` the same timed
+code with prefill FLOPs counted in the recurrences' torch chunk forms; the committed file now is the run at fd96b3d
+(the delta rule scan's read-only pass with two accumulators).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
