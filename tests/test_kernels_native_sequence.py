@@ -43,8 +43,11 @@ def _linear_inputs(T, decay="channel", bonus=False, init=True, value_dim=V, seed
 
 
 def _check(fn, inputs, tol=1e-5):
+    before = None if inputs["initial_state"] is None else inputs["initial_state"].clone()
     with torch.no_grad():
         o, state = fn(**inputs, output_final_state=True, backend="native")
+    if before is not None:
+        assert torch.equal(inputs["initial_state"], before)  # the caller's state is read, never written
     double = {name: t.double() if t is not None else None for name, t in inputs.items()}
     o_ref, state_ref = fn(**double, output_final_state=True, backend="naive")
     assert o.dtype == inputs["v"].dtype and state.dtype == torch.float32
