@@ -107,6 +107,15 @@ def batched_linear(xs: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:
     return torch.bmm(xs.reshape(n, B * T, D), stacked_weight(linears, batched=True)).view(n, B, T, -1)
 
 
+def _last_inputs(x: torch.Tensor, cache: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The next cache: the k − 1 inputs up to the last of x (from `cache`, or zeros, where x is shorter), a copy."""
+    B, T, C = x.shape
+    if T >= k - 1:
+        return x[:, T - (k - 1):].clone()  # not a view of x
+    before = x.new_zeros(B, k - 1, C) if cache is None else cache.to(x.dtype)
+    return torch.cat([before, x], dim=1)[:, T:]
+
+
 def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
                cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`ShortConv`'s function: x (B, T, C), weight (C, k), bias (C,) or None, cache (B, k − 1, C) or None.
@@ -117,15 +126,9 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     bias = None if bias is None else bias.to(x.dtype)
     compiled = native.without_autograd(x, weight, bias, cache) if T > 1 and x.dtype == torch.float32 else None
     if compiled is not None:  # a prompt on CPU without a gradient to record: one compiled pass (kernels/native)
-        if T >= k - 1:
-            history = x[:, T - (k - 1):].clone()
-        else:
-            before = x.new_zeros(B, k - 1, C) if cache is None else cache.to(x.dtype)
-            history = torch.cat([before, x], dim=1)[:, T:]
-        return compiled.short_conv(x, weight, bias, silu, cache), history
+        return compiled.short_conv(x, weight, bias, silu, cache), _last_inputs(x, cache, k)
     if cache is None and T > 1:  # zero history: the taps read shifted slices of x, no padded copy of it
-        history = x[:, T - (k - 1):] if T >= k - 1 else torch.cat([x.new_zeros(B, k - 1 - T, C), x], dim=1)
-        return _ShiftedConv.apply(x, weight, bias, silu, True), history.clone()  # clone: not a view of x
+        return _ShiftedConv.apply(x, weight, bias, silu, True), _last_inputs(x, None, k)
     if cache is None:
         cache = x.new_zeros(B, k - 1, C)
     padded = torch.cat([cache.to(x.dtype), x], dim=1)

@@ -5,8 +5,6 @@ gradient is to be recorded, off CPU, or where the extension cannot be built, the
 """
 from __future__ import annotations
 
-import torch
-
 from kernels import native
 from kernels.chunking import CHUNK, DENORMALS
 from kernels.delta_rule.chunk import delta_rule_chunk
@@ -25,8 +23,3 @@ def delta_rule_native(q, k, v, beta, log_decay=None, scale=None, initial_state=N
         o, state = compiled.delta_chunk(q, k, v, beta, log_decay, scale, initial_state, chunk_size,
                                         DENORMALS.delta_floor)
     return o.to(v.dtype), (state if output_final_state else None)
-
-
-def takes(q: torch.Tensor, *tensors) -> bool:
-    """Whether a call with these tensors runs compiled (else `chunk` runs)."""
-    return native.without_autograd(q, *tensors) is not None

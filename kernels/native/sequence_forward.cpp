@@ -140,6 +140,16 @@ Pass prepare(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const c
   return p;
 }
 
+// body(b, h, state rows) for every head of a pass, heads split over torch's threads, denormals flushed.
+template <typename Body>
+void for_each_head(const Pass& p, const Body& body) {
+  float* states = p.S.data_ptr<float>();
+  at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
+    for (int64_t bh = begin; bh < end; ++bh) body(bh / p.H, bh % p.H, states + bh * p.K * p.V);
+  });
+}
+
 constexpr int64_t kBlock = 32;  // value columns per register block in the scans: 4 vectors of 8
 
 // One token's inputs for one head: q, k (K), v (V), per-channel decays a (K; a per-head decay repeated), the
@@ -151,8 +161,9 @@ struct Token {
 };
 
 // N consecutive tokens (1 or 2) of the linear recurrence on one head's state rows (K x V), one load and one store
-// of each state value for all N (pairs: 1.2-1.7x faster than single tokens, results/speed): S = diag(a) S + k v^T and out = scale S^T q, or with the bonus (RWKV-6)
-// out = scale (S_old^T q + (q.(u k)) v), read before the update. Register blocks of 32 / N value columns.
+// of each state value for all N (pairs measured faster: results/speed): S = diag(a) S + k v^T and
+// out = scale S^T q, or with the bonus (RWKV-6) out = scale (S_old^T q + (q.(u k)) v), read before the update.
+// Register blocks of 32 / N value columns.
 template <bool kBonus, int N>
 void linear_tokens(float* state, const Token* tok, float scale, int64_t K, int64_t V) {
   constexpr int kVec = N == 1 ? 4 : 2;
@@ -258,71 +269,66 @@ std::vector<Tensor> delta_chunk(const Tensor& q_in, const Tensor& k_in, const Te
   const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
   const Strided &qs = p.qs, &ks = p.ks, &vs = p.vs;
   const float *bp = beta.data_ptr<float>(), *gp = g.defined() ? g.data_ptr<float>() : nullptr;
-  float *sp = p.S.data_ptr<float>(), *op = p.o.data_ptr<float>();
+  float* op = p.o.data_ptr<float>();
   const float s = static_cast<float>(scale), lo = static_cast<float>(floor);
   const int64_t C = chunk;
-  at::parallel_for(0, p.B * H, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals flush;
-    // one head's chunk buffers, a few tens of kB: they stay in cache across the chunk's products
+  for_each_head(p, [&](int64_t b, int64_t h, float* state) {
+    // the head's chunk buffers, a few tens of kB: they stay in cache across the chunk's products
     std::vector<float> X(2 * C * K), R(K * (C + V)), P(2 * C * (C + V)), U(C * V), A(C * C), O(C * V);
     std::vector<float> cum(C), gam(C), bet(C), to_end(C);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      float* state = sp + bh * K * V;
-      for (int64_t t0 = 0; t0 < T; t0 += C) {
-        const int64_t c = std::min(C, T - t0), ldr = c + V, ldp = c + V;
-        // X = [q; k] (2c x K); R = [k^T | S_0] (K x (c + V)): one product gives q.k, k.k, q S_0 and k S_0
-        for (int64_t t = 0; t < c; ++t) {
-          const float *qt = qs.at(b, t0 + t, h), *kt = ks.at(b, t0 + t, h);
-          std::memcpy(X.data() + t * K, qt, K * sizeof(float));
-          std::memcpy(X.data() + (c + t) * K, kt, K * sizeof(float));
-          for (int64_t i = 0; i < K; ++i) R[i * ldr + t] = kt[i];
-          const int64_t row = (b * T + t0 + t) * H + h;
-          bet[t] = bp[row];
-          cum[t] = (t ? cum[t - 1] : 0.f) + (gp != nullptr ? gp[row] : 0.f);
-          gam[t] = decay(cum[t], lo);
-        }
-        for (int64_t i = 0; i < K; ++i) std::memcpy(R.data() + i * ldr + c, state + i * V, V * sizeof(float));
-        gemm(2 * c, c + V, K, X.data(), K, R.data(), ldr, P.data(), ldp, false);
-        // the decay ratios exp(b_t - b_r) (r <= t) once, for L and then A
-        for (int64_t t = 0; t < c; ++t) {
-          float* d = A.data() + t * c;
-          for (int64_t r = 0; r <= t; ++r) d[r] = decay(cum[t] - cum[r], lo);
-          for (int64_t r = t + 1; r < c; ++r) d[r] = 0.f;
-        }
-        // right-hand sides, then forward substitution through the unit lower-triangular I + L
-        for (int64_t t = 0; t < c; ++t) {
-          const float* vt = vs.at(b, t0 + t, h);
-          const float* kS = P.data() + (c + t) * ldp + c;
-          float* u = U.data() + t * V;
-          for (int64_t j = 0; j < V; ++j) u[j] = bet[t] * (vt[j] - gam[t] * kS[j]);
-          const float *kk = P.data() + (c + t) * ldp, *d = A.data() + t * c;
-          for (int64_t r = 0; r < t; ++r) {
-            const float coef = bet[t] * d[r] * kk[r];
-            const float* ur = U.data() + r * V;
-            for (int64_t j = 0; j < V; ++j) u[j] -= coef * ur[j];
-          }
-        }
-        // o = scale (gamma q S_0 + A U), A[t, r] = exp(b_t - b_r) q_t.k_r (r <= t)
-        for (int64_t t = 0; t < c; ++t) {
-          const float* qk = P.data() + t * ldp;
-          float* a = A.data() + t * c;
-          for (int64_t r = 0; r <= t; ++r) a[r] *= qk[r];
-        }
-        gemm(c, V, c, A.data(), c, U.data(), V, O.data(), V, false);
-        for (int64_t t = 0; t < c; ++t) {
-          const float *qS = P.data() + t * ldp + c, *ot = O.data() + t * V;
-          float* out = op + ((b * T + t0 + t) * H + h) * V;
-          for (int64_t j = 0; j < V; ++j) out[j] = s * (ot[j] + gam[t] * qS[j]);
-        }
-        // S_C = gamma_C S_0 + (k^T scaled by exp(b_C - b_s)) U, with k^T still in R's first c columns
-        for (int64_t t = 0; t < c; ++t) to_end[t] = decay(cum[c - 1] - cum[t], lo);
-        for (int64_t i = 0; i < K; ++i)
-          for (int64_t t = 0; t < c; ++t) R[i * ldr + t] *= to_end[t];
-        const float g_end = gam[c - 1];
-        for (int64_t i = 0; i < K * V; ++i) state[i] *= g_end;
-        gemm(K, V, c, R.data(), ldr, U.data(), V, state, V, true);
+    for (int64_t t0 = 0; t0 < T; t0 += C) {
+      const int64_t c = std::min(C, T - t0), ldr = c + V, ldp = c + V;
+      // X = [q; k] (2c x K); R = [k^T | S_0] (K x (c + V)): one product gives q.k, k.k, q S_0 and k S_0
+      for (int64_t t = 0; t < c; ++t) {
+        const float *qt = qs.at(b, t0 + t, h), *kt = ks.at(b, t0 + t, h);
+        std::memcpy(X.data() + t * K, qt, K * sizeof(float));
+        std::memcpy(X.data() + (c + t) * K, kt, K * sizeof(float));
+        for (int64_t i = 0; i < K; ++i) R[i * ldr + t] = kt[i];
+        const int64_t row = (b * T + t0 + t) * H + h;
+        bet[t] = bp[row];
+        cum[t] = (t ? cum[t - 1] : 0.f) + (gp != nullptr ? gp[row] : 0.f);
+        gam[t] = decay(cum[t], lo);
       }
+      for (int64_t i = 0; i < K; ++i) std::memcpy(R.data() + i * ldr + c, state + i * V, V * sizeof(float));
+      gemm(2 * c, c + V, K, X.data(), K, R.data(), ldr, P.data(), ldp, false);
+      // the decay ratios exp(b_t - b_r) (r <= t) once, for L and then A
+      for (int64_t t = 0; t < c; ++t) {
+        float* d = A.data() + t * c;
+        for (int64_t r = 0; r <= t; ++r) d[r] = decay(cum[t] - cum[r], lo);
+        for (int64_t r = t + 1; r < c; ++r) d[r] = 0.f;
+      }
+      // right-hand sides, then forward substitution through the unit lower-triangular I + L
+      for (int64_t t = 0; t < c; ++t) {
+        const float* vt = vs.at(b, t0 + t, h);
+        const float* kS = P.data() + (c + t) * ldp + c;
+        float* u = U.data() + t * V;
+        for (int64_t j = 0; j < V; ++j) u[j] = bet[t] * (vt[j] - gam[t] * kS[j]);
+        const float *kk = P.data() + (c + t) * ldp, *d = A.data() + t * c;
+        for (int64_t r = 0; r < t; ++r) {
+          const float coef = bet[t] * d[r] * kk[r];
+          const float* ur = U.data() + r * V;
+          for (int64_t j = 0; j < V; ++j) u[j] -= coef * ur[j];
+        }
+      }
+      // o = scale (gamma q S_0 + A U), A[t, r] = exp(b_t - b_r) q_t.k_r (r <= t)
+      for (int64_t t = 0; t < c; ++t) {
+        const float* qk = P.data() + t * ldp;
+        float* a = A.data() + t * c;
+        for (int64_t r = 0; r <= t; ++r) a[r] *= qk[r];
+      }
+      gemm(c, V, c, A.data(), c, U.data(), V, O.data(), V, false);
+      for (int64_t t = 0; t < c; ++t) {
+        const float *qS = P.data() + t * ldp + c, *ot = O.data() + t * V;
+        float* out = op + ((b * T + t0 + t) * H + h) * V;
+        for (int64_t j = 0; j < V; ++j) out[j] = s * (ot[j] + gam[t] * qS[j]);
+      }
+      // S_C = gamma_C S_0 + (k^T scaled by exp(b_C - b_s)) U, with k^T still in R's first c columns
+      for (int64_t t = 0; t < c; ++t) to_end[t] = decay(cum[c - 1] - cum[t], lo);
+      for (int64_t i = 0; i < K; ++i)
+        for (int64_t t = 0; t < c; ++t) R[i * ldr + t] *= to_end[t];
+      const float g_end = gam[c - 1];
+      for (int64_t i = 0; i < K * V; ++i) state[i] *= g_end;
+      gemm(K, V, c, R.data(), ldr, U.data(), V, state, V, true);
     }
   });
   return {p.o, p.S};
@@ -340,38 +346,33 @@ std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Te
   const Tensor u = bonus.has_value() ? bonus->to(torch::kFloat).contiguous() : Tensor();
   const bool per_channel = a.defined() && a.dim() == 4;
   const float *ap = a.defined() ? a.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
-  float *sp = p.S.data_ptr<float>(), *op = p.o.data_ptr<float>();
+  float* op = p.o.data_ptr<float>();
   const float sc = static_cast<float>(scale);
   const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
-  at::parallel_for(0, p.B * H, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals flush;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      float* state = sp + bh * K * V;
-      std::vector<float> repeated(2 * K, 1.f);  // a per-head decay (or none) as K equal channels
-      Token tok[2];
-      for (int64_t t = 0; t < T; t += 2) {
-        const int n = std::min<int64_t>(2, T - t);
-        for (int m = 0; m < n; ++m) {
-          const int64_t row = (b * T + t + m) * H + h;
-          Token& token = tok[m];
-          token.q = p.qs.at(b, t + m, h), token.k = p.ks.at(b, t + m, h), token.v = p.vs.at(b, t + m, h);
-          token.out = op + row * V;
-          if (per_channel) {
-            token.a = ap + row * K;
-          } else {
-            if (ap != nullptr) std::fill(repeated.begin() + m * K, repeated.begin() + (m + 1) * K, ap[row]);
-            token.a = repeated.data() + m * K;
-          }
-          token.bonus_dot = 0.f;
-          if (up != nullptr)
-            for (int64_t i = 0; i < K; ++i) token.bonus_dot += token.q[i] * up[h * K + i] * token.k[i];
-        }
-        if (up != nullptr) {
-          n == 2 ? linear_tokens<true, 2>(state, tok, sc, K, V) : linear_tokens<true, 1>(state, tok, sc, K, V);
+  for_each_head(p, [&](int64_t b, int64_t h, float* state) {
+    std::vector<float> repeated(2 * K, 1.f);  // a per-head decay (or none) as K equal channels
+    Token tok[2];
+    for (int64_t t = 0; t < T; t += 2) {
+      const int n = std::min<int64_t>(2, T - t);
+      for (int m = 0; m < n; ++m) {
+        const int64_t row = (b * T + t + m) * H + h;
+        Token& token = tok[m];
+        token.q = p.qs.at(b, t + m, h), token.k = p.ks.at(b, t + m, h), token.v = p.vs.at(b, t + m, h);
+        token.out = op + row * V;
+        if (per_channel) {
+          token.a = ap + row * K;
         } else {
-          n == 2 ? linear_tokens<false, 2>(state, tok, sc, K, V) : linear_tokens<false, 1>(state, tok, sc, K, V);
+          if (ap != nullptr) std::fill(repeated.begin() + m * K, repeated.begin() + (m + 1) * K, ap[row]);
+          token.a = repeated.data() + m * K;
         }
+        token.bonus_dot = 0.f;
+        if (up != nullptr)
+          for (int64_t i = 0; i < K; ++i) token.bonus_dot += token.q[i] * up[h * K + i] * token.k[i];
+      }
+      if (up != nullptr) {
+        n == 2 ? linear_tokens<true, 2>(state, tok, sc, K, V) : linear_tokens<true, 1>(state, tok, sc, K, V);
+      } else {
+        n == 2 ? linear_tokens<false, 2>(state, tok, sc, K, V) : linear_tokens<false, 1>(state, tok, sc, K, V);
       }
     }
   });
@@ -386,19 +387,14 @@ std::vector<Tensor> delta_scan(const Tensor& q_in, const Tensor& k_in, const Ten
   const Tensor beta = beta_in.to(torch::kFloat).contiguous();
   const Tensor a = log_decay.has_value() ? decays(*log_decay, floor) : Tensor();
   const float *bp = beta.data_ptr<float>(), *ap = a.defined() ? a.data_ptr<float>() : nullptr;
-  float *sp = p.S.data_ptr<float>(), *op = p.o.data_ptr<float>();
+  float* op = p.o.data_ptr<float>();
   const float sc = static_cast<float>(scale);
   const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
-  at::parallel_for(0, p.B * H, 1, [&](int64_t begin, int64_t end) {
-    const FlushDenormals flush;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      float* state = sp + bh * K * V;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t row = (b * T + t) * H + h;
-        delta_token(state, p.qs.at(b, t, h), p.ks.at(b, t, h), p.vs.at(b, t, h), ap != nullptr ? ap[row] : 1.f,
-                    bp[row], sc, op + row * V, K, V);
-      }
+  for_each_head(p, [&](int64_t b, int64_t h, float* state) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t row = (b * T + t) * H + h;
+      delta_token(state, p.qs.at(b, t, h), p.ks.at(b, t, h), p.vs.at(b, t, h), ap != nullptr ? ap[row] : 1.f,
+                  bp[row], sc, op + row * V, K, V);
     }
   });
   return {p.o, p.S};
@@ -413,7 +409,7 @@ void add_product(float* __restrict__ out, const float* __restrict__ a, const flo
 // The short causal convolution of mamba, gated_deltanet and metala over a prompt (the CPU analogue of
 // causal-conv1d's fused kernel): y_t = b + sum_j w_j x_{t - k + 1 + j} per channel, the k - 1 inputs before the
 // prompt from `cache` (B, k - 1, C) or zeros, then SiLU in place. One pass writes y (each row read from the inputs'
-// rows in cache), instead of a pass per tap (42 -> 23 ms at (1, 16,384, 768), results/speed).
+// rows in cache), instead of a pass per tap (results/speed).
 // x (B, T, C) fp32 with channels contiguous; weight (C, k); bias (C).
 Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<Tensor>& bias_in, bool silu,
                   const c10::optional<Tensor>& cache_in) {
