@@ -11,8 +11,9 @@ def pick_backend(name: str, backends: dict[str, Callable], device: torch.device,
     """Return the implementation called `name`; `auto` is the fastest correct one for `device`."""
     if name == "auto":
         # Own Triton/fla kernels only run on CUDA; on CPU a compiled forward where an operator has one (it runs the
-        # chunked torch form itself when a gradient is to be recorded), else the chunked torch form.
-        for candidate in ("triton", "chunk") if device.type == "cuda" else ("native", "chunk"):
+        # chunked torch form itself when a gradient is to be recorded), else the chunked torch form; an operator
+        # without a chunked form falls back to its plain torch form.
+        for candidate in ("triton", "chunk", "torch") if device.type == "cuda" else ("native", "chunk", "torch"):
             if candidate in backends:
                 return backends[candidate]
     if name not in backends:

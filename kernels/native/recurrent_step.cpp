@@ -169,6 +169,9 @@ std::vector<Tensor> linear_scan(const Tensor& q, const Tensor& k, const Tensor& 
                                 double scale, const c10::optional<Tensor>& initial_state, double floor);
 Tensor short_conv(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, bool silu,
                   const c10::optional<Tensor>& cache);
+std::vector<Tensor> ddlerp(const Tensor& x, const c10::optional<Tensor>& previous, const Tensor& maa_x,
+                           const Tensor& w1, const Tensor& maa, const Tensor& w2, const Tensor& time_decay,
+                           const Tensor& decay_w1, const Tensor& decay_w2);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
@@ -178,4 +181,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_chunk", &delta_chunk, "a sequence through the gated delta rule, chunk by chunk (fp32 state)");
   m.def("short_conv", &short_conv, "a prompt through the short causal convolution (+ SiLU), fp32");
   m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
+  m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
 }

@@ -444,3 +444,115 @@ Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<
   });
   return silu ? at::silu_(y) : y;
 }
+
+namespace {
+typedef int32_t vec8i __attribute__((vector_size(32)));
+
+inline vec8 clamp8(vec8 x, float lo, float hi) {
+  x = x < splat(lo) ? splat(lo) : x;
+  return x > splat(hi) ? splat(hi) : x;
+}
+
+// exp(x), eight at a time (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, 2^n in the
+// exponent bits), within 2 ulp; inputs clamped to [-87.3, 88.3], so results stay normal and finite.
+inline vec8 exp8(vec8 x) {
+  x = clamp8(x, -87.3f, 88.3f);
+  const vec8 magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const vec8 n = (x * splat(1.44269504088896341f) + magic) - magic;
+  const vec8 r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  vec8 p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.f);
+  const vec8i bits = (__builtin_convertvector(n, vec8i) + 127) << 23;
+  vec8 two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
+  return p * two_to_n;
+}
+
+// tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}), eight at a time (absolute error below 1e-7)
+inline vec8 tanh8(vec8 x) {
+  const vec8 e = exp8(splat(-2.f) * (x < splat(0.f) ? -x : x));
+  const vec8 y = (splat(1.f) - e) / (splat(1.f) + e);
+  return x < splat(0.f) ? -y : y;
+}
+
+template <typename Vector, typename Scalar>
+void map_inplace(float* x, int64_t n, Vector vector, Scalar scalar) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(x + i, vector(load8(x + i)));
+  for (; i < n; ++i) x[i] = scalar(x[i]);
+}
+}  // namespace
+
+// RWKV-6's data-dependent token shift and decay over a prompt (Peng et al. 2024, "Eagle and Finch", eq. 12-16; the
+// torch form is kernels/ddlerp/torch_form.py), in blocks of rows kept in cache: per token, xx = x_{t-1} - x_t,
+// mix = tanh((x + xx maa_x) W1), stream s = x + xx (maa_s + mix_s W2_s) for s = w, k, v, r, g, and
+// log_decay = -exp(time_decay + tanh(stream_w Wd1) Wd2). The torch form writes and rereads the five streams' lerps
+// (five token-by-width tensors) and the w stream; here only the k, v, r, g streams and the decay leave the cache.
+// x (B, T, D) fp32, previous (B, 1, D) or none (zeros), maa_x (D), w1 (D, 5R), maa (5, D), w2 (5, R, D),
+// time_decay (E), decay_w1 (D, Rd), decay_w2 (Rd, E). Returns the streams k, v, r, g (4, B, T, D) and the decay
+// (B, T, E).
+std::vector<Tensor> ddlerp(const Tensor& x_in, const c10::optional<Tensor>& previous_in, const Tensor& maa_x_in,
+                           const Tensor& w1_in, const Tensor& maa_in, const Tensor& w2_in, const Tensor& time_decay_in,
+                           const Tensor& decay_w1_in, const Tensor& decay_w2_in) {
+  const auto fp32 = [](const Tensor& t) { return t.to(torch::kFloat).contiguous(); };
+  const Tensor x = fp32(x_in), maa_x = fp32(maa_x_in), w1 = fp32(w1_in), maa = fp32(maa_in), w2 = fp32(w2_in);
+  const Tensor time_decay = fp32(time_decay_in), dw1 = fp32(decay_w1_in), dw2 = fp32(decay_w2_in);
+  const Tensor previous = previous_in.has_value() ? fp32(*previous_in) : Tensor();
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(2), R = w2.size(1), Rd = dw1.size(1), E = dw2.size(1);
+  TORCH_CHECK(w1.size(0) == D && w1.size(1) == 5 * R && maa.size(0) == 5 && maa.size(1) == D && w2.size(0) == 5 &&
+                  w2.size(2) == D && maa_x.numel() == D && time_decay.numel() == E && dw1.size(0) == D &&
+                  dw2.size(0) == Rd,
+              "ddlerp: weight shapes do not match x's width");
+  Tensor streams = torch::empty({4, B, T, D}, x.options());
+  Tensor log_decay = torch::empty({B, T, E}, x.options());
+  const float *xp = x.data_ptr<float>(), *pp = previous.defined() ? previous.data_ptr<float>() : nullptr;
+  const float *mxp = maa_x.data_ptr<float>(), *w1p = w1.data_ptr<float>(), *maap = maa.data_ptr<float>();
+  const float *w2p = w2.data_ptr<float>(), *tdp = time_decay.data_ptr<float>();
+  const float *dw1p = dw1.data_ptr<float>(), *dw2p = dw2.data_ptr<float>();
+  float *sp = streams.data_ptr<float>(), *ldp = log_decay.data_ptr<float>();
+  constexpr int64_t kRows = 32;  // a block's rows: its x, xx, mix and one stream stay in L2
+  const int64_t blocks_per_sequence = (T + kRows - 1) / kRows;
+  at::parallel_for(0, B * blocks_per_sequence, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    std::vector<float> xx(kRows * D), mixed(kRows * D), mix(kRows * 5 * R), hidden(kRows * Rd);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t b = block / blocks_per_sequence, t0 = (block % blocks_per_sequence) * kRows;
+      const int64_t n = std::min(kRows, T - t0);
+      const float* xb = xp + (b * T + t0) * D;
+      for (int64_t i = 0; i < n; ++i) {  // xx = x_{t-1} - x_t; mixed = x + xx maa_x
+        const float* before = t0 + i > 0 ? xb + (i - 1) * D : (pp != nullptr ? pp + b * D : nullptr);
+        for (int64_t d = 0; d < D; ++d) {
+          const float shift = (before != nullptr ? before[d] : 0.f) - xb[i * D + d];
+          xx[i * D + d] = shift;
+          mixed[i * D + d] = xb[i * D + d] + shift * mxp[d];
+        }
+      }
+      gemm(n, 5 * R, D, mixed.data(), D, w1p, 5 * R, mix.data(), 5 * R, false);
+      map_inplace(mix.data(), n * 5 * R, tanh8, [](float v) { return std::tanh(v); });
+      for (int64_t s = 0; s < 5; ++s) {
+        // stream s: x + xx (maa_s + mix_s W2_s), its product written where the stream goes, then finished in place
+        float* out = s == 0 ? mixed.data() : sp + ((s - 1) * B * T + b * T + t0) * D;
+        gemm(n, D, R, mix.data() + s * R, 5 * R, w2p + s * R * D, D, out, D, false);
+        const float* m = maap + s * D;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t d = 0; d < D; ++d) out[i * D + d] = xb[i * D + d] + xx[i * D + d] * (m[d] + out[i * D + d]);
+      }
+      // log_decay = -exp(time_decay + tanh(stream_w Wd1) Wd2)
+      gemm(n, Rd, D, mixed.data(), D, dw1p, Rd, hidden.data(), Rd, false);
+      map_inplace(hidden.data(), n * Rd, tanh8, [](float v) { return std::tanh(v); });
+      float* ld = ldp + (b * T + t0) * E;
+      gemm(n, E, Rd, hidden.data(), Rd, dw2p, E, ld, E, false);
+      for (int64_t i = 0; i < n; ++i) {
+        float* row = ld + i * E;
+        for (int64_t e = 0; e < E; ++e) row[e] += tdp[e];
+        map_inplace(row, E, [](vec8 v) { return -exp8(v); }, [](float v) { return -std::exp(v); });
+      }
+    }
+  });
+  return {streams, log_decay};
+}

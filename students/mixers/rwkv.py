@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.ddlerp import ddlerp
 from students.base import Features, MixerConfig, RecurrentMixer
 from students.layers import HeadLayerNorm, batched_linear, merge_heads, split_heads
 
@@ -51,16 +52,10 @@ class RWKV6Mixer(RecurrentMixer):
 
     def featurize(self, x, state):
         H = self.num_heads
-        B, T, D = x.shape
-        previous = state.get("shift", x.new_zeros(B, 1, D)).to(x.dtype)
-        shifted = torch.cat([previous, x[:, :-1]], dim=1)
-        xx = shifted - x
-        mix = torch.tanh(torch.addcmul(x, xx, self.maa_x) @ self.maa_w1).view(B * T, 5, MIX_RANK).transpose(0, 1)
-        # stream i interpolates with maa_i + tanh(·) W2_i: the five streams as one batched product, biases folded in
-        lerp = torch.baddbmm(self.maa_wkvrg[:, None], mix, self.maa_w2).view(5, B, T, D)
-        mixed = torch.addcmul(x, xx, lerp)  # the streams w, k, v, r, g
-        log_decay = -torch.exp(self.time_decay + torch.tanh(mixed[0] @ self.decay_w1) @ self.decay_w2)
-        k, v, r, g = batched_linear(mixed[1:], [self.k_proj, self.v_proj, self.r_proj, self.g_proj])
+        # the five interpolated streams and the decay: one compiled pass on CPU without a gradient (kernels/ddlerp)
+        streams, log_decay = ddlerp(x, state.get("shift"), self.maa_x, self.maa_w1, self.maa_wkvrg, self.maa_w2,
+                                    self.time_decay, self.decay_w1, self.decay_w2)
+        k, v, r, g = batched_linear(streams, [self.k_proj, self.v_proj, self.r_proj, self.g_proj])
         return Features(q=split_heads(r, H), k=split_heads(k, H), v=split_heads(v, H),
                         log_decay=split_heads(log_decay.float(), H), bonus=self.bonus, scale=1.0,
                         context={"g": F.silu(g)}, carry={"shift": x[:, -1:]})
