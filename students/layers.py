@@ -124,9 +124,9 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     k = weight.shape[1]
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
-    compiled = native.without_autograd(x, weight, bias, cache) if T > 1 and x.dtype == torch.float32 else None
+    compiled = _compiled_conv(x, weight, bias, cache)
     if compiled is not None:  # a prompt on CPU without a gradient to record: one compiled pass (kernels/native)
-        return compiled.short_conv(x, weight, bias, silu, cache), _last_inputs(x, cache, k)
+        return compiled.short_conv(x, weight, bias, silu, cache, 0, 0), _last_inputs(x, cache, k)
     if cache is None and T > 1:  # zero history: the taps read shifted slices of x, no padded copy of it
         return _ShiftedConv.apply(x, weight, bias, silu, True), _last_inputs(x, None, k)
     if cache is None:
@@ -138,6 +138,27 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         y = y if bias is None else y + bias
         return (F.silu(y) if silu else y), new_cache
     return _ShiftedConv.apply(padded, weight, bias, silu, False), new_cache.clone()
+
+
+def _compiled_conv(x, weight, bias, cache):
+    """The compiled extension for a prompt (T > 1) in fp32 without a gradient to record on CPU, else None."""
+    return native.without_autograd(x, weight, bias, cache) if x.shape[1] > 1 and x.dtype == torch.float32 else None
+
+
+def short_conv_normalized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
+                          cache: torch.Tensor | None, channels: int, group: int):
+    """`short_conv`, then its first `channels` outputs L2-normalised in fp32 in groups of `group` (gated_deltanet's
+    q and k heads). Returns (the groups (B, T, channels // group, group) fp32, the other channels, the next cache).
+    In the compiled pass each row is normalised while in cache, instead of three more passes over the output."""
+    compiled = _compiled_conv(x, weight.to(x.dtype), bias, cache)
+    if compiled is not None:
+        y = compiled.short_conv(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), silu, cache,
+                                channels, group)
+        groups, cache = y[..., :channels].unflatten(-1, (channels // group, group)), _last_inputs(x, cache, weight.shape[1])
+    else:
+        y, cache = short_conv(x, weight, bias, silu, cache)
+        groups = F.normalize(y[..., :channels].unflatten(-1, (channels // group, group)).float(), dim=-1)
+    return groups, y[..., channels:], cache
 
 
 class _ShiftedConv(torch.autograd.Function):

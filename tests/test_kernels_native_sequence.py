@@ -215,3 +215,36 @@ def test_the_short_convolution_pass_equals_conv1d(monkeypatch, T, bias, activati
         expected_cache = torch.cat([torch.zeros(2, 3, 37) if cache is None else cache, x], 1)[:, -3:]
         torch.testing.assert_close(new_cache, expected_cache)
     assert calls == [(2, T, 37)] * 2
+
+
+@needs_build
+@pytest.mark.parametrize("group", [8, 5, 64])
+@pytest.mark.parametrize("T", [2, 7, 130])
+def test_the_short_convolution_pass_normalises_groups_as_f_normalize(T, group):
+    """gated_deltanet's q and k heads normalised inside the compiled pass: as F.normalize after the torch form's
+    convolution, with and without a cache, groups shorter than a vector and not a multiple of one, the channels
+    after the groups untouched, a zero group left zero (F.normalize's eps) and the same next cache."""
+    from students.layers import short_conv, short_conv_normalized
+
+    torch.manual_seed(T + group)
+    channels, C = 2 * group, 2 * group + 11
+    weight = torch.randn(C, 4)
+    x = torch.randn(2, T, C + 6)[..., 3:C + 3]  # strided over time
+    x[0, :, :group] = 0  # a group whose inputs are all zero
+    for cache in (None, torch.randn(2, 3, C)):
+        if cache is not None:
+            cache[0, :, :group] = 0
+        with torch.no_grad():
+            groups, rest, new_cache = short_conv_normalized(x, weight, None, True, cache, channels, group)
+            with native.disabled():
+                y, want_cache = short_conv(x, weight, None, True, cache)
+                want_groups, want_rest, _ = short_conv_normalized(x, weight, None, True, cache, channels, group)
+        want = F.normalize(y[..., :channels].unflatten(-1, (2, group)), dim=-1)
+        torch.testing.assert_close(want_groups, want)  # the torch form is F.normalize's
+        assert groups.shape == (2, T, 2, group) and groups.dtype == torch.float32
+        torch.testing.assert_close(groups, want, rtol=1e-5, atol=1e-6)
+        assert groups[0, :, 0].abs().max() == 0
+        torch.testing.assert_close(groups.norm(dim=-1)[1], torch.ones(T, 2), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rest, y[..., channels:], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rest, want_rest, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(new_cache, want_cache)

@@ -401,51 +401,6 @@ std::vector<Tensor> delta_scan(const Tensor& q_in, const Tensor& k_in, const Ten
 }
 
 namespace {
-void add_product(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
-}
-}  // namespace
-
-// The short causal convolution of mamba, gated_deltanet and metala over a prompt (the CPU analogue of
-// causal-conv1d's fused kernel): y_t = b + sum_j w_j x_{t - k + 1 + j} per channel, the k - 1 inputs before the
-// prompt from `cache` (B, k - 1, C) or zeros, then SiLU in place. One pass writes y (each row read from the inputs'
-// rows in cache), instead of a pass per tap (results/speed).
-// x (B, T, C) fp32 with channels contiguous; weight (C, k); bias (C).
-Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<Tensor>& bias_in, bool silu,
-                  const c10::optional<Tensor>& cache_in) {
-  const Tensor x = channels_contiguous(x_in);
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), k = weight.size(1);
-  const Tensor taps = weight.to(torch::kFloat).t().contiguous();  // (k, C)
-  const Tensor bias = bias_in.has_value() ? bias_in->to(torch::kFloat).contiguous() : Tensor();
-  const Tensor cache = cache_in.has_value() ? channels_contiguous(*cache_in) : Tensor();
-  Tensor y = torch::empty({B, T, C}, x.options().dtype(torch::kFloat));
-  const float *xp = x.data_ptr<float>(), *wp = taps.data_ptr<float>();
-  const float *bp = bias.defined() ? bias.data_ptr<float>() : nullptr, *cp = cache.defined() ? cache.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  const int64_t sb = x.stride(0), st = x.stride(1);
-  const int64_t cb = cache.defined() ? cache.stride(0) : 0, ct = cache.defined() ? cache.stride(1) : 0;
-  at::parallel_for(0, B * T, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t bt = begin; bt < end; ++bt) {
-      const int64_t b = bt / T, t = bt % T;
-      float* out = yp + bt * C;
-      if (bp != nullptr) {
-        std::memcpy(out, bp, C * sizeof(float));
-      } else {
-        std::fill(out, out + C, 0.f);
-      }
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t source = t - (k - 1) + j;  // the input row tap j reads
-        const float* in = source >= 0 ? xp + b * sb + source * st
-                                      : (cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr);
-        if (in == nullptr) continue;  // zero history
-        add_product(out, wp + j * C, in, C);
-      }
-    }
-  });
-  return silu ? at::silu_(y) : y;
-}
-
-namespace {
 typedef int32_t vec8i __attribute__((vector_size(32)));
 
 inline vec8 clamp8(vec8 x, float lo, float hi) {
@@ -487,6 +442,66 @@ void map_inplace(float* x, int64_t n, Vector vector, Scalar scalar) {
   for (; i < n; ++i) x[i] = scalar(x[i]);
 }
 }  // namespace
+
+namespace {
+void add_product(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
+}
+}  // namespace
+
+// The short causal convolution of mamba, gated_deltanet and metala over a prompt (the CPU analogue of
+// causal-conv1d's fused kernel): y_t = b + sum_j w_j x_{t - k + 1 + j} per channel, the k - 1 inputs before the
+// prompt from `cache` (B, k - 1, C) or zeros, then SiLU, then the first `normalized` channels L2-normalised in
+// groups of `group` (gated_deltanet's q and k heads; F.normalize's eps), each row finished while in cache. One pass
+// writes y (each row read from the inputs' rows in cache), instead of a pass per tap and per function.
+// x (B, T, C) fp32 with channels contiguous; weight (C, k); bias (C); normalized 0 for none.
+Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<Tensor>& bias_in, bool silu,
+                  const c10::optional<Tensor>& cache_in, int64_t normalized, int64_t group) {
+  const Tensor x = channels_contiguous(x_in);
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), k = weight.size(1);
+  const Tensor taps = weight.to(torch::kFloat).t().contiguous();  // (k, C)
+  const Tensor bias = bias_in.has_value() ? bias_in->to(torch::kFloat).contiguous() : Tensor();
+  const Tensor cache = cache_in.has_value() ? channels_contiguous(*cache_in) : Tensor();
+  TORCH_CHECK(normalized >= 0 && normalized <= C && (normalized == 0 || (group > 0 && normalized % group == 0)),
+              "short_conv: normalized channels must be a multiple of the group, at most C");
+  Tensor y = torch::empty({B, T, C}, x.options().dtype(torch::kFloat));
+  const float *xp = x.data_ptr<float>(), *wp = taps.data_ptr<float>();
+  const float *bp = bias.defined() ? bias.data_ptr<float>() : nullptr, *cp = cache.defined() ? cache.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  const int64_t cb = cache.defined() ? cache.stride(0) : 0, ct = cache.defined() ? cache.stride(1) : 0;
+  at::parallel_for(0, B * T, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / T, t = bt % T;
+      float* out = yp + bt * C;
+      if (bp != nullptr) {
+        std::memcpy(out, bp, C * sizeof(float));
+      } else {
+        std::fill(out, out + C, 0.f);
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t source = t - (k - 1) + j;  // the input row tap j reads
+        const float* in = source >= 0 ? xp + b * sb + source * st
+                                      : (cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr);
+        if (in == nullptr) continue;  // zero history
+        add_product(out, wp + j * C, in, C);
+      }
+      if (silu) map_inplace(out, C, [](vec8 v) { return v / (splat(1.f) + exp8(-v)); },
+                            [](float v) { return v / (1.f + std::exp(-v)); });
+      for (int64_t g = 0; normalized > 0 && g + group <= normalized; g += group) {
+        vec8 sum = {};
+        int64_t c = g;
+        for (; c + 8 <= g + group; c += 8) sum += load8(out + c) * load8(out + c);
+        float squares = ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+        for (; c < g + group; ++c) squares += out[c] * out[c];
+        const float inverse = 1.f / std::max(std::sqrt(squares), 1e-12f);
+        for (int64_t c = g; c < g + group; ++c) out[c] *= inverse;
+      }
+    }
+  });
+  return y;
+}
+
 
 // RWKV-6's data-dependent token shift and decay over a prompt (Peng et al. 2024, "Eagle and Finch", eq. 12-16; the
 // torch form is kernels/ddlerp/torch_form.py), in blocks of rows kept in cache: per token, xx = x_{t-1} - x_t,

@@ -13,7 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.base import Features, MixerConfig, RecurrentMixer
-from students.layers import HeadRMSNorm, ShortConv, merge_heads, short_conv, split_heads, stacked_linear, stacked_weight
+from students.layers import (
+    HeadRMSNorm,
+    ShortConv,
+    merge_heads,
+    short_conv_normalized,
+    split_heads,
+    stacked_linear,
+    stacked_weight,
+)
 
 
 class GatedDeltaNetMixer(RecurrentMixer):
@@ -44,12 +52,13 @@ class GatedDeltaNetMixer(RecurrentMixer):
                                        self.decay_proj])
         qkv_in, g, beta_in, decay_in = projected.split([3 * HK, HK, H, H], dim=-1)
         conv_weight = stacked_weight([self.q_conv, self.k_conv, self.v_conv])[:, 0]
-        qkv, conv_cache = short_conv(qkv_in, conv_weight, None, self.q_conv.activation == "silu", state.get("qkv_conv"))
-        qk = F.normalize(split_heads(qkv[..., :2 * HK], 2 * H).float(), dim=-1)  # q's heads, then k's: one call
+        # q's heads, then k's, L2-normalised: one call
+        qk, v, conv_cache = short_conv_normalized(qkv_in, conv_weight, None, self.q_conv.activation == "silu",
+                                                  state.get("qkv_conv"), 2 * HK, self.head_dim)
         q, k = qk[..., :H, :], qk[..., H:, :]
         beta = torch.sigmoid(beta_in.float())
         log_decay = -self.A_log.float().exp() * F.softplus(decay_in.float() + self.dt_bias)
-        return Features(q=q, k=k, v=split_heads(qkv[..., 2 * HK:], H), beta=beta,
+        return Features(q=q, k=k, v=split_heads(v, H), beta=beta,
                         log_decay=log_decay, context={"g": split_heads(g, H)},
                         window_q=split_heads(qkv_in[..., :HK], H), window_k=split_heads(qkv_in[..., HK:2 * HK], H),
                         carry={"qkv_conv": conv_cache})
