@@ -124,9 +124,9 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     k = weight.shape[1]
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
-    compiled = _compiled_conv(x, weight, bias, cache)
-    if compiled is not None:  # a prompt on CPU without a gradient to record: one compiled pass (kernels/native)
-        return compiled.short_conv(x, weight, bias, silu, cache, 0, 0), _last_inputs(x, cache, k)
+    compiled = _compiled_short_conv(x, weight, bias, silu, cache)
+    if compiled is not None:
+        return compiled
     if cache is None and T > 1:  # zero history: the taps read shifted slices of x, no padded copy of it
         return _ShiftedConv.apply(x, weight, bias, silu, True), _last_inputs(x, None, k)
     if cache is None:
@@ -140,9 +140,15 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return _ShiftedConv.apply(padded, weight, bias, silu, False), new_cache.clone()
 
 
-def _compiled_conv(x, weight, bias, cache):
-    """The compiled extension for a prompt (T > 1) in fp32 without a gradient to record on CPU, else None."""
-    return native.without_autograd(x, weight, bias, cache) if x.shape[1] > 1 and x.dtype == torch.float32 else None
+def _compiled_short_conv(x, weight, bias, silu, cache, normalized=0, group=0):
+    """A prompt (T > 1) in fp32 on CPU without a gradient to record as one compiled pass (kernels/native), the first
+    `normalized` outputs L2-normalised in groups of `group`: (y, the next cache); else None."""
+    weight = weight.to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
+    compiled = native.without_autograd(x, weight, bias, cache) if x.shape[1] > 1 and x.dtype == torch.float32 else None
+    if compiled is None:
+        return None
+    return compiled.short_conv(x, weight, bias, silu, cache, normalized, group), _last_inputs(x, cache, weight.shape[1])
 
 
 def short_conv_normalized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
@@ -150,11 +156,10 @@ def short_conv_normalized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     """`short_conv`, then its first `channels` outputs L2-normalised in fp32 in groups of `group` (gated_deltanet's
     q and k heads). Returns (the groups (B, T, channels // group, group) fp32, the other channels, the next cache).
     In the compiled pass each row is normalised while in cache, instead of three more passes over the output."""
-    compiled = _compiled_conv(x, weight.to(x.dtype), bias, cache)
+    compiled = _compiled_short_conv(x, weight, bias, silu, cache, channels, group)
     if compiled is not None:
-        y = compiled.short_conv(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), silu, cache,
-                                channels, group)
-        groups, cache = y[..., :channels].unflatten(-1, (channels // group, group)), _last_inputs(x, cache, weight.shape[1])
+        y, cache = compiled
+        groups = y[..., :channels].unflatten(-1, (channels // group, group))
     else:
         y, cache = short_conv(x, weight, bias, silu, cache)
         groups = F.normalize(y[..., :channels].unflatten(-1, (channels // group, group)).float(), dim=-1)

@@ -16,5 +16,5 @@ def ddlerp_native(x, previous, maa_x, maa_w1, maa, maa_w2, time_decay, decay_w1,
     if (compiled is None or torch.is_autocast_enabled("cpu") or x.dtype != torch.float32
             or any(w.dtype != torch.float32 for w in weights)):
         return ddlerp_torch(x, previous, *weights)
-    streams, log_decay = compiled.ddlerp(x, previous, *weights)
+    streams, log_decay = compiled.ddlerp(x, previous, *weights)  # (4, B, T, D), (B, T, E)
     return streams, log_decay
