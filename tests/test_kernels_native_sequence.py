@@ -110,6 +110,19 @@ def test_the_linear_recurrence_pass_covers_register_blocks(value_dim):
 
 
 @needs_build
+@pytest.mark.parametrize("key_dim", [8, 19])
+def test_the_linear_recurrence_pass_exponentiates_decays_eight_at_a_time(key_dim):
+    """Per-channel decays taken eight channels at a time plus a tail, from 0 down past the floor (-80: dropped)."""
+    inputs = _linear_inputs(60, "channel", True)
+    g = torch.Generator().manual_seed(1)
+    inputs["q"], inputs["k"] = (torch.randn(B, 60, H, key_dim, generator=g) for _ in range(2))
+    inputs["bonus"] = torch.randn(H, key_dim, generator=g)
+    inputs["initial_state"] = torch.randn(B, H, key_dim, V, generator=g)
+    inputs["log_decay"] = -120 * torch.rand(B, 60, H, key_dim, generator=g) ** 4
+    _check(linear_recurrence, inputs)
+
+
+@needs_build
 def test_the_linear_recurrence_pass_reads_strided_and_bf16_inputs():
     inputs = _linear_inputs(50, "channel", True)
     wide = torch.randn(B, 50, H, 2 * K)

@@ -34,6 +34,48 @@ inline vec8 load8(const float* p) {
 inline void store8(float* p, vec8 v) { std::memcpy(p, &v, sizeof v); }
 inline vec8 splat(float x) { return vec8{x, x, x, x, x, x, x, x}; }
 
+typedef int32_t vec8i __attribute__((vector_size(32)));
+
+inline vec8 clamp8(vec8 x, float lo, float hi) {
+  x = x < splat(lo) ? splat(lo) : x;
+  return x > splat(hi) ? splat(hi) : x;
+}
+
+// exp(x), eight at a time (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, 2^n in the
+// exponent bits); inputs clamped to [-87.3, 88.3], so results stay normal and finite. Accuracy: the float64 checks in
+// tests/test_kernels_ddlerp.py.
+inline vec8 exp8(vec8 x) {
+  x = clamp8(x, -87.3f, 88.3f);
+  const vec8 magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const vec8 n = (x * splat(1.44269504088896341f) + magic) - magic;
+  const vec8 r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  vec8 p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.f);
+  const vec8i bits = (__builtin_convertvector(n, vec8i) + 127) << 23;
+  vec8 two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
+  return p * two_to_n;
+}
+
+// tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}), eight at a time (an absolute error, not a relative one, near 0)
+inline vec8 tanh8(vec8 x) {
+  const vec8 e = exp8(splat(-2.f) * (x < splat(0.f) ? -x : x));
+  const vec8 y = (splat(1.f) - e) / (splat(1.f) + e);
+  return x < splat(0.f) ? -y : y;
+}
+
+template <typename Vector, typename Scalar>
+void map_inplace(float* x, int64_t n, Vector vector, Scalar scalar) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(x + i, vector(load8(x + i)));
+  for (; i < n; ++i) x[i] = scalar(x[i]);
+}
+
 // Denormals flushed to zero while a thread runs a pass (restored after): a state decaying towards zero would
 // otherwise slow every product on it by two orders of magnitude; they change results by less than 1.2e-38.
 class FlushDenormals {
@@ -117,9 +159,15 @@ Tensor channels_contiguous(const Tensor& x) {
   return y.stride(-1) == 1 ? y : y.contiguous();
 }
 
-// exp(g) with g below floor giving exactly 0, as one vectorised ATen pass (contiguous fp32)
-Tensor decays(const Tensor& g, double floor) {
-  return at::exp(at::threshold(g.to(torch::kFloat), floor, -INFINITY)).contiguous();
+// out = exp(g) for n log decays, exactly 0 below floor (`decay`), eight at a time: a scan's decays computed as it
+// reaches them, not in a pass of their own before it
+void decays_into(float* out, const float* g, int64_t n, float floor) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vec8 x = load8(g + i);
+    store8(out + i, x < splat(floor) ? splat(0.f) : exp8(x));
+  }
+  for (; i < n; ++i) out[i] = decay(g[i], floor);
 }
 
 struct Pass {  // a call's inputs read in place (channels contiguous), its output and its state, all fp32
@@ -342,15 +390,15 @@ std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Te
                                 const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
                                 double scale, const c10::optional<Tensor>& initial_state, double floor) {
   Pass p = prepare(q_in, k_in, v_in, initial_state);
-  const Tensor a = log_decay.has_value() ? decays(*log_decay, floor) : Tensor();
+  const Tensor g = log_decay.has_value() ? log_decay->to(torch::kFloat).contiguous() : Tensor();
   const Tensor u = bonus.has_value() ? bonus->to(torch::kFloat).contiguous() : Tensor();
-  const bool per_channel = a.defined() && a.dim() == 4;
-  const float *ap = a.defined() ? a.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
+  const bool per_channel = g.defined() && g.dim() == 4;
+  const float *gp = g.defined() ? g.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
   float* op = p.o.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
+  const float sc = static_cast<float>(scale), lo = static_cast<float>(floor);
   const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
   for_each_head(p, [&](int64_t b, int64_t h, float* state) {
-    std::vector<float> repeated(2 * K, 1.f);  // a per-head decay (or none) as K equal channels
+    std::vector<float> decays(2 * K, 1.f);  // the N tokens' decays (a per-head decay, or none, as K equal channels)
     Token tok[2];
     for (int64_t t = 0; t < T; t += 2) {
       const int n = std::min<int64_t>(2, T - t);
@@ -359,12 +407,13 @@ std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Te
         Token& token = tok[m];
         token.q = p.qs.at(b, t + m, h), token.k = p.ks.at(b, t + m, h), token.v = p.vs.at(b, t + m, h);
         token.out = op + row * V;
+        float* a = decays.data() + m * K;
         if (per_channel) {
-          token.a = ap + row * K;
-        } else {
-          if (ap != nullptr) std::fill(repeated.begin() + m * K, repeated.begin() + (m + 1) * K, ap[row]);
-          token.a = repeated.data() + m * K;
+          decays_into(a, gp + row * K, K, lo);
+        } else if (gp != nullptr) {
+          std::fill(a, a + K, decay(gp[row], lo));
         }
+        token.a = a;
         token.bonus_dot = 0.f;
         if (up != nullptr)
           for (int64_t i = 0; i < K; ++i) token.bonus_dot += token.q[i] * up[h * K + i] * token.k[i];
@@ -385,64 +434,21 @@ std::vector<Tensor> delta_scan(const Tensor& q_in, const Tensor& k_in, const Ten
                                const c10::optional<Tensor>& initial_state, double floor) {
   Pass p = prepare(q_in, k_in, v_in, initial_state);
   const Tensor beta = beta_in.to(torch::kFloat).contiguous();
-  const Tensor a = log_decay.has_value() ? decays(*log_decay, floor) : Tensor();
-  const float *bp = beta.data_ptr<float>(), *ap = a.defined() ? a.data_ptr<float>() : nullptr;
+  const Tensor g = log_decay.has_value() ? log_decay->to(torch::kFloat).contiguous() : Tensor();
+  const float *bp = beta.data_ptr<float>(), *gp = g.defined() ? g.data_ptr<float>() : nullptr;
   float* op = p.o.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
+  const float sc = static_cast<float>(scale), lo = static_cast<float>(floor);
   const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
   for_each_head(p, [&](int64_t b, int64_t h, float* state) {
     for (int64_t t = 0; t < T; ++t) {
       const int64_t row = (b * T + t) * H + h;
-      delta_token(state, p.qs.at(b, t, h), p.ks.at(b, t, h), p.vs.at(b, t, h), ap != nullptr ? ap[row] : 1.f,
+      delta_token(state, p.qs.at(b, t, h), p.ks.at(b, t, h), p.vs.at(b, t, h), gp != nullptr ? decay(gp[row], lo) : 1.f,
                   bp[row], sc, op + row * V, K, V);
     }
   });
   return {p.o, p.S};
 }
 
-namespace {
-typedef int32_t vec8i __attribute__((vector_size(32)));
-
-inline vec8 clamp8(vec8 x, float lo, float hi) {
-  x = x < splat(lo) ? splat(lo) : x;
-  return x > splat(hi) ? splat(hi) : x;
-}
-
-// exp(x), eight at a time (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, 2^n in the
-// exponent bits); inputs clamped to [-87.3, 88.3], so results stay normal and finite. Accuracy: the float64 checks in
-// tests/test_kernels_ddlerp.py.
-inline vec8 exp8(vec8 x) {
-  x = clamp8(x, -87.3f, 88.3f);
-  const vec8 magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-  const vec8 n = (x * splat(1.44269504088896341f) + magic) - magic;
-  const vec8 r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  vec8 p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.f);
-  const vec8i bits = (__builtin_convertvector(n, vec8i) + 127) << 23;
-  vec8 two_to_n;
-  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
-  return p * two_to_n;
-}
-
-// tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}), eight at a time (an absolute error, not a relative one, near 0)
-inline vec8 tanh8(vec8 x) {
-  const vec8 e = exp8(splat(-2.f) * (x < splat(0.f) ? -x : x));
-  const vec8 y = (splat(1.f) - e) / (splat(1.f) + e);
-  return x < splat(0.f) ? -y : y;
-}
-
-template <typename Vector, typename Scalar>
-void map_inplace(float* x, int64_t n, Vector vector, Scalar scalar) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) store8(x + i, vector(load8(x + i)));
-  for (; i < n; ++i) x[i] = scalar(x[i]);
-}
-}  // namespace
 
 namespace {
 void add_product(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, int64_t n) {
