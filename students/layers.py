@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import native
+from kernels.head_norm import head_norm
 
 
 class ShortConv(nn.Module):
@@ -296,8 +297,7 @@ class HeadRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(head_dim))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps)  # fused: the written-out form's values
-        return x if gate is None else x.mul_(F.silu(gate.float()))
+        return head_norm(x, self.weight, None, gate, kind="rms", activation="silu", eps=self.eps)
 
 
 class HeadLayerNorm(nn.Module):
@@ -307,11 +307,10 @@ class HeadLayerNorm(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.norm  # fp32 statistics and affine whatever the model's dtype (bf16 weights too)
-        weight = None if norm.weight is None else norm.weight.float()
-        bias = None if norm.bias is None else norm.bias.float()
-        return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
+        """fp32 statistics and affine whatever the model's dtype (bf16 weights too); times activation(gate) if given."""
+        norm = self.norm
+        return head_norm(x, norm.weight, norm.bias, gate, kind="layer", activation=activation, eps=norm.eps)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

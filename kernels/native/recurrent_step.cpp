@@ -172,6 +172,8 @@ Tensor short_conv(const Tensor& x, const Tensor& weight, const c10::optional<Ten
 std::vector<Tensor> ddlerp(const Tensor& x, const c10::optional<Tensor>& previous, const Tensor& maa_x,
                            const Tensor& w1, const Tensor& maa, const Tensor& w2, const Tensor& time_decay,
                            const Tensor& decay_w1, const Tensor& decay_w2);
+Tensor head_norm(const Tensor& x, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                 const c10::optional<Tensor>& gate, bool rms, int64_t activation, double eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
@@ -182,4 +184,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("short_conv", &short_conv, "a prompt through the short causal convolution (+ SiLU, + L2-normalised groups), fp32");
   m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
   m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
+  m.def("head_norm", &head_norm, "a mixer's per-head RMS or layer norm, affine and activated gate in one pass, fp32");
 }

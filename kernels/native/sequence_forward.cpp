@@ -578,3 +578,91 @@ std::vector<Tensor> ddlerp(const Tensor& x_in, const c10::optional<Tensor>& prev
   });
   return {streams, log_decay};
 }
+
+namespace {
+inline float horizontal_sum(vec8 v) {
+  float sum = 0.f;
+  for (int i = 0; i < 8; ++i) sum += v[i];
+  return sum;
+}
+
+// The gate's activation on n values in place: 0 none (the gate as it is), 1 silu g / (1 + e^-g), 2 sigmoid.
+void activate(float* g, int64_t n, int64_t activation) {
+  if (activation == 1) {
+    map_inplace(g, n, [](vec8 x) { return x / (splat(1.f) + exp8(-x)); },
+                [](float x) { return x / (1.f + std::exp(-x)); });
+  } else if (activation == 2) {
+    map_inplace(g, n, [](vec8 x) { return splat(1.f) / (splat(1.f) + exp8(-x)); },
+                [](float x) { return 1.f / (1.f + std::exp(-x)); });
+  }
+}
+}  // namespace
+
+// A mixer's read-out norm over a prompt, per head: y = n(x) w (+ b), times act(gate) where a gate is given, n RMS
+// (x / sqrt(mean x^2 + eps)) or layer ((x - mean) / sqrt(var + eps)), act none / silu / sigmoid (0 / 1 / 2): one
+// pass over each row in cache (the torch form takes a pass for the norm, one for the activation, one for the product,
+// each into fresh memory). x, gate (B, T, H, D) with channels contiguous, any other strides; weight, bias (D) optional.
+// Returns y (B, T, H, D) fp32, contiguous.
+Tensor head_norm(const Tensor& x_in, const c10::optional<Tensor>& weight_in, const c10::optional<Tensor>& bias_in,
+                 const c10::optional<Tensor>& gate_in, bool rms, int64_t activation, double eps) {
+  const Tensor x = channels_contiguous(x_in);
+  const Tensor gate = gate_in.has_value() ? channels_contiguous(*gate_in) : Tensor();
+  const auto vector = [](const c10::optional<Tensor>& t) { return t.has_value() ? t->to(torch::kFloat).contiguous()
+                                                                                  : Tensor(); };
+  const Tensor weight = vector(weight_in), bias = vector(bias_in);
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  TORCH_CHECK(!gate.defined() || gate.sizes() == x.sizes(), "head_norm: gate must have x's shape");
+  TORCH_CHECK((!weight.defined() || weight.numel() == D) && (!bias.defined() || bias.numel() == D),
+              "head_norm: weight and bias must have one value per channel");
+  Tensor y = torch::empty({B, T, H, D}, x.options().dtype(torch::kFloat));
+  const Strided xs = strided(x), gs = gate.defined() ? strided(gate) : Strided{nullptr, 0, 0, 0};
+  const float *wp = weight.defined() ? weight.data_ptr<float>() : nullptr;
+  const float *bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const float epsilon = static_cast<float>(eps), inv_d = 1.f / static_cast<float>(D);
+  at::parallel_for(0, B * T, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / T, t = row % T;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* in = xs.at(b, t, h);
+        float* out = yp + (row * H + h) * D;
+        float mean = 0.f;
+        if (!rms) {  // two passes over the row in cache: the mean, then the squared deviations
+          vec8 s = {};
+          int64_t i = 0;
+          for (; i + 8 <= D; i += 8) s += load8(in + i);
+          mean = horizontal_sum(s);
+          for (; i < D; ++i) mean += in[i];
+          mean *= inv_d;
+        }
+        vec8 s = {};
+        int64_t i = 0;
+        for (; i + 8 <= D; i += 8) {
+          const vec8 c = load8(in + i) - splat(mean);
+          s += c * c;
+        }
+        float squares = horizontal_sum(s);
+        for (; i < D; ++i) squares += (in[i] - mean) * (in[i] - mean);
+        const float inv_rms = 1.f / std::sqrt(squares * inv_d + epsilon);
+        if (gate.defined()) {
+          std::memcpy(out, gs.at(b, t, h), D * sizeof(float));
+          activate(out, D, activation);
+        }
+        i = 0;
+        for (; i + 8 <= D; i += 8) {
+          vec8 v = (load8(in + i) - splat(mean)) * splat(inv_rms);
+          if (wp != nullptr) v *= load8(wp + i);
+          if (bp != nullptr) v += load8(bp + i);
+          store8(out + i, gate.defined() ? v * load8(out + i) : v);
+        }
+        for (; i < D; ++i) {
+          float v = (in[i] - mean) * inv_rms;
+          if (wp != nullptr) v *= wp[i];
+          if (bp != nullptr) v += bp[i];
+          out[i] = gate.defined() ? v * out[i] : v;
+        }
+      }
+    }
+  });
+  return y;
+}

@@ -44,5 +44,6 @@ class MetaLAMixer(RecurrentMixer):
 
     def readout(self, core, f, x):
         augment = (f.q.float() * self.aug_balance * f.k).sum(-1, keepdim=True)  # (B, T, H, 1)
-        o = self.norm(core + torch.sigmoid(augment * f.v.float()))
-        return self.o_proj((F.silu(f.context["g"].float()) * merge_heads(o)).to(x.dtype))
+        gated = self.norm(core + torch.sigmoid(augment * f.v.float()), split_heads(f.context["g"], self.num_heads),
+                          activation="silu")
+        return self.o_proj(merge_heads(gated).to(x.dtype))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from students.base import Features, MixerConfig, RecurrentMixer
 from students.layers import HeadLayerNorm, Rotary, merge_heads, split_heads
@@ -43,5 +42,5 @@ class RetNetMixer(RecurrentMixer):
         return self._log_gamma[1]
 
     def readout(self, core, f, x):
-        gated = F.silu(f.context["g"].float()) * merge_heads(self.group_norm(core))
-        return self.o_proj(gated.to(x.dtype))
+        gated = self.group_norm(core, split_heads(f.context["g"], self.num_heads), activation="silu")
+        return self.o_proj(merge_heads(gated).to(x.dtype))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from kernels.ddlerp import ddlerp
 from students.base import Features, MixerConfig, RecurrentMixer
@@ -58,7 +57,8 @@ class RWKV6Mixer(RecurrentMixer):
         k, v, r, g = batched_linear(streams, [self.k_proj, self.v_proj, self.r_proj, self.g_proj])
         return Features(q=split_heads(r, H), k=split_heads(k, H), v=split_heads(v, H),
                         log_decay=split_heads(log_decay.float(), H), bonus=self.bonus, scale=1.0,
-                        context={"g": F.silu(g)}, carry={"shift": x[:, -1:]})
+                        context={"g": split_heads(g, H)}, carry={"shift": x[:, -1:]})
 
     def readout(self, core, f, x):
-        return self.o_proj((merge_heads(self.group_norm(core)) * f.context["g"].float()).to(x.dtype))
+        gated = self.group_norm(core, f.context["g"], activation="silu")
+        return self.o_proj(merge_heads(gated).to(x.dtype))

@@ -109,5 +109,5 @@ class MLSTMMixer(RecurrentMixer):
         return {**terms, "row_scale": 1.0 / self.matrix_row_sums(terms).abs().clamp(min=1.0)}
 
     def readout(self, core, f, x):
-        gated = torch.sigmoid(f.context["o"].float()) * merge_heads(self.norm(core))
-        return self.o_proj(gated.to(x.dtype))
+        gated = self.norm(core, split_heads(f.context["o"], self.num_heads), activation="sigmoid")
+        return self.o_proj(merge_heads(gated).to(x.dtype))
