@@ -100,6 +100,17 @@ def test_the_torch_forms_gradients_match_float64(kind, activation):
 
 
 @needs_build
+def test_bf16_inputs_are_read_as_fp32():
+    """A model cast to bf16: the pass reads its inputs exactly (bf16 -> fp32) and returns fp32, as the torch form."""
+    x, weight, bias, gate = (t.bfloat16() for t in _inputs(2, 17, 3, 19, "layer"))
+    with torch.no_grad():
+        y = head_norm(x, weight, bias, gate, kind="layer", activation="silu", backend="native")
+        fp32 = head_norm(x.float(), weight.float(), bias.float(), gate.float(), kind="layer", activation="silu",
+                         backend="native")
+    assert y.dtype == torch.float32 and torch.equal(y, fp32)
+
+
+@needs_build
 @pytest.mark.parametrize("case", ["no_grad", "grad", "autocast", "3d"])
 def test_which_inputs_take_the_compiled_pass(monkeypatch, case):
     compiled, looked_up = native.module(), []
