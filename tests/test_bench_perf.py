@@ -12,7 +12,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import students
-from bench.perf import distill_loss_bench, mixer_loss_bench, throughput
+from bench.perf import distill_loss_bench, fused_ops_bench, mixer_loss_bench, throughput
 from bench.perf import kernel_bench as bench_kernels
 from kernels import native
 from kernels.linear_recurrence import BACKENDS, linear_recurrence_chunk
@@ -399,6 +399,19 @@ def test_loss_suites_agree_with_the_materialised_losses():
     assert {r["backend"] for r in distill} == {"naive", "chunk"} and all(r["correct"] for r in distill)
     assert {r["backend"] for r in mixer} == {"naive", "tiled"} and all(r["correct"] for r in mixer)
     assert all(r["peak_mib"] is not None and r["fwdbwd_s"] > 0 for r in distill + mixer)
+
+
+@pytest.mark.skipif(native.module() is None, reason="the C++ kernels cannot be built here")
+def test_fused_ops_suite_checks_then_times_every_operator(monkeypatch):
+    rows = fused_ops_bench.run("cpu", quick=True)
+    assert {r["op"] for r in rows} == set(fused_ops_bench._operators(8)) and {r["T"] for r in rows} == {40, 70}
+    assert all(r["correct"] and r["speedup"] > 0 and len(r["native_times_s"]) == 2 for r in rows)
+    # an operator whose compiled output differs from its torch form's is reported as such, with no ratio
+    wrong = {"off by 1e-3": lambda: torch.ones(3) * (1 + 1e-3 * (native.module() is not None))}
+    monkeypatch.setattr(fused_ops_bench, "_operators", lambda T: wrong)
+    monkeypatch.setattr(fused_ops_bench, "QUICK", {"lengths": (5,), "repeats": 1})
+    (row,) = fused_ops_bench.run("cpu", quick=True)
+    assert not row["correct"] and row["speedup"] is None and row["max_abs_diff"] > 5e-4
 
 
 def _base_checkout(tmp_path, name: str, appended: str):

@@ -81,13 +81,16 @@ def in_fresh_process(fn: Callable, *args):
         return pool.apply(fn, args)
 
 
-def loss_suite_main(argv, description: str, run: Callable[[str, bool], list[dict]]) -> int:
-    """The shared CLI of the loss benchmarks: --device, --quick, --json; exit 1 if a row is incorrect."""
+def loss_suite_main(argv, description: str, run: Callable[[str, bool], list[dict]],
+                    devices: tuple[str, ...] = ("cpu", "cuda")) -> int:
+    """The shared CLI of the suite benchmarks (losses, fused operators): --device (one of `devices`), --quick,
+    --json; exit 1 if a row is incorrect."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() and "cuda" in devices else "cpu",
+                        choices=devices)
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (seconds), for smoke tests")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
