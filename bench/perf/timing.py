@@ -104,5 +104,6 @@ def loss_suite_main(argv, description: str, run: Callable[[str, bool], list[dict
     if args.json:
         from bench.files import atomic_write_json
         from bench.provenance import machine
-        atomic_write_json(args.json, {"machine": machine(), "rows": rows})
+        atomic_write_json(args.json, {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "rows": rows})
     return 0 if all(r["correct"] for r in rows) else 1
