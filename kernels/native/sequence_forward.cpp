@@ -7,7 +7,8 @@
 //   2406.06484, section 3) taken sequentially over chunks, each chunk's products on cache-resident blocks, with
 //   exact pairwise decay ratios exp(b_t - b_s) <= 1 (no midpoint factoring, no chunk halving): for larger states.
 // Decays below exp(floor) are dropped (0) as in kernels.chunking.DENORMALS: no denormal enters a product.
-// And the short causal convolution over a prompt (short_conv), one pass for all taps.
+// And three smaller operators over a prompt, each row finished while in cache: the short causal convolution
+// (short_conv, all taps in one pass), RWKV-6's token shift and decay (ddlerp) and a mixer's read-out norm (head_norm).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -43,7 +44,7 @@ inline vec8 clamp8(vec8 x, float lo, float hi) {
 
 // exp(x), eight at a time (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, 2^n in the
 // exponent bits); inputs clamped to [-87.3, 88.3], so results stay normal and finite. Accuracy: the float64 checks in
-// tests/test_kernels_ddlerp.py.
+// tests/test_kernels_ddlerp.py, test_kernels_head_norm.py and test_kernels_native_sequence.py.
 inline vec8 exp8(vec8 x) {
   x = clamp8(x, -87.3f, 88.3f);
   const vec8 magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
