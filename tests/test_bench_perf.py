@@ -414,6 +414,17 @@ def test_fused_ops_suite_checks_then_times_every_operator(monkeypatch):
     assert not row["correct"] and row["speedup"] is None and row["max_abs_diff"] > 5e-4
 
 
+def test_kernel_bench_runs_the_fused_ops_suite_on_cpu_only(tmp_path, capsys):
+    assert bench_kernels.main(["--suite", "fused_ops", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --suite fused_ops times compiled CPU passes")
+    if native.module() is None:
+        return
+    out = tmp_path / "fused.json"
+    assert bench_kernels.main(["--suite", "fused_ops", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["fused_ops"]
+    assert {r["op"] for r in rows} == set(fused_ops_bench._operators(8)) and all(r["correct"] for r in rows)
+
+
 def _base_checkout(tmp_path, name: str, appended: str):
     """A copy of this tree's kernels whose linear-recurrence chunk form is replaced by `appended` code."""
     import shutil

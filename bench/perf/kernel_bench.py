@@ -1,6 +1,7 @@
 """Kernel benchmark: every backend of the recurrences side by side in one run, plus the fused losses.
 
-    python -m bench.perf.kernel_bench [--suite recurrence|distill_loss|mixer_loss|all] [--lengths 512,2048,8192]
+    python -m bench.perf.kernel_bench [--suite recurrence|distill_loss|mixer_loss|fused_ops|all]
+                            [--lengths 512,2048,8192]
                             [--batch 1] [--heads 4] [--dim 64] [--dtype fp32|bf16] [--backends ...] [--json FILE]
 
 Recurrences: forward and forward+backward time of each backend (CPU default: naive, chunk, native; CUDA default:
@@ -12,8 +13,8 @@ the delta rule adds its k kᵀ, triangular solve and K×K transitions; backward 
 Before any timing each backend is checked against the fp32 loop on the same configuration (at most
 CHECK_LENGTH tokens, fp32, outputs and all gradients); a speed-up is only printed for a backend that
 passes. `native` (compiled, forward only) is checked forward without a gradient to record, where it runs; with
-one it runs `chunk`, so its forward+backward column is chunk's. The loss suites live in
-`bench.perf.distill_loss_bench` and `bench.perf.mixer_loss_bench`.
+one it runs `chunk`, so its forward+backward column is chunk's. The other suites live in
+`bench.perf.distill_loss_bench`, `bench.perf.mixer_loss_bench` and `bench.perf.fused_ops_bench` (CPU only).
 """
 from __future__ import annotations
 
@@ -199,7 +200,8 @@ def _print_row(r: dict, peak: float) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="recurrence", choices=["recurrence", "distill_loss", "mixer_loss", "all"])
+    parser.add_argument("--suite", default="recurrence",
+                        choices=["recurrence", "distill_loss", "mixer_loss", "fused_ops", "all"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lengths", default="512,2048,8192")
     parser.add_argument("--batch", type=int, default=1)
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
                         help="comma list; default naive,chunk,native on CPU, chunk,triton,fla on CUDA")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per non-naive backend (median)")
     parser.add_argument("--cases", default=CASES, help=f"op:decay,... with decay {'|'.join(DECAYS)}")
-    parser.add_argument("--quick", action="store_true", help="loss suites: tiny shapes")
+    parser.add_argument("--quick", action="store_true", help="loss and fused-operator suites: tiny shapes")
     parser.add_argument("--json", help="also write the rows (with the machine header) to this file")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -224,6 +226,9 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         print("error: --lengths must be positive integers like 512,2048 and --cases like op:decay,...", file=sys.stderr)
+        return 2
+    if args.suite == "fused_ops" and args.device != "cpu":
+        print("error: --suite fused_ops times compiled CPU passes; use --device cpu", file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
@@ -255,6 +260,10 @@ def main(argv=None) -> int:
     if args.suite in ("mixer_loss", "all"):
         from bench.perf import mixer_loss_bench
         result["mixer_loss"] = mixer_loss_bench.run(args.device, quick=args.quick)
+        _write(args.json, result)
+    if args.suite == "fused_ops" or (args.suite == "all" and args.device == "cpu"):
+        from bench.perf import fused_ops_bench
+        result["fused_ops"] = fused_ops_bench.run(args.device, quick=args.quick)
         _write(args.json, result)
     return 0
 
