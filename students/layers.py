@@ -307,10 +307,13 @@ class HeadLayerNorm(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
-        """fp32 statistics and affine whatever the model's dtype (bf16 weights too); times activation(gate) if given."""
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None, activation: str = "none",
+                augment: tuple | None = None) -> torch.Tensor:
+        """fp32 statistics and affine whatever the model's dtype (bf16 weights too); times activation(gate) if given;
+        `augment`: MetaLA's self-augmentation added before the norm (`kernels.head_norm`)."""
         norm = self.norm
-        return head_norm(x, norm.weight, norm.bias, gate, kind="layer", activation=activation, eps=norm.eps)
+        return head_norm(x, norm.weight, norm.bias, gate, kind="layer", activation=activation, eps=norm.eps,
+                         augment=augment)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -13,9 +13,12 @@ needs_build = pytest.mark.skipif(native.module() is None, reason="the C++ kernel
 ACTIVATIONS = {"none": lambda g: g, "silu": lambda g: g * torch.sigmoid(g), "sigmoid": torch.sigmoid}
 
 
-def _formula(x, weight, bias, gate, kind, activation, eps):
-    """The definition in float64: n(x) w + b times act(gate)."""
+def _formula(x, weight, bias, gate, kind, activation, eps, augment=None):
+    """The definition in float64: n(x) w + b times act(gate), x + σ(v ⊙ Σ q w k) in x's place with `augment`."""
     x = x.double()
+    if augment is not None:
+        q, k, v, w = (t.double() for t in augment)
+        x = x + torch.sigmoid((q * w * k).sum(-1, keepdim=True) * v)
     mean = 0 if kind == "rms" else x.mean(-1, keepdim=True)
     y = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
     y = y * (1 if weight is None else weight.double()) + (0 if bias is None else bias.double())
@@ -54,6 +57,45 @@ def test_the_compiled_pass_matches_the_formula(shape, kind, activation):
         torch.testing.assert_close(y.double(), exact, rtol=2e-5, atol=2e-5)
         # no less exact than the torch form in fp32 (within rounding of the error itself)
         assert (y.double() - exact).abs().max() <= 4 * (fp32.double() - exact).abs().max() + 1e-6
+
+
+def _augment(x, seed=1, strided=False):
+    """MetaLA's (q, k, v, w) for x: k = 1 − α in (0, 1), q and v a split of a wider projection when strided."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, H, D = x.shape
+    q, v = (torch.randn(B, T, 2 * H, D, generator=g)[:, :, :H] if strided else torch.randn(x.shape, generator=g)
+            for _ in range(2))
+    return q, torch.rand(x.shape, generator=g), v * 3, torch.randn(H, D, generator=g)
+
+
+@needs_build
+@pytest.mark.parametrize("shape", [(1, 1, 4, 64), (2, 37, 3, 19), (1, 50, 4, 64), (2, 9, 2, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_the_self_augmentation_matches_the_formula(shape):
+    for strided in (False, True):
+        x, weight, bias, gate = _inputs(*shape, "layer", strided=strided)
+        augment = _augment(x, strided=strided)
+        with torch.no_grad():
+            y = head_norm(x, weight, bias, gate, kind="layer", activation="silu", augment=augment, backend="native")
+            fp32 = head_norm(x, weight, bias, gate, kind="layer", activation="silu", augment=augment, backend="torch")
+        exact = _formula(x, weight, bias, gate, "layer", "silu", 1e-5, augment)
+        torch.testing.assert_close(y.double(), exact, rtol=2e-5, atol=2e-5)
+        # no less exact than the torch form, within a few fp32 ulps of the largest output (v × 3 makes them ~20)
+        ulps = 4 * torch.finfo(torch.float32).eps * exact.abs().max()
+        assert (y.double() - exact).abs().max() <= 4 * (fp32.double() - exact).abs().max() + ulps
+
+
+def test_the_self_augmentations_gradients_match_float64():
+    x, weight, bias, gate = _inputs(2, 11, 3, 19, "layer")
+    q, k, v, w = _augment(x)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, gate, q, k, v, w)]
+    y = head_norm(x, weight, bias, gate, kind="layer", activation="silu", augment=(q, k, v, w))
+    probe = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((y * probe).sum(), leaves)
+    double = [t.detach().double().requires_grad_() for t in leaves]
+    exact = _formula(*double[:4], "layer", "silu", 1e-5, tuple(double[4:]))
+    for grad, reference in zip(grads, torch.autograd.grad((exact * probe.double()).sum(), double)):
+        torch.testing.assert_close(grad.double(), reference, rtol=1e-4, atol=1e-4)
 
 
 @needs_build
@@ -141,6 +183,10 @@ def test_which_inputs_take_the_compiled_pass(monkeypatch, case):
     (dict(weight=torch.ones(7)), r"weight must be \(8,\)"),
     (dict(kind="layer", bias=torch.ones(2, 4)), r"bias must be \(8,\)"),
     (dict(gate=torch.ones(1, 5, 2, 7)), "gate must have x's shape"),
+    (dict(augment=(torch.ones(1, 5, 2, 8),) * 3), r"augment must be \(q, k, v, w\)"),
+    (dict(augment=(torch.ones(1, 5, 2, 8),) * 3 + (torch.ones(8),)), "augment's q, k, v must have x's shape"),
+    (dict(augment=(torch.ones(1, 5, 2, 8), torch.ones(1, 5, 2, 7), torch.ones(1, 5, 2, 8), torch.ones(2, 8))),
+     "augment's q, k, v must have x's shape"),
 ])
 def test_bad_arguments_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):

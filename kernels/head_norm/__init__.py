@@ -2,7 +2,9 @@
 Gated DeltaNet's fused norm-gate, RetNet's and RWKV-6's group norm, xLSTM's multi-head layer norm).
 
 y = n(x) ⊙ w (+ b) ⊙ act(g) over each head's channels, n(x) = x / sqrt(mean x² + ε) ("rms") or
-(x − mean x) / sqrt(var x + ε) ("layer"), act none, silu or sigmoid; fp32 whatever the inputs' dtype.
+(x − mean x) / sqrt(var x + ε) ("layer"), act none, silu or sigmoid; fp32 whatever the inputs' dtype. With
+`augment` = (q, k, v, w), MetaLA's self-augmentation (Chou et al. 2024, "MetaLA", §4: the read-out's augmented
+term), x + σ(v ⊙ Σ_c q_c w_c k_c) per head is normalised in x's place.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ BACKENDS = {"torch": head_norm_torch, "native": head_norm_native}
 KINDS = ("rms", "layer")
 
 
-def head_norm(x, weight=None, bias=None, gate=None, *, kind="rms", activation="silu", eps=1e-5, backend="auto"):
-    """x (..., D), normalised over its last dimension; weight, bias (D,) or None (rms takes no bias); gate x's shape
-    or None; activation the gate's (none, silu, sigmoid). Returns fp32 of x's shape."""
+def head_norm(x, weight=None, bias=None, gate=None, *, kind="rms", activation="silu", eps=1e-5, augment=None,
+              backend="auto"):
+    """x (..., H, D), normalised over its last dimension; weight, bias (D,) or None (rms takes no bias); gate x's
+    shape or None; activation the gate's (none, silu, sigmoid); augment (q, k, v of x's shape, w (H, D)) or None.
+    Returns fp32 of x's shape."""
     if kind not in KINDS:
         raise ValueError(f"head_norm: kind must be one of {KINDS}, got {kind!r}")
     if activation not in ACTIVATIONS:
@@ -29,5 +33,12 @@ def head_norm(x, weight=None, bias=None, gate=None, *, kind="rms", activation="s
             raise ValueError(f"head_norm: {name} must be ({D},) for x {tuple(x.shape)}, got {tuple(tensor.shape)}")
     if gate is not None and gate.shape != x.shape:
         raise ValueError(f"head_norm: gate must have x's shape {tuple(x.shape)}, got {tuple(gate.shape)}")
+    if augment is not None:
+        if len(augment) != 4:
+            raise ValueError("head_norm: augment must be (q, k, v, w)")
+        q, k, v, w = augment
+        if any(t.shape != x.shape for t in (q, k, v)) or tuple(w.shape) != tuple(x.shape[-2:]):
+            raise ValueError(f"head_norm: augment's q, k, v must have x's shape {tuple(x.shape)} and w "
+                             f"{tuple(x.shape[-2:])}, got {[tuple(t.shape) for t in augment]}")
     fn = pick_backend(backend, BACKENDS, x.device, "head_norm")
-    return fn(x, weight, bias, gate, kind, activation, eps)
+    return fn(x, weight, bias, gate, kind, activation, eps, augment)

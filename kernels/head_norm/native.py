@@ -12,8 +12,9 @@ from kernels.head_norm.torch_form import head_norm_torch
 ACTIVATION_CODES = {"none": 0, "silu": 1, "sigmoid": 2}
 
 
-def head_norm_native(x, weight=None, bias=None, gate=None, kind="rms", activation="silu", eps=1e-5):
-    compiled = native.without_autograd(x, weight, bias, gate)
+def head_norm_native(x, weight=None, bias=None, gate=None, kind="rms", activation="silu", eps=1e-5, augment=None):
+    compiled = native.without_autograd(x, weight, bias, gate, *(augment or ()))
     if compiled is None or torch.is_autocast_enabled("cpu") or x.dim() != 4:
-        return head_norm_torch(x, weight, bias, gate, kind, activation, eps)
-    return compiled.head_norm(x, weight, bias, gate, kind == "rms", ACTIVATION_CODES[activation], eps)
+        return head_norm_torch(x, weight, bias, gate, kind, activation, eps, augment)
+    return compiled.head_norm(x, weight, bias, gate, kind == "rms", ACTIVATION_CODES[activation], eps,
+                              list(augment or ()))

@@ -8,8 +8,11 @@ import torch.nn.functional as F
 ACTIVATIONS = {"none": lambda g: g, "silu": F.silu, "sigmoid": torch.sigmoid}
 
 
-def head_norm_torch(x, weight=None, bias=None, gate=None, kind="rms", activation="silu", eps=1e-5):
+def head_norm_torch(x, weight=None, bias=None, gate=None, kind="rms", activation="silu", eps=1e-5, augment=None):
     x = x.float()
+    if augment is not None:
+        q, k, v, w = augment
+        x = x + torch.sigmoid((q.float() * w * k).sum(-1, keepdim=True) * v.float())
     weight = None if weight is None else weight.float()
     if kind == "rms":
         y = F.rms_norm(x, x.shape[-1:], weight, eps)

@@ -173,7 +173,8 @@ std::vector<Tensor> ddlerp(const Tensor& x, const c10::optional<Tensor>& previou
                            const Tensor& w1, const Tensor& maa, const Tensor& w2, const Tensor& time_decay,
                            const Tensor& decay_w1, const Tensor& decay_w2);
 Tensor head_norm(const Tensor& x, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
-                 const c10::optional<Tensor>& gate, bool rms, int64_t activation, double eps);
+                 const c10::optional<Tensor>& gate, bool rms, int64_t activation, double eps,
+                 const std::vector<Tensor>& augment);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");

@@ -602,11 +602,23 @@ void activate(float* g, int64_t n, int64_t activation) {
 // A mixer's read-out norm over a prompt, per head: y = n(x) w (+ b), times act(gate) where a gate is given, n RMS
 // (x / sqrt(mean x^2 + eps)) or layer ((x - mean) / sqrt(var + eps)), act none / silu / sigmoid (0 / 1 / 2): one
 // pass over each row in cache (the torch form takes a pass for the norm, one for the activation, one for the product,
-// each into fresh memory). x, gate (B, T, H, D) with channels contiguous, any other strides; weight, bias (D) optional.
+// each into fresh memory). x, gate (B, T, H, D) with channels contiguous, any other strides; weight, bias (D) optional;
+// augment empty or (q, k, v (B, T, H, D), w (H, D)): MetaLA's x + sigmoid(v (q . (w k))) is normalised in x's place.
 // Returns y (B, T, H, D) fp32, contiguous.
 Tensor head_norm(const Tensor& x_in, const c10::optional<Tensor>& weight_in, const c10::optional<Tensor>& bias_in,
-                 const c10::optional<Tensor>& gate_in, bool rms, int64_t activation, double eps) {
+                 const c10::optional<Tensor>& gate_in, bool rms, int64_t activation, double eps,
+                 const std::vector<Tensor>& augment_in) {
   const Tensor x = channels_contiguous(x_in);
+  // MetaLA's self-augmentation, when given (q, k, v as x, w (H, D)): x + sigmoid(v (q . (w k))) is normalised
+  TORCH_CHECK(augment_in.empty() || augment_in.size() == 4, "head_norm: augment is (q, k, v, w) or empty");
+  const bool augmented = !augment_in.empty();
+  const Tensor aq = augmented ? channels_contiguous(augment_in[0]) : Tensor();
+  const Tensor ak = augmented ? channels_contiguous(augment_in[1]) : Tensor();
+  const Tensor av = augmented ? channels_contiguous(augment_in[2]) : Tensor();
+  const Tensor aw = augmented ? augment_in[3].to(torch::kFloat).contiguous() : Tensor();
+  TORCH_CHECK(!augmented || (aq.sizes() == x.sizes() && ak.sizes() == x.sizes() && av.sizes() == x.sizes() &&
+                             aw.numel() == x.size(2) * x.size(3)),
+              "head_norm: the augmentation's q, k, v must have x's shape and w one value per head and channel");
   const Tensor gate = gate_in.has_value() ? channels_contiguous(*gate_in) : Tensor();
   const auto vector = [](const c10::optional<Tensor>& t) { return t.has_value() ? t->to(torch::kFloat).contiguous()
                                                                                   : Tensor(); };
@@ -621,12 +633,28 @@ Tensor head_norm(const Tensor& x_in, const c10::optional<Tensor>& weight_in, con
   const float *bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const float epsilon = static_cast<float>(eps), inv_d = 1.f / static_cast<float>(D);
+  const Strided qs = augmented ? strided(aq) : xs, ks = augmented ? strided(ak) : xs, vs = augmented ? strided(av) : xs;
+  const float* awp = augmented ? aw.data_ptr<float>() : nullptr;
   at::parallel_for(0, B * T, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> augmented_row(augmented ? D : 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / T, t = row % T;
       for (int64_t h = 0; h < H; ++h) {
         const float* in = xs.at(b, t, h);
         float* out = yp + (row * H + h) * D;
+        if (augmented) {
+          const float *q = qs.at(b, t, h), *k = ks.at(b, t, h), *v = vs.at(b, t, h), *w = awp + h * D;
+          vec8 acc = {};
+          int64_t i = 0;
+          for (; i + 8 <= D; i += 8) acc += load8(q + i) * load8(w + i) * load8(k + i);
+          float dot = horizontal_sum(acc);
+          for (; i < D; ++i) dot += q[i] * w[i] * k[i];
+          float* a = augmented_row.data();
+          for (i = 0; i + 8 <= D; i += 8)
+            store8(a + i, load8(in + i) + splat(1.f) / (splat(1.f) + exp8(-(load8(v + i) * splat(dot)))));
+          for (; i < D; ++i) a[i] = in[i] + 1.f / (1.f + std::exp(-(v[i] * dot)));
+          in = a;
+        }
         float mean = 0.f;
         if (!rms) {  // two passes over the row in cache: the mean, then the squared deviations
           vec8 s = {};

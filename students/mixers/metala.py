@@ -43,7 +43,7 @@ class MetaLAMixer(RecurrentMixer):
                         carry={"conv": conv_cache}, window_k=decay_in)
 
     def readout(self, core, f, x):
-        augment = (f.q.float() * self.aug_balance * f.k).sum(-1, keepdim=True)  # (B, T, H, 1)
-        gated = self.norm(core + torch.sigmoid(augment * f.v.float()), split_heads(f.context["g"], self.num_heads),
-                          activation="silu")
+        # core + σ(v ⊙ q·(w_aug ⊙ (1 − α))) normalised, then the SiLU gate: one compiled pass at inference
+        gated = self.norm(core, split_heads(f.context["g"], self.num_heads), activation="silu",
+                          augment=(f.q, f.k, f.v, self.aug_balance))
         return self.o_proj(merge_heads(gated).to(x.dtype))
