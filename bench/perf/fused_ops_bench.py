@@ -4,11 +4,12 @@
 
 One row per operator and length (batch 1, the embedded teacher's shapes: width 256, 4 heads of 64): RWKV-6's token
 shift and decay (`kernels.ddlerp`, ranks 32 / 64), the read-out norm with its gate (`kernels.head_norm`: rms + SiLU
-on a strided gate as gated_deltanet's, layer + SiLU, layer + sigmoid) and the short convolution over the stacked
-q, k, v channels (`students.layers.short_conv`, 768 channels, 4 taps, SiLU; and with gated_deltanet's q/k
-normalisation). Without a gradient to record, each runs its torch form (inside `kernels.native.disabled()`) and its
-compiled pass, the two taking turns (`time_round_robin`); the compiled output must agree with the torch form's
-within 1e-5 of its largest value (else FAIL and no ratio). CPU only: on CUDA these calls run the torch forms.
+on a strided gate as gated_deltanet's, layer + SiLU, layer + sigmoid, and MetaLA's with its self-augmentation) and
+the short convolution over the stacked q, k, v channels (`students.layers.short_conv`, 768 channels, 4 taps, SiLU;
+and with gated_deltanet's q/k normalisation). Without a gradient to record, each runs its torch form (inside
+`kernels.native.disabled()`) and its compiled pass, the two taking turns (`time_round_robin`); the compiled output
+must agree with the torch form's within 1e-5 of its largest value (else FAIL and no ratio). CPU only: on CUDA
+these calls run the torch forms.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def _operators(T: int) -> dict:
     core = randn(1, T, HEADS, HEAD_DIM)
     gate = randn(1, T, 3 * HEADS * HEAD_DIM)[..., :HEADS * HEAD_DIM].unflatten(-1, (HEADS, HEAD_DIM))  # strided
     weight, bias = randn(HEAD_DIM), randn(HEAD_DIM)
+    augment = (randn(1, T, HEADS, HEAD_DIM), torch.rand(1, T, HEADS, HEAD_DIM, generator=g),
+               randn(1, T, HEADS, HEAD_DIM), randn(HEADS, HEAD_DIM))  # MetaLA's q, 1 − α, v, w_aug
     stacked = randn(1, T, CONV_CHANNELS + WIDTH)[..., :CONV_CHANNELS]  # a split of a stacked projection
     conv_weight = randn(CONV_CHANNELS, TAPS) * 0.5
     return {
@@ -49,6 +52,7 @@ def _operators(T: int) -> dict:
         "head_norm rms+silu": lambda: head_norm(core, weight, None, gate, kind="rms", activation="silu"),
         "head_norm layer+silu": lambda: head_norm(core, weight, bias, gate, kind="layer", activation="silu"),
         "head_norm layer+sigmoid": lambda: head_norm(core, weight, bias, gate, kind="layer", activation="sigmoid"),
+        "head_norm metala": lambda: head_norm(core, None, None, gate, kind="layer", activation="silu", augment=augment),
         "short_conv": lambda: short_conv(stacked, conv_weight, None, True),
         "short_conv + q/k norm": lambda: short_conv_normalized(stacked, conv_weight, None, True, None,
                                                                2 * HEADS * HEAD_DIM, HEAD_DIM),
