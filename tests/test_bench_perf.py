@@ -124,6 +124,41 @@ def test_round_robin_timing_takes_turns_and_runs_before_outside_the_timing():
     assert all(0 <= t["min_s"] <= t["median_s"] <= t["max_s"] for t in timings.values())
 
 
+def test_an_anchored_round_robin_runs_the_anchor_between_every_two_calls_and_divides_by_its_neighbours(monkeypatch):
+    """With an anchor, each other call's `anchor_times_s` is the mean of the anchor's runs right before and after
+    it (a drifting machine: the anchor gets slower run by run), and its ratio to the anchor is read from them."""
+    import types
+
+    import bench.perf.timing as timing
+    from bench.perf.ratios import paired_ratio, per_round_ratios
+
+    clock, order, anchor_runs = [0.0], [], []
+
+    def anchor_call():
+        order.append("x")
+        anchor_runs.append(1.0 + len(anchor_runs))  # 1, 2, 3, … seconds: a machine slowing down
+        clock[0] += anchor_runs[-1]
+
+    def call(name, seconds):
+        def run():
+            order.append(name)
+            clock[0] += seconds
+        return run
+
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    calls = {"x": anchor_call, "a": call("a", 10.0), "b": call("b", 20.0)}
+    timings = timing.time_round_robin(calls, repeats=2, warmup=1, anchor="x")
+    assert order == ["x", "a", "x", "b", "x"] + ["x", "b", "x", "a", "x"] + ["x", "a", "x", "b", "x"]
+    # timed rounds: anchor runs 4..6 (b between 4 and 5, a between 5 and 6), then 7..9 (a: 7/8, b: 8/9)
+    assert timings["a"]["anchor_times_s"] == [5.5, 7.5] and timings["b"]["anchor_times_s"] == [4.5, 8.5]
+    assert timings["x"]["anchor"] is True and timings["x"]["times_s"] == [5.0, 8.0]  # per-round medians
+    assert per_round_ratios(timings["a"], timings["x"]) == [10.0 / 5.5, 10.0 / 7.5]
+    assert paired_ratio(timings["x"], timings["b"]) == pytest.approx((4.5 / 20 + 8.5 / 20) / 2)
+    assert "anchor_times_s" not in timings["x"] and "anchor" not in timings["a"]
+    with pytest.raises(ValueError, match="anchor 'y' is not one of the calls"):
+        timing.time_round_robin(calls, anchor="y")
+
+
 def test_models_measured_side_by_side_report_as_when_measured_alone(teacher):
     student = students.build_student(teacher, "gla", init="random", seed=0)
     floor = throughput.build_floor(teacher)
@@ -135,8 +170,10 @@ def test_models_measured_side_by_side_report_as_when_measured_alone(teacher):
         assert_finite_positive(result)
     for section in ("prefill", "train", "decode"):
         assert set(together["gla"][section]) == set(alone[section])
-        for length, entry in alone[section].items():
-            assert set(together["gla"][section][length]) == set(entry)
+        for length, entry in alone[section].items():  # in prefill, the floor's runs either side of each call
+            extra = {"anchor_times_s"} if section == "prefill" else set()
+            assert set(together["gla"][section][length]) == set(entry) | extra
+            assert together["floor"][section][length].get("anchor") is (True if section == "prefill" else None)
     assert [e["state_bytes"] for e in together["gla"]["decode"].values()] == \
         [e["state_bytes"] for e in alone["decode"].values()]
     assert together["teacher"]["decode"]["48"]["state_bytes"] == 6 * together["teacher"]["decode"]["8"]["state_bytes"]

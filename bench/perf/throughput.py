@@ -23,7 +23,8 @@ The floor is the same model with a mixer that costs nothing beyond its projectio
 projections, o = v, no token mixing), so "student / floor" is the price of a student's token mixing.
 Every timing is a median over repeats after a warm-up (the untimed memory call), with its spread, the models
 measured together taking turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them
-alike), and in decode every (model, context) pair takes its turn, a model's contexts back to back, so growth with
+alike; in prefill the floor also runs next to every other model, and ratios to it divide by those neighbouring
+runs), and in decode every (model, context) pair takes its turn, a model's contexts back to back, so growth with
 context is measured side by side too; every result carries the machine header (device, threads, torch, commit),
 dtype and the backend actually used, and the report what else ran on the CPUs meanwhile (`bench.perf.activity`).
 """
@@ -323,11 +324,15 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
             fn()
         return peak.report()
 
+    # In prefill the floor runs next to every other model (the anchor), so each ratio to it divides calls
+    # seconds apart: the targets' "× floor" then carries a few per cent of spread, not a round's drift.
+    floor = next((name for name, (_, kind) in models.items() if kind == "floor"), None)
     results = {name: {
         "kind": kind, "machine": machine(), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "backend": resolved_backend(model, kind, device), "memory_source": memory_source(device),
         "parameters": sum(p.numel() for p in model.parameters()), "batch_size": 1, "repeats": repeats,
-        "warmup": 1, "timing": "round robin over the models measured together (decode: over every model and context)",
+        "warmup": 1, "timing": ("round robin over the models measured together (decode: over every model and context)"
+                                  + ("; prefill: the floor also between every two others" if floor else "")),
         "prefill": {}, "train": {},
         "decode": {},
     } for name, (model, kind) in models.items()}
@@ -344,7 +349,7 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         with torch.no_grad():
             # The untimed memory call is each model's warm-up for this block: no second warm-up round.
             memory = {name: memory_of(call) for name, call in calls.items()}
-            record("prefill", length, calls, memory, time_round_robin(calls, repeats, warmup=0), length)
+            record("prefill", length, calls, memory, time_round_robin(calls, repeats, warmup=0, anchor=floor), length)
         prefill_ids[length] = ids
 
     with ExitStack() as trainable:

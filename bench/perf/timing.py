@@ -31,28 +31,60 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
 
 
 def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                     before: dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
+                     before: dict[str, Callable[[], object]] | None = None, anchor: str | None = None) -> dict[str, dict]:
     """`time_call` for several calls taking turns, every other round in reverse (a, b, c, c, b, a, a, …): a slow
     spell of a shared machine then lands on every call alike, and a drift within a round favours none, so the
     ratios between their medians hold where back-to-back blocks would not. `before[name]` runs ahead of each of
     that call's runs, outside the timed region. `times_s` lists each call's times round by round, so the i-th
-    times of two calls were taken in the same round (paired ratios)."""
+    times of two calls were taken in the same round (paired ratios).
+
+    `anchor` (one of the calls, the one the others are compared with) also runs between every two others and at
+    both ends of a round (x, a, x, b, x, …). Each other call's `anchor_times_s` holds, round by round, the mean of
+    the anchor's two runs on either side of it, so a ratio to the anchor divides times taken seconds apart rather
+    than a round apart (on a machine whose speed drifts, their spread narrows several-fold); the anchor's own
+    `times_s` are its per-round medians, and its entry says `anchor: True`."""
+    if anchor is not None and anchor not in calls:
+        raise ValueError(f"anchor {anchor!r} is not one of the calls ({', '.join(calls)})")
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     before = before or {}
     times: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls.items())
+    anchor_times: dict[str, list[float]] = {name: [] for name in calls if name != anchor}
+
+    def run(name: str) -> float:
+        if name in before:
+            before[name]()
+        sync()
+        start = time.perf_counter()
+        calls[name]()
+        sync()
+        return time.perf_counter() - start
+
+    names = list(calls)
     for round_index in range(warmup + repeats):
-        for name, fn in (order if round_index % 2 == 0 else order[::-1]):
-            if name in before:
-                before[name]()
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats,
-                   "times_s": t} for name, t in times.items()}
+        order = names if round_index % 2 == 0 else names[::-1]
+        if anchor is None:
+            round_times = {name: run(name) for name in order}
+        else:
+            others = [name for name in order if name != anchor]
+            anchor_runs, round_times = [run(anchor)], {}
+            for name in others:
+                round_times[name] = run(name)
+                anchor_runs.append(run(anchor))
+            round_times[anchor] = statistics.median(anchor_runs)
+        if round_index < warmup:
+            continue
+        for name, t in round_times.items():
+            times[name].append(t)
+        if anchor is not None:
+            for i, name in enumerate(others):
+                anchor_times[name].append((anchor_runs[i] + anchor_runs[i + 1]) / 2)
+    results = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats,
+                      "times_s": t} for name, t in times.items()}
+    if anchor is not None:
+        results[anchor]["anchor"] = True
+        for name, t in anchor_times.items():
+            results[name]["anchor_times_s"] = t
+    return results
 
 
 def peak_memory(fn: Callable[[], object], device: str) -> tuple[object, int]:

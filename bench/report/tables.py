@@ -150,7 +150,8 @@ def throughput(doc: dict, source: str) -> str:
         row += [f"{num(a)} → {num(b)} ({growth:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
         body.append(row)
     details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
-               "× floor: prefill time over the projections-only floor's, and decode (×): the last context's time "
+               "× floor: prefill time over the projections-only floor's (its runs right before and after, where the "
+               "report keeps them), and decode (×): the last context's time "
                "over the first's, each the median of the ratios within a round where the report keeps them; "
                "matmul FLOPs: the products torch's FlopCounterMode counts (attention causal, recurrences in their "
                "torch chunk forms), over the floor's, "
