@@ -155,7 +155,12 @@ def test_an_anchored_round_robin_runs_the_anchor_between_every_two_calls_and_div
     assert per_round_ratios(timings["a"], timings["x"]) == [10.0 / 5.5, 10.0 / 7.5]
     assert paired_ratio(timings["x"], timings["b"]) == pytest.approx((4.5 / 20 + 8.5 / 20) / 2)
     assert "anchor_times_s" not in timings["x"] and "anchor" not in timings["a"]
-    with pytest.raises(ValueError, match="anchor 'y' is not one of the calls"):
+    # decode's verdicts read the anchor's neighbouring runs too: 2.0 ms against 2.5 is faster, whatever the round's 1.0
+    from bench.perf.ratios import judge
+    student = {"ms_per_token": 2.0, "times_ms": [2.0, 2.0], "anchor_times_ms": [2.5, 2.5]}
+    assert judge(student, {"ms_per_token": 1.0, "times_ms": [1.0, 1.0], "anchor": True}, 1.0, "ms_per_token") is True
+    assert judge(student, {"ms_per_token": 1.0, "times_ms": [1.0, 1.0]}, 1.0, "ms_per_token") is False
+    with pytest.raises(ValueError, match="anchor 'y' is not one of the calls \\('x', 'a', 'b'\\)"):
         timing.time_round_robin(calls, anchor="y")
 
 
@@ -170,10 +175,13 @@ def test_models_measured_side_by_side_report_as_when_measured_alone(teacher):
         assert_finite_positive(result)
     for section in ("prefill", "train", "decode"):
         assert set(together["gla"][section]) == set(alone[section])
-        for length, entry in alone[section].items():  # in prefill, the floor's runs either side of each call
-            extra = {"anchor_times_s"} if section == "prefill" else set()
+        # the anchors' runs either side of each call: the floor's in prefill, the teacher's at 8 tokens in decode
+        extra = {"prefill": {"anchor_times_s"}, "train": set(), "decode": {"anchor_times_ms"}}[section]
+        for length, entry in alone[section].items():
             assert set(together["gla"][section][length]) == set(entry) | extra
-            assert together["floor"][section][length].get("anchor") is (True if section == "prefill" else None)
+    assert all(e.get("anchor") is True for e in together["floor"]["prefill"].values())
+    assert [e.get("anchor") for e in together["teacher"]["decode"].values()] == [True] + [None] * (len(CONTEXTS) - 1)
+    assert "anchor" not in together["floor"]["decode"][str(CONTEXTS[0])]
     assert [e["state_bytes"] for e in together["gla"]["decode"].values()] == \
         [e["state_bytes"] for e in alone["decode"].values()]
     assert together["teacher"]["decode"]["48"]["state_bytes"] == 6 * together["teacher"]["decode"]["8"]["state_bytes"]

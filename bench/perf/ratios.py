@@ -6,17 +6,21 @@ import statistics
 
 NOISE = "within noise"  # a verdict that the rounds of one run do not settle (`judge`)
 TIMES_OF = {"median_s": "times_s", "ms_per_token": "times_ms"}  # a timing's median -> its per-round times
+# ... and the round robin's anchor's runs either side of each of those (`time_round_robin(anchor=...)`)
+ANCHOR_TIMES_OF = {"median_s": "anchor_times_s", "ms_per_token": "anchor_times_ms"}
 
 
 def per_round_ratios(entry: dict, reference: dict, field: str = "median_s") -> list[float] | None:
     """entry / reference round by round (the i-th times of both were taken in the same round), or None when either
     lacks its per-round times (reports from before they were kept). Where the reference was the round robin's
-    anchor, entry is divided by the anchor's runs on either side of it (`anchor_times_s`), not by its round's."""
+    anchor, entry is divided by the anchor's runs on either side of it (`anchor_times_s` / `anchor_times_ms`),
+    not by its round's."""
     ours, theirs = entry.get(TIMES_OF[field]), reference.get(TIMES_OF[field])
-    if field == "median_s" and reference.get("anchor") and entry.get("anchor_times_s"):
-        theirs = entry["anchor_times_s"]
-    elif field == "median_s" and entry.get("anchor") and reference.get("anchor_times_s"):
-        ours = reference["anchor_times_s"]
+    anchored = ANCHOR_TIMES_OF[field]
+    if reference.get("anchor") and entry.get(anchored):
+        theirs = entry[anchored]
+    elif entry.get("anchor") and reference.get(anchored):
+        ours = reference[anchored]
     if not ours or not theirs or len(ours) != len(theirs):
         return None
     return [a / b for a, b in zip(ours, theirs)]

@@ -23,10 +23,11 @@ The floor is the same model with a mixer that costs nothing beyond its projectio
 projections, o = v, no token mixing), so "student / floor" is the price of a student's token mixing.
 Every timing is a median over repeats after a warm-up (the untimed memory call), with its spread, the models
 measured together taking turns call by call (bench.perf.timing.time_round_robin: a slow spell lands on all of them
-alike; in prefill the floor also runs next to every other model, and ratios to it divide by those neighbouring
-runs), and in decode every (model, context) pair takes its turn, a model's contexts back to back, so growth with
-context is measured side by side too; every result carries the machine header (device, threads, torch, commit),
-dtype and the backend actually used, and the report what else ran on the CPUs meanwhile (`bench.perf.activity`).
+alike; in prefill the floor also runs next to every other model, in decode the teacher at the first context, and
+ratios to them divide by those neighbouring runs), and in decode every (model, context) pair takes its turn, a
+model's contexts back to back, so growth with context is measured side by side too; every result carries the machine
+header (device, threads, torch, commit), dtype and the backend actually used, and the report what else ran on the
+CPUs meanwhile (`bench.perf.activity`).
 """
 from __future__ import annotations
 
@@ -332,7 +333,9 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         "backend": resolved_backend(model, kind, device), "memory_source": memory_source(device),
         "parameters": sum(p.numel() for p in model.parameters()), "batch_size": 1, "repeats": repeats,
         "warmup": 1, "timing": ("round robin over the models measured together (decode: over every model and context)"
-                                  + ("; prefill: the floor also between every two others" if floor else "")),
+                                  + ("; prefill: the floor also between every two others" if floor else "")
+                                  + ("; decode: the teacher at the first context also between every two others"
+                                     if any(kind == "teacher" for _, kind in models.values()) else "")),
         "prefill": {}, "train": {},
         "decode": {},
     } for name, (model, kind) in models.items()}
@@ -381,8 +384,12 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         # Before each timed call, untimed: the cache put back and a few steps decoded, so every call starts warm
         # (the model's weights in the last-level cache, as in continuous decoding) whichever model ran before it.
         # (The memory call above was each decoder's first call, so no warm-up round either.)
+        # The teacher at the first context runs between every two others (the anchor), so "no slower than the
+        # teacher at 1k" divides calls seconds apart, as prefill's "× floor" does.
+        teacher = next((name for name, (_, kind) in models.items() if kind == "teacher"), None)
         timings = time_round_robin(decoders, repeats, warmup=0,
-                                   before={key: d.warm_restart for key, d in decoders.items()})
+                                   before={key: d.warm_restart for key, d in decoders.items()},
+                                   anchor=(teacher, decode_contexts[0]) if teacher else None)
         for (name, context), timing in timings.items():
             model, kind = models[name]
             entry = {"context_tokens": context, "decode_steps": decode_steps,
@@ -390,6 +397,9 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
                      "min_ms": 1e3 * timing["min_s"] / decode_steps,
                      "max_ms": 1e3 * timing["max_s"] / decode_steps,
                      "times_ms": [1e3 * t / decode_steps for t in timing["times_s"]],
+                     **({"anchor_times_ms": [1e3 * t / decode_steps for t in timing["anchor_times_s"]]}
+                        if "anchor_times_s" in timing else {}),
+                     **({"anchor": True} if timing.get("anchor") else {}),
                      "repeats": repeats, "state_bytes": state_bytes[name, context], **memory[name, context]}
             if kind != "teacher":  # the mixers' own account, as the leaderboard's state-size column uses
                 entry["mixer_state_size_bytes"] = sum(m.state_size(context, dtype) for m in model.mixers)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 
@@ -31,7 +31,7 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
 
 
 def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                     before: dict[str, Callable[[], object]] | None = None, anchor: str | None = None) -> dict[str, dict]:
+                     before: dict | None = None, anchor: Hashable | None = None) -> dict:
     """`time_call` for several calls taking turns, every other round in reverse (a, b, c, c, b, a, a, …): a slow
     spell of a shared machine then lands on every call alike, and a drift within a round favours none, so the
     ratios between their medians hold where back-to-back blocks would not. `before[name]` runs ahead of each of
@@ -44,7 +44,7 @@ def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int = 5, w
     than a round apart (on a machine whose speed drifts, their spread narrows several-fold); the anchor's own
     `times_s` are its per-round medians, and its entry says `anchor: True`."""
     if anchor is not None and anchor not in calls:
-        raise ValueError(f"anchor {anchor!r} is not one of the calls ({', '.join(calls)})")
+        raise ValueError(f"anchor {anchor!r} is not one of the calls ({', '.join(map(repr, calls))})")
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     before = before or {}
     times: dict[str, list[float]] = {name: [] for name in calls}
