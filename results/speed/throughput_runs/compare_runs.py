@@ -19,8 +19,11 @@ took 0.2% and 0.3% of the CPUs' time, yet its floor took 180 ms at 2,048) was co
 file until the twenty-first stop was the run at a47d8d5 (`throughput_cpu_avx2_a47d8d5`) on the same machine, the first
 with every student's decode step as one compiled call (`kernels/native`). `throughput_cpu_avx2_be21813` is the first
 with every prompt's recurrence and short convolution as compiled passes; `throughput_cpu_avx2_87c6835` the same timed
-code with prefill FLOPs counted in the recurrences' torch chunk forms; the committed file now is the run at fd96b3d
-(the delta rule scan's read-only pass with two accumulators).
+code with prefill FLOPs counted in the recurrences' torch chunk forms; fd96b3d has the delta rule scan's read-only
+pass with two accumulators; 77e70e0, 2f9efd8 and efabf92 the compiled token shift, read-out norm and MetaLA
+augmentation. The committed file now (4770de2) is the first whose ratios to the floor (prefill) and to the teacher
+at 1k (decode) divide by the anchor's runs right before and after each call (`ratio_spread.py` beside this file
+prints each run's per-round spread); this script's ratios are of medians, as for every run.
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
