@@ -1,13 +1,14 @@
-"""fused_distillation_loss: chunk and Triton (interpreter on CPU) forms against the naive one, the naive one
-against the materialised losses of `bench.distill.losses`."""
+"""fused_distillation_loss: chunk, native (compiled per-row pass on CPU) and Triton (interpreter on CPU) forms against
+the naive one, the naive one against the materialised losses of `bench.distill.losses`."""
 import functools
 
 import pytest
 import torch
 
 from bench.distill import losses
-from kernels import fused_distillation_loss
-from kernels.distill_loss.chunk import distill_loss_chunk
+from kernels import fused_distillation_loss, native
+from kernels.distill_loss import BACKENDS
+from kernels.distill_loss.chunk import IGNORE, chunk_math_native, chunk_math_torch, distill_loss_chunk
 from kernels.distill_loss.naive import distill_loss_naive
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton compiles on CUDA, interprets on CPU
@@ -93,6 +94,58 @@ def _check_backend(backend, shape, teacher_form, temperature, weights, **fn_kwar
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_chunk_matches_naive_values_and_grads(shape, teacher_form, temperature, weights):
     _check_backend("chunk", shape, teacher_form, temperature, weights)
+
+
+needs_build = pytest.mark.skipif(DEVICE != "cpu" or native.module() is None,
+                                 reason="the C++ kernels run on CPU and cannot be built here")
+
+
+@needs_build
+@pytest.mark.parametrize("weights", WEIGHTS, ids=lambda w: f"kl{w[0]}-ce{w[1]}")
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_native_matches_naive_values_and_grads(shape, teacher_form, weights):
+    _check_backend("native", shape, teacher_form, 1.0, weights)
+
+
+@needs_build
+@pytest.mark.parametrize("write_grad", [True, False])
+def test_native_rows_match_the_torch_chunk_math_on_odd_widths_wide_logits_and_missing_targets(write_grad):
+    """V = 1003 (a tail after the 8-wide vectors), logits up to ±60, every third row without a target."""
+    g = torch.Generator().manual_seed(1)
+    rows, V = 37, 1003
+    student, teacher = torch.randn(rows, V, generator=g) * 20, torch.randn(rows, V, generator=g) * 20
+    targets = torch.randint(0, V, (rows,), generator=g)
+    targets[::3] = IGNORE
+    got_grad, want_grad = student.clone(), student.clone()
+    got = chunk_math_native(got_grad, teacher, targets, 1.0, 0.3, 0.05, write_grad=write_grad)
+    want = chunk_math_torch(want_grad, teacher.clone(), targets, 1.0, 0.3, 0.05, write_grad=True)
+    log_q, log_p = torch.log_softmax(student.double(), -1), torch.log_softmax(teacher.double(), -1)
+    valid = targets != IGNORE
+    exact = ((log_p.exp() * (log_p - log_q)).sum(), -log_q[valid, targets[valid]].sum())
+    for value, reference, exact_value in zip(got, want, exact):
+        assert value.item() == pytest.approx(exact_value.item(), rel=1e-5)
+        assert abs(value.item() - exact_value.item()) <= 2 * abs(reference.item() - exact_value.item()) + 1e-4
+    if write_grad:
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+    else:
+        assert not torch.equal(got_grad, student)  # the row pass overwrites the logits either way
+
+
+@needs_build
+def test_native_kl_of_a_teacher_with_itself_is_zero_to_rounding():
+    """KL from Σ p (z − s) + lse(s) − lse(z) cancels two O(log V) terms: on s = z it must still be ~0."""
+    logits = torch.randn(16, 4096, generator=torch.Generator().manual_seed(2)) * 5
+    targets = torch.zeros(16, dtype=torch.long)
+    kl, _ = chunk_math_native(logits.clone(), logits, targets, 1.0, 1.0, 0.0)
+    assert abs(kl.item()) / 16 < 1e-6
+
+
+def test_auto_backend_on_cpu_is_native_with_the_torch_form_beside_it():
+    from kernels._backend import pick_backend
+
+    assert pick_backend("auto", BACKENDS, torch.device("cpu"), "op") is BACKENDS["native"]
+    assert BACKENDS["chunk"].keywords["chunk_math"] is chunk_math_torch
 
 
 @pytest.mark.parametrize("weights", [(1.0, 0.0), (0.7, 0.3)], ids=lambda w: f"kl{w[0]}-ce{w[1]}")

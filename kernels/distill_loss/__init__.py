@@ -11,7 +11,7 @@ import importlib.util
 import torch
 
 from kernels._backend import pick_backend
-from kernels.distill_loss.chunk import chunk_math_torch, distill_loss_chunk
+from kernels.distill_loss.chunk import chunk_math_native, chunk_math_torch, distill_loss_chunk
 from kernels.distill_loss.naive import distill_loss_naive
 
 
@@ -20,7 +20,9 @@ def _distill_loss_triton(*args, **kwargs):
     return distill_loss_chunk(*args, chunk_math=chunk_math_triton, **kwargs)
 
 
-BACKENDS = {"naive": distill_loss_naive, "chunk": functools.partial(distill_loss_chunk, chunk_math=chunk_math_torch)}
+# native: the chunked form with each chunk's softmax work as one compiled pass per row where it applies (CPU, τ = 1)
+BACKENDS = {"naive": distill_loss_naive, "chunk": functools.partial(distill_loss_chunk, chunk_math=chunk_math_torch),
+            "native": functools.partial(distill_loss_chunk, chunk_math=chunk_math_native)}
 if importlib.util.find_spec("triton") is not None:
     BACKENDS["triton"] = _distill_loss_triton
 
@@ -48,7 +50,8 @@ def fused_distillation_loss(student_hidden, student_weight, input_ids, *, teache
     flows to the teacher. chunk_size: tokens per chunk (default: `default_chunk_size(V, device)`). matmul_dtype: the
     logit products' dtype in the chunked forms (bf16 halves their cost; softmax and sums stay fp32). Returns
     (loss, {"kl": τ²·KL, "ce": CE}), equal to the materialised loss of `naive.py`
-    on the materialised logits. Backends: naive, chunk (torch), triton; auto = triton on CUDA, else chunk.
+    on the materialised logits. Backends: naive, chunk (torch), native (chunk with a compiled per-row pass on
+    CPU at τ = 1, else torch's), triton; auto = triton on CUDA, else native.
     """
     op = "fused_distillation_loss"
     if student_hidden.dim() != 3 or student_weight.dim() != 2 or student_weight.shape[1] != student_hidden.shape[2]:

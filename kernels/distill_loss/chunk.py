@@ -7,7 +7,8 @@ only scales the saved gradients by grad_output; peak memory is O(chunk·V + V·D
 Per token with student logits s, teacher logits z, temperature τ, q = softmax(s/τ), p = softmax(z/τ):
     d/ds [kl_weight·τ²·KL(p‖q)/N_kl] = kl_weight·τ/N_kl · (q − p)
     d/ds [ce_weight·CE(s, y)/N_ce]   = ce_weight/N_ce · (softmax(s) − onehot(y))   (not for the last position)
-The per-chunk softmax work is either torch math (below) or one Triton kernel (`triton.py`).
+The per-chunk softmax work is torch math (below), one compiled pass per row on CPU (`kernels/native`), or one
+Triton kernel (`triton.py`).
 """
 from __future__ import annotations
 
@@ -52,6 +53,20 @@ def chunk_math_torch(logits, teacher_logits, targets, temperature, kl_coef, ce_c
         softmax[rows, targets[rows]] -= ce_coef
         softmax.add_(log_q.exp_().sub_(p).mul_(kl_coef))
     return kl, ce
+
+
+def chunk_math_native(logits, teacher_logits, targets, temperature, kl_coef, ce_coef, write_grad=True, scratch=None):
+    """`chunk_math_torch` as one compiled pass over each row (`kernels/native`, distill_rows) on a CPU at τ = 1:
+    KL(p‖q) = Σ p (z − s) + lse(s) − lse(z) from the rows' exponentials and sums, two passes instead of eight. Elsewhere
+    (another device, τ ≠ 1, no compiler, DISTILL_BENCH_NATIVE=0) the torch form."""
+    from kernels import native
+
+    extension = native.module() if logits.device.type == "cpu" and temperature == 1 else None
+    if extension is None or logits.dtype != torch.float32 or not logits.is_contiguous():
+        return chunk_math_torch(logits, teacher_logits, targets, temperature, kl_coef, ce_coef, write_grad, scratch)
+    sums = extension.distill_rows(logits, teacher_logits.float().contiguous(), targets.contiguous(), float(kl_coef),
+                                  float(ce_coef), bool(write_grad))
+    return sums[0], sums[1]
 
 
 def next_token_targets(input_ids: torch.Tensor) -> torch.Tensor:

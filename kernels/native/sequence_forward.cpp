@@ -8,7 +8,8 @@
 //   exact pairwise decay ratios exp(b_t - b_s) <= 1 (no midpoint factoring, no chunk halving): for larger states.
 // Decays below exp(floor) are dropped (0) as in kernels.chunking.DENORMALS: no denormal enters a product.
 // And three smaller operators over a prompt, each row finished while in cache: the short causal convolution
-// (short_conv, all taps in one pass), RWKV-6's token shift and decay (ddlerp) and a mixer's read-out norm (head_norm).
+// (short_conv, all taps in one pass), RWKV-6's token shift and decay (ddlerp) and a mixer's read-out norm (head_norm);
+// and, for training, the distillation loss's softmax work on a chunk of logits (distill_rows).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -694,4 +695,80 @@ Tensor head_norm(const Tensor& x_in, const c10::optional<Tensor>& weight_in, con
     }
   });
   return y;
+}
+
+// The distillation loss's per-chunk softmax work at temperature 1 (chunk_math_torch in
+// kernels/distill_loss/chunk.py), one row at a time while it is in cache: with q = softmax(s), p = softmax(z),
+//   KL(p || q) = sum_j p_j (z_j - s_j) + lse(s) - lse(z),   CE = lse(s) - s_y,
+// and, where write_grad, s overwritten by kl_coef (q - p) + ce_coef valid (q - onehot(y)). Two passes over a row
+// (maxima, then exponentials and sums) and one to write the gradient, against the torch form's eight. logits,
+// teacher (R, V) fp32 contiguous; targets (R) int64, -100 for no target. Returns (sum of KL, sum of CE) in float64.
+Tensor distill_rows(const Tensor& logits, const Tensor& teacher, const Tensor& targets, double kl_coef,
+                    double ce_coef, bool write_grad) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == torch::kFloat && logits.is_contiguous(),
+              "distill_rows: logits must be (R, V) fp32 contiguous");
+  TORCH_CHECK(teacher.sizes() == logits.sizes() && teacher.scalar_type() == torch::kFloat && teacher.is_contiguous(),
+              "distill_rows: teacher must be fp32 contiguous with the logits' shape");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.scalar_type() == torch::kLong,
+              "distill_rows: targets must be (R) int64");
+  const int64_t R = logits.size(0), V = logits.size(1);
+  const Tensor targets_c = targets.contiguous();
+  float* sp = logits.data_ptr<float>();
+  const float* zp = teacher.data_ptr<float>();
+  const int64_t* yp = targets_c.data_ptr<int64_t>();
+  std::vector<double> kl_rows(R), ce_rows(R);
+  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    std::vector<float> teacher_exp(V);
+    float* ez = teacher_exp.data();
+    for (int64_t r = begin; r < end; ++r) {
+      float* s = sp + r * V;
+      const float* z = zp + r * V;
+      const int64_t y = yp[r];
+      const bool valid = y >= 0 && y < V;
+      vec8 ms8 = splat(-INFINITY), mz8 = splat(-INFINITY);
+      int64_t j = 0;
+      for (; j + 8 <= V; j += 8) {
+        const vec8 a = load8(s + j), b = load8(z + j);
+        ms8 = a > ms8 ? a : ms8;
+        mz8 = b > mz8 ? b : mz8;
+      }
+      float ms = -INFINITY, mz = -INFINITY;
+      for (int i = 0; i < 8; ++i) ms = std::max(ms, ms8[i]), mz = std::max(mz, mz8[i]);
+      for (; j < V; ++j) ms = std::max(ms, s[j]), mz = std::max(mz, z[j]);
+      const float s_y = valid ? s[y] : 0.f;
+      // exponentials: q's numerators over s (s is not needed again), p's into the row's scratch
+      vec8 sum_s8 = {}, sum_z8 = {}, cross8 = {};
+      for (j = 0; j + 8 <= V; j += 8) {
+        const vec8 a = load8(s + j), b = load8(z + j);
+        const vec8 ea = exp8(a - splat(ms)), eb = exp8(b - splat(mz));
+        sum_s8 += ea;
+        sum_z8 += eb;
+        cross8 += eb * (b - a);
+        store8(s + j, ea);
+        store8(ez + j, eb);
+      }
+      double sum_s = horizontal_sum(sum_s8), sum_z = horizontal_sum(sum_z8), cross = horizontal_sum(cross8);
+      for (; j < V; ++j) {
+        const float ea = std::exp(s[j] - ms), eb = std::exp(z[j] - mz);
+        sum_s += ea;
+        sum_z += eb;
+        cross += static_cast<double>(eb) * (z[j] - s[j]);
+        s[j] = ea;
+        ez[j] = eb;
+      }
+      const double lse_s = ms + std::log(sum_s), lse_z = mz + std::log(sum_z);
+      kl_rows[r] = cross / sum_z + lse_s - lse_z;
+      ce_rows[r] = valid ? lse_s - s_y : 0.0;
+      if (!write_grad) continue;
+      const float a = static_cast<float>((kl_coef + (valid ? ce_coef : 0.0)) / sum_s);
+      const float b = static_cast<float>(kl_coef / sum_z);
+      for (j = 0; j + 8 <= V; j += 8) store8(s + j, splat(a) * load8(s + j) - splat(b) * load8(ez + j));
+      for (; j < V; ++j) s[j] = a * s[j] - b * ez[j];
+      if (valid) s[y] -= static_cast<float>(ce_coef);
+    }
+  });
+  double kl = 0.0, ce = 0.0;
+  for (int64_t r = 0; r < R; ++r) kl += kl_rows[r], ce += ce_rows[r];  // in row order: the same for any split
+  return torch::tensor({kl, ce}, torch::dtype(torch::kDouble));
 }
