@@ -24,6 +24,7 @@ pass with two accumulators; 77e70e0, 2f9efd8 and efabf92 the compiled token shif
 augmentation. The committed file now (4770de2) is the first whose ratios to the floor (prefill) and to the teacher
 at 1k (decode) divide by the anchor's runs right before and after each call (`ratio_spread.py` beside this file
 prints each run's per-round spread); this script's ratios are of medians, as for every run.
+`throughput_cpu_39b18a8` is the same timed code on an Intel Xeon with AVX-512 and AMX (bf16 instructions).
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
