@@ -91,52 +91,43 @@ class FlushDenormals {
 #endif
 };
 
-#if defined(__AVX512F__)
-// Sixteen floats as one vector, for the products' register blocks where the build targets AVX-512.
-typedef float vec16 __attribute__((vector_size(64)));
-#endif
-
-// C's rows c[0..3], columns j .. j + 2W - 1 (W the vector's floats), from A's rows a[0..3]: eight accumulators in
-// registers, each summing over p in order.
-template <typename Vec>
-inline void gemm_block(int64_t P, const float* const* a, const float* B, int64_t ldb, float* const* c, int64_t j,
-                       bool accumulate) {
-  constexpr int64_t W = sizeof(Vec) / sizeof(float);
-  const auto load = [](const float* q) { Vec v; std::memcpy(&v, q, sizeof v); return v; };
-  Vec x[4][2] = {};
-  if (accumulate)
-    for (int r = 0; r < 4; ++r) x[r][0] = load(c[r] + j), x[r][1] = load(c[r] + j + W);
-  for (int64_t p = 0; p < P; ++p) {
-    const Vec b0 = load(B + p * ldb + j), b1 = load(B + p * ldb + j + W);
-    for (int r = 0; r < 4; ++r) {
-      const Vec splat_a = Vec{} + a[r][p];
-      x[r][0] += splat_a * b0, x[r][1] += splat_a * b1;
-    }
-  }
-  for (int r = 0; r < 4; ++r) {
-    std::memcpy(c[r] + j, &x[r][0], sizeof(Vec));
-    std::memcpy(c[r] + j + W, &x[r][1], sizeof(Vec));
-  }
-}
-
-// C[M x N] = A[M x P] B[P x N] (+ C when accumulate), row-major with leading dimensions: blocks of 4 rows x 32
-// columns (AVX-512 builds) or x 16 held in registers, the rest by plain loops. Each output sums over p in order.
+// C[M x N] = A[M x P] B[P x N] (+ C when accumulate), row-major with leading dimensions: blocks of 4 rows x 16
+// columns held in registers, the rest by plain loops.
 void gemm(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
           int64_t ldc, bool accumulate) {
   int64_t i = 0;
   for (; i + 4 <= M; i += 4) {
-    const float* a[4] = {A + i * lda, A + (i + 1) * lda, A + (i + 2) * lda, A + (i + 3) * lda};
-    float* c[4] = {C + i * ldc, C + (i + 1) * ldc, C + (i + 2) * ldc, C + (i + 3) * ldc};
+    const float *a0 = A + i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+    float *c0 = C + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
     int64_t j = 0;
-#if defined(__AVX512F__)
-    for (; j + 32 <= N; j += 32) gemm_block<vec16>(P, a, B, ldb, c, j, accumulate);
-#endif
-    for (; j + 16 <= N; j += 16) gemm_block<vec8>(P, a, B, ldb, c, j, accumulate);
+    for (; j + 16 <= N; j += 16) {
+      vec8 x00 = {}, x01 = {}, x10 = {}, x11 = {}, x20 = {}, x21 = {}, x30 = {}, x31 = {};
+      if (accumulate) {
+        x00 = load8(c0 + j), x01 = load8(c0 + j + 8), x10 = load8(c1 + j), x11 = load8(c1 + j + 8);
+        x20 = load8(c2 + j), x21 = load8(c2 + j + 8), x30 = load8(c3 + j), x31 = load8(c3 + j + 8);
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        const float* b = B + p * ldb + j;
+        const vec8 b0 = load8(b), b1 = load8(b + 8);
+        vec8 a = splat(a0[p]);
+        x00 += a * b0, x01 += a * b1;
+        a = splat(a1[p]);
+        x10 += a * b0, x11 += a * b1;
+        a = splat(a2[p]);
+        x20 += a * b0, x21 += a * b1;
+        a = splat(a3[p]);
+        x30 += a * b0, x31 += a * b1;
+      }
+      store8(c0 + j, x00), store8(c0 + j + 8, x01), store8(c1 + j, x10), store8(c1 + j + 8, x11);
+      store8(c2 + j, x20), store8(c2 + j + 8, x21), store8(c3 + j, x30), store8(c3 + j + 8, x31);
+    }
     for (int64_t r = 0; r < 4 && j < N; ++r) {
+      const float* a = A + (i + r) * lda;
+      float* c = C + (i + r) * ldc;
       for (int64_t jj = j; jj < N; ++jj) {
-        float sum = accumulate ? c[r][jj] : 0.f;
-        for (int64_t p = 0; p < P; ++p) sum += a[r][p] * B[p * ldb + jj];
-        c[r][jj] = sum;
+        float sum = accumulate ? c[jj] : 0.f;
+        for (int64_t p = 0; p < P; ++p) sum += a[p] * B[p * ldb + jj];
+        c[jj] = sum;
       }
     }
   }
