@@ -1,7 +1,7 @@
 """Probe: where a bf16-autocast end_to_end step's time goes on a CPU with bf16 instructions (torch profiler,
-self CPU time by op per step after a warm-up). The profiler itself inflates
-small elementwise ops several-fold here (a step 0.73 s profiled against 0.46 s timed): read it as a list of
-candidates and time each change with an A/B (`distill_rows_ab.py`, `flush_denormal_ab.py`).
+self CPU time by op per step after a warm-up). The profiler's own overhead
+weighs on the many small elementwise ops: read it as a list of candidates and time each change with an A/B
+(`distill_rows_ab.py`, `flush_denormal_ab.py`).
 
     python results/speed/bf16_step_profile.py [--students gla,xlstm,gated_deltanet] [--stage end_to_end] [--steps 3]
 """
