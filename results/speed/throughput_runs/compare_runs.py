@@ -24,8 +24,9 @@ pass with two accumulators; 77e70e0, 2f9efd8 and efabf92 the compiled token shif
 augmentation. 4770de2 (`throughput_cpu_avx2_4770de2`, the committed file until the twenty-fifth stop) is the first whose ratios to the floor (prefill) and to the teacher
 at 1k (decode) divide by the anchor's runs right before and after each call (`ratio_spread.py` beside this file
 prints each run's per-round spread); this script's ratios are of medians, as for every run.
-`throughput_cpu_39b18a8` is the same timed code on an Intel Xeon with AVX-512 and AMX (bf16 instructions); the
-committed file now is the run at 38d3917 on that Xeon type (16-wide product blocks in the AVX-512 build).
+`throughput_cpu_39b18a8` is the same timed code on an Intel Xeon with AVX-512 and AMX (bf16 instructions); `throughput_cpu_38d3917`
+the same with 16-wide product blocks in the AVX-512 build (since reverted); the committed file now is the run at
+1c8f4bb on that Xeon type.
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
 """
