@@ -217,3 +217,31 @@ def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert figures.main(["--results-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_path, monkeypatch):
+    from bench.report import figures
+
+    def report(device, commit, scale):
+        return {"machine": {"device_name": device, "cpu_capability": "AVX2", "torch_threads": 2, "commit": commit},
+                "settings": {"dtype": "float32"}, "date": "2026-12-05T00:00:00Z",
+                "models": {name: {"prefill": {"2048": {"median_s": 0.1 * k * scale}},
+                                  "decode": {"1024": {"ms_per_token": 1.0 * k * scale}}}
+                           for k, name in enumerate(["floor", "teacher", "gla"], 1)}}
+
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(report("Xeon", "aaa1111", 1.0)))
+    (tmp_path / "throughput_cpu_avx2.json").write_text(json.dumps(report("EPYC", "bbb2222", 2.0)))
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    reports = figures._throughput_reports(tmp_path)
+    figures.prefill_vs_length(reports, tmp_path)
+    figures.decode_vs_context(reports, tmp_path)
+    for fig in drawn:
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title().split(" ")[0] for ax in panels] == ["Xeon", "EPYC"]
+        assert all("commit" in ax.get_title() for ax in panels)
+        assert [len(ax.get_lines()) for ax in panels] == [3, 3]  # floor, teacher, gla in each
+    first = drawn[0].axes  # the second machine's times are its own, not the first's
+    assert first[1].get_lines()[0].get_ydata()[0] == 2 * first[0].get_lines()[0].get_ydata()[0]
+    for fig in drawn:
+        figures.plt.close(fig)

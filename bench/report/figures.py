@@ -211,32 +211,42 @@ def _style(name: str) -> dict:
     return {}
 
 
-def prefill_vs_length(reports, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for report in reports:
-        for name, model in sorted(report["models"].items()):
-            lengths = sorted(model["prefill"], key=int)
-            ax.plot([int(n) for n in lengths], [model["prefill"][n]["median_s"] for n in lengths], marker="o",
-                    label=name, **_style(name))
+def _machine_panels(reports, title: str):
+    """One panel per report (each machine type's run), side by side on a shared y axis, titled by its machine."""
+    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports) + 1, 5), sharey=True, squeeze=False)
+    for ax, report in zip(axes[0], reports):
         machine = report["machine"]
-        ax.set_title(f"Prefill time, batch 1 ({machine['device_name']}, {machine['torch_threads']} threads, "
-                     f"{report['settings']['dtype']})", fontsize=9)
-    ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="seconds")
-    ax.legend(fontsize=7)
+        ax.set_title(f"{machine['device_name']} ({machine.get('cpu_capability', '?')}), {machine['torch_threads']} "
+                     f"threads, {report['settings']['dtype']}\ncommit {machine.get('commit', '?')}, "
+                     f"{report.get('date', '')[:10]}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return fig, axes[0]
+
+
+def _model_lines(ax, report, points: str, value) -> None:
+    for name, model in sorted(report["models"].items()):
+        xs = sorted(model[points], key=int)
+        ax.plot([int(x) for x in xs], [value(model[points][x]) for x in xs], marker="o", label=name, **_style(name))
+
+
+def prefill_vs_length(reports, out: Path) -> Path:
+    fig, axes = _machine_panels(reports, "Prefill time, batch 1")
+    for ax, report in zip(axes, reports):
+        _model_lines(ax, report, "prefill", lambda cell: cell["median_s"])
+        ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)")
+    axes[0].set_ylabel("seconds")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out / "prefill_vs_length.png")
     return out / "prefill_vs_length.png"
 
 
 def decode_vs_context(reports, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for report in reports:
-        for name, model in sorted(report["models"].items()):
-            contexts = sorted(model["decode"], key=int)
-            ax.plot([int(n) for n in contexts], [model["decode"][n]["ms_per_token"] for n in contexts], marker="o",
-                    label=name, **_style(name))
-    ax.set(xscale="log", xlabel="context (tokens)", ylabel="ms per decoded token")
-    ax.set_title("Decode latency vs context (KV cache vs recurrent state)", fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = _machine_panels(reports, "Decode latency vs context (KV cache vs recurrent state)")
+    for ax, report in zip(axes, reports):
+        _model_lines(ax, report, "decode", lambda cell: cell["ms_per_token"])
+        ax.set(xscale="log", xlabel="context (tokens)")
+    axes[0].set_ylabel("ms per decoded token")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out / "decode_vs_context.png")
     return out / "decode_vs_context.png"
 

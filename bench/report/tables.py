@@ -360,6 +360,9 @@ TABLES = {
     "kernels_h100_distill_loss": ("kernels_h100_distill_loss.json", distill_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "throughput_cpu": ("throughput_cpu.json", throughput,
                        "python -m bench.throughput --student all --repeats 11 --threads 2 --json results/throughput_cpu.json"),
+    "throughput_cpu_avx2": ("throughput_cpu_avx2.json", throughput,
+                            "python -m bench.throughput --student all --repeats 11 --threads 2 "
+                            "--json results/throughput_cpu_avx2.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,

@@ -3,7 +3,11 @@
     python results/speed/step_across_summary.py --old a36f2c6 --new 689d283 [--file results/speed/step_across_commits.jsonl]
 
 A pair is an --old line followed directly by a --new line (the probe's A, B, A, B order). Prints, per
-student/stage, each side's median step time and the old/new ratio of every pair, then their median.
+student/stage, each side's median step time and the old/new ratio of every pair, then their median; then, per
+student, the training time of a whole run with `--run-steps` steps per stage at each side's step times, as the
+old/new ratio of every pair and their median. The default `--run-steps` is the default run on the day issue 19 was
+filed (a36f2c6: `--preset default`, 100 steps of 8 × 512 tokens split by the reference proportions into 5 of
+hidden alignment and 94 end to end), the run whose tokens/s the issue asks to double.
 """
 import argparse
 import json
@@ -13,6 +17,8 @@ from pathlib import Path
 parser = argparse.ArgumentParser()
 parser.add_argument("--old", required=True)
 parser.add_argument("--new", required=True)
+parser.add_argument("--run-steps", default="hidden_alignment=5,end_to_end=94",
+                    help="steps per stage of the run to total (stage=steps, comma-separated)")
 parser.add_argument("--file", default=str(Path(__file__).with_name("step_across_commits.jsonl")))
 args = parser.parse_args()
 lines = [json.loads(line) for line in Path(args.file).read_text().splitlines() if line.strip()]
@@ -31,4 +37,26 @@ for key in pairs[0][0]["step_s"]:
     new = [b["step_s"][key] for _, b in pairs]
     ratios = [o / n for o, n in zip(old, new)]
     print(f"| {key} | {statistics.median(old):.3f} | {statistics.median(new):.3f} | "
+          f"{' '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |")
+
+run_steps = {stage: int(steps) for stage, _, steps in (item.partition("=") for item in args.run_steps.split(","))}
+students = list(dict.fromkeys(key.split("/")[0] for key in pairs[0][0]["step_s"]))
+print()
+print(f"Whole run's training time, {', '.join(f'{stage} {steps} steps' for stage, steps in run_steps.items())}:")
+print()
+print("| student | old s | new s | old ÷ new per pair | median |")
+print("|---|---|---|---|---|")
+
+
+def run_seconds(line, student):
+    return sum(steps * line["step_s"][f"{student}/{stage}"] for stage, steps in run_steps.items())
+
+
+for student in students:
+    if not all(f"{student}/{stage}" in pairs[0][0]["step_s"] for stage in run_steps):
+        continue
+    old = [run_seconds(a, student) for a, _ in pairs]
+    new = [run_seconds(b, student) for _, b in pairs]
+    ratios = [o / n for o, n in zip(old, new)]
+    print(f"| {student} | {statistics.median(old):.1f} | {statistics.median(new):.1f} | "
           f"{' '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |")

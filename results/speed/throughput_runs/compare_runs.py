@@ -21,14 +21,16 @@ with every student's decode step as one compiled call (`kernels/native`). `throu
 with every prompt's recurrence and short convolution as compiled passes; `throughput_cpu_avx2_87c6835` the same timed
 code with prefill FLOPs counted in the recurrences' torch chunk forms; fd96b3d has the delta rule scan's read-only
 pass with two accumulators; 77e70e0, 2f9efd8 and efabf92 the compiled token shift, read-out norm and MetaLA
-augmentation. 4770de2 (`throughput_cpu_avx2_4770de2`, the committed file until the twenty-fifth stop) is the first whose ratios to the floor (prefill) and to the teacher
+augmentation. 4770de2 (`results/throughput_cpu_avx2.json`, the committed file until the twenty-fifth stop and since the twenty-sixth the
+AVX2 machine type's table) is the first whose ratios to the floor (prefill) and to the teacher
 at 1k (decode) divide by the anchor's runs right before and after each call (`ratio_spread.py` beside this file
 prints each run's per-round spread); this script's ratios are of medians, as for every run.
 `throughput_cpu_39b18a8` is the same timed code on an Intel Xeon with AVX-512 and AMX (bf16 instructions); `throughput_cpu_38d3917`
 the same with 16-wide product blocks in the AVX-512 build (since reverted); the committed file now is the run at
 1c8f4bb on that Xeon type.
 
-    python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json
+    python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json \
+        results/throughput_cpu_avx2.json
 """
 import json
 import sys
