@@ -15,6 +15,14 @@ def test_linear_recurrence_chunk_matches_naive(T, decay, bonus, init):
     compare(linear_recurrence, lr_inputs(T, decay, bonus, init), "chunk")
 
 
+@pytest.mark.parametrize("decay", ["head", "channel"])
+def test_a_fixed_decay_gets_no_gradient_and_the_others_still_match_naive(decay):
+    """RetNet's decay is a constant: the carry's backward skips its gradient, and q, k, v, state keep theirs."""
+    inputs = lr_inputs(70, decay, False, True)
+    inputs["log_decay"] = inputs["log_decay"].detach()
+    compare(linear_recurrence, inputs, "chunk")
+
+
 @pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
 @pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
 @pytest.mark.parametrize("decay", ["none", "head", "channel"])

@@ -300,8 +300,12 @@ class _ChunkCarry(torch.autograd.Function):
         decays = decay.unbind(0)
         grad_kv, grad_initial = scan_backward(
             grad_states, lambda g, n, s, out: torch.addcmul(g, decays[n], s, out=out))
-        # Σ dS_{n+1} ⊙ S_n over V, and over K too per head (the decay is shared by all K·V entries), for all
-        # chunks in one batched product
-        grad_decay = torch.einsum("...kv,...kv->...k" if decay.shape[-2] > 1 else "...kv,...kv->...",
-                                  grad_kv, states[:-1]).view(decay.shape)
+        grad_decay = None
+        if ctx.needs_input_grad[1]:  # a learned decay (RetNet's is fixed: no gradient to form)
+            # Σ dS_{n+1} ⊙ S_n over V (one batched product), and over K too per head (the decay is shared by all
+            # K·V entries; there a product and a sum, as einsum's (1 × K·V)(K·V × 1) products run ~3.5× slower)
+            if decay.shape[-2] > 1:
+                grad_decay = torch.einsum("...kv,...kv->...k", grad_kv, states[:-1]).view(decay.shape)
+            else:
+                grad_decay = (grad_kv * states[:-1]).sum((-2, -1)).view(decay.shape)
         return grad_kv, grad_decay, grad_initial
