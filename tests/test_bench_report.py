@@ -222,15 +222,17 @@ def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
 def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_path, monkeypatch):
     from bench.report import figures
 
-    def report(device, commit, scale):
+    def report(device, commit, scale, models):
         return {"machine": {"device_name": device, "cpu_capability": "AVX2", "torch_threads": 2, "commit": commit},
                 "settings": {"dtype": "float32"}, "date": "2026-12-05T00:00:00Z",
                 "models": {name: {"prefill": {"2048": {"median_s": 0.1 * k * scale}},
                                   "decode": {"1024": {"ms_per_token": 1.0 * k * scale}}}
-                           for k, name in enumerate(["floor", "teacher", "gla"], 1)}}
+                           for k, name in enumerate(models, 1)}}
 
-    (tmp_path / "throughput_cpu.json").write_text(json.dumps(report("Xeon", "aaa1111", 1.0)))
-    (tmp_path / "throughput_cpu_avx2.json").write_text(json.dumps(report("EPYC", "bbb2222", 2.0)))
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(report("Xeon", "aaa1111", 1.0, ["floor", "teacher", "gla"])))
+    # the other machine's file has one model more, sorting before gla: gla keeps its colour all the same
+    (tmp_path / "throughput_cpu_avx2.json").write_text(json.dumps(
+        report("EPYC", "bbb2222", 2.0, ["floor", "teacher", "gla", "attention"])))
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
     reports = figures._throughput_reports(tmp_path)
@@ -240,8 +242,13 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
         panels = [ax for ax in fig.axes if ax.get_title()]
         assert [ax.get_title().split(" ")[0] for ax in panels] == ["Xeon", "EPYC"]
         assert all("commit" in ax.get_title() for ax in panels)
-        assert [len(ax.get_lines()) for ax in panels] == [3, 3]  # floor, teacher, gla in each
-    first = drawn[0].axes  # the second machine's times are its own, not the first's
-    assert first[1].get_lines()[0].get_ydata()[0] == 2 * first[0].get_lines()[0].get_ydata()[0]
+        assert [len(ax.get_lines()) for ax in panels] == [3, 4]
+        colors = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in panels]
+        assert all(colors[1][name] == color for name, color in colors[0].items())
+        assert sorted(text.get_text() for text in panels[-1].get_legend().get_texts()) == \
+            ["attention", "floor", "gla", "teacher"]
+    first = [ax for ax in drawn[0].axes if ax.get_title()]  # each machine's times are its own
+    times = [{line.get_label(): line.get_ydata()[0] for line in ax.get_lines()} for ax in first]
+    assert times[1]["gla"] == pytest.approx(2 * times[0]["gla"])
     for fig in drawn:
         figures.plt.close(fig)

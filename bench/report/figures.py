@@ -223,30 +223,35 @@ def _machine_panels(reports, title: str):
     return fig, axes[0]
 
 
-def _model_lines(ax, report, points: str, value) -> None:
-    for name, model in sorted(report["models"].items()):
-        xs = sorted(model[points], key=int)
-        ax.plot([int(x) for x in xs], [value(model[points][x]) for x in xs], marker="o", label=name, **_style(name))
+def _model_lines(axes, reports, points: str, value) -> None:
+    """Each report's models in its panel, a model in one colour in every panel; one legend for all panels."""
+    colors = _student_colors({name for report in reports for name in report["models"]} - {"teacher", "floor"})
+    for ax, report in zip(axes, reports):
+        for name, model in sorted(report["models"].items()):
+            xs = sorted(model[points], key=int)
+            ax.plot([int(x) for x in xs], [value(model[points][x]) for x in xs], marker="o", label=name,
+                    **(_style(name) or {"color": colors[name]}))
+    lines = {line.get_label(): line for ax in axes for line in ax.get_lines()}
+    axes[-1].legend([lines[name] for name in sorted(lines)], sorted(lines), fontsize=7, loc="upper left",
+                    bbox_to_anchor=(1.01, 1))
 
 
 def prefill_vs_length(reports, out: Path) -> Path:
     fig, axes = _machine_panels(reports, "Prefill time, batch 1")
-    for ax, report in zip(axes, reports):
-        _model_lines(ax, report, "prefill", lambda cell: cell["median_s"])
+    _model_lines(axes, reports, "prefill", lambda cell: cell["median_s"])
+    for ax in axes:
         ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)")
     axes[0].set_ylabel("seconds")
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out / "prefill_vs_length.png")
     return out / "prefill_vs_length.png"
 
 
 def decode_vs_context(reports, out: Path) -> Path:
     fig, axes = _machine_panels(reports, "Decode latency vs context (KV cache vs recurrent state)")
-    for ax, report in zip(axes, reports):
-        _model_lines(ax, report, "decode", lambda cell: cell["ms_per_token"])
+    _model_lines(axes, reports, "decode", lambda cell: cell["ms_per_token"])
+    for ax in axes:
         ax.set(xscale="log", xlabel="context (tokens)")
     axes[0].set_ylabel("ms per decoded token")
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out / "decode_vs_context.png")
     return out / "decode_vs_context.png"
 
