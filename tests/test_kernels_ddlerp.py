@@ -139,3 +139,70 @@ def test_rwkv_gives_the_same_logits_either_way(monkeypatch):
                 logits[mode] = torch.cat([prompt.logits, step.logits], dim=1)
     torch.testing.assert_close(logits["compiled"], logits["torch"], rtol=1e-4, atol=1e-4)
     assert (logits["compiled"] - logits["torch"]).abs().max() > 0  # the compiled pass did run
+
+
+def _trained(inputs):
+    return {name: t.clone().requires_grad_() if t is not None else None for name, t in inputs.items()}
+
+
+def _with_grads(fn, inputs):
+    streams, log_decay = fn(**inputs)
+    g = torch.Generator().manual_seed(1)
+    loss = (streams.float() * torch.randn(streams.shape, generator=g)).sum() + \
+        (log_decay.float() * torch.randn(log_decay.shape, generator=g)).sum()
+    tensors = {n: t for n, t in inputs.items() if t is not None}
+    return (streams, log_decay), dict(zip(tensors, torch.autograd.grad(loss, list(tensors.values()))))
+
+
+@needs_build  # inductor compiles with the same C++ toolchain
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+def test_the_training_form_compiled_by_inductor_matches_the_torch_form(monkeypatch, autocast):
+    """Outputs and every gradient, on an odd shape with the token before, where a gradient is recorded (training)."""
+    from kernels.ddlerp import inductor
+
+    monkeypatch.setattr(inductor, "MIN_TOKENS", 0)
+    monkeypatch.setitem(inductor._state, "compiled", torch.compile(inductor.ddlerp_torch, dynamic=False))
+    inputs = _inputs(2, 37, 40, 3, 5, 33, spread=0.5)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with context:
+        (out, grads) = _with_grads(lambda **a: ddlerp(**a, backend="native"), _trained(inputs))
+        (ref, ref_grads) = _with_grads(lambda **a: ddlerp(**a, backend="torch"), _trained(inputs))
+    tol = dict(rtol=3e-2, atol=3e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    for got, want in zip(out, ref):
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 9
+    for name in grads:
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(grads[name] / scale, ref_grads[name] / scale, **tol, msg=name)
+    assert not inductor._state.get("failed")
+
+
+def test_the_training_form_runs_the_torch_form_for_small_calls_when_off_or_when_compiling_fails(monkeypatch):
+    from kernels.ddlerp import inductor
+
+    calls = []
+    monkeypatch.setitem(inductor._state, "compiled", lambda *a: calls.append("compiled") or inductor.ddlerp_torch(*a))
+    inputs = _trained(_inputs(1, 20, 16, 2, 4))
+    ddlerp(**inputs, backend="native")  # 20 tokens: below MIN_TOKENS
+    assert calls == []
+    monkeypatch.setattr(inductor, "MIN_TOKENS", 0)
+    ddlerp(**inputs, backend="native")
+    assert calls == ["compiled"]
+    with torch.no_grad():  # no gradient recorded: never the training form
+        ddlerp(**inputs, backend="native")
+    monkeypatch.setenv("DISTILL_BENCH_COMPILE", "0")
+    ddlerp(**inputs, backend="native")
+    assert calls == ["compiled"]
+    monkeypatch.delenv("DISTILL_BENCH_COMPILE")
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    monkeypatch.setitem(inductor._state, "compiled", broken)
+    monkeypatch.delitem(inductor._state, "failed", raising=False)
+    with pytest.warns(RuntimeWarning, match="could not be compiled for training \\(no C\\+\\+ compiler\\)"):
+        streams, log_decay = ddlerp(**inputs, backend="native")
+    reference = ddlerp(**inputs, backend="torch")
+    torch.testing.assert_close(streams, reference[0])
+    assert inductor._state["failed"]
+    monkeypatch.delitem(inductor._state, "failed")

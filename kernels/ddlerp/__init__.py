@@ -6,10 +6,11 @@ stream_s = x_t + xx_t ⊙ (μ_s + mix_{t,s} B_s); log_decay_t = −exp(d + tanh(
 from __future__ import annotations
 
 from kernels._backend import pick_backend
+from kernels.ddlerp.inductor import ddlerp_inductor
 from kernels.ddlerp.native import ddlerp_native
 from kernels.ddlerp.torch_form import ddlerp_torch
 
-BACKENDS = {"torch": ddlerp_torch, "native": ddlerp_native}
+BACKENDS = {"torch": ddlerp_torch, "native": ddlerp_native, "inductor": ddlerp_inductor}
 
 
 def ddlerp(x, previous, maa_x, maa_w1, maa, maa_w2, time_decay, decay_w1, decay_w2, backend="auto"):
