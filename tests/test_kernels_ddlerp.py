@@ -158,15 +158,16 @@ def _with_grads(fn, inputs):
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
 def test_the_training_form_compiled_by_inductor_matches_the_torch_form(monkeypatch, autocast):
     """Outputs and every gradient, on an odd shape with the token before, where a gradient is recorded (training)."""
-    from kernels.ddlerp import inductor
+    from kernels.ddlerp.inductor import ddlerp_inductor
 
-    monkeypatch.setattr(inductor, "MIN_TOKENS", 0)
-    monkeypatch.setitem(inductor._state, "compiled", torch.compile(inductor.ddlerp_torch, dynamic=False))
+    monkeypatch.setattr(ddlerp_inductor, "min_tokens", 0)
+    monkeypatch.setattr(ddlerp_inductor, "compiled", None)  # compiled afresh here
     inputs = _inputs(2, 37, 40, 3, 5, 33, spread=0.5)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     with context:
         (out, grads) = _with_grads(lambda **a: ddlerp(**a, backend="native"), _trained(inputs))
         (ref, ref_grads) = _with_grads(lambda **a: ddlerp(**a, backend="torch"), _trained(inputs))
+    assert ddlerp_inductor.compiled is not None and not ddlerp_inductor.failed
     tol = dict(rtol=3e-2, atol=3e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     for got, want in zip(out, ref):
         torch.testing.assert_close(got.float(), want.float(), **tol)
@@ -174,35 +175,3 @@ def test_the_training_form_compiled_by_inductor_matches_the_torch_form(monkeypat
     for name in grads:
         scale = ref_grads[name].abs().max().item()
         torch.testing.assert_close(grads[name] / scale, ref_grads[name] / scale, **tol, msg=name)
-    assert not inductor._state.get("failed")
-
-
-def test_the_training_form_runs_the_torch_form_for_small_calls_when_off_or_when_compiling_fails(monkeypatch):
-    from kernels.ddlerp import inductor
-
-    calls = []
-    monkeypatch.setitem(inductor._state, "compiled", lambda *a: calls.append("compiled") or inductor.ddlerp_torch(*a))
-    inputs = _trained(_inputs(1, 20, 16, 2, 4))
-    ddlerp(**inputs, backend="native")  # 20 tokens: below MIN_TOKENS
-    assert calls == []
-    monkeypatch.setattr(inductor, "MIN_TOKENS", 0)
-    ddlerp(**inputs, backend="native")
-    assert calls == ["compiled"]
-    with torch.no_grad():  # no gradient recorded: never the training form
-        ddlerp(**inputs, backend="native")
-    monkeypatch.setenv("DISTILL_BENCH_COMPILE", "0")
-    ddlerp(**inputs, backend="native")
-    assert calls == ["compiled"]
-    monkeypatch.delenv("DISTILL_BENCH_COMPILE")
-
-    def broken(*args):
-        raise RuntimeError("no C++ compiler\nsecond line")
-
-    monkeypatch.setitem(inductor._state, "compiled", broken)
-    monkeypatch.delitem(inductor._state, "failed", raising=False)
-    with pytest.warns(RuntimeWarning, match="could not be compiled for training \\(no C\\+\\+ compiler\\)"):
-        streams, log_decay = ddlerp(**inputs, backend="native")
-    reference = ddlerp(**inputs, backend="torch")
-    torch.testing.assert_close(streams, reference[0])
-    assert inductor._state["failed"]
-    monkeypatch.delitem(inductor._state, "failed")

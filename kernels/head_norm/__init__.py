@@ -9,10 +9,11 @@ term), x + σ(v ⊙ Σ_c q_c w_c k_c) per head is normalised in x's place.
 from __future__ import annotations
 
 from kernels._backend import pick_backend
+from kernels.head_norm.inductor import head_norm_inductor
 from kernels.head_norm.native import head_norm_native
 from kernels.head_norm.torch_form import ACTIVATIONS, head_norm_torch
 
-BACKENDS = {"torch": head_norm_torch, "native": head_norm_native}
+BACKENDS = {"torch": head_norm_torch, "native": head_norm_native, "inductor": head_norm_inductor}
 KINDS = ("rms", "layer")
 
 
