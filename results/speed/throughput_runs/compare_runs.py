@@ -26,8 +26,8 @@ AVX2 machine type's table) is the first whose ratios to the floor (prefill) and 
 at 1k (decode) divide by the anchor's runs right before and after each call (`ratio_spread.py` beside this file
 prints each run's per-round spread); this script's ratios are of medians, as for every run.
 `throughput_cpu_39b18a8` is the same timed code on an Intel Xeon with AVX-512 and AMX (bf16 instructions); `throughput_cpu_38d3917`
-the same with 16-wide product blocks in the AVX-512 build (since reverted); the committed file now is the run at
-1c8f4bb on that Xeon type.
+the same with 16-wide product blocks in the AVX-512 build (since reverted); `throughput_cpu_1c8f4bb` the final code
+of the twenty-fifth stop; the committed file now is the run at e48eeb5 on that Xeon type.
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json \
         results/throughput_cpu_avx2.json
