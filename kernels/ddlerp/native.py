@@ -14,7 +14,7 @@ from kernels.ddlerp.torch_form import ddlerp_torch
 
 def ddlerp_native(x, previous, maa_x, maa_w1, maa, maa_w2, time_decay, decay_w1, decay_w2):
     weights = (maa_x, maa_w1, maa, maa_w2, time_decay, decay_w1, decay_w2)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, previous, *weights)):
+    if native.records_gradient(x, previous, *weights):
         return ddlerp_inductor(x, previous, *weights)
     compiled = native.without_autograd(x, previous, *weights)
     if (compiled is None or torch.is_autocast_enabled("cpu") or x.dtype != torch.float32

@@ -15,7 +15,7 @@ ACTIVATION_CODES = {"none": 0, "silu": 1, "sigmoid": 2}
 
 
 def head_norm_native(x, weight=None, bias=None, gate=None, kind="rms", activation="silu", eps=1e-5, augment=None):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, gate, *(augment or ()))):
+    if native.records_gradient(x, weight, bias, gate, *(augment or ())):
         return head_norm_inductor(x, weight, bias, gate, kind, activation, eps, augment)
     compiled = native.without_autograd(x, weight, bias, gate, *(augment or ()))
     if compiled is None or torch.is_autocast_enabled("cpu") or x.dim() != 4:

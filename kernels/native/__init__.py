@@ -70,12 +70,15 @@ def module():
         return _state["module"]
 
 
+def records_gradient(*tensors) -> bool:
+    """Whether autograd records this call (parameters keep `requires_grad` under no_grad, so grad mode decides)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def without_autograd(q: torch.Tensor, *tensors):
-    """The extension where a call can take it: on CPU and no gradient to record (the extension has no backward;
-    parameters keep `requires_grad` under no_grad, so grad mode decides); else None."""
-    if q.device.type != "cpu":
-        return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, *tensors)):
+    """The extension where a call can take it: on CPU and no gradient to record (the extension has no backward);
+    else None."""
+    if q.device.type != "cpu" or records_gradient(q, *tensors):
         return None
     return module()
 
