@@ -24,7 +24,9 @@ def _inputs(B, T, D, rank, decay_rank, previous=True, seed=0, spread=0.1, width=
 
 SHAPES = [(1, 1, 256, 32, 64, 256), (2, 1, 19, 3, 5, 19), (2, 37, 40, 3, 5, 40), (1, 64, 24, 4, 8, 24),
           (2, 65, 21, 4, 6, 33), (1, 100, 256, 32, 64, 256), (1, 50, 64, 8, 16, 128),
-          (1, 70, 56, 10, 12, 59)]  # B, T, D, R, Rd, decay width; the last: products with 16-wide blocks and 1-wide tails
+          (1, 70, 56, 10, 12, 59), (1, 45, 72, 7, 40, 72)]
+# B, T, D, R, Rd, decay width; the last two: products with 16-wide blocks and 1-wide tails, and (AVX-512) 8 x 32 tiles
+# with 8-wide tiles at their column and row edges
 
 
 @needs_build

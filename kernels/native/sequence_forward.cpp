@@ -38,6 +38,18 @@ inline vec8 splat(float x) { return vec8{x, x, x, x, x, x, x, x}; }
 
 typedef int32_t vec8i __attribute__((vector_size(32)));
 
+#if defined(__AVX512F__)
+// Sixteen floats (one AVX-512 register), for the products' register tiles where the build targets AVX-512.
+typedef float vec16 __attribute__((vector_size(64)));
+inline vec16 load16(const float* p) {
+  vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof v); }
+inline vec16 splat16(float x) { return vec16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+#endif
+
 inline vec8 clamp8(vec8 x, float lo, float hi) {
   x = x < splat(lo) ? splat(lo) : x;
   return x > splat(hi) ? splat(hi) : x;
@@ -93,8 +105,8 @@ class FlushDenormals {
 
 // C[M x N] = A[M x P] B[P x N] (+ C when accumulate), row-major with leading dimensions: blocks of 4 rows x 16
 // columns held in registers, the rest by plain loops.
-void gemm(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-          int64_t ldc, bool accumulate) {
+void gemm_8wide(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                int64_t ldc, bool accumulate) {
   int64_t i = 0;
   for (; i + 4 <= M; i += 4) {
     const float *a0 = A + i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
@@ -142,6 +154,39 @@ void gemm(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const fl
       for (int64_t j = 0; j < N; ++j) c[j] += x * b[j];
     }
   }
+}
+
+// C[M x N] = A[M x P] B[P x N] (+ C when accumulate), row-major with leading dimensions. Where the build targets
+// AVX-512, blocks of 8 rows x 32 columns are held in sixteen 16-float registers (1.5x the 8-wide tiles' rate on
+// rwkv's token shift, results/speed) and the edges take the 8-wide tiles; each sum runs over p in the same order
+// either way, so the results are the same.
+void gemm(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+          int64_t ldc, bool accumulate) {
+#if defined(__AVX512F__)
+  const int64_t rows = M - M % 8, columns = N - N % 32;
+  for (int64_t i = 0; i < rows; i += 8) {
+    for (int64_t j = 0; j < columns; j += 32) {
+      vec16 x[8][2];
+      for (int r = 0; r < 8; ++r) {
+        x[r][0] = accumulate ? load16(C + (i + r) * ldc + j) : vec16{};
+        x[r][1] = accumulate ? load16(C + (i + r) * ldc + j + 16) : vec16{};
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        const vec16 b0 = load16(B + p * ldb + j), b1 = load16(B + p * ldb + j + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) {
+          const vec16 a = splat16(A[(i + r) * lda + p]);
+          x[r][0] += a * b0, x[r][1] += a * b1;
+        }
+      }
+      for (int r = 0; r < 8; ++r) store16(C + (i + r) * ldc + j, x[r][0]), store16(C + (i + r) * ldc + j + 16, x[r][1]);
+    }
+  }
+  if (rows > 0 && columns < N) gemm_8wide(rows, N - columns, P, A, lda, B + columns, ldb, C + columns, ldc, accumulate);
+  if (rows < M) gemm_8wide(M - rows, N, P, A + rows * lda, lda, B, ldb, C + rows * ldc, ldc, accumulate);
+#else
+  gemm_8wide(M, N, P, A, lda, B, ldb, C, ldc, accumulate);
+#endif
 }
 
 // exp(x) for x <= 0, with decays below exp(floor) dropped: no denormal ever enters a product (the Python form's
