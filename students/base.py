@@ -23,6 +23,11 @@ from students.window import band_matrix, band_softmax, band_softmax_naive, slidi
 
 State = dict[str, Any]
 
+# A long prompt without gradient runs through a recurrent mixer this many tokens at a time on CPU, its state carried
+# from block to block (the same outputs, token for token): a block's features stay in cache between the mixer's
+# passes, where a 16k-token prompt's would go to memory and back (results/speed/prefill_blocks.md).
+PREFILL_BLOCK = 2048
+
 
 @dataclass(frozen=True)
 class IntOption:
@@ -279,11 +284,24 @@ class RecurrentMixer(Mixer):
         return numerator, normaliser, {"window_k": keys[:, T:].clone(), "window_position": position + T}
 
     def forward(self, x, state=None, backend="auto"):
+        if (x.shape[1] > PREFILL_BLOCK and backend == "auto" and x.device.type == "cpu"
+                and not torch.is_grad_enabled()):
+            return self.forward_in_blocks(x, state, backend)
         state = state or {}
         f = self.featurize(x, state)
         o, mixed_state = self.mix(f, backend, state)
         y = self.readout(self.finish_core(o, f), f, x)
         return y.to(x.dtype), {**f.carry, **mixed_state}
+
+    def forward_in_blocks(self, x, state=None, backend="auto", block: int | None = None):
+        """`forward` over x `block` tokens (default `PREFILL_BLOCK`) at a time, each block starting from the state
+        the one before left: a recurrent mixer's prompt may be split anywhere (as decoding splits it per token)."""
+        block = block or PREFILL_BLOCK
+        outputs = []
+        for start in range(0, x.shape[1], block):
+            y, state = self.forward(x[:, start:start + block], state, backend)
+            outputs.append(y)
+        return torch.cat(outputs, dim=1), state
 
     def core(self, x, backend="auto"):
         f = self.featurize(x, {})

@@ -60,6 +60,36 @@ def test_two_calls_carrying_state_equal_one(name):
     assert_close(torch.cat([first, second], 1), full, 1e-4, "split")
 
 
+@pytest.mark.parametrize("options", [{}, {"window": 5}], ids=["plain", "window"])
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n != "attention"])
+def test_a_long_prompt_runs_in_blocks_with_the_same_outputs_and_state(monkeypatch, name, options):
+    mixer = make(name, **options)
+    lengths = []
+    featurize = mixer.featurize
+    monkeypatch.setattr(mixer, "featurize", lambda x, state: lengths.append(x.shape[1]) or featurize(x, state))
+    x = torch.randn(2, 75, CONFIG["hidden_size"])
+    with torch.no_grad():
+        _, before = mixer(torch.randn(2, 9, CONFIG["hidden_size"]))
+        whole, whole_state = mixer(x, before)
+        monkeypatch.setattr(students.base, "PREFILL_BLOCK", 16)
+        lengths.clear()
+        blocked, blocked_state = mixer(x, before)
+        assert lengths == [16, 16, 16, 16, 11]
+        lengths.clear()
+        assert_close(mixer(x, before, backend="naive")[0], whole, 1e-4, "the reference, in one pass")
+        assert lengths == [75]
+    lengths.clear()
+    mixer(x, before)  # training: autograd records one pass
+    assert lengths == [75]
+    assert_close(blocked, whole, 1e-5, "blocks vs one pass")
+    assert whole_state.keys() == blocked_state.keys()
+    for key, value in whole_state.items():
+        if torch.is_tensor(value):
+            assert_close(blocked_state[key], value, 1e-5, f"state {key}")
+        else:
+            assert blocked_state[key] == value, key
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_materialised_matrix_reproduces_core(name):
     mixer = make(name)
