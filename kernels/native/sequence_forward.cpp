@@ -247,6 +247,22 @@ void for_each_head(const Pass& p, const Body& body) {
 
 constexpr int64_t kBlock = 32;  // value columns per register block in the scans: 4 vectors of 8
 
+// sum_i a_i b_i c_i in 8-wide partial sums (one scalar chain of K products would take K multiply-add latencies)
+inline float dot3(const float* a, const float* b, const float* c, int64_t n) {
+  vec8 partial[2] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    partial[0] += load8(a + i) * load8(b + i) * load8(c + i);
+    partial[1] += load8(a + i + 8) * load8(b + i + 8) * load8(c + i + 8);
+  }
+  for (; i + 8 <= n; i += 8) partial[0] += load8(a + i) * load8(b + i) * load8(c + i);
+  const vec8 both = partial[0] + partial[1];
+  float sum = 0.f;
+  for (int lane = 0; lane < 8; ++lane) sum += both[lane];
+  for (; i < n; ++i) sum += a[i] * b[i] * c[i];
+  return sum;
+}
+
 // One token's inputs for one head: q, k (K), v (V), per-channel decays a (K; a per-head decay repeated), the
 // bonus term q.(u k) (RWKV-6) and where its output row goes.
 struct Token {
@@ -461,9 +477,7 @@ std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Te
           std::fill(a, a + K, decay(gp[row], lo));
         }
         token.a = a;
-        token.bonus_dot = 0.f;
-        if (up != nullptr)
-          for (int64_t i = 0; i < K; ++i) token.bonus_dot += token.q[i] * up[h * K + i] * token.k[i];
+        token.bonus_dot = up != nullptr ? dot3(token.q, up + h * K, token.k, K) : 0.f;
       }
       if (up != nullptr) {
         n == 2 ? linear_tokens<true, 2>(state, tok, sc, K, V) : linear_tokens<true, 1>(state, tok, sc, K, V);
