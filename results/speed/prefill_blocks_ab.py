@@ -4,7 +4,8 @@
   gemm     rwkv and gated_deltanet with the C++ extension built from a commit's sources (the old products) against
            the working tree's.
 
-The floor (bench.perf.throughput.FloorMixer) runs in every round; ratios are medians over rounds.
+The floor (bench.perf.throughput.FloorMixer) runs before every call, and the sides swap order every round;
+times are medians over rounds.
     python results/speed/prefill_blocks_ab.py blocks --students all --lengths 4096,16384 --repeats 7
     python results/speed/prefill_blocks_ab.py gemm --old 8ef5deb --lengths 2048,16384
 """
@@ -76,11 +77,15 @@ def main():
         with torch.no_grad():
             for call in calls.values():
                 call()
-            for _ in range(args.repeats):
-                for key, call in calls.items():
-                    start = time.perf_counter()
-                    call()
-                    times[key].append(time.perf_counter() - start)
+            for round_ in range(args.repeats):
+                # the floor before every call, and the two sides' order swapped every round: a call's time depends
+                # on what ran before it (the heap it inherits), so neither side always follows the other
+                for name in models:
+                    for side in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
+                        for key in ("floor", f"{name} {side}"):
+                            start = time.perf_counter()
+                            calls[key]()
+                            times[key].append(time.perf_counter() - start)
         floor_s = statistics.median(times["floor"])
         print(f"T={length}: floor {1e3 * floor_s:.1f} ms")
         for name in models:
