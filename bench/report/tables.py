@@ -363,11 +363,17 @@ TABLES = {
     "throughput_cpu_avx2": ("throughput_cpu_avx2.json", throughput,
                             "python -m bench.throughput --student all --repeats 11 --threads 2 "
                             "--json results/throughput_cpu_avx2.json"),
+    "throughput_cpu_epyc_avx512": ("throughput_cpu_epyc_avx512.json", throughput,
+                                   "python -m bench.throughput --student all --repeats 11 --threads 2 "
+                                   "--json results/throughput_cpu_epyc_avx512.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
                                "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 "
                                "--json results/speed/distill_speed_cpu_avx2.json"),
+    "distill_speed_cpu_epyc_avx512": ("speed/distill_speed_cpu_epyc_avx512.json", distill_speed,
+                                      "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 "
+                                      "--json results/speed/distill_speed_cpu_epyc_avx512.json"),
     "distill_speed_cpu_avx512_software_bf16": (
         "speed/distill_speed_cpu_avx512_software_bf16.json", distill_speed,
         "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 --dtype bf16 "

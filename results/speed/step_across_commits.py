@@ -52,6 +52,16 @@ try:
     from bench.distill.loop import adamw as run_adamw
 except ImportError:  # before the stages' optimiser had a function of its own
     run_adamw = None
+
+
+def cpu_model() -> str:
+    """The CPU's model name: machines of one capability (AVX512) differ by vendor and bf16 instructions."""
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 results = {}
 for name in args.students.split(","):
     for stage in args.stages.split(","):
@@ -74,7 +84,7 @@ for name in args.students.split(","):
             optimizer.step()
             times.append(time.perf_counter() - start)
         results[f"{name}/{stage}"] = statistics.median(times[1:])
-print(json.dumps({"commit": commit, "mode": args.mode, "autocast_bf16": bf16,
+print(json.dumps({"commit": commit, "mode": args.mode, "autocast_bf16": bf16, "cpu_model": cpu_model(),
                   "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step_s": results}))

@@ -28,7 +28,7 @@ if not pairs:
 first, last = pairs[0][0], pairs[-1][1]
 print(f"{len(pairs)} pairs, {first['date']} … {last['date']}; old {args.old} ({first['mode']}), new {args.new} "
       f"({last['mode']}, bf16 autocast: {last.get('autocast_bf16', last['mode'] == 'default')}); "
-      f"CPU capability {last.get('cpu_capability', 'not recorded')}, torch {last['torch']}, {last['threads']} threads")
+      f"CPU {last.get('cpu_model', 'model not recorded')}, capability {last.get('cpu_capability', 'not recorded')}, torch {last['torch']}, {last['threads']} threads")
 print()
 print("| student / stage | old s/step | new s/step | old ÷ new per pair | median |")
 print("|---|---|---|---|---|")
