@@ -49,9 +49,10 @@ def cpu_model() -> str:
 def cpu_has_bf16_kernels() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): where `--dtype auto` picks bf16.
 
-    oneDNN also reports bf16 support on AVX-512 CPUs that have neither, converting in software: there bf16
-    products ran at a fifth of fp32's rate and a bf16 training step at a third of fp32's (results/speed/), so those
-    count as no."""
+    Both kinds pay: bf16 products ran at ~3x fp32's rate on an AMX Xeon and 2.1x on an AVX512-BF16 EPYC without
+    AMX (results/speed/distill_speed_cpu*.json). oneDNN also reports bf16 support on AVX-512 CPUs that have neither,
+    converting in software: there bf16 products ran at a fifth of fp32's rate and a bf16 training step at a third
+    of fp32's, so those count as no."""
     return _onednn_reports_bf16() and any(_cpu_feature(name) for name in ("avx512_bf16", "amx_tile"))
 
 
