@@ -28,7 +28,8 @@ prints each run's per-round spread); this script's ratios are of medians, as for
 `throughput_cpu_39b18a8` is the same timed code on an Intel Xeon with AVX-512 and AMX (bf16 instructions); `throughput_cpu_38d3917`
 the same with 16-wide product blocks in the AVX-512 build (since reverted); `throughput_cpu_1c8f4bb` the final code
 of the twenty-fifth stop; the committed file now is the run at e48eeb5 on that Xeon type.
-`results/throughput_cpu_epyc_avx512.json` (812ffb3) is a third machine type, an AMD EPYC with AVX-512 and AVX512-BF16.
+`throughput_cpu_epyc_avx512_812ffb3` and `results/throughput_cpu_epyc_avx512.json` (20fc708, the same timed code, an
+hour later) are a third machine type, an AMD EPYC with AVX-512 and AVX512-BF16.
 
     python results/speed/throughput_runs/compare_runs.py results/speed/throughput_runs/*.json results/throughput_cpu.json \
         results/throughput_cpu_avx2.json
