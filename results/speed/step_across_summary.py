@@ -32,15 +32,17 @@ print(f"{len(pairs)} pairs, {first['date']} … {last['date']}; old {args.old} (
 print()
 print("| student / stage | old s/step | new s/step | old ÷ new per pair | median |")
 print("|---|---|---|---|---|")
-for key in pairs[0][0]["step_s"]:
-    old = [a["step_s"][key] for a, _ in pairs]
-    new = [b["step_s"][key] for _, b in pairs]
+keys = list(dict.fromkeys(key for a, b in pairs for key in a["step_s"] if key in b["step_s"]))
+for key in keys:  # each over the pairs that timed it (a probe may time a subset of the students)
+    timed = [(a, b) for a, b in pairs if key in a["step_s"] and key in b["step_s"]]
+    old = [a["step_s"][key] for a, _ in timed]
+    new = [b["step_s"][key] for _, b in timed]
     ratios = [o / n for o, n in zip(old, new)]
     print(f"| {key} | {statistics.median(old):.3f} | {statistics.median(new):.3f} | "
           f"{' '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |")
 
 run_steps = {stage: int(steps) for stage, _, steps in (item.partition("=") for item in args.run_steps.split(","))}
-students = list(dict.fromkeys(key.split("/")[0] for key in pairs[0][0]["step_s"]))
+students = list(dict.fromkeys(key.split("/")[0] for key in keys))
 print()
 print(f"Whole run's training time, {', '.join(f'{stage} {steps} steps' for stage, steps in run_steps.items())}:")
 print()
@@ -53,10 +55,12 @@ def run_seconds(line, student):
 
 
 for student in students:
-    if not all(f"{student}/{stage}" in pairs[0][0]["step_s"] for stage in run_steps):
+    timed = [(a, b) for a, b in pairs if all(f"{student}/{stage}" in line["step_s"] for stage in run_steps
+                                             for line in (a, b))]
+    if not timed:
         continue
-    old = [run_seconds(a, student) for a, _ in pairs]
-    new = [run_seconds(b, student) for _, b in pairs]
+    old = [run_seconds(a, student) for a, _ in timed]
+    new = [run_seconds(b, student) for _, b in timed]
     ratios = [o / n for o, n in zip(old, new)]
     print(f"| {student} | {statistics.median(old):.1f} | {statistics.median(new):.1f} | "
           f"{' '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |")
