@@ -157,9 +157,9 @@ void gemm_8wide(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, co
 }
 
 // C[M x N] = A[M x P] B[P x N] (+ C when accumulate), row-major with leading dimensions. Where the build targets
-// AVX-512, blocks of 8 rows x 32 columns are held in sixteen 16-float registers (1.5x the 8-wide tiles' rate on
-// rwkv's token shift, results/speed) and the edges take the 8-wide tiles; each sum runs over p in the same order
-// either way, so the results are the same.
+// AVX-512, blocks of 8 rows x 32 columns are held in sixteen 16-float registers (results/speed/prefill_blocks.md)
+// and the edges take the 8-wide tiles; each sum runs over p in the same order either way, so the results are the
+// same.
 void gemm(int64_t M, int64_t N, int64_t P, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
           int64_t ldc, bool accumulate) {
 #if defined(__AVX512F__)
