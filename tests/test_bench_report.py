@@ -252,3 +252,38 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
     assert times[1]["gla"] == pytest.approx(2 * times[0]["gla"])
     for fig in drawn:
         figures.plt.close(fig)
+
+
+def test_score_against_speed_puts_a_students_inits_in_one_column(tmp_path, monkeypatch):
+    """The speed axis is the architecture's (the side-by-side run's ratio to the teacher at its longest length),
+    so every init of a student shares it; without a report, each run's own ratio at the longest common length."""
+    from bench.report import figures
+
+    synthetic_grid(tmp_path, students=("gla", "xlstm"), inits=("random", "qkv_copy"))
+    _write(tmp_path, {**_record("ablation", "gla", init="random"), "settings": {  # another recipe: not a cell's seed
+        **_record("ablation", "gla", init="random")["settings"], "stages": ["end_to_end"]}})
+    rows = leaderboard.load_rows(tmp_path)
+    seconds = {"floor": 0.5, "teacher": 2.0, "gla": 0.8, "xlstm": 1.0}
+    report = {"machine": {"device_name": "EPYC", "torch_threads": 2, "commit": "abc1234"},
+              "settings": {"dtype": "float32", "batch_size": 1}, "date": "2026-12-06T00:00:00Z",
+              "models": {name: {"prefill": {"2048": {"median_s": s / 8}, "16384": {"median_s": s}}}
+                         for name, s in seconds.items()}}
+    length, speedups = figures._report_speedups(report)
+    assert length == 16384 and speedups["gla"][0] == pytest.approx(2.5) and speedups["floor"][0] == pytest.approx(4.0)
+    # the records' sweeps: student 1e4 and teacher 2e4 tokens/s at 2,048; 16,384 has no teacher time
+    assert figures._run_speedups(leaderboard.primary_rows(rows)) == (2048, {"gla": (0.5, 0.5, 0.5),
+                                                                           "xlstm": (0.5, 0.5, 0.5)})
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    figures.score_vs_throughput(rows, [report], tmp_path)
+    figures.score_vs_throughput(rows, [], tmp_path)
+    by_cell = leaderboard.cells(leaderboard.primary_rows(rows))
+    means = sorted(round(leaderboard.cell_value(members, "pct_recovered").mean, 6) for members in by_cell.values())
+    for fig, expected_x in zip(drawn, ({"gla": 2.5, "xlstm": 2.0}, {"gla": 0.5, "xlstm": 0.5})):
+        ax = fig.axes[0]
+        points = [(line.get_color(), line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines
+                  if line.get_marker() in ("o", "s")]
+        assert sorted(round(y, 6) for _, _, y in points) == means  # one point per cell, the ablation left out
+        colors = figures._student_colors(expected_x)
+        for student, x in expected_x.items():
+            assert [px for c, px, _ in points if c == colors[student]] == pytest.approx([x, x])

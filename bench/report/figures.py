@@ -24,7 +24,7 @@ import matplotlib.ticker  # noqa: E402
 
 from bench.evaluation.recovery import FAMILIES  # noqa: E402
 from bench.files import atomic_directory  # noqa: E402
-from bench.report.leaderboard import cell_flag, cell_value, cells, load_rows, primary_rows, row, summary  # noqa: E402
+from bench.report.leaderboard import cell_flag, cell_value, cells, load_rows, primary_rows, row  # noqa: E402
 
 INIT_ORDER = ("random", "qkv_copy", "matrix_mixing", "qkv_copy+matrix_mixing")
 # tab10 without its grey, which marks the floor; black marks the teacher.
@@ -327,32 +327,80 @@ def recall_vs_length(records, reference: dict | None, flags: dict, out: Path) ->
     return out / "recall_vs_length.png"
 
 
-def score_vs_throughput(records, out: Path) -> Path:
-    """Per student and init, the mean over seeds: % recovered against student prefill tokens/s at the longest
-    length of the run's sweep. Colour: student; marker: init (a legend, not labels, so nothing overlaps)."""
-    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for record in records:
-        prefill = (record.get("throughput") or {}).get("prefill_tokens_per_s", {}).get("student") or {}
-        found = summary(record.get("evaluation") or {})
-        recovered = found["pct_recovered"]["value"] if found else None
-        if prefill and isinstance(recovered, (int, float)):
-            points[(record["settings"]["student"], record["settings"]["init"])].append(
-                (prefill[max(prefill, key=int)], recovered))
-    colors = _student_colors({student for student, _ in points})
-    inits = [i for i in INIT_ORDER if any(k[1] == i for k in points)] + sorted({i for _, i in points} - set(INIT_ORDER))
+def _report_speedups(report: dict) -> tuple[int, dict[str, tuple[float, float, float]]] | None:
+    """Each model's prefill speed over the teacher's at the report's longest length (the ratio of their median
+    times, timed side by side), or None where the report has no teacher."""
+    teacher = report["models"].get("teacher", {}).get("prefill", {})
+    if not teacher:
+        return None
+    n = str(max(int(length) for length in teacher))
+    return int(n), {name: (teacher[n]["median_s"] / model["prefill"][n]["median_s"],) * 3
+                    for name, model in report["models"].items() if n in model.get("prefill", {})}
+
+
+def _run_speedups(rows) -> tuple[int, dict[str, tuple[float, float, float]]] | None:
+    """Without a throughput report: per student, its prefill tokens/s over the teacher's within each run (the
+    run's own short sweep, both timed in it), at the longest length every such run has; median, min, max over runs."""
+    lengths = None
+    for r in rows:
+        have = {int(key.removeprefix("teacher_prefill_tok_s_")) for key, value in r.items()
+                if key.startswith("teacher_prefill_tok_s_") and value and r.get(key.removeprefix("teacher_"))}
+        lengths = have if lengths is None else lengths & have
+    if not lengths:
+        return None
+    n = max(lengths)
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        ratios[r["student"]].append(r[f"prefill_tok_s_{n}"] / r[f"teacher_prefill_tok_s_{n}"])
+    return n, {s: (statistics.median(v), min(v), max(v)) for s, v in ratios.items()}
+
+
+def score_vs_throughput(rows, reports, out: Path) -> Path:
+    """Quality against speed: per student and init (the cells of the tables), % recovered, mean over seeds,
+    against the student's prefill speed over the teacher's at the longest length, one panel per throughput
+    report (each machine type's side-by-side run); with no report, from the runs' own sweeps. Speed is the
+    architecture's, so a student's inits stand in one column. Colour: student; marker: init."""
+    by_cell = cells(primary_rows(rows))
+    sources = [(report, found) for report in reports if (found := _report_speedups(report))]
+    if not sources:
+        found = _run_speedups(primary_rows(rows))
+        sources = [(None, found)] if found else []
+    colors = _student_colors({student for student, _ in by_cell})
+    inits = _inits(primary_rows(rows))
     markers = dict(zip(inits, "os^Dvp"))
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for (student, init), seeds in sorted(points.items()):
-        ax.scatter(statistics.mean(x for x, _ in seeds), statistics.mean(y for _, y in seeds), s=36,
-                   color=colors[student], marker=markers.get(init, "o"))
+    fig, axes = plt.subplots(1, max(1, len(sources)), figsize=(5.5 * max(1, len(sources)) + 1.5, 5), sharey=True,
+                             squeeze=False)
+    for ax, (report, (length, speedups)) in zip(axes[0], sources):
+        for (student, init), members in sorted(by_cell.items()):
+            value = cell_value(members, "pct_recovered")
+            if value is None or student not in speedups:
+                continue
+            x, lo, hi = speedups[student]
+            ax.errorbar(x, value.mean, xerr=[[x - lo], [hi - x]] if hi > lo else None, fmt=markers.get(init, "o"),
+                        color=colors[student], ms=6, elinewidth=0.6, capsize=2)
+        if "floor" in speedups:  # the projections alone: as fast as a student can be
+            ax.axvline(speedups["floor"][0], color="grey", lw=1.0, ls=":")
+            ax.text(speedups["floor"][0], 1.01, "floor", transform=ax.get_xaxis_transform(), fontsize=7,
+                    ha="center", va="bottom", color="grey")
+        if report is None:
+            ax.set_title(f"from each run's own sweep: the ratio within the run at {length:,} tokens\n"
+                         "(median over runs, whiskers min–max)", fontsize=9)
+        else:
+            machine = report["machine"]
+            ax.set_title(f"{machine['device_name']} ({machine.get('cpu_capability', '?')}), {machine['torch_threads']} "
+                         f"threads, {report['settings']['dtype']}, batch {report['settings'].get('batch_size', 1)}\n"
+                         f"commit {machine.get('commit', '?')}, {report.get('date', '')[:10]}", fontsize=9)
+        ax.set_xlabel(f"prefill speed at {length:,} tokens, × the teacher's (the teacher: 1)")
+        ax.grid(lw=0.3, alpha=0.6)
+    axes[0][0].set_ylabel("% of teacher recovered (mean of families, mean over seeds)")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker="o", color=colors[s], label=s) for s in sorted(colors)]
     handles += [Line2D([], [], ls="", marker=markers.get(i, "o"), color="grey", label=i) for i in inits]
-    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.set(xlabel="student prefill tokens/s (longest length of the run's sweep)",
-           ylabel="% of teacher recovered (mean of families)", title="Score vs throughput (mean over seeds)")
-    ax.grid(lw=0.3, alpha=0.6)
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.suptitle("Quality against prefill speed (batch 1): the scores from the runs, the speed from each machine's "
+                 "side-by-side throughput run" if reports else "Quality against prefill speed (batch 1)", fontsize=10)
+    fig.tight_layout()
     _save(fig, out / "score_vs_throughput.png")
     return out / "score_vs_throughput.png"
 
@@ -369,10 +417,10 @@ def draw_all(results: Path) -> list[Path]:
     written = []
     with atomic_directory(results / "figures") as staging:
         if rows:
-            written += [recovery_by_family(rows, staging), init_ablation(rows, staging)]
+            written += [recovery_by_family(rows, staging), init_ablation(rows, staging),
+                        score_vs_throughput(rows, reports, staging)]
         if records:
-            written += [stage_loss_curves(records, flags, staging), recall_vs_length(records, reference, flags, staging),
-                        score_vs_throughput(records, staging)]
+            written += [stage_loss_curves(records, flags, staging), recall_vs_length(records, reference, flags, staging)]
         if reports:
             written += [prefill_vs_length(reports, staging), decode_vs_context(reports, staging)]
     return [results / "figures" / path.name for path in written]
