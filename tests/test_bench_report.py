@@ -287,3 +287,25 @@ def test_score_against_speed_puts_a_students_inits_in_one_column(tmp_path, monke
         colors = figures._student_colors(expected_x)
         for student, x in expected_x.items():
             assert [px for c, px, _ in points if c == colors[student]] == pytest.approx([x, x])
+
+
+def test_figures_of_records_draw_the_tables_cells_without_ablation_runs(tmp_path, monkeypatch):
+    """The loss and recall figures aggregate a cell's seeds as the tables do: a run of the same student and init
+    with another recipe (an ablation grid's) is not one more seed of the cell."""
+    from bench.report import figures
+
+    synthetic_grid(tmp_path, students=("gla",), inits=("qkv_copy",), seeds=(0, 1))
+    ablation = _record("gla-no-hidden-0", "gla", init="qkv_copy")
+    ablation["settings"]["stages"] = ["end_to_end"]
+    ablation["stages"] = [{"stage": "end_to_end", "losses": [99.0] * 7}]
+    _write(tmp_path, ablation)
+    seen = {}
+    monkeypatch.setattr(figures, "stage_loss_curves",
+                        lambda records, flags, out: seen.setdefault("losses", records) and out / "a.png")
+    monkeypatch.setattr(figures, "recall_vs_length",
+                        lambda records, reference, flags, out: seen.setdefault("recall", records) and out / "b.png")
+    figures.draw_all(tmp_path)
+    for name in ("losses", "recall"):
+        assert sorted(r["run"] for r in seen[name]) == ["gla-qkv_copy-0", "gla-qkv_copy-1"]
+    rows = leaderboard.load_rows(tmp_path)
+    assert len(figures.cell_records(figures._records(tmp_path), rows)) == 2 and len(rows) == 3

@@ -194,6 +194,13 @@ def stage_loss_curves(records, flags: dict, out: Path) -> Path:
     return out / "stage_loss_curves.png"
 
 
+def cell_records(records: list[dict], rows: list[dict]) -> list[dict]:
+    """The records of the tables' cells (`primary_rows`): a student and init's seeds of one recipe, without the
+    ablation runs of the same student and init (e.g. the `no_hidden` grid), which are not more seeds of it."""
+    ids = {r["run_id"] for r in primary_rows(rows)}
+    return [record for record in records if record["run"] in ids]
+
+
 def _throughput_reports(results: Path) -> list[dict]:
     reports = []
     for path in sorted(results.glob("throughput_*.json")):
@@ -409,17 +416,17 @@ def draw_all(results: Path) -> list[Path]:
     """Every figure the data allows; returns the files written (atomically, as one directory)."""
     results = Path(results)
     records = _records(results)
-    rows = load_rows(results, report=lambda message: print(message, file=sys.stderr))
+    rows = primary_rows(load_rows(results, report=lambda message: print(message, file=sys.stderr)))  # the cells
     reports = _throughput_reports(results)
     reference_path = results / "reference" / "passkey_haller2025.json"
     reference = json.loads(reference_path.read_text()) if reference_path.exists() else None
-    flags = {key: cell_flag(members) for key, members in cells(primary_rows(rows)).items()}
+    flags = {key: cell_flag(members) for key, members in cells(rows).items()}
     written = []
     with atomic_directory(results / "figures") as staging:
         if rows:
             written += [recovery_by_family(rows, staging), init_ablation(rows, staging),
                         score_vs_throughput(rows, reports, staging)]
-        if records:
+        if records := cell_records(records, rows):
             written += [stage_loss_curves(records, flags, staging), recall_vs_length(records, reference, flags, staging)]
         if reports:
             written += [prefill_vs_length(reports, staging), decode_vs_context(reports, staging)]
