@@ -362,7 +362,7 @@ def _run_speedups(rows) -> tuple[int, dict[str, tuple[float, float, float]]] | N
     return n, {s: (statistics.median(v), min(v), max(v)) for s, v in ratios.items()}
 
 
-def score_vs_throughput(rows, reports, out: Path) -> Path:
+def score_vs_throughput(rows, reports, out: Path) -> Path | None:
     """Quality against speed: per student and init (the cells of the tables), % recovered, mean over seeds,
     against the student's prefill speed over the teacher's at the longest length, one panel per throughput
     report (each machine type's side-by-side run); with no report, from the runs' own sweeps. Speed is the
@@ -372,11 +372,12 @@ def score_vs_throughput(rows, reports, out: Path) -> Path:
     if not sources:
         found = _run_speedups(primary_rows(rows))
         sources = [(None, found)] if found else []
+    if not sources:  # no speed measured anywhere (runs with --skip-throughput and no report)
+        return None
     colors = _student_colors({student for student, _ in by_cell})
     inits = _inits(primary_rows(rows))
     markers = dict(zip(inits, "os^Dvp"))
-    fig, axes = plt.subplots(1, max(1, len(sources)), figsize=(5.5 * max(1, len(sources)) + 1.5, 5), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(sources), figsize=(5.5 * len(sources) + 1.5, 5), sharey=True, squeeze=False)
     for ax, (report, (length, speedups)) in zip(axes[0], sources):
         for (student, init), members in sorted(by_cell.items()):
             value = cell_value(members, "pct_recovered")
@@ -424,8 +425,9 @@ def draw_all(results: Path) -> list[Path]:
     written = []
     with atomic_directory(results / "figures") as staging:
         if rows:
-            written += [recovery_by_family(rows, staging), init_ablation(rows, staging),
-                        score_vs_throughput(rows, reports, staging)]
+            written += [recovery_by_family(rows, staging), init_ablation(rows, staging)]
+            if speed := score_vs_throughput(rows, reports, staging):
+                written.append(speed)
         if records := cell_records(records, rows):
             written += [stage_loss_curves(records, flags, staging), recall_vs_length(records, reference, flags, staging)]
         if reports:
