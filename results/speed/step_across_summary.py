@@ -2,6 +2,9 @@
 
     python results/speed/step_across_summary.py --old a36f2c6 --new 689d283 [--file results/speed/step_across_commits.jsonl]
 
+`--new` may name several commits, comma-separated, whose training code is the same (e.g. commits apart only in
+documentation), to take their pairs together.
+
 A pair is an --old line followed directly by a --new line (the probe's A, B, A, B order). Prints, per
 student/stage, each side's median step time and the old/new ratio of every pair, then their median; then, per
 student, the training time of a whole run with `--run-steps` steps per stage at each side's step times, as the
@@ -16,13 +19,13 @@ from pathlib import Path
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--old", required=True)
-parser.add_argument("--new", required=True)
+parser.add_argument("--new", required=True, help="a commit, or several with the same training code, comma-separated")
 parser.add_argument("--run-steps", default="hidden_alignment=5,end_to_end=94",
                     help="steps per stage of the run to total (stage=steps, comma-separated)")
 parser.add_argument("--file", default=str(Path(__file__).with_name("step_across_commits.jsonl")))
 args = parser.parse_args()
 lines = [json.loads(line) for line in Path(args.file).read_text().splitlines() if line.strip()]
-pairs = [(a, b) for a, b in zip(lines, lines[1:]) if a["commit"] == args.old and b["commit"] == args.new]
+pairs = [(a, b) for a, b in zip(lines, lines[1:]) if a["commit"] == args.old and b["commit"] in args.new.split(",")]
 if not pairs:
     raise SystemExit(f"error: no {args.old} line followed by a {args.new} line in {args.file}")
 first, last = pairs[0][0], pairs[-1][1]
