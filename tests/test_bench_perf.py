@@ -546,6 +546,7 @@ def test_distill_speed_rates_each_row_against_the_yardstick_timed_in_its_own_rou
         assert high == max(r["yardstick_gflops"][mode] for r in doc["rows"])
         assert low <= doc["yardstick_gflops"][mode] <= high
     assert doc["activity"]["source"] in ("/proc/stat", None)  # what else ran meanwhile, where Linux tells
+    assert doc["settings"]["students"] == "gla,mamba" and "json" not in doc["settings"]  # no local path kept
     assert "machine: " in capsys.readouterr().out
 
 

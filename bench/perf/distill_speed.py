@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
               for mode in MODES}
     print(f"machine: {describe(activity.report())}")
     if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}  # where it was written is no setting
         atomic_write_json(args.json, {"machine": measured_on, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "activity": activity.report(), "settings": vars(args), "default_bf16": default_bf16,
+                                      "activity": activity.report(), "settings": settings, "default_bf16": default_bf16,
                                       "yardstick_gflops": summary, "yardstick_gflops_range": spread, "rows": rows})
     return 0
 
