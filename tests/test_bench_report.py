@@ -287,6 +287,8 @@ def test_score_against_speed_puts_a_students_inits_in_one_column(tmp_path, monke
         colors = figures._student_colors(expected_x)
         for student, x in expected_x.items():
             assert [px for c, px, _ in points if c == colors[student]] == pytest.approx([x, x])
+    rows[0].update({key: None for key in rows[0] if "prefill_tok_s" in key})  # one run without a sweep
+    assert figures._run_speedups(leaderboard.primary_rows(rows))[0] == 2048
     for row in rows:  # runs without a throughput sweep and no report: no speed to draw against
         row.update({key: None for key in row if "prefill_tok_s" in key})
     assert figures.score_vs_throughput(rows, [], tmp_path) is None

@@ -348,16 +348,18 @@ def _report_speedups(report: dict) -> tuple[int, dict[str, tuple[float, float, f
 def _run_speedups(rows) -> tuple[int, dict[str, tuple[float, float, float]]] | None:
     """Without a throughput report: per student, its prefill tokens/s over the teacher's within each run (the
     run's own short sweep, both timed in it), at the longest length every such run has; median, min, max over runs."""
-    lengths = None
+    swept = []  # (row, the lengths it timed both at); a run with --skip-throughput has none
     for r in rows:
         have = {int(key.removeprefix("teacher_prefill_tok_s_")) for key, value in r.items()
                 if key.startswith("teacher_prefill_tok_s_") and value and r.get(key.removeprefix("teacher_"))}
-        lengths = have if lengths is None else lengths & have
+        if have:
+            swept.append((r, have))
+    lengths = set.intersection(*(have for _, have in swept)) if swept else set()
     if not lengths:
         return None
     n = max(lengths)
     ratios: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
+    for r, _ in swept:
         ratios[r["student"]].append(r[f"prefill_tok_s_{n}"] / r[f"teacher_prefill_tok_s_{n}"])
     return n, {s: (statistics.median(v), min(v), max(v)) for s, v in ratios.items()}
 
@@ -407,7 +409,7 @@ def score_vs_throughput(rows, reports, out: Path) -> Path | None:
     handles += [Line2D([], [], ls="", marker=markers.get(i, "o"), color="grey", label=i) for i in inits]
     axes[0][-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.suptitle("Quality against prefill speed (batch 1): the scores from the runs, the speed from each machine's "
-                 "side-by-side throughput run" if reports else "Quality against prefill speed (batch 1)", fontsize=10)
+                 "side-by-side throughput run" if sources[0][0] else "Quality against prefill speed (batch 1)", fontsize=10)
     fig.tight_layout()
     _save(fig, out / "score_vs_throughput.png")
     return out / "score_vs_throughput.png"
