@@ -369,15 +369,16 @@ def score_vs_throughput(rows, reports, out: Path) -> Path | None:
     against the student's prefill speed over the teacher's at the longest length, one panel per throughput
     report (each machine type's side-by-side run); with no report, from the runs' own sweeps. Speed is the
     architecture's, so a student's inits stand in one column. Colour: student; marker: init."""
-    by_cell = cells(primary_rows(rows))
+    rows = primary_rows(rows)
+    by_cell = cells(rows)
     sources = [(report, found) for report in reports if (found := _report_speedups(report))]
     if not sources:
-        found = _run_speedups(primary_rows(rows))
+        found = _run_speedups(rows)
         sources = [(None, found)] if found else []
     if not sources:  # no speed measured anywhere (runs with --skip-throughput and no report)
         return None
     colors = _student_colors({student for student, _ in by_cell})
-    inits = _inits(primary_rows(rows))
+    inits = _inits(rows)
     markers = dict(zip(inits, "os^Dvp"))
     fig, axes = plt.subplots(1, len(sources), figsize=(5.5 * len(sources) + 1.5, 5), sharey=True, squeeze=False)
     for ax, (report, (length, speedups)) in zip(axes[0], sources):
