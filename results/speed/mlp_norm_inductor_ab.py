@@ -53,7 +53,8 @@ batch = torch.randint(0, teacher.config.vocab_size, (8, 512))
 bf16 = use_bf16("auto", torch.device("cpu"))
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 print(header())
-print(f"end_to_end, batch 8 x 512, bf16 autocast {bf16}; eager and fused steps alternating, {rounds} rounds, s/step")
+print(f"end_to_end, batch 8 x 512, bf16 autocast {bf16}; eager and fused steps alternating, {rounds} rounds, s/step "
+      f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})")
 patch(teacher)
 for name in sys.argv[1].split(","):
     student = students.build_student(teacher, name, "qkv_copy", seed=0)
