@@ -51,7 +51,7 @@ def _train_stage(name, student, teachers, ids, steps=8, lr=1e-2, options=None):
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr)
     history = []
-    with stages.eager_attention(teachers, stages.STAGES[name].needs_attention_weights):
+    with stages.teacher_attention(teachers, stages.STAGES[name].needs_attention_weights):
         for _ in range(steps):
             loss, _ = module(ids)
             optimizer.zero_grad()
@@ -102,7 +102,7 @@ def test_attention_control_with_qkv_copy_has_zero_alignment_losses(teacher, batc
                           ("matrix_mixing", stages.StageOptions(matrix_loss="output_mse")),
                           ("attention_output", stages.StageOptions()), ("hidden_alignment", stages.StageOptions())):
         module = stages.StageModule(stages.STAGES[name], student, [teacher], options)
-        with stages.eager_attention([teacher], stages.STAGES[name].needs_attention_weights):
+        with stages.teacher_attention([teacher], stages.STAGES[name].needs_attention_weights):
             loss, _ = module(batch_ids)
         assert loss.item() < 1e-9, (name, options.matrix_loss, loss.item())
     random_student = build_student(teacher, "attention", "random")
@@ -120,7 +120,7 @@ def test_layer_local_stages_skip_the_teachers_head_and_get_the_same_loss(name, t
     real_trace = stages.trace_teacher
 
     def loss_of_one_step():
-        with stages.eager_attention([teacher], stages.STAGES[name].needs_attention_weights):
+        with stages.teacher_attention([teacher], stages.STAGES[name].needs_attention_weights):
             return module(batch_ids)[0]
 
     try:
@@ -497,7 +497,7 @@ def test_matrix_mixing_stage_fused_equals_materialised(teacher, name, monkeypatc
     results = {}
     for fused in (True, False):
         batch = stages.Batch(ids, student, [teacher], None, stages.StageOptions(fused_matrix_loss=fused))
-        with stages.eager_attention([teacher], stages.STAGES["matrix_mixing"].needs_attention_weights):
+        with stages.teacher_attention([teacher], stages.STAGES["matrix_mixing"].needs_attention_weights):
             loss, metrics = stages.STAGES["matrix_mixing"].loss(batch)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         results[fused] = (loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])

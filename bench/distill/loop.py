@@ -288,7 +288,7 @@ def train(plans: list[StagePlan], student, teachers, options: stage_lib.StageOpt
             dist.barrier()
             clock.checkpoint_seconds += time.time() - began
 
-        with stage_lib.eager_attention(teachers, plan.stage.needs_attention_weights):
+        with stage_lib.teacher_attention(teachers, plan.stage.needs_attention_weights):
             for step in range(start, plan.steps):
                 step_started, overhead_before = time.time(), clock.probe_seconds + clock.checkpoint_seconds
                 rng_state = torch.get_rng_state()  # before the forward: a resume repeats it exactly

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from bench.distill import losses
 from kernels import fused_distillation_loss, mixer_matrix_loss
+from students.teacher_attention import compiled_attention
 
 MATRIX_LOSSES = ("frobenius", "output_mse")
 
@@ -125,18 +126,22 @@ def trace_teacher(teacher: nn.Module, input_ids: torch.Tensor, logits: bool = Tr
 
 
 @contextlib.contextmanager
-def eager_attention(teachers: list[nn.Module], needed: bool):
-    """Switch teachers to eager attention (the only kind that returns its probabilities) for a stage."""
+def teacher_attention(teachers: list[nn.Module], needs_weights: bool):
+    """The teachers' attention for a stage: eager (the only kind that returns its probabilities) where the stage
+    needs them, else the compiled causal attention on CPU (`students.teacher_attention`: forward only, as a frozen
+    teacher's is; sdpa for every call it does not cover)."""
+    if not needs_weights:
+        with compiled_attention(teachers):
+            yield
+        return
     previous = [t.config._attn_implementation for t in teachers]
-    if needed:
-        for teacher in teachers:
-            teacher.set_attn_implementation("eager")
+    for teacher in teachers:
+        teacher.set_attn_implementation("eager")
     try:
         yield
     finally:
-        if needed:
-            for teacher, implementation in zip(teachers, previous):
-                teacher.set_attn_implementation(implementation)
+        for teacher, implementation in zip(teachers, previous):
+            teacher.set_attn_implementation(implementation)
 
 
 _QK_RECORDS: list[dict[int, tuple]] = []  # open `capture_teacher_qk` records, innermost last

@@ -27,6 +27,7 @@ from bench.files import atomic_write_json
 from bench.perf.activity import MachineActivity, describe
 from bench.perf.kernel_bench import matmul_call
 from bench.provenance import header, machine
+from kernels import native
 
 MODES = {"eager fp32": False, "default": True}  # True: the run's default precision on this device
 YARDSTICK_N = 1024  # the yardstick is one n × n × n matmul
@@ -43,7 +44,8 @@ def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool, run_o
     lr = 1e-6  # tiny: the weights barely move between timed steps
     optimizer = adamw(params, lr, 0.01) if run_optimizer else torch.optim.AdamW(params, lr=lr)  # 0.01: torch's
     def step():
-        with stage_lib.eager_attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), autocast(batch.device, bf16):
+        with stage_lib.teacher_attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), \
+                autocast(batch.device, bf16):
             loss, _ = module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -54,8 +56,9 @@ def step_fn(stage: str, student, teacher, batch: torch.Tensor, bf16: bool, run_o
 
 def count_flops(fn) -> int:
     """Matmul and attention FLOPs of one call (FlopCounterMode; its depthwise-convolution formulas ignore the
-    groups and overstate a short convolution ~100×, so convolutions, a negligible share, are left out)."""
-    with FlopCounterMode(display=False) as counter:
+    groups and overstate a short convolution ~100×, so convolutions, a negligible share, are left out). The
+    compiled calls are switched off for it: the counter sees only torch's ops (the teacher's attention as sdpa)."""
+    with native.disabled(), FlopCounterMode(display=False) as counter:
         fn()
     return sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" not in str(op))
 

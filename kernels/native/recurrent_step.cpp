@@ -177,6 +177,7 @@ Tensor head_norm(const Tensor& x, const c10::optional<Tensor>& weight, const c10
                  const std::vector<Tensor>& augment);
 Tensor distill_rows(const Tensor& logits, const Tensor& teacher, const Tensor& targets, double kl_coef,
                     double ce_coef, bool write_grad);
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
@@ -189,4 +190,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
   m.def("head_norm", &head_norm, "a mixer's per-head RMS or layer norm, affine and activated gate in one pass, fp32");
   m.def("distill_rows", &distill_rows, "the distillation loss's KL, CE and logit gradient at temperature 1, row by row, fp32");
+  m.def("causal_attention", &causal_attention, "causal softmax attention over a prompt, no autograd, fp32 sums");
 }

@@ -9,7 +9,8 @@
 // Decays below exp(floor) are dropped (0) as in kernels.chunking.DENORMALS: no denormal enters a product.
 // And three smaller operators over a prompt, each row finished while in cache: the short causal convolution
 // (short_conv, all taps in one pass), RWKV-6's token shift and decay (ddlerp) and a mixer's read-out norm (head_norm);
-// and, for training, the distillation loss's softmax work on a chunk of logits (distill_rows).
+// and, for training, the distillation loss's softmax work on a chunk of logits (distill_rows) and the frozen teacher's
+// causal softmax attention (causal_attention).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -830,4 +831,116 @@ Tensor distill_rows(const Tensor& logits, const Tensor& teacher, const Tensor& t
   double kl = 0.0, ce = 0.0;
   for (int64_t r = 0; r < R; ++r) kl += kl_rows[r], ce += ce_rows[r];  // in row order: the same for any split
   return torch::tensor({kl, ce}, torch::dtype(torch::kDouble));
+}
+
+namespace {
+
+constexpr int64_t ATTENTION_BLOCK = 64;  // queries per block: its scores (64 x T floats) stay in L2 at training lengths
+
+// n rows of D channels at p (row stride st, channels contiguous) widened to fp32: into dst (n x D), or transposed
+// into dst (D x n) for keys, so a block's scores are one product with the keys' rows as columns
+template <typename S>
+void widen_rows(const S* p, int64_t n, int64_t D, int64_t st, float* dst, bool transpose) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < D; ++c) {
+      const float x = static_cast<float>(p[t * st + c]);
+      if (transpose)
+        dst[c * n + t] = x;
+      else
+        dst[t * D + c] = x;
+    }
+}
+
+// One query head: q (T x K), kt (K x T), v (T x V) fp32 contiguous; o's rows at stride so. Per block of queries, the
+// scores against every key up to its last query in one product, each row's causal softmax (the exact one: the max
+// over the row's keys, their exponentials and sum), then P V in a second product, divided by the sums.
+template <typename S>
+void causal_head(int64_t T, int64_t K, int64_t V, const float* q, const float* kt, const float* v, S* o, int64_t so,
+                 float scale, float* scores, float* block_out, float* inverse_sums) {
+  const int64_t ld = (T + 31) / 32 * 32;
+  for (int64_t i0 = 0; i0 < T; i0 += ATTENTION_BLOCK) {
+    const int64_t rows = std::min(ATTENTION_BLOCK, T - i0), n = i0 + rows;
+    gemm(rows, n, K, q + i0 * K, K, kt, T, scores, ld, false);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = scores + r * ld;
+      const int64_t keys = i0 + r + 1;  // the row's own key and every earlier one
+      vec8 m8 = splat(-INFINITY);
+      int64_t j = 0;
+      for (; j + 8 <= keys; j += 8) {
+        const vec8 a = load8(s + j);
+        m8 = a > m8 ? a : m8;
+      }
+      float m = -INFINITY;
+      for (int i = 0; i < 8; ++i) m = std::max(m, m8[i]);
+      for (; j < keys; ++j) m = std::max(m, s[j]);
+      const float shift = m * scale;
+      vec8 sum8 = {};
+      for (j = 0; j + 8 <= keys; j += 8) {
+        const vec8 e = exp8(load8(s + j) * splat(scale) - splat(shift));
+        sum8 += e;
+        store8(s + j, e);
+      }
+      double sum = horizontal_sum(sum8);
+      for (; j < keys; ++j) {
+        const float e = std::exp(s[j] * scale - shift);
+        sum += e;
+        s[j] = e;
+      }
+      for (; j < n; ++j) s[j] = 0.f;  // later keys: masked
+      inverse_sums[r] = static_cast<float>(1.0 / sum);
+    }
+    gemm(rows, V, n, scores, ld, v, V, block_out, V, false);
+    for (int64_t r = 0; r < rows; ++r) {
+      S* dst = o + (i0 + r) * so;
+      for (int64_t c = 0; c < V; ++c) dst[c] = static_cast<S>(block_out[r * V + c] * inverse_sums[r]);
+    }
+  }
+}
+
+template <typename S>
+void causal_attention_into(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o, float scale) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), K = q.size(3), G = k.size(1), V = v.size(3);
+  const int64_t per_group = H / G, ld = (T + 31) / 32 * 32;
+  const S *qp = q.data_ptr<S>(), *kp = k.data_ptr<S>(), *vp = v.data_ptr<S>();
+  S* op = o.data_ptr<S>();
+  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    std::vector<float> qh(T * K), kt(K * T), vh(T * V), scores(ATTENTION_BLOCK * ld), block_out(ATTENTION_BLOCK * V),
+        inverse_sums(ATTENTION_BLOCK);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / G, g = task % G;
+      widen_rows(kp + b * k.stride(0) + g * k.stride(1), T, K, k.stride(2), kt.data(), true);
+      widen_rows(vp + b * v.stride(0) + g * v.stride(1), T, V, v.stride(2), vh.data(), false);
+      for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {  // the query heads reading this key-value head
+        widen_rows(qp + b * q.stride(0) + h * q.stride(1), T, K, q.stride(2), qh.data(), false);
+        causal_head(T, K, V, qh.data(), kt.data(), vh.data(), op + (b * T * H + h) * V, H * V, scale, scores.data(),
+                    block_out.data(), inverse_sums.data());
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// softmax(q kᵀ · scale + causal mask) v without autograd: q (B, H, T, K), k (B, G, T, K), v (B, G, T, V) with G
+// dividing H (query heads h·G/H .. read key-value head g, as sdpa's enable_gqa), any strides with contiguous
+// channels, fp32 or bf16 (widened to fp32; every product and sum fp32); returns (B, T, H, V) in q's dtype, the
+// layout transformers' attention functions return.
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "causal_attention: q, k, v must be (B, H, T, D)");
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(2) == q.size(2) && v.size(2) == q.size(2) &&
+                  k.size(3) == q.size(3) && v.size(1) == k.size(1) && k.size(1) > 0 && q.size(1) % k.size(1) == 0,
+              "causal_attention: q (B, H, T, K), k (B, G, T, K), v (B, G, T, V) with G dividing H");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
+                  (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16),
+              "causal_attention: q, k, v must share one dtype, fp32 or bf16");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "causal_attention: q, k, v must have contiguous channels");
+  Tensor o = torch::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options());
+  if (q.size(2) == 0) return o;
+  if (q.scalar_type() == torch::kBFloat16)
+    causal_attention_into<at::BFloat16>(q, k, v, o, static_cast<float>(scale));
+  else
+    causal_attention_into<float>(q, k, v, o, static_cast<float>(scale));
+  return o;
 }

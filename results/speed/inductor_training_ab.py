@@ -47,7 +47,7 @@ for student_name, stage_name in [(s, t) for s in args.students.split(",") for t 
         for form in times:
             os.environ["DISTILL_BENCH_COMPILE"] = "1" if form == "inductor" else "0"
             start = time.perf_counter()
-            with stage_lib.eager_attention([teacher], stage.needs_attention_weights), \
+            with stage_lib.teacher_attention([teacher], stage.needs_attention_weights), \
                     (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
                 loss, _ = module(batch)
             optimizer.zero_grad(set_to_none=True)

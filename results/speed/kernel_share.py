@@ -76,7 +76,7 @@ for name in args.students.split(","):
     optimizers = {"fp32": torch.optim.AdamW(params, lr=0.0, weight_decay=0.0), "bf16": adamw(params, 0.0, 0.0)}
 
     def step(mode: str) -> None:
-        with stage_lib.eager_attention([teacher], stage.needs_attention_weights), \
+        with stage_lib.teacher_attention([teacher], stage.needs_attention_weights), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
             loss, _ = module(batch)
         optimizers[mode].zero_grad(set_to_none=True)

@@ -37,6 +37,8 @@ except ImportError:  # the layout before the bench/ split
     from bench import stages as stage_lib
     from pathlib import Path
     EMBEDDED_TEACHER = Path(args.repo) / "bench/embedded/teacher"
+# the teachers' attention for a stage (named eager_attention before the compiled teacher attention)
+attention = getattr(stage_lib, "teacher_attention", None) or stage_lib.eager_attention
 
 commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 torch.manual_seed(0)
@@ -76,7 +78,7 @@ for name in args.students.split(","):
         times = []
         for _ in range(args.repeats + 1):
             start = time.perf_counter()
-            with stage_lib.eager_attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), \
+            with attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), \
                     (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
                 loss, _ = module(batch)
             optimizer.zero_grad(set_to_none=True)
