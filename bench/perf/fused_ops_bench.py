@@ -6,7 +6,8 @@ One row per operator and length (batch 1, the embedded teacher's shapes: width 2
 shift and decay (`kernels.ddlerp`, ranks 32 / 64), the read-out norm with its gate (`kernels.head_norm`: rms + SiLU
 on a strided gate as gated_deltanet's, layer + SiLU, layer + sigmoid, and MetaLA's with its self-augmentation) and
 the short convolution over the stacked q, k, v channels (`students.layers.short_conv`, 768 channels, 4 taps, SiLU;
-and with gated_deltanet's q/k normalisation). Without a gradient to record, each runs its torch form (inside
+and with gated_deltanet's q/k normalisation), and the teacher's causal attention (`kernels.causal_attention`, 4 query
+and 2 key-value heads, against sdpa). Without a gradient to record, each runs its torch form (inside
 `kernels.native.disabled()`) and its compiled pass, the two taking turns (`time_round_robin`); the compiled output
 must agree with the torch form's within 1e-5 of its largest value (else FAIL and no ratio). CPU only: on CUDA
 these calls run the torch forms.
@@ -21,6 +22,7 @@ import torch
 from bench.perf.timing import loss_suite_main, time_round_robin
 from bench.provenance import header
 from kernels import native
+from kernels.causal_attention import causal_attention
 from kernels.ddlerp import ddlerp
 from kernels.head_norm import head_norm
 from students.layers import short_conv, short_conv_normalized
@@ -47,6 +49,9 @@ def _operators(T: int) -> dict:
                randn(1, T, HEADS, HEAD_DIM), randn(HEADS, HEAD_DIM))  # MetaLA's q, 1 − α, v, w_aug
     stacked = randn(1, T, CONV_CHANNELS + WIDTH)[..., :CONV_CHANNELS]  # a split of a stacked projection
     conv_weight = randn(CONV_CHANNELS, TAPS) * 0.5
+    # the teacher's attention as transformers hands it over: (B, T, H, D) memory viewed as (B, H, T, D)
+    query = randn(1, T, HEADS, HEAD_DIM).transpose(1, 2)
+    key, value = (randn(1, T, HEADS // 2, HEAD_DIM).transpose(1, 2) for _ in range(2))
     return {
         "ddlerp": lambda: ddlerp(**rwkv),
         "head_norm rms+silu": lambda: head_norm(core, weight, None, gate, kind="rms", activation="silu"),
@@ -56,6 +61,7 @@ def _operators(T: int) -> dict:
         "short_conv": lambda: short_conv(stacked, conv_weight, None, True),
         "short_conv + q/k norm": lambda: short_conv_normalized(stacked, conv_weight, None, True, None,
                                                                2 * HEADS * HEAD_DIM, HEAD_DIM),
+        "causal_attention": lambda: causal_attention(query, key, value),
     }
 
 
