@@ -1,7 +1,8 @@
 """kernels.causal_attention: the compiled causal softmax attention (a frozen teacher's forward) against the formula in
 float64 on odd shapes (one token, lengths around the 64-query block, head widths off the vector lengths, grouped
 queries, a value width unlike the key's), transformers' layout (heads a stride of the token rows), bf16 inputs and
-autocast; sdpa's form against the same; which calls take the compiled pass (no gradient, CPU); argument errors.
+autocast; sdpa's form against the same; which calls take the compiled pass (no gradient, CPU, up to MAX_LENGTH tokens);
+argument errors.
 Compiled tests are skipped where the extension cannot be built."""
 import math
 
@@ -10,6 +11,7 @@ import torch
 
 from kernels import native
 from kernels.causal_attention import causal_attention
+from kernels.causal_attention import native as causal_native
 
 needs_build = pytest.mark.skipif(native.module() is None, reason="the C++ kernels cannot be built here")
 
@@ -115,6 +117,13 @@ def test_only_calls_without_gradient_take_the_compiled_pass(monkeypatch):
     with torch.no_grad():
         causal_attention(q, k, v, backend="native")
     assert calls == [1, 1]
+    q = q.detach()
+    causal_attention(q, k, v, backend="native")
+    assert calls == [1, 1, 1]
+    monkeypatch.setattr(causal_native, "MAX_LENGTH", 19)  # longer sequences than it: sdpa, the same result
+    out = causal_attention(q, k, v, backend="native")
+    assert calls == [1, 1, 1]
+    torch.testing.assert_close(out.double(), _formula(q, k, v, 1 / math.sqrt(8)), atol=1e-5, rtol=1e-5)
 
 
 def test_bad_shapes_are_refused():
