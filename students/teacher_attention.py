@@ -3,7 +3,8 @@ registered with transformers' AttentionInterface: the teacher's forward while a 
 and torch's CPU flash kernel takes about twice the compiled call's time at the distillation batch
 (`results/speed/teacher_attention_ab.txt`). Any call it does not cover (a padding or custom mask, dropout, soft-capping,
 a sliding window, attention sinks or biases, returned probabilities, a query shorter than its keys, a gradient to
-record, another device) goes to transformers' sdpa function unchanged."""
+record, another device) goes to transformers' sdpa function unchanged, and sequences longer than the compiled call's
+`MAX_LENGTH` (`kernels.causal_attention.native`) to sdpa."""
 from __future__ import annotations
 
 import contextlib
