@@ -1,10 +1,11 @@
 """A frozen teacher's softmax attention as one compiled call on CPU (`kernels.causal_attention`, native backend),
 registered with transformers' AttentionInterface: the teacher's forward while a student trains runs no backward,
 and torch's CPU flash kernel takes about twice the compiled call's time at the distillation batch
-(`results/speed/teacher_attention_ab.txt`). Any call it does not cover (a padding or custom mask, dropout, soft-capping,
-a sliding window, attention sinks or biases, returned probabilities, a query shorter than its keys, a gradient to
-record, another device) goes to transformers' sdpa function unchanged, and sequences longer than the compiled call's
-`MAX_LENGTH` (`kernels.causal_attention.native`) to sdpa."""
+(`results/speed/teacher_attention_ab.txt`). A call it does not cover (a padding or custom mask, dropout,
+soft-capping, a sliding window, attention sinks or biases, returned probabilities, a query shorter than its keys)
+goes to transformers' sdpa function unchanged; one the compiled kernel cannot take (a gradient to record, another
+device, a sequence longer than `kernels.causal_attention.native.MAX_LENGTH`) runs torch's sdpa inside
+`kernels.causal_attention`."""
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +31,9 @@ def compiled_causal_attention(module, query, key, value, attention_mask, dropout
     """transformers' attention-function signature: (B, H, T, D) query, (B, G, T, D) key and value; returns the
     (B, T, H, D) output and no probabilities."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    # the call's semantics; device, gradient and length are the kernel's to judge (sdpa where it cannot take them)
     covered = (attention_mask is None and not dropout and causal and query.shape[2] == key.shape[2] > 1
-               and query.device.type == "cpu" and not kwargs.get("output_attentions")
-               and all(kwargs.get(name) is None for name in _UNCOVERED)
-               and not native.records_gradient(query, key, value))
+               and not kwargs.get("output_attentions") and all(kwargs.get(name) is None for name in _UNCOVERED))
     if not covered:
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
                      **kwargs)
