@@ -8,6 +8,11 @@ issue was filed at (default fp32 on CPU then) against the current default (bf16 
 layouts of the stage code (bench/stages.py before the bench/ split, bench/distill/stages.py after).
 `--mode auto` is the run's default as the checkout resolves `--dtype auto` on this CPU (bf16 autocast only where
 `bench.provenance.cpu_has_bf16_kernels` says the CPU has bf16 instructions) with the checkout's own optimiser.
+
+`--serve` times single steps on request instead, for `step_across_interleaved.py`, which runs one such process per
+commit and alternates their steps: it prints one JSON line describing the checkout, then reads `student/stage` lines
+from stdin and answers each with one line holding that step's seconds (the first request of a key builds its step and
+runs one warm-up step).
 """
 import argparse
 import json
@@ -24,6 +29,7 @@ parser.add_argument("--mode", choices=("fp32", "default", "auto"), required=True
 parser.add_argument("--students", default="mamba,linear_attention,rwkv,retnet,gla,xlstm,metala,gated_deltanet")
 parser.add_argument("--stages", default="end_to_end,hidden_alignment")
 parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--serve", action="store_true", help="time one step per `student/stage` line read from stdin")
 args = parser.parse_args()
 sys.path.insert(0, args.repo)
 import subprocess  # noqa: E402
@@ -64,29 +70,46 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def make_step(name: str, stage: str):
+    """One optimiser step of `stage` for a fresh qkv_copy student `name`, as a callable returning its seconds."""
+    student = students.build_student(teacher, name, "qkv_copy", seed=0)
+    module = stage_lib.StageModule(stage_lib.STAGES[stage], student, [teacher], stage_lib.StageOptions())
+    student.requires_grad_(False)
+    params = module.trainable_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    # the checkout's own optimiser in default mode (fused AdamW from d86cd32 on), torch's default otherwise
+    optimizer = run_adamw(params, 1e-6, 0.01) if run_adamw and default_optimizer else torch.optim.AdamW(params, lr=1e-6)
+
+    def step() -> float:
+        start = time.perf_counter()
+        with attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), \
+                (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
+            loss, _ = module(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+    return step
+
+
+describe = {"commit": commit, "mode": args.mode, "autocast_bf16": bf16, "cpu_model": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+if args.serve:
+    print(json.dumps(describe), flush=True)
+    steps = {}
+    for request in sys.stdin:
+        key = request.strip()
+        if key not in steps:
+            steps[key] = make_step(*key.split("/"))
+            steps[key]()  # warm-up
+        print(json.dumps({"key": key, "s": steps[key]()}), flush=True)
+    raise SystemExit(0)
 results = {}
 for name in args.students.split(","):
     for stage in args.stages.split(","):
-        student = students.build_student(teacher, name, "qkv_copy", seed=0)
-        module = stage_lib.StageModule(stage_lib.STAGES[stage], student, [teacher], stage_lib.StageOptions())
-        student.requires_grad_(False)
-        params = module.trainable_parameters()
-        for p in params:
-            p.requires_grad_(True)
-        # the checkout's own optimiser in default mode (fused AdamW from d86cd32 on), torch's default otherwise
-        optimizer = run_adamw(params, 1e-6, 0.01) if run_adamw and default_optimizer else torch.optim.AdamW(params, lr=1e-6)
-        times = []
-        for _ in range(args.repeats + 1):
-            start = time.perf_counter()
-            with attention([teacher], stage_lib.STAGES[stage].needs_attention_weights), \
-                    (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
-                loss, _ = module(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
+        step = make_step(name, stage)
+        times = [step() for _ in range(args.repeats + 1)]
         results[f"{name}/{stage}"] = statistics.median(times[1:])
-print(json.dumps({"commit": commit, "mode": args.mode, "autocast_bf16": bf16, "cpu_model": cpu_model(),
-                  "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                  "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step_s": results}))
+print(json.dumps({**describe, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step_s": results}))

@@ -1,0 +1,97 @@
+"""Issue 19's 2x with the host's drift taken out: the filing day's step and today's, alternated step by step.
+
+    python results/speed/step_across_interleaved.py --old-repo OLD_WORKTREE --new-repo NEW_WORKTREE \
+        [--students linear_attention,retnet,xlstm] [--stages end_to_end] [--rounds 15] [--jsonl FILE]
+
+`step_across_commits.py` pairs whole processes a minute or more apart, and on the 2-core hosts one process's steps
+run up to 1.3x slower than the next one's (`step_across.md`), so a pair's ratio moves with the host as much as with
+the code. Here one `step_across_commits.py --serve` process per checkout (the old one in fp32 as the issue was
+filed, the new one in `auto`, the run's default) builds the same students, and this driver asks them for one step
+at a time in turns, old first in even rounds and new first in odd ones, pausing between steps so that the idle
+process's OpenMP threads stop spinning before the other starts. Only one process computes at a time. Each round
+gives one old / new ratio from steps taken seconds apart; the verdict is their median, per student and stage.
+
+Prints a table and appends one JSON line per student and stage to `--jsonl` (default
+`step_across_interleaved.jsonl` beside this file) with both sides' commits, every step time and the ratios.
+Each checkout needs its own TORCH_EXTENSIONS_DIR where they build different sources (set per side here).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PAUSE_S = 0.3  # between steps: longer than libgomp's default spin before its threads sleep
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--old-repo", required=True, help="a worktree of the commit the issue was filed at (a36f2c6)")
+parser.add_argument("--new-repo", required=True, help="a worktree of the commit to measure (clean)")
+parser.add_argument("--old-mode", default="fp32")
+parser.add_argument("--new-mode", default="auto")
+parser.add_argument("--students", default="linear_attention,retnet,xlstm")
+parser.add_argument("--stages", default="end_to_end")
+parser.add_argument("--rounds", type=int, default=15)
+parser.add_argument("--warmups", type=int, default=2, help="untimed steps per side and key, after the build's own")
+parser.add_argument("--jsonl", type=Path, default=HERE / "step_across_interleaved.jsonl")
+args = parser.parse_args()
+for repo in (args.old_repo, args.new_repo):
+    if not (Path(repo) / "students").is_dir():
+        raise SystemExit(f"error: {repo} is not a checkout of this project (no students/); pass a worktree")
+
+
+def start(repo: str, mode: str, side: str) -> tuple[subprocess.Popen, dict]:
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(Path(repo) / ".torch_extensions"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    worker = subprocess.Popen([sys.executable, str(HERE / "step_across_commits.py"), "--repo", repo, "--mode", mode,
+                               "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    line = worker.stdout.readline()
+    if not line:
+        raise SystemExit(f"error: the {side} worker ({repo}) exited before describing itself")
+    return worker, json.loads(line)
+
+
+def timed_step(worker: subprocess.Popen, key: str) -> float:
+    worker.stdin.write(key + "\n")
+    worker.stdin.flush()
+    answer = json.loads(worker.stdout.readline())
+    time.sleep(PAUSE_S)
+    return answer["s"]
+
+
+old, old_info = start(args.old_repo, args.old_mode, "old")
+new, new_info = start(args.new_repo, args.new_mode, "new")
+print(f"old {old_info['commit']} ({args.old_mode}), new {new_info['commit']} ({args.new_mode}, bf16 autocast "
+      f"{new_info['autocast_bf16']}); CPU {new_info['cpu_model']}, {new_info['threads']} threads; "
+      f"{args.rounds} rounds, alternating")
+print("| student / stage | old s/step | new s/step | old ÷ new, median of rounds (range) |")
+print("|---|---|---|---|")
+try:
+    for name in args.students.split(","):
+        for stage in args.stages.split(","):
+            key = f"{name}/{stage}"
+            for _ in range(args.warmups):
+                timed_step(old, key), timed_step(new, key)
+            old_s, new_s = [], []
+            for round_ in range(args.rounds):
+                if round_ % 2 == 0:
+                    old_s.append(timed_step(old, key))
+                    new_s.append(timed_step(new, key))
+                else:
+                    new_s.append(timed_step(new, key))
+                    old_s.append(timed_step(old, key))
+            ratios = [o / n for o, n in zip(old_s, new_s)]
+            print(f"| {key} | {statistics.median(old_s):.3f} | {statistics.median(new_s):.3f} | "
+                  f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |", flush=True)
+            record = {"key": key, "old": {**old_info, "step_s": old_s}, "new": {**new_info, "step_s": new_s},
+                      "ratios": ratios, "median_ratio": statistics.median(ratios), "rounds": args.rounds,
+                      "pause_s": PAUSE_S, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            with open(args.jsonl, "a") as out:
+                out.write(json.dumps(record) + "\n")
+finally:
+    for worker in (old, new):
+        worker.stdin.close()
+        worker.wait(timeout=60)
