@@ -7,9 +7,12 @@
 run up to 1.3x slower than the next one's (`step_across.md`), so a pair's ratio moves with the host as much as with
 the code. Here one `step_across_commits.py --serve` process per checkout (the old one in fp32 as the issue was
 filed, the new one in `auto`, the run's default) builds the same students, and this driver asks them for one step
-at a time in turns, old first in even rounds and new first in odd ones, pausing between steps so that the idle
-process's OpenMP threads stop spinning before the other starts. Only one process computes at a time. Each round
-gives one old / new ratio from steps taken seconds apart; the verdict is their median, per student and stage.
+at a time in turns, old first in even rounds and new first in odd ones, pausing between turns so that the idle
+process's OpenMP threads stop spinning before the other starts. Only one process computes at a time. A turn runs
+`--steps-per-turn` steps in a row and times the last, as a run's steps follow one another: the first step after the
+other process ran is slower, the filing day's fp32 step more than today's, so timing it would flatter the new side.
+Each round gives one old / new ratio from steps taken seconds apart; the verdict is their median, per student and
+stage.
 
 Prints a table and appends one JSON line per student and stage to `--jsonl` (default
 `step_across_interleaved.jsonl` beside this file) with both sides' commits, every step time and the ratios.
@@ -36,6 +39,9 @@ parser.add_argument("--students", default="linear_attention,retnet,xlstm")
 parser.add_argument("--stages", default="end_to_end")
 parser.add_argument("--rounds", type=int, default=15)
 parser.add_argument("--warmups", type=int, default=2, help="untimed steps per side and key, after the build's own")
+parser.add_argument("--steps-per-turn", type=int, default=2,
+                    help="steps a side runs in a row per turn, the last one timed: a turn's first step, right after the "
+                         "other process ran, is slower, the fp32 side's more (step_across.md)")
 parser.add_argument("--jsonl", type=Path, default=HERE / "step_across_interleaved.jsonl")
 args = parser.parse_args()
 for repo in (args.old_repo, args.new_repo):
@@ -55,9 +61,10 @@ def start(repo: str, mode: str, side: str) -> tuple[subprocess.Popen, dict]:
 
 
 def timed_step(worker: subprocess.Popen, key: str) -> float:
-    worker.stdin.write(key + "\n")
-    worker.stdin.flush()
-    answer = json.loads(worker.stdout.readline())
+    for _ in range(args.steps_per_turn):
+        worker.stdin.write(key + "\n")
+        worker.stdin.flush()
+        answer = json.loads(worker.stdout.readline())
     time.sleep(PAUSE_S)
     return answer["s"]
 
@@ -66,7 +73,7 @@ old, old_info = start(args.old_repo, args.old_mode, "old")
 new, new_info = start(args.new_repo, args.new_mode, "new")
 print(f"old {old_info['commit']} ({args.old_mode}), new {new_info['commit']} ({args.new_mode}, bf16 autocast "
       f"{new_info['autocast_bf16']}); CPU {new_info['cpu_model']}, {new_info['threads']} threads; "
-      f"{args.rounds} rounds, alternating")
+      f"{args.rounds} rounds, alternating, {args.steps_per_turn} step(s) a turn, the last timed")
 print("| student / stage | old s/step | new s/step | old ÷ new, median of rounds (range) |")
 print("|---|---|---|---|")
 try:
@@ -88,7 +95,7 @@ try:
                   f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |", flush=True)
             record = {"key": key, "old": {**old_info, "step_s": old_s}, "new": {**new_info, "step_s": new_s},
                       "ratios": ratios, "median_ratio": statistics.median(ratios), "rounds": args.rounds,
-                      "pause_s": PAUSE_S, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                      "pause_s": PAUSE_S, "steps_per_turn": args.steps_per_turn, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             with open(args.jsonl, "a") as out:
                 out.write(json.dumps(record) + "\n")
 finally:
