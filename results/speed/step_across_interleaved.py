@@ -2,6 +2,7 @@
 
     python results/speed/step_across_interleaved.py --old-repo OLD_WORKTREE --new-repo NEW_WORKTREE \
         [--students linear_attention,retnet,xlstm] [--stages end_to_end] [--rounds 15] [--jsonl FILE]
+    python results/speed/step_across_interleaved.py --summary [--jsonl FILE]
 
 `step_across_commits.py` pairs whole processes a minute or more apart, and on the 2-core hosts one process's steps
 run up to 1.3x slower than the next one's (`step_across.md`), so a pair's ratio moves with the host as much as with
@@ -9,10 +10,10 @@ the code. Here one `step_across_commits.py --serve` process per checkout (the ol
 filed, the new one in `auto`, the run's default) builds the same students, and this driver asks them for one step
 at a time in turns, old first in even rounds and new first in odd ones, pausing between turns so that the idle
 process's OpenMP threads stop spinning before the other starts. Only one process computes at a time. A turn runs
-`--steps-per-turn` steps in a row and times the last, as a run's steps follow one another: the first step after the
-other process ran is slower, the filing day's fp32 step more than today's, so timing it would flatter the new side.
-Each round gives one old / new ratio from steps taken seconds apart; the verdict is their median, per student and
-stage.
+`--steps-per-turn` steps in a row and times the last, as a run's steps follow one another (a turn's first step, right
+after the other process ran, took 1–5% longer on both sides, which moved the ratio by −0.02 to +0.07; every step is
+recorded). Each round gives one old / new ratio from steps taken seconds apart; the verdict is their median, per
+student and stage.
 
 Prints a table and appends one JSON line per student and stage to `--jsonl` (default
 `step_across_interleaved.jsonl` beside this file) with both sides' commits, every step time and the ratios.
@@ -31,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 PAUSE_S = 0.3  # between steps: longer than libgomp's default spin before its threads sleep
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--old-repo", required=True, help="a worktree of the commit the issue was filed at (a36f2c6)")
-parser.add_argument("--new-repo", required=True, help="a worktree of the commit to measure (clean)")
+parser.add_argument("--old-repo", help="a worktree of the commit the issue was filed at (a36f2c6)")
+parser.add_argument("--new-repo", help="a worktree of the commit to measure (clean)")
 parser.add_argument("--old-mode", default="fp32")
 parser.add_argument("--new-mode", default="auto")
 parser.add_argument("--students", default="linear_attention,retnet,xlstm")
@@ -40,10 +41,32 @@ parser.add_argument("--stages", default="end_to_end")
 parser.add_argument("--rounds", type=int, default=15)
 parser.add_argument("--warmups", type=int, default=2, help="untimed steps per side and key, after the build's own")
 parser.add_argument("--steps-per-turn", type=int, default=2,
-                    help="steps a side runs in a row per turn, the last one timed: a turn's first step, right after the "
-                         "other process ran, is slower, the fp32 side's more (step_across.md)")
+                    help="steps a side runs in a row per turn, the last one timed (a run's steps follow one another)")
 parser.add_argument("--jsonl", type=Path, default=HERE / "step_across_interleaved.jsonl")
+parser.add_argument("--summary", action="store_true",
+                    help="print the rounds in --jsonl pooled per student and stage, by steps a turn, and exit")
 args = parser.parse_args()
+
+
+def summary(path: Path) -> None:
+    """Per commit pair, steps a turn and student/stage: the rounds of every line pooled, their median and range."""
+    pooled: dict = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        group = (record["old"]["commit"], record["new"]["commit"], record.get("steps_per_turn", 1), record["key"])
+        pooled.setdefault(group, []).extend(record["ratios"])
+    print("| old | new | steps a turn | student / stage | rounds | old ÷ new, median (range) |")
+    print("|---|---|---|---|---|---|")
+    for (old, new, per_turn, key), ratios in pooled.items():
+        print(f"| {old} | {new} | {per_turn} | {key} | {len(ratios)} | {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f}–{max(ratios):.2f}) |")
+
+
+if args.summary:
+    summary(args.jsonl)
+    raise SystemExit(0)
+if not (args.old_repo and args.new_repo):
+    raise SystemExit("error: --old-repo and --new-repo are needed to measure (or --summary to read --jsonl)")
 for repo in (args.old_repo, args.new_repo):
     if not (Path(repo) / "students").is_dir():
         raise SystemExit(f"error: {repo} is not a checkout of this project (no students/); pass a worktree")
@@ -60,13 +83,15 @@ def start(repo: str, mode: str, side: str) -> tuple[subprocess.Popen, dict]:
     return worker, json.loads(line)
 
 
-def timed_step(worker: subprocess.Popen, key: str) -> float:
+def turn(worker: subprocess.Popen, key: str) -> list[float]:
+    """`--steps-per-turn` steps of `key` in a row: their seconds, then the pause."""
+    seconds = []
     for _ in range(args.steps_per_turn):
         worker.stdin.write(key + "\n")
         worker.stdin.flush()
-        answer = json.loads(worker.stdout.readline())
+        seconds.append(json.loads(worker.stdout.readline())["s"])
     time.sleep(PAUSE_S)
-    return answer["s"]
+    return seconds
 
 
 old, old_info = start(args.old_repo, args.old_mode, "old")
@@ -74,28 +99,33 @@ new, new_info = start(args.new_repo, args.new_mode, "new")
 print(f"old {old_info['commit']} ({args.old_mode}), new {new_info['commit']} ({args.new_mode}, bf16 autocast "
       f"{new_info['autocast_bf16']}); CPU {new_info['cpu_model']}, {new_info['threads']} threads; "
       f"{args.rounds} rounds, alternating, {args.steps_per_turn} step(s) a turn, the last timed")
-print("| student / stage | old s/step | new s/step | old ÷ new, median of rounds (range) |")
-print("|---|---|---|---|")
+print("| student / stage | old s/step | new s/step | old ÷ new, median of rounds (range) | of the turns' first steps |")
+print("|---|---|---|---|---|")
 try:
     for name in args.students.split(","):
         for stage in args.stages.split(","):
             key = f"{name}/{stage}"
             for _ in range(args.warmups):
-                timed_step(old, key), timed_step(new, key)
-            old_s, new_s = [], []
+                turn(old, key), turn(new, key)
+            old_turns, new_turns = [], []
             for round_ in range(args.rounds):
                 if round_ % 2 == 0:
-                    old_s.append(timed_step(old, key))
-                    new_s.append(timed_step(new, key))
+                    old_turns.append(turn(old, key))
+                    new_turns.append(turn(new, key))
                 else:
-                    new_s.append(timed_step(new, key))
-                    old_s.append(timed_step(old, key))
+                    new_turns.append(turn(new, key))
+                    old_turns.append(turn(old, key))
+            old_s, new_s = [t[-1] for t in old_turns], [t[-1] for t in new_turns]
             ratios = [o / n for o, n in zip(old_s, new_s)]
+            first = [o[0] / n[0] for o, n in zip(old_turns, new_turns)]
             print(f"| {key} | {statistics.median(old_s):.3f} | {statistics.median(new_s):.3f} | "
-                  f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |", flush=True)
-            record = {"key": key, "old": {**old_info, "step_s": old_s}, "new": {**new_info, "step_s": new_s},
+                  f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+                  f"{statistics.median(first):.2f} |", flush=True)
+            record = {"key": key, "old": {**old_info, "step_s": old_s, "turns_s": old_turns},
+                      "new": {**new_info, "step_s": new_s, "turns_s": new_turns},
                       "ratios": ratios, "median_ratio": statistics.median(ratios), "rounds": args.rounds,
-                      "pause_s": PAUSE_S, "steps_per_turn": args.steps_per_turn, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                      "pause_s": PAUSE_S, "steps_per_turn": args.steps_per_turn,
+                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             with open(args.jsonl, "a") as out:
                 out.write(json.dumps(record) + "\n")
 finally:
