@@ -49,17 +49,21 @@ args = parser.parse_args()
 
 
 def summary(path: Path) -> None:
-    """Per commit pair, steps a turn and student/stage: the rounds of every line pooled, their median and range."""
-    pooled: dict = {}
+    """Per commit pair, student/stage and kind of turn (one step, or several with the last timed): each run's median
+    ratio, and the rounds of all those runs pooled: their median and interquartile range."""
+    runs: dict = {}
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        group = (record["old"]["commit"], record["new"]["commit"], record.get("steps_per_turn", 1), record["key"])
-        pooled.setdefault(group, []).extend(record["ratios"])
-    print("| old | new | steps a turn | student / stage | rounds | old ÷ new, median (range) |")
-    print("|---|---|---|---|---|---|")
-    for (old, new, per_turn, key), ratios in pooled.items():
-        print(f"| {old} | {new} | {per_turn} | {key} | {len(ratios)} | {statistics.median(ratios):.2f} "
-              f"({min(ratios):.2f}–{max(ratios):.2f}) |")
+        turn = "1" if record.get("steps_per_turn", 1) == 1 else "≥ 2"
+        runs.setdefault((record["old"]["commit"], record["new"]["commit"], turn, record["key"]), []).append(record)
+    print("| old | new | steps a turn | student / stage | each run's median | rounds | pooled median (quartiles) |")
+    print("|---|---|---|---|---|---|---|")
+    for (old, new, turn, key), records in runs.items():
+        ratios = sorted(r for record in records for r in record["ratios"])
+        quartiles = statistics.quantiles(ratios, n=4)
+        each = " ".join(f"{record['median_ratio']:.2f}" for record in records)
+        print(f"| {old} | {new} | {turn} | {key} | {each} | "
+              f"{len(ratios)} | {statistics.median(ratios):.2f} ({quartiles[0]:.2f}–{quartiles[2]:.2f}) |")
 
 
 if args.summary:
