@@ -10,9 +10,9 @@ the code. Here one `step_across_commits.py --serve` process per checkout (the ol
 filed, the new one in `auto`, the run's default) builds the same students, and this driver asks them for one step
 at a time in turns, old first in even rounds and new first in odd ones, pausing between turns so that the idle
 process's OpenMP threads stop spinning before the other starts. Only one process computes at a time. A turn runs
-`--steps-per-turn` steps in a row and times the last, as a run's steps follow one another (a turn's first step, right
-after the other process ran, took 1–5% longer on both sides, which moved the ratio by −0.02 to +0.07; every step is
-recorded). Each round gives one old / new ratio from steps taken seconds apart; the verdict is their median, per
+`--steps-per-turn` steps in a row and times the last, as a run's steps follow one another: a turn's first step, right
+after the other process ran, is slower, the filing day's fp32 step more than today's (median first ÷ last step 0.99–1.11
+against 0.99–1.03 for end_to_end), so timing it would flatter the new side (`--summary`; every step is recorded). Each round gives one old / new ratio from steps taken seconds apart; the verdict is their median, per
 student and stage.
 
 Prints a table and appends one JSON line per student and stage to `--jsonl` (default
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PAUSE_S = 0.3  # between steps: longer than libgomp's default spin before its threads sleep
+PAUSE_S = 0.3  # between turns: time for the idle side's OpenMP threads to stop spinning and sleep
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--old-repo", help="a worktree of the commit the issue was filed at (a36f2c6)")
@@ -50,20 +50,36 @@ args = parser.parse_args()
 
 def summary(path: Path) -> None:
     """Per commit pair, student/stage and kind of turn (one step, or several with the last timed): each run's median
-    ratio, and the rounds of all those runs pooled: their median and interquartile range."""
+    ratio and the correlation, over its rounds, of the old side's step time with the ratio; the rounds of all those
+    runs pooled (median, quartiles); every recorded step's range per side; and, where turns held several steps, how
+    much longer a turn's first step took than its last (median over turns, per side) and the pooled median ratio of
+    the turns' first steps, beside that of their last."""
     runs: dict = {}
     for line in path.read_text().splitlines():
         record = json.loads(line)
         turn = "1" if record.get("steps_per_turn", 1) == 1 else "≥ 2"
         runs.setdefault((record["old"]["commit"], record["new"]["commit"], turn, record["key"]), []).append(record)
-    print("| old | new | steps a turn | student / stage | each run's median | rounds | pooled median (quartiles) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| old | new | steps a turn | student / stage | each run's median | each run's corr(old s, ratio) | rounds | "
+          "pooled median (quartiles) | old s, all steps | new s, all steps | first ÷ last step old / new | "
+          "pooled median of first steps |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (old, new, turn, key), records in runs.items():
         ratios = sorted(r for record in records for r in record["ratios"])
         quartiles = statistics.quantiles(ratios, n=4)
         each = " ".join(f"{record['median_ratio']:.2f}" for record in records)
-        print(f"| {old} | {new} | {turn} | {key} | {each} | "
-              f"{len(ratios)} | {statistics.median(ratios):.2f} ({quartiles[0]:.2f}–{quartiles[2]:.2f}) |")
+        corr = " ".join(f"{statistics.correlation(record['old']['step_s'], record['ratios']):+.2f}" for record in records)
+        steps = {side: [s for record in records for turn_s in record[side].get("turns_s", [[s] for s in record[side]
+                                                                                          ["step_s"]]) for s in turn_s]
+                 for side in ("old", "new")}
+        slower = {side: [t[0] / t[-1] for record in records for t in record[side].get("turns_s", []) if len(t) > 1]
+                  for side in ("old", "new")}
+        first = " / ".join(f"{statistics.median(slower[side]):.3f}" for side in ("old", "new")) if slower["old"] else "–"
+        first_ratios = [o[0] / n[0] for record in records if "turns_s" in record["old"]
+                        for o, n in zip(record["old"]["turns_s"], record["new"]["turns_s"])]
+        first_ratio = f"{statistics.median(first_ratios):.2f}" if slower["old"] else "–"
+        print(f"| {old} | {new} | {turn} | {key} | {each} | {corr} | {len(ratios)} | {statistics.median(ratios):.2f} "
+              f"({quartiles[0]:.2f}–{quartiles[2]:.2f}) | {min(steps['old']):.2f}–{max(steps['old']):.2f} | "
+              f"{min(steps['new']):.2f}–{max(steps['new']):.2f} | {first} | {first_ratio} |")
 
 
 if args.summary:
@@ -110,7 +126,8 @@ try:
         for stage in args.stages.split(","):
             key = f"{name}/{stage}"
             for _ in range(args.warmups):
-                turn(old, key), turn(new, key)
+                turn(old, key)
+                turn(new, key)
             old_turns, new_turns = [], []
             for round_ in range(args.rounds):
                 if round_ % 2 == 0:
