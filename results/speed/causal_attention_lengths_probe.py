@@ -4,24 +4,16 @@ compiled call's block of scores (64 × T floats) leaves L2 as T grows, where sdp
 
     python results/speed/causal_attention_lengths_probe.py
 """
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+from bench.perf.timing import time_call
 from bench.provenance import header
 from kernels.causal_attention.native import causal_attention_compiled
 
 
 def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return time_call(fn, repeats, warmup=1)["median_s"] * 1e3
 
 
 print(header())

@@ -17,6 +17,7 @@ import students.teacher_attention as teacher_attention
 from bench.data.teacher import EMBEDDED_TEACHER
 from bench.distill.loop import use_bf16
 from bench.perf.distill_speed import step_fn
+from bench.perf.timing import time_call
 from bench.provenance import header
 from kernels.causal_attention import causal_attention
 
@@ -27,14 +28,7 @@ print(time.strftime("started %Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def median_ms(fn, repeats=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return time_call(fn, repeats, warmup=3)["median_s"] * 1e3
 
 
 torch.manual_seed(0)
