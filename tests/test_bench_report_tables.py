@@ -24,6 +24,9 @@ def _write_results(directory):
     (directory / "kernels_h100_distill_loss.json").write_text(json.dumps({"machine": MACHINE, "rows": [
         {"backend": "chunk", "chunk": 256, "B": 1, "T": 16, "V": 32, "D": 8, "fwdbwd_s": 0.02, "peak_mib": 353.0,
          "memory_ratio": 7.5, "rel_diff": 7e-8}]}))
+    (directory / "kernels_h100_mixer_loss.json").write_text(json.dumps({"machine": MACHINE, "rows": [
+        {"backend": "tiled", "tile": 32, "B": 1, "H": 4, "Hkv": 2, "K": 8, "T": 64, "fwdbwd_s": 0.0913, "speedup": 0.101,
+         "peak_mib": 28.76, "memory_ratio": 13.53, "rel_diff": 8.2e-8, "correct": True}]}))
     models = {name: {"prefill": {"2048": {"median_s": seconds}}, "train": {"2048": {"tokens_per_s": 4000.0}},
                      "decode": {"1024": {"ms_per_token": 2.0}, "32768": {"ms_per_token": 3.0, "state_bytes": state}}}
               for name, seconds, state in (("floor", 0.1, 0), ("teacher", 0.2, 2**27), ("gla", 0.15, 262144))}
@@ -125,6 +128,11 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     loss = tables.render("kernels_h100_distill_loss", tmp_path).splitlines()
     assert loss[2] == "| backend | chunk | f+b ms | peak MiB | × less memory | rel diff |"  # no speed-up, no `correct`
     assert loss[4] == "| chunk | 256 | 20 | 353 | 7.5 | 7.0e-08 |"
+    mixer = tables.render("kernels_h100_mixer_loss", tmp_path).splitlines()
+    assert mixer[0].endswith("B=1, H=4, Hkv=2, K=8; speed and memory relative to naive at the same T.")
+    assert mixer[2:] == ["| T | backend | tile | f+b ms | × speed | peak MiB | × less memory | rel diff | correct |",
+                         "|---|---|---|---|---|---|---|---|---|",
+                         "| 64 | tiled | 32 | 91.3 | 0.101 | 28.8 | 13.5 | 8.2e-08 | True |"]
     throughput = tables.render("throughput_cpu", tmp_path).splitlines()
     assert throughput[4:] == ["| floor | 100 (1.00) | 4000 | 2 → 3 (1.50×) | 0 B |",
                               "| teacher | 200 (2.00) | 4000 | 2 → 3 (1.50×) | 128 MiB |",

@@ -1,4 +1,6 @@
 """delta_rule: the chunked form and the mixer matrix equal the fp32 loop, outputs and gradients."""
+import importlib
+
 import pytest
 import torch
 
@@ -81,3 +83,28 @@ def test_delta_rule_matrix_gradients_equal_the_loops(decay):
                                                                             t["log_decay"]), t["v"]))
     for name, a, b in zip(leaves, got, want):
         assert_close(a, b, 1e-4, f"d/d{name}")
+
+
+def test_auto_gives_16_bit_inputs_on_cuda_the_chunk_form_until_triton_is_proven_for_them():
+    """The Triton kernel stopped on an illegal memory access with bf16 inputs on an H100 (docs/gpus.md); fp32 inputs
+    keep it, and the CPU keeps its own choice whatever the dtype."""
+    delta_module = importlib.import_module("kernels.delta_rule")  # the module: `kernels.delta_rule` is the function
+    from kernels.delta_rule import auto_backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for dtype in (torch.bfloat16, torch.float16):
+        assert auto_backend(cuda, dtype) == "chunk"
+    if "triton" in delta_module.BACKENDS:
+        assert auto_backend(cuda, torch.float32) == "triton"
+    assert auto_backend(cpu, torch.bfloat16) == auto_backend(cpu, torch.float32) == "native"
+
+
+def test_delta_rule_auto_runs_the_backend_auto_backend_names(monkeypatch):
+    delta_module = importlib.import_module("kernels.delta_rule")
+    calls = []
+    chunk = delta_module.BACKENDS["chunk"]
+    monkeypatch.setitem(delta_module.BACKENDS, "chunk", lambda *a, **kw: calls.append("chunk") or chunk(*a, **kw))
+    monkeypatch.setattr(delta_module, "auto_backend", lambda device, dtype: "chunk")
+    inputs = delta_inputs(9, True, False)
+    delta_rule(**inputs)
+    assert calls == ["chunk"]

@@ -213,6 +213,32 @@ def test_grad_output_scales_the_saved_gradients_and_teacher_gets_none():
     torch.testing.assert_close(weight.grad, 3 * want[3], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("chunk_math, temperature, buffers", [
+    (chunk_math_torch, 1.0, 3),  # the logits and the torch form's two scratch buffers
+    (chunk_math_torch, 2.0, 1),
+    (lambda *args, **kwargs: chunk_math_torch(*args, **kwargs), 1.0, 1),  # a form that takes no scratch (as Triton's)
+], ids=["torch-tau1", "torch-tau2", "other-tau1"])
+def test_chunk_sized_buffers_are_made_only_for_the_forms_that_fill_them(monkeypatch, chunk_math, temperature, buffers):
+    """The loss's peak memory is a few (chunk, V) fp32 buffers: idle scratch buffers would double it."""
+    chunk, V = 4, 53
+    hidden, weight, ids, teacher = _inputs(2, 7, V, 8, 8, "logits")
+    made, empty = [], torch.empty
+
+    def counting_empty(*size, **kwargs):
+        out = empty(*size, **kwargs)
+        if tuple(out.shape) == (chunk, V) and out.dtype == torch.float32:
+            made.append(out.shape)
+        return out
+
+    monkeypatch.setattr(torch, "empty", counting_empty)
+    got = _value_and_grads(distill_loss_chunk, hidden, weight, ids, teacher, temperature=temperature, ce_weight=0.3,
+                           chunk_size=chunk, chunk_math=chunk_math)
+    monkeypatch.undo()
+    assert len(made) == buffers
+    want = _value_and_grads(distill_loss_naive, hidden, weight, ids, teacher, temperature=temperature, ce_weight=0.3)
+    _assert_close(got, want)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(hidden=(2, 5)), "student_hidden (B, T, D)"),
     (dict(weight=(7, 9)), "student_weight (V, D)"),

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The measurements that need a GPU, as one script with a time limit per step (device time is scarce), most
-# important first: the Triton tests compiled on CUDA, the recurrences (torch chunk vs our Triton, each schedule,
-# at a small, a middling and a large batch·heads), the students' throughput beside their teacher, the fused
-# mixer-matrix and distillation losses, then flash-linear-attention's kernels as peers (slow autotuning).
+# important first: the Triton tests compiled on CUDA (each failure then rerun alone with CUDA_LAUNCH_BLOCKING=1,
+# so its traceback names the kernel that faulted), the recurrences (torch chunk vs our Triton, each schedule), the
+# fused mixer-matrix and distillation losses; on request the students' throughput beside their teacher and
+# flash-linear-attention's kernels as peers.
 # Usage: bash bench/perf/gpu_kernels.sh OUT_DIR. Wheels in .whl/ (fla) are installed to a private folder first.
-# Step limits (seconds): TESTS_S, RECURRENCE_S (per batch·heads), MIXER_S, DISTILL_S, THROUGHPUT_S, FLA_S;
-# a limit of 0 skips its step. TESTS_K: the tests' -k expression (default: the Triton tests, fla's left out).
+# Step limits (seconds): TESTS_S, FAILED_S, RECURRENCE_S (per shape), MIXER_S, DISTILL_S, THROUGHPUT_S, FLA_S; a
+# limit of 0 skips its step. The defaults fit one ~7-minute call: on a fresh machine Triton compiles every kernel
+# variant first (one recurrence case, four backends: over 45 s; the throughput of every student: minutes, since
+# the models are timed side by side and nothing is written before all have compiled), so THROUGHPUT_S and FLA_S
+# default to 0. RECURRENCE_SHAPES: "B H lengths;..." (default one middling shape). TESTS_K: the tests' -k
+# expression (default: the Triton tests; the fla peers run when fla is importable).
 set -uo pipefail
 out=${1:?usage: bash bench/perf/gpu_kernels.sh OUT_DIR}
 mkdir -p "$out"
@@ -26,22 +31,37 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under its limit, its outp
   echo "== $name exit $rc $(date -u +%FT%TZ)"
 }
 
-xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+workers=$(python3 -c "import xdist, os; print(min(16, os.cpu_count()))" 2>/dev/null)
 step tests "${TESTS_S:-120}" python3 -m pytest tests/test_kernels_triton.py tests/test_kernels_distill_loss.py \
-  tests/test_kernels_mixer_loss.py -k "${TESTS_K:-triton and not fla}" -q -p no:cacheprovider $xdist
+  tests/test_kernels_mixer_loss.py -k "${TESTS_K:-triton}" -v -p no:cacheprovider -W ignore ${workers:+-n $workers}
+# -v: every outcome is on its own line, so a step cut short still says which tests passed
+# (xdist writes "PASSED tests/...", a single process "tests/... PASSED")
+grep -oE "(PASSED|FAILED|ERROR|SKIPPED) tests/[^ ]+|tests/[^ ]+ (PASSED|FAILED|ERROR|SKIPPED)" "$out/tests.log" 2>/dev/null \
+  | awk '{ if ($1 ~ /^tests\//) print $2, $1; else print $1, $2 }' | sort -u >"$out/tests_outcomes.txt"
+awk '{print $1}' "$out/tests_outcomes.txt" | sort | uniq -c
+grep -E "^(FAILED|ERROR) " "$out/tests_outcomes.txt" | awk '{print $2}' | head -5 >"$out/tests_failed.txt"
+if [ -s "$out/tests_failed.txt" ]; then
+  # shellcheck disable=SC2046
+  CUDA_LAUNCH_BLOCKING=1 step failed "${FAILED_S:-60}" python3 -m pytest $(cat "$out/tests_failed.txt") -q \
+    -p no:cacheprovider -W ignore --tb=short
+fi
 
 backends=chunk,triton,triton_sequential,triton_chunk_parallel
 cases=linear_recurrence:head,linear_recurrence:channel,linear_recurrence:bonus,delta_rule:head
-for shape in "1 4 2048,8192,32768" "4 16 2048,8192" "16 32 2048,8192"; do
+IFS=';' read -ra shapes <<<"${RECURRENCE_SHAPES:-4 16 2048,8192}"
+for shape in "${shapes[@]}"; do
   read -r B H lengths <<<"$shape"
-  step "recurrence_B${B}_H${H}" "${RECURRENCE_S:-50}" python3 -m bench.perf.kernel_bench --backends "$backends" \
+  step "recurrence_B${B}_H${H}" "${RECURRENCE_S:-150}" python3 -m bench.perf.kernel_bench --backends "$backends" \
     --batch "$B" --heads "$H" --dim 64 --lengths "$lengths" --cases "$cases" --json "$out/recurrence_B${B}_H${H}.json"
 done
+
+step mixer_loss "${MIXER_S:-30}" python3 -m bench.perf.mixer_loss_bench --device cuda --json "$out/mixer_loss.json"
+step distill_loss "${DISTILL_S:-30}" python3 -m bench.perf.distill_loss_bench --device cuda --json "$out/distill_loss.json"
 
 # Throughput at the shape of the README's GPU teacher (SmolLM2-135M: 30 layers, width 576, 9 heads, 3 KV heads),
 # untrained: weights do not matter for speed, and no hub is needed. Written beside the code (a relative path, so
 # no machine's path lands in the results) and removed after.
-if [ "${THROUGHPUT_S:-160}" != 0 ]; then
+if [ "${THROUGHPUT_S:-0}" != 0 ]; then
   python3 - ./smollm2_135m_shape <<'EOF'
 import sys
 import torch
@@ -53,14 +73,11 @@ torch.manual_seed(0)
 LlamaForCausalLM(config).save_pretrained(sys.argv[1])
 EOF
 fi
-step throughput "${THROUGHPUT_S:-160}" python3 -m bench.perf.throughput --student all --device cuda --dtype bfloat16 \
+step throughput "${THROUGHPUT_S:-0}" python3 -m bench.perf.throughput --student all --device cuda --dtype bfloat16 \
   --teacher ./smollm2_135m_shape --lengths 1024,4096,16384 --decode-contexts 1024,32768 \
   --json "$out/throughput.json"
 rm -rf smollm2_135m_shape
 
-step mixer_loss "${MIXER_S:-40}" python3 -m bench.perf.mixer_loss_bench --device cuda --json "$out/mixer_loss.json"
-step distill_loss "${DISTILL_S:-60}" python3 -m bench.perf.distill_loss_bench --device cuda --json "$out/distill_loss.json"
-
-step fla "${FLA_S:-40}" python3 -m bench.perf.kernel_bench --backends chunk,triton,fla --batch 4 --heads 16 --dim 64 \
+step fla "${FLA_S:-0}" python3 -m bench.perf.kernel_bench --backends chunk,triton,fla --batch 4 --heads 16 --dim 64 \
   --lengths 2048,8192 --cases "$cases" --json "$out/fla.json"
 exit 0

@@ -52,6 +52,7 @@ from bench.provenance import header, machine
 from kernels import native
 from kernels._backend import pick_backend
 from kernels.delta_rule import BACKENDS as DELTA_RULE_BACKENDS
+from kernels.delta_rule import auto_backend as delta_rule_auto_backend
 from kernels.linear_recurrence import BACKENDS as LINEAR_RECURRENCE_BACKENDS
 from students.base import Mixer, RecurrentMixer
 from students.layers import kept_weight_stacks
@@ -218,8 +219,11 @@ def resolved_backend(model, kind: str, device: torch.device) -> dict:
     if isinstance(mixer, RecurrentMixer):
         op, backends = (("delta_rule", DELTA_RULE_BACKENDS) if mixer.uses_delta_rule
                         else ("linear_recurrence", LINEAR_RECURRENCE_BACKENDS))
-        chosen = pick_backend("auto", backends, device, op)
-        name = next(n for n, fn in backends.items() if fn is chosen)
+        if mixer.uses_delta_rule:
+            name = delta_rule_auto_backend(device, next(model.parameters()).dtype)
+        else:
+            chosen = pick_backend("auto", backends, device, op)
+            name = next(n for n, fn in backends.items() if fn is chosen)
         compiled = device.type == "cpu" and native.module() is not None  # one compiled call per token (kernels/native)
         if name == "native" and not compiled:  # the extension could not be built: the chunked torch form runs
             name = "chunk"

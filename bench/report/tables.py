@@ -122,6 +122,16 @@ def distill_loss(doc: dict, source: str) -> str:
     return caption(source, doc, details) + "\n\n" + markdown([s[0] for s in spec], body)
 
 
+def mixer_loss(doc: dict, source: str) -> str:
+    rows = doc["rows"]
+    spec = [("T", "T", str), ("backend", "backend", str), ("tile", "tile", num), ("f+b ms", "fwdbwd_s", ms),
+            ("× speed", "speedup", num), ("peak MiB", "peak_mib", num), ("× less memory", "memory_ratio", num),
+            ("rel diff", "rel_diff", sci), ("correct", "correct", str)]
+    body = [[fmt(r.get(field)) for _, field, fmt in spec] for r in rows]
+    details = values(rows, "B", "H", "Hkv", "K") + "; speed and memory relative to naive at the same T"
+    return caption(source, doc, details) + "\n\n" + markdown([s[0] for s in spec], body)
+
+
 def throughput(doc: dict, source: str) -> str:
     s, models = doc["settings"], doc["models"]
     floor = models["floor"]["prefill"]
@@ -358,6 +368,7 @@ TABLES = {
     "kernels_cpu": ("kernels_cpu.json", recurrence, "python -m bench.perf.kernel_bench --json results/kernels_cpu.json"),
     "kernels_h100_recurrence": ("kernels_h100_recurrence.json", recurrence, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "kernels_h100_distill_loss": ("kernels_h100_distill_loss.json", distill_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
+    "kernels_h100_mixer_loss": ("kernels_h100_mixer_loss.json", mixer_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "throughput_cpu": ("throughput_cpu.json", throughput,
                        "python -m bench.throughput --student all --repeats 11 --threads 2 --json results/throughput_cpu.json"),
     "throughput_cpu_avx2": ("throughput_cpu_avx2.json", throughput,

@@ -68,6 +68,9 @@ def chunk_math_native(logits, teacher_logits, targets, temperature, kl_coef, ce_
     return sums[0], sums[1]
 
 
+SCRATCH_USERS = (chunk_math_torch, chunk_math_native)  # the chunk forms that use `scratch` (at τ = 1)
+
+
 def next_token_targets(input_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) ids -> (B·T,) targets: the next id, IGNORE at the last position of each sequence."""
     targets = torch.full_like(input_ids, IGNORE)
@@ -109,7 +112,11 @@ class FusedDistillLoss(torch.autograd.Function):
             def chunk_buffer(dtype):
                 return torch.empty(rows_max, V, device=h.device, dtype=dtype)
 
-            logits_buf, scratch = chunk_buffer(torch.float32), (chunk_buffer(torch.float32), chunk_buffer(torch.float32))
+            logits_buf = chunk_buffer(torch.float32)
+            # Only the torch form at τ = 1 fills the two scratch buffers, so only it gets them: idle, they would
+            # nearly double the peak memory of the Triton form on a GPU.
+            uses_scratch = temperature == 1 and chunk_math in SCRATCH_USERS
+            scratch = (chunk_buffer(torch.float32), chunk_buffer(torch.float32)) if uses_scratch else None
             teacher_buf = chunk_buffer(torch.float32) if teacher_logits is None else None
             low_buf = chunk_buffer(matmul_dtype) if low else None
             grad_w_low = torch.empty(w.shape, device=w.device, dtype=matmul_dtype) if low and need_weight else None
@@ -127,7 +134,8 @@ class FusedDistillLoss(torch.autograd.Function):
                 teacher = teacher_rows[start:end] if teacher_logits is not None else \
                     product(teacher_rows[start:end].to(matmul_dtype), tw.T, teacher_buf[:rows])
                 kl, ce = chunk_math(logits, teacher, targets[start:end], temperature, kl_coef, ce_coef,
-                                    write_grad=need_hidden or need_weight, scratch=[b[:rows] for b in scratch])
+                                    write_grad=need_hidden or need_weight,
+                                    scratch=[b[:rows] for b in scratch] if scratch else None)
                 kl_sum += kl
                 ce_sum += ce
                 if low:

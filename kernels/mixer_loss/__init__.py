@@ -94,7 +94,7 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     if tile < 1:
         raise ValueError(f"mixer_matrix_loss: tile must be positive, got {tile}")
     teacher_scale = teacher_q.shape[-1] ** -0.5 if teacher_scale is None else float(teacher_scale)
-    if backend == "auto":  # the Triton form is not yet proven on a GPU (see results/kernels_h100_mixer_loss.log)
+    if backend == "auto":  # the Triton form is not yet fully proven on a GPU (docs/gpus.md)
         backend = "tiled"
     if backend == "naive":
         return mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay, bonus, scale, row_scale, diagonal,
