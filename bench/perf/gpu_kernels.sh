@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The measurements that need a GPU, as one script with a time limit per step (device time is scarce), most
 # important first: the Triton tests compiled on CUDA (each failure then rerun alone with CUDA_LAUNCH_BLOCKING=1,
-# so its traceback names the kernel that faulted), the recurrences (torch chunk vs our Triton, each schedule), the
-# fused mixer-matrix and distillation losses; on request the students' throughput beside their teacher and
-# flash-linear-attention's kernels as peers.
+# so its traceback names the kernel that faulted), the probe of the delta rule's 16-bit fault, the recurrences
+# (torch chunk vs our Triton, each schedule), the fused mixer-matrix and distillation losses; on request the
+# students' throughput beside their teacher and flash-linear-attention's kernels as peers.
 # Usage: bash bench/perf/gpu_kernels.sh OUT_DIR. Wheels in .whl/ (fla) are installed to a private folder first.
-# Step limits (seconds): TESTS_S, FAILED_S, RECURRENCE_S (per shape), MIXER_S, DISTILL_S, THROUGHPUT_S, FLA_S; a
-# limit of 0 skips its step. The defaults fit one ~7-minute call: on a fresh machine Triton compiles every kernel
-# variant first (one recurrence case, four backends: over 45 s; the throughput of every student: minutes, since
-# the models are timed side by side and nothing is written before all have compiled), so THROUGHPUT_S and FLA_S
-# default to 0. RECURRENCE_SHAPES: "B H lengths;..." (default one middling shape). TESTS_K: the tests' -k
-# expression (default: the Triton tests; the fla peers run when fla is importable).
+# Step limits (seconds): TESTS_S, FAILED_S, PROBE_S, RECURRENCE_S (per shape), MIXER_S, DISTILL_S, THROUGHPUT_S,
+# FLA_S; a limit of 0 skips its step. The defaults fit one ~8.5-minute call: on a fresh machine Triton compiles
+# every kernel variant first (one recurrence case, four backends: over 45 s; the throughput of every student:
+# minutes, since the models are timed side by side and nothing is written before all have compiled), so
+# THROUGHPUT_S and FLA_S default to 0. RECURRENCE_SHAPES: "B H lengths;..." (default one middling shape).
+# TESTS_K: the tests' -k expression (default: the Triton tests; the fla peers run when fla is importable).
 set -uo pipefail
 out=${1:?usage: bash bench/perf/gpu_kernels.sh OUT_DIR}
 mkdir -p "$out"
@@ -46,12 +46,16 @@ if [ -s "$out/tests_failed.txt" ]; then
     -p no:cacheprovider -W ignore --tb=short
 fi
 
+# The delta rule's 16-bit fault (docs/gpus.md): which launch, and which launch settings avoid it
+step delta_rule_bf16_probe "${PROBE_S:-150}" python3 results/gpu_runs/delta_rule_bf16_probe.py \
+  --json "$out/delta_rule_bf16_probe.json"
+
 backends=chunk,triton,triton_sequential,triton_chunk_parallel
 cases=linear_recurrence:head,linear_recurrence:channel,linear_recurrence:bonus,delta_rule:head
 IFS=';' read -ra shapes <<<"${RECURRENCE_SHAPES:-4 16 2048,8192}"
 for shape in "${shapes[@]}"; do
   read -r B H lengths <<<"$shape"
-  step "recurrence_B${B}_H${H}" "${RECURRENCE_S:-150}" python3 -m bench.perf.kernel_bench --backends "$backends" \
+  step "recurrence_B${B}_H${H}" "${RECURRENCE_S:-120}" python3 -m bench.perf.kernel_bench --backends "$backends" \
     --batch "$B" --heads "$H" --dim 64 --lengths "$lengths" --cases "$cases" --json "$out/recurrence_B${B}_H${H}.json"
 done
 
