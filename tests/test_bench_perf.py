@@ -566,6 +566,8 @@ def test_gpu_script_parses_and_names_only_what_exists():
     assert all(importlib.util.find_spec(m) is not None for m in modules), modules
     test_files = set(re.findall(r"tests/\w+\.py", text))
     assert test_files and all((script.parents[2] / f).exists() for f in test_files), test_files
+    scripts = set(re.findall(r"python3 ((?:results|bench)/\S+\.py)", text))
+    assert scripts and all((script.parents[2] / f).exists() for f in scripts), scripts
     (backends,) = re.findall(r"^backends=(\S+)$", text, flags=re.M)
     if "triton" in BACKENDS:
         assert set(backends.split(",")) <= bench_kernels.available_backends("linear_recurrence"), backends
