@@ -280,7 +280,8 @@ def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, atte
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention)."""
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    x32 = x.float()  # cast once: both terms' gradients add up in fp32 and are rounded once
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
 def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:

@@ -84,3 +84,19 @@ def test_recurrences_keep_fp32_under_bf16_autocast(backend):
         assert o_ac.dtype == torch.float32 and state_ac.dtype == torch.float32
         torch.testing.assert_close(o_ac, o, rtol=0, atol=0)
         torch.testing.assert_close(state_ac, state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+def test_chunk_form_rounds_the_gradients_of_16_bit_queries_and_keys_once(bonus):
+    """bf16 q and k are widened once, so the gradients of all their uses (scores, state, RWKV's bonus) add up in
+    fp32 and are rounded to bf16 once: exactly the fp32 gradient of the same values, rounded."""
+    inputs = {n: t.detach() if t is not None else None for n, t in lr_inputs(70, "channel", bonus, True).items()}
+    narrow = {n: inputs[n].to(torch.bfloat16).requires_grad_() for n in ("q", "k")}
+    wide = {n: t.detach().float().requires_grad_() for n, t in narrow.items()}
+    rest = {n: t for n, t in inputs.items() if n not in ("q", "k")}
+    upstream = torch.randn(inputs["v"].shape, generator=torch.Generator().manual_seed(3))
+    for leaves in (narrow, wide):
+        o, _ = linear_recurrence(**leaves, **rest, backend="chunk")
+        (o.float() * upstream).sum().backward()
+    for name in ("q", "k"):
+        assert torch.equal(narrow[name].grad, wide[name].grad.to(torch.bfloat16)), name

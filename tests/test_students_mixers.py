@@ -336,3 +336,17 @@ def test_decoding_after_training_steps_reads_the_trained_weights(name):
         optimizer.step()
     with torch.no_grad():
         assert (mixer(x)[0] - before).abs().max() > 1e-3  # the steps did change the mixer's output
+
+
+def test_rotary_rounds_the_gradient_of_16_bit_inputs_once():
+    """RoPE widens x once: the gradients of its two terms add up in fp32 and are rounded to bf16 once, exactly the
+    fp32 gradient of the same values, rounded (retnet's q and k under autocast)."""
+    from students.layers import apply_rotary, rope_inv_freq
+
+    g = torch.Generator().manual_seed(0)
+    narrow = torch.randn(2, 37, 3, 16, generator=g).to(torch.bfloat16).requires_grad_()
+    wide = narrow.detach().float().requires_grad_()
+    upstream = torch.randn(2, 37, 3, 16, generator=g).to(torch.bfloat16).float()  # as the bf16 output's gradient is
+    for x in (narrow, wide):
+        (apply_rotary(x, rope_inv_freq(16, 10000.0), offset=5).float() * upstream).sum().backward()
+    assert torch.equal(narrow.grad, wide.grad.to(torch.bfloat16))

@@ -157,7 +157,8 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     scale = K ** -0.5 if scale is None else scale
     C = chunk_size
     N = max(1, -(-T // C))
-    q_view, k_view = (chunk_view(x.float(), N, C) for x in (q, k))  # (N, B, H, C, K), strided
+    q32, k32 = q.float(), k.float()  # cast once: the gradients of every use add up in fp32, rounded once
+    q_view, k_view = (chunk_view(x, N, C) for x in (q32, k32))  # (N, B, H, C, K), strided
     vc = to_chunks(v.float(), N, C)  # (N, B, H, C, V)
     strict = bonus is not None  # RWKV reads S_{t-1}: exclusive of token t's decay, bonus on the diagonal
     if log_decay is None:
@@ -191,7 +192,7 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
         k_f = (_exp_clamped(ref_k - b, chunk_fits) * k_view).contiguous()
     bonus_diag = None  # q_t·(u ⊙ k_t) as a batched product in the input layout (a mul-then-sum is ~5× slower)
     if bonus is not None:
-        bonus_diag = chunk_view(torch.einsum("bthk,bthk->bth", q.float() * bonus.float(), k.float()), N, C)
+        bonus_diag = chunk_view(torch.einsum("bthk,bthk->bth", q32 * bonus.float(), k32), N, C)
     o = _intra_chunk(q_f, k_f, vc, (q_view, k_view, b, b_query), fits, strict, bonus_diag)  # (M, C, V)
     # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
     # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
