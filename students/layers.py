@@ -254,7 +254,7 @@ class Rotary:
         self.rope_fn = rope_fn or (lambda: (rope_inv_freq(head_dim, theta), 1.0))
         self._cache = None
 
-    def __call__(self, x: torch.Tensor, offset: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, offset: int) -> torch.Tensor:
         if self._cache is None:
             with torch.device("cpu"):
                 inv_freq, scaling = self.rope_fn()
@@ -266,7 +266,7 @@ class Rotary:
         latest = Rotary._latest.get(key)
         if latest is None or latest[0] != where:
             latest = Rotary._latest[key] = (where, *rotary_angles(inv_freq, offset, x.shape[1], x.device, scaling))
-        return rotate(x, latest[1], latest[2], dtype)
+        return rotate(x, latest[1], latest[2])
 
 
 def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, attention_scaling: float = 1.0
@@ -278,11 +278,10 @@ def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, atte
     return (emb.cos() * attention_scaling)[None, :, None, :], (emb.sin() * attention_scaling)[None, :, None, :]
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention), in `dtype` (x's by
-    default; an fp32 consumer of a bf16 x takes the fp32 result, with no round trip through bf16)."""
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention)."""
     x32 = x.float()  # cast once: both terms' gradients add up in fp32 and are rounded once
-    return (x32 * cos + rotate_half(x32) * sin).to(dtype or x.dtype)
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
 def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:

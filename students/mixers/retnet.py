@@ -28,9 +28,7 @@ class RetNetMixer(RecurrentMixer):
         H = self.num_heads
         position = state.get("position", 0)
         q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
-        # Under autocast the recurrence takes fp32 q and k: rotated in fp32, they stay so (no bf16 round trip)
-        widened = torch.float32 if torch.is_autocast_enabled(x.device.type) else None
-        q, k = self.rotary(q, position, widened), self.rotary(k, position, widened)
+        q, k = self.rotary(q, position), self.rotary(k, position)
         log_decay = self.log_gamma(x.device).expand(x.shape[0], x.shape[1], H)
         return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(x)},
                         carry={"position": position + x.shape[1]})
