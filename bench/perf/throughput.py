@@ -51,7 +51,6 @@ from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
 from kernels import native
 from kernels._backend import pick_backend
-from kernels.delta_rule import BACKENDS as DELTA_RULE_BACKENDS
 from kernels.delta_rule import auto_backend as delta_rule_auto_backend
 from kernels.linear_recurrence import BACKENDS as LINEAR_RECURRENCE_BACKENDS
 from students.base import Mixer, RecurrentMixer
@@ -217,13 +216,11 @@ def resolved_backend(model, kind: str, device: torch.device) -> dict:
         return {"requested": "none", "prefill": "none (no token mixing)", "decode": "none (no state)"}
     mixer = model.mixers[0]
     if isinstance(mixer, RecurrentMixer):
-        op, backends = (("delta_rule", DELTA_RULE_BACKENDS) if mixer.uses_delta_rule
-                        else ("linear_recurrence", LINEAR_RECURRENCE_BACKENDS))
-        if mixer.uses_delta_rule:
-            name = delta_rule_auto_backend(device, next(model.parameters()).dtype)
+        if mixer.uses_delta_rule:  # its `auto` also depends on the inputs' dtype
+            op, name = "delta_rule", delta_rule_auto_backend(device, next(model.parameters()).dtype)
         else:
-            chosen = pick_backend("auto", backends, device, op)
-            name = next(n for n, fn in backends.items() if fn is chosen)
+            op, chosen = "linear_recurrence", pick_backend("auto", LINEAR_RECURRENCE_BACKENDS, device, "linear_recurrence")
+            name = next(n for n, fn in LINEAR_RECURRENCE_BACKENDS.items() if fn is chosen)
         compiled = device.type == "cpu" and native.module() is not None  # one compiled call per token (kernels/native)
         if name == "native" and not compiled:  # the extension could not be built: the chunked torch form runs
             name = "chunk"

@@ -58,8 +58,8 @@ def delta_rule(q, k, v, beta, log_decay=None, scale=None, initial_state=None, ou
     if initial_state is not None and initial_state.shape != (B, H, K, V):
         raise ValueError(f"delta_rule: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
                          f"got {tuple(initial_state.shape)}")
-    fn = BACKENDS[auto_backend(q.device, q.dtype)] if backend == "auto" else pick_backend(backend, BACKENDS, q.device,
-                                                                                            "delta_rule")
+    name = auto_backend(q.device, q.dtype) if backend == "auto" else backend
+    fn = pick_backend(name, BACKENDS, q.device, "delta_rule")
     with autocast_off(q.device):
         return fn(q, k, v, beta, log_decay=log_decay, scale=scale, initial_state=initial_state,
                   output_final_state=output_final_state)
