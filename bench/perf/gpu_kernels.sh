@@ -7,7 +7,7 @@
 # Usage: bash bench/perf/gpu_kernels.sh OUT_DIR. Wheels in .whl/ (fla) are installed to a private folder first.
 # Step limits (seconds): TESTS_S, FAILED_S, PROBE_S, RECURRENCE_S (per shape), MIXER_S, DISTILL_S, THROUGHPUT_S,
 # FLA_S; a limit of 0 skips its step. The defaults fit one ~8.5-minute call: on a fresh machine Triton compiles
-# every kernel variant first (one recurrence case, four backends: over 45 s; the throughput of every student:
+# every kernel variant first (one recurrence case, four backends: no row within 45 s; the throughput of every student:
 # minutes, since the models are timed side by side and nothing is written before all have compiled), so
 # THROUGHPUT_S and FLA_S default to 0. RECURRENCE_SHAPES: "B H lengths;..." (default one middling shape).
 # TESTS_K: the tests' -k expression (default: the Triton tests but fla's peers, which run in the fla steps).
