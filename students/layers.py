@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from kernels import native
 from kernels.head_norm import head_norm
+from kernels.rotary import rotary
 
 
 class ShortConv(nn.Module):
@@ -229,11 +230,6 @@ def conv1d_reference(conv: ShortConv, x: torch.Tensor, cache: torch.Tensor | Non
     return F.silu(y) if conv.activation == "silu" else y
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     """Default RoPE frequencies (Su et al. 2021), as Llama computes them."""
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -279,9 +275,8 @@ def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, atte
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention)."""
-    x32 = x.float()  # cast once: both terms' gradients add up in fp32 and are rounded once
-    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+    """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention; `kernels.rotary`)."""
+    return rotary(x, cos, sin)
 
 
 def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:
