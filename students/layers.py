@@ -262,7 +262,7 @@ class Rotary:
         latest = Rotary._latest.get(key)
         if latest is None or latest[0] != where:
             latest = Rotary._latest[key] = (where, *rotary_angles(inv_freq, offset, x.shape[1], x.device, scaling))
-        return rotate(x, latest[1], latest[2])
+        return rotary(x, latest[1], latest[2])
 
 
 def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, attention_scaling: float = 1.0
@@ -274,14 +274,9 @@ def rotary_angles(inv_freq: torch.Tensor, offset: int, length: int, device, atte
     return (emb.cos() * attention_scaling)[None, :, None, :], (emb.sin() * attention_scaling)[None, :, None, :]
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, D) rotated by the angles of `rotary_angles` (Llama's rotate_half convention; `kernels.rotary`)."""
-    return rotary(x, cos, sin)
-
-
 def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, offset: int, attention_scaling: float = 1.0) -> torch.Tensor:
     """Rotate (B, T, H, D) by positions offset … offset+T−1 (Llama's rotate_half convention)."""
-    return rotate(x, *rotary_angles(inv_freq, offset, x.shape[1], x.device, attention_scaling))
+    return rotary(x, *rotary_angles(inv_freq, offset, x.shape[1], x.device, attention_scaling))
 
 
 class HeadRMSNorm(nn.Module):
