@@ -211,3 +211,13 @@ def test_bad_shapes_raise_one_clear_error():
         args.update(change)
         with pytest.raises(ValueError, match=message):
             mixer_matrix_loss(args.pop("tq"), args.pop("tk"), **args)
+
+
+def test_auto_materialises_on_cuda_only_where_it_fits():
+    from kernels.mixer_loss import NAIVE_BYTES_PER_ENTRY, choose_backend
+
+    need = NAIVE_BYTES_PER_ENTRY * 8 * 16 * 2048 * 2048  # the materialised loss's peak at B = 8, H = 16, T = 2,048
+    assert choose_backend("cuda", 8, 16, 2048, False, free_bytes=4 * need) == "naive"
+    assert choose_backend("cuda", 8, 16, 2048, False, free_bytes=4 * need - 1) == "tiled"
+    assert choose_backend("cuda", 8, 16, 2048, True, free_bytes=100 * need) == "tiled"  # the delta rule's own form
+    assert choose_backend("cpu", 1, 1, 8, False, free_bytes=None) == "tiled"
