@@ -217,7 +217,18 @@ def test_auto_materialises_on_cuda_only_where_it_fits():
     from kernels.mixer_loss import NAIVE_BYTES_PER_ENTRY, choose_backend
 
     need = NAIVE_BYTES_PER_ENTRY * 8 * 16 * 2048 * 2048  # the materialised loss's peak at B = 8, H = 16, T = 2,048
-    assert choose_backend("cuda", 8, 16, 2048, False, free_bytes=4 * need) == "naive"
-    assert choose_backend("cuda", 8, 16, 2048, False, free_bytes=4 * need - 1) == "tiled"
-    assert choose_backend("cuda", 8, 16, 2048, True, free_bytes=100 * need) == "tiled"  # the delta rule's own form
-    assert choose_backend("cpu", 1, 1, 8, False, free_bytes=None) == "tiled"
+    assert choose_backend("cuda", 8, 16, 2048, True, free_bytes=4 * need) == "naive"
+    assert choose_backend("cuda", 8, 16, 2048, True, free_bytes=4 * need - 1) == "tiled"
+    # per-channel decays, the RWKV bonus and the delta rule: not one product, their materialised forms unmeasured there
+    assert choose_backend("cuda", 8, 16, 2048, False, free_bytes=100 * need) == "tiled"
+    assert choose_backend("cpu", 1, 1, 8, True, free_bytes=None) == "tiled"
+
+
+def test_one_product_students_are_those_with_per_head_or_no_decay():
+    from kernels.mixer_loss import is_one_product
+
+    config = MixerConfig(hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=16)
+    terms = {name: build_mixer(name, config).matrix_terms(torch.randn(1, 9, 48)) for name in MIXERS}
+    one_product = {name for name, t in terms.items()
+                   if is_one_product(t.get("log_decay"), t.get("bonus"), t.get("beta"))}
+    assert one_product == {"mamba", "linear_attention", "retnet", "xlstm"}  # the README's per-head / no-decay students

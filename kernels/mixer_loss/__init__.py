@@ -12,9 +12,9 @@ Backends: `naive` (both matrices materialised, the ground truth), `tiled` (torch
 O(T · tile) memory, recomputed block by block in backward; for the delta rule, the teacher's A is formed and
 the student's M is built from `tile`-token chunk blocks, `delta_rule.py`, with no (T × T) solve), `triton`
 (forward and backward kernels tiled over (query block, key block), teacher softmax recomputed from its
-log-sum-exp; not yet proven on a GPU in every test case; no delta-rule form). `auto`: on CUDA the
-materialised form where its peak fits in a quarter of the free memory (there the tiled form's loop over query
-blocks is 3-10x slower than it, docs/gpus.md), else `tiled`. Gradients flow to the student's q, k, log_decay,
+log-sum-exp; not yet proven on a GPU in every test case; no delta-rule form). `auto`: on CUDA, for per-head
+or no decays, the materialised form where its peak fits in a quarter of the free memory (there the tiled form's
+loop over query blocks is 3-10x slower than it, docs/gpus.md), else `tiled`. Gradients flow to the student's q, k, log_decay,
 bonus, beta, row_scale and diagonal; the teacher is treated as a constant.
 """
 from __future__ import annotations
@@ -27,17 +27,25 @@ from kernels.mixer_loss.naive import mixer_matrix_loss_naive, student_matrix, te
 from kernels.mixer_loss.tiled import mixer_loss_tiled
 
 BACKENDS = ("naive", "tiled", "triton")
-# The materialised loss's peak per (batch, head, query, key) entry, forward + backward, fp32: 23-24 bytes on an H100
-# at T = 1,024-4,096 (results/kernels_h100_mixer_loss.json: 389, 1,548, 6,177 MiB at B = 1, H = 16).
+# The materialised loss's peak per (batch, head, query, key) entry, forward + backward, fp32, where the student's
+# matrix is one product (per-head or no decay): 23-24 bytes on an H100 at T = 1,024-4,096
+# (results/kernels_h100_mixer_loss.json: 389, 1,548, 6,177 MiB at B = 1, H = 16).
 NAIVE_BYTES_PER_ENTRY = 24
 
 
-def choose_backend(device_type: str, batch: int, heads: int, length: int, delta_rule: bool,
+def is_one_product(log_decay=None, bonus=None, beta=None) -> bool:
+    """Whether the student's matrix is one (T x T) product: per-head or no decay, no RWKV bonus, not the delta rule."""
+    return beta is None and bonus is None and (log_decay is None or log_decay.dim() == 3)
+
+
+def choose_backend(device_type: str, batch: int, heads: int, length: int, one_product: bool,
                    free_bytes: int | None) -> str:
-    """`auto`'s choice: `naive` on CUDA when its peak fits in a quarter of the memory free at the call (the rest is
-    room for what the layers after it save for the backward: their calls see less free and turn tiled), else
-    `tiled` (on CPU it keeps memory O(T · tile); the delta rule's tiled form is its own chunk-block algorithm)."""
-    if device_type != "cuda" or delta_rule or free_bytes is None:
+    """`auto`'s choice: `naive` on CUDA for a matrix that is one product (per-head or no decay, not the delta rule)
+    when its peak fits in a quarter of the memory free at the call (the rest is room for what the layers after it
+    save for the backward: their calls see less free and turn tiled), else `tiled`. Per-channel decays materialise
+    (rows, T, K) blocks and the delta rule a (T x T) solve, unmeasured on a GPU; on CPU `tiled` keeps memory
+    O(T · tile)."""
+    if device_type != "cuda" or not one_product or free_bytes is None:
         return "tiled"
     return "naive" if NAIVE_BYTES_PER_ENTRY * batch * heads * length * length <= free_bytes // 4 else "tiled"
 
@@ -110,7 +118,8 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     teacher_scale = teacher_q.shape[-1] ** -0.5 if teacher_scale is None else float(teacher_scale)
     if backend == "auto":
         free = torch.cuda.mem_get_info(q.device)[0] if q.device.type == "cuda" else None
-        backend = choose_backend(q.device.type, q.shape[0], q.shape[2], q.shape[1], beta is not None, free)
+        backend = choose_backend(q.device.type, q.shape[0], q.shape[2], q.shape[1],
+                                 is_one_product(log_decay, bonus, beta), free)
     if backend == "naive":
         return mixer_matrix_loss_naive(teacher_q, teacher_k, q, k, log_decay, bonus, scale, row_scale, diagonal,
                                        teacher_scale, beta)
@@ -131,5 +140,5 @@ def mixer_matrix_loss(teacher_q, teacher_k, q, k, log_decay=None, bonus=None, sc
     return mixer_loss_triton(tq, tk, q32, k32, g, diag, rs, teacher_scale, strict)
 
 
-__all__ = ["choose_backend", "delta_rule_mixer_loss", "mixer_matrix_loss", "mixer_matrix_loss_naive", "prepare", "student_matrix",
-           "teacher_attention"]
+__all__ = ["choose_backend", "delta_rule_mixer_loss", "is_one_product", "mixer_matrix_loss",
+           "mixer_matrix_loss_naive", "prepare", "student_matrix", "teacher_attention"]
