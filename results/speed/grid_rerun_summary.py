@@ -90,7 +90,10 @@ def against_range(value: float, kls: list[float]) -> str:
     if len(kls) < 2:
         return "–"
     low, high = min(kls), max(kls)
-    return "within" if low <= value <= high else f"{value - high:+.4f} above" if value > high else f"{value - low:+.4f} below"
+    if low <= value <= high:
+        return "within"
+    excess = value - high if value > high else value - low
+    return f"{excess:+.2g} {'above' if value > high else 'below'}"  # +.2g: an excess under 5e-5 still shows
 
 
 print("| student | init | old: run s (training s) | new: run s (training s) | run × | training × "
