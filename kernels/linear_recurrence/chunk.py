@@ -161,13 +161,21 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     q_view, k_view = (chunk_view(x, N, C) for x in (q32, k32))  # (N, B, H, C, K), strided
     vc = to_chunks(v.float(), N, C)  # (N, B, H, C, V)
     strict = bonus is not None  # RWKV reads S_{t-1}: exclusive of token t's decay, bonus on the diagonal
-    if log_decay is None:
-        g = vc.new_zeros(N, B, H, C, 1)
-    else:
-        g = chunk_view(log_decay.float(), N, C)
-        g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K), strided
+    bonus_diag = None  # q_t·(u ⊙ k_t) as a batched product in the input layout (a mul-then-sum is ~5× slower)
+    if bonus is not None:
+        bonus_diag = chunk_view(torch.einsum("bthk,bthk->bth", q32 * bonus.float(), k32), N, C)
+    if log_decay is None:  # no decay (linear attention): every factor below is exp(0) = 1, so none is formed
+        if _FORMS:
+            _note_forms("chunk", C), _note_forms("chunks", N * B * H), _note_forms("factored_chunks", N * B * H)
+        q_f, k_f = q_view.contiguous(), k_view.contiguous()
+        o = _intra_chunk(q_f, k_f, vc, None, q_f.new_ones(N * B * H, dtype=torch.bool), strict, bonus_diag)
+        states_read, state = _carry_states(k_f.transpose(-1, -2) @ vc, None, None, initial_state)
+        o = o.baddbmm_(q_f.flatten(0, 2), states_read.flatten(0, 2))
+        return from_chunks(o.view(N, B, H, C, -1), T, scale, out_dtype), (state if output_final_state else None)
+    g = chunk_view(log_decay.float(), N, C)
+    g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K), strided
     b = g.cumsum(dim=3)  # inclusive log decay from the chunk start; contiguous, read straight from the view
-    if log_decay is not None and _halve_chunks(b.flatten(0, 2)):
+    if _halve_chunks(b.flatten(0, 2)):
         return linear_recurrence_chunk(q, k, v, log_decay, bonus, scale, initial_state, output_final_state, C // 2)
     b_last = b[:, :, :, -1:]  # (N, B, H, 1, 1|K)
     fits = _span_fits(0.0, b_last.flatten(0, 2))  # (M,), M = N·B·H chunks
@@ -190,9 +198,6 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
         b_query = b - g if strict else b
         q_f = (_exp_clamped(b_query - ref_q, chunk_fits) * q_view).contiguous()
         k_f = (_exp_clamped(ref_k - b, chunk_fits) * k_view).contiguous()
-    bonus_diag = None  # q_t·(u ⊙ k_t) as a batched product in the input layout (a mul-then-sum is ~5× slower)
-    if bonus is not None:
-        bonus_diag = chunk_view(torch.einsum("bthk,bthk->bth", q32 * bonus.float(), k32), N, C)
     o = _intra_chunk(q_f, k_f, vc, (q_view, k_view, b, b_query), fits, strict, bonus_diag)  # (M, C, V)
     # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
     # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
@@ -275,34 +280,41 @@ def _per_channel_halves(q, k, v, b, b_query, start, strict, bonus_diag):
 def _carry_states(chunk_kv, chunk_log_decay, read_log_scale, initial_state):
     """States read by each chunk, exp(r_n) ⊙ S_n, and the final state, for S_{n+1} = exp(a_n) ⊙ S_n + chunk_kv_n.
 
-    chunk_kv: (N, B, H, K, V); a_n (chunk log decays) and r_n (read scales): (N, B, H, 1|K), both ≤ 0.
+    chunk_kv: (N, B, H, K, V); a_n (chunk log decays) and r_n (read scales): (N, B, H, 1|K), both ≤ 0, or both
+    None for no decay (S_{n+1} = S_n + chunk_kv_n, read as is).
     """
     N, B, H, K, V = chunk_kv.shape
-    decay = exp_floored(chunk_log_decay)[..., None]  # (N, B, H, 1|K, 1)
+    decay = None if chunk_log_decay is None else exp_floored(chunk_log_decay)[..., None]  # (N, B, H, 1|K, 1)
     state = chunk_kv.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
     states = _ChunkCarry.apply(chunk_kv, decay, state)  # (N+1, B, H, K, V)
+    if read_log_scale is None:
+        return states[:N], states[N]
     return states[:N] * exp_floored(read_log_scale)[..., None], states[N]
 
 
+def _carry_step(decays):
+    """The carry's step, in place into `out`: kv + d_n ⊙ s, or kv + s without decays (also the backward's step)."""
+    if decays is None:
+        return lambda kv, n, s, out: torch.add(kv, s, out=out)
+    return lambda kv, n, s, out: torch.addcmul(kv, decays[n], s, out=out)
+
+
 class _ChunkCarry(torch.autograd.Function):
-    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks. Backward: dS_n = G_n + d_n ⊙ dS_{n+1}, d kv_n = dS_{n+1},
-    d d_n = Σ dS_{n+1} ⊙ S_n over the broadcast dims."""
+    """S_{n+1} = d_n ⊙ S_n + kv_n over chunks (d_n = 1 where `decay` is None). Backward: dS_n = G_n + d_n ⊙ dS_{n+1},
+    d kv_n = dS_{n+1}, d d_n = Σ dS_{n+1} ⊙ S_n over the broadcast dims."""
 
     @staticmethod
     def forward(ctx, chunk_kv, decay, initial_state):
-        decays = decay.unbind(0)
-        states = scan(chunk_kv, initial_state, lambda kv, n, s, out: torch.addcmul(kv, decays[n], s, out=out))
+        states = scan(chunk_kv, initial_state, _carry_step(None if decay is None else decay.unbind(0)))
         ctx.save_for_backward(decay, states)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
         decay, states = ctx.saved_tensors
-        decays = decay.unbind(0)
-        grad_kv, grad_initial = scan_backward(
-            grad_states, lambda g, n, s, out: torch.addcmul(g, decays[n], s, out=out))
+        grad_kv, grad_initial = scan_backward(grad_states, _carry_step(None if decay is None else decay.unbind(0)))
         grad_decay = None
-        if ctx.needs_input_grad[1]:  # a learned decay (RetNet's is fixed: no gradient to form)
+        if decay is not None and ctx.needs_input_grad[1]:  # a learned decay (RetNet's is fixed: no gradient to form)
             # Σ dS_{n+1} ⊙ S_n over V (one batched product), and over K too per head (the decay is shared by all
             # K·V entries; there a product and a sum, as einsum's (1 × K·V)(K·V × 1) products run ~3.5× slower)
             if decay.shape[-2] > 1:
