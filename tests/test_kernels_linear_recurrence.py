@@ -4,7 +4,7 @@ import torch
 
 from kernels import linear_recurrence
 from tests.helpers import assert_close
-from tests.kernel_cases import LENGTHS, B, H, K, compare, lr_inputs
+from tests.kernel_cases import LENGTHS, B, H, K, compare, lr_inputs, run_with_grads
 
 
 @pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
@@ -13,6 +13,20 @@ from tests.kernel_cases import LENGTHS, B, H, K, compare, lr_inputs
 @pytest.mark.parametrize("T", LENGTHS, ids=[f"B{B}-T{t}-H{H}-K{K}" for t in LENGTHS])
 def test_linear_recurrence_chunk_matches_naive(T, decay, bonus, init):
     compare(linear_recurrence, lr_inputs(T, decay, bonus, init), "chunk")
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["nobonus", "bonus"])
+def test_chunk_form_without_decay_equals_a_zero_decay_exactly(bonus, init):
+    """No decay skips the factors a decay forms (all exp(0) = 1 then) and carries a plain sum: the same values bit
+    for bit as the decayed form given zeros, outputs, final state and every gradient."""
+    torch.manual_seed(0)
+    inputs = lr_inputs(200, "none", bonus, init)
+    with_zeros = {**inputs, "log_decay": torch.zeros(inputs["q"].shape[:3], requires_grad=False)}
+    o, s, g = run_with_grads(linear_recurrence, inputs, backend="chunk")
+    o_zero, s_zero, g_zero = run_with_grads(linear_recurrence, with_zeros, backend="chunk")
+    assert torch.equal(o, o_zero) and torch.equal(s, s_zero)
+    assert g.keys() == g_zero.keys() and all(torch.equal(g[name], g_zero[name]) for name in g)
 
 
 @pytest.mark.parametrize("decay", ["head", "channel"])
