@@ -10,7 +10,8 @@ Each chunk takes its own form, chosen from its decays (thresholds: `kernels.chun
 - stable, for chunks that decay faster (RWKV-6 channels reach −20 per step): per-head decays use the
   exact pairwise C × C decay matrix; per-channel decays are halved recursively, each half factored about
   its own midpoint where its span allows, down to `subchunk`-token blocks built from exact pairwise
-  differences, the second half reading the first through a local state. No C × C × K tensor is formed.
+  differences, the second half reading the first through a local state. No C × C × K tensor is formed;
+- without a decay (linear attention) every factor would be 1: none is formed, and the carry is a running sum.
 Every exponent that is evaluated is ≤ factor_range/2, and ≤ 0 wherever the product is kept. When many
 chunks would give denormal products and half-size chunks would not, the whole call runs at half the chunk
 size. `chunk_forms` reports the forms a call takes by running this code under a recorder.
