@@ -165,45 +165,47 @@ def linear_recurrence_chunk(q, k, v, log_decay=None, bonus=None, scale=None, ini
     bonus_diag = None  # q_t·(u ⊙ k_t) as a batched product in the input layout (a mul-then-sum is ~5× slower)
     if bonus is not None:
         bonus_diag = chunk_view(torch.einsum("bthk,bthk->bth", q32 * bonus.float(), k32), N, C)
-    if log_decay is None:  # no decay (linear attention): every factor below is exp(0) = 1, so none is formed
+    if log_decay is None:  # no decay (linear attention): every factor below would be exp(0) = 1, so none is formed
         if _FORMS:
             _note_forms("chunk", C), _note_forms("chunks", N * B * H), _note_forms("factored_chunks", N * B * H)
         q_f, k_f = q_view.contiguous(), k_view.contiguous()
-        o = _intra_chunk(q_f, k_f, vc, None, q_f.new_ones(N * B * H, dtype=torch.bool), strict, bonus_diag)
-        states_read, state = _carry_states(k_f.transpose(-1, -2) @ vc, None, None, initial_state)
-        o = o.baddbmm_(q_f.flatten(0, 2), states_read.flatten(0, 2))
-        return from_chunks(o.view(N, B, H, C, -1), T, scale, out_dtype), (state if output_final_state else None)
-    g = chunk_view(log_decay.float(), N, C)
-    g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K), strided
-    b = g.cumsum(dim=3)  # inclusive log decay from the chunk start; contiguous, read straight from the view
-    if _halve_chunks(b.flatten(0, 2)):
-        return linear_recurrence_chunk(q, k, v, log_decay, bonus, scale, initial_state, output_final_state, C // 2)
-    b_last = b[:, :, :, -1:]  # (N, B, H, 1, 1|K)
-    fits = _span_fits(0.0, b_last.flatten(0, 2))  # (M,), M = N·B·H chunks
-    all_fit = bool(fits.all())
-    if _FORMS:
-        _note_forms("chunk", C), _note_forms("chunks", fits.numel()), _note_forms("factored_chunks", fits.sum().item())
-    # One pair of factors per chunk serves its scores, its state update and its state read:
-    # q_t·exp(bq_t − ref_q) and k_s·exp(ref_k − b_s), about the midpoint where the chunk's span fits
-    # (|exponent| ≤ DENORMALS.factor_range/2), else ref_q = 0 and ref_k = the chunk's end (exponents ≤ 0).
-    mid = b_last / 2
-    chunk_fits = fits.view(N, B, H, 1, 1)
-    ref_q = mid if all_fit else torch.where(chunk_fits, mid, 0.0)
-    ref_k = mid if all_fit else torch.where(chunk_fits, mid, b_last)
-    # The factors multiply the strided chunk views and come out contiguous: the layout change costs no pass.
-    if all_fit:  # every exponent within ±DENORMALS.factor_range/2 (not 1/exp(b − c) for k: its gradient would square it)
-        b_query = None  # only the stable form reads it
-        q_f = (((b - mid).sub_(g) if strict else b - mid).exp_() * q_view).contiguous()
-        k_f = ((mid - b).exp_() * k_view).contiguous()
-    else:  # the other chunks' exponents are ≤ 0 but unbounded below: clamped
-        b_query = b - g if strict else b
-        q_f = (_exp_clamped(b_query - ref_q, chunk_fits) * q_view).contiguous()
-        k_f = (_exp_clamped(ref_k - b, chunk_fits) * k_view).contiguous()
-    o = _intra_chunk(q_f, k_f, vc, (q_view, k_view, b, b_query), fits, strict, bonus_diag)  # (M, C, V)
-    # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
-    # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
-    chunk_kv = (k_f.transpose(-1, -2) @ vc).mul_((b_last - ref_k).exp().transpose(-1, -2))  # (N, B, H, K, V)
-    states_read, state = _carry_states(chunk_kv, b_last.squeeze(3), ref_q.squeeze(3), initial_state)
+        raw = fits = update_log_scale = chunk_log_decay = read_log_scale = None  # every chunk factored, unscaled
+    else:
+        g = chunk_view(log_decay.float(), N, C)
+        g = g if log_decay.dim() == 4 else g[..., None]  # (N, B, H, C, 1|K), strided
+        b = g.cumsum(dim=3)  # inclusive log decay from the chunk start; contiguous, read straight from the view
+        if _halve_chunks(b.flatten(0, 2)):
+            return linear_recurrence_chunk(q, k, v, log_decay, bonus, scale, initial_state, output_final_state, C // 2)
+        b_last = b[:, :, :, -1:]  # (N, B, H, 1, 1|K)
+        fits = _span_fits(0.0, b_last.flatten(0, 2))  # (M,), M = N·B·H chunks
+        all_fit = bool(fits.all())
+        if _FORMS:
+            _note_forms("chunk", C), _note_forms("chunks", fits.numel()), _note_forms("factored_chunks", fits.sum().item())
+        # One pair of factors per chunk serves its scores, its state update and its state read:
+        # q_t·exp(bq_t − ref_q) and k_s·exp(ref_k − b_s), about the midpoint where the chunk's span fits
+        # (|exponent| ≤ DENORMALS.factor_range/2), else ref_q = 0 and ref_k = the chunk's end (exponents ≤ 0).
+        mid = b_last / 2
+        chunk_fits = fits.view(N, B, H, 1, 1)
+        ref_q = mid if all_fit else torch.where(chunk_fits, mid, 0.0)
+        ref_k = mid if all_fit else torch.where(chunk_fits, mid, b_last)
+        # The factors multiply the strided chunk views and come out contiguous: the layout change costs no pass.
+        if all_fit:  # every exponent within ±factor_range/2 (not 1/exp(b − c) for k: its gradient would square it)
+            b_query = None  # only the stable form reads it
+            q_f = (((b - mid).sub_(g) if strict else b - mid).exp_() * q_view).contiguous()
+            k_f = ((mid - b).exp_() * k_view).contiguous()
+        else:  # the other chunks' exponents are ≤ 0 but unbounded below: clamped
+            b_query = b - g if strict else b
+            q_f = (_exp_clamped(b_query - ref_q, chunk_fits) * q_view).contiguous()
+            k_f = (_exp_clamped(ref_k - b, chunk_fits) * k_view).contiguous()
+        raw = (q_view, k_view, b, b_query)
+        # exp(b_last − b_s) k_s = exp(b_last − ref_k) k_f,s, applied to the (K × V) update so it stays unscaled;
+        # q_t exp(bq_t) = exp(ref_q) q_f,t: the carry scales the state each chunk reads
+        update_log_scale, chunk_log_decay, read_log_scale = b_last - ref_k, b_last.squeeze(3), ref_q.squeeze(3)
+    o = _intra_chunk(q_f, k_f, vc, raw, fits, strict, bonus_diag)  # (M, C, V)
+    chunk_kv = k_f.transpose(-1, -2) @ vc  # (N, B, H, K, V)
+    if update_log_scale is not None:
+        chunk_kv.mul_(update_log_scale.exp().transpose(-1, -2))
+    states_read, state = _carry_states(chunk_kv, chunk_log_decay, read_log_scale, initial_state)
     # o + q S in one call accumulating in place (out of place would first copy o); scaled on the way out
     o = o.baddbmm_(q_f.flatten(0, 2), states_read.flatten(0, 2))
     return from_chunks(o.view(N, B, H, C, -1), T, scale, out_dtype), (state if output_final_state else None)
@@ -215,11 +217,12 @@ def _intra_chunk(q_f, k_f, vc, raw, fits, strict, bonus_diag):
     The factored product runs on every chunk (the factors of chunks that do not fit have exponents ≤ 0, so
     their wrong but finite rows are simply overwritten); the chunks that do not fit are rebuilt stably from
     the raw q, k and decays on their own subset, and copied over (index_copy passes them no gradient).
+    `fits` None (no decay): every chunk is factored, and `raw` is not read.
     """
     flat = lambda x: x.flatten(0, 2)
     diag = None if bonus_diag is None else flat(bonus_diag)
     bonus_of = (lambda d: d) if strict else (lambda d: None)
-    slow = None if bool(fits.all()) else (~fits).nonzero().squeeze(1)
+    slow = None if fits is None or bool(fits.all()) else (~fits).nonzero().squeeze(1)
     if slow is not None and slow.numel() == fits.numel():
         factored = None
     else:
