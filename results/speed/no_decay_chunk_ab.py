@@ -19,6 +19,7 @@ from bench.data.teacher import EMBEDDED_TEACHER
 from bench.distill.loop import use_bf16
 from bench.perf.distill_speed import step_fn
 from bench.perf.kernel_ab import _describe, load_base
+from bench.perf.timing import time_round_robin
 from bench.provenance import header
 
 lr = importlib.import_module("kernels.linear_recurrence")  # the package (`kernels` exports a function by its name)
@@ -43,7 +44,8 @@ batch = torch.randint(0, teacher.config.vocab_size, (8, 512))
 bf16 = use_bf16("auto", torch.device("cpu"))
 print(header())
 print(f"base: {_describe(base_dir)}; linear_attention, batch 8 x 512, bf16 autocast {bf16}; base and new chunk "
-      f"forms alternating step by step, {rounds} rounds, s/step ({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})")
+      f"forms taking turns step by step (time_round_robin), {rounds} rounds, s/step "
+      f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})")
 for stage in stages:
     losses = []
     for on in (True, False):  # the same weights and data: the same loss bit for bit
@@ -52,18 +54,10 @@ for stage in stages:
         losses.append(step_fn(stage, student, teacher, batch, bf16, run_optimizer=False)().item())
     student = students.build_student(teacher, "linear_attention", "qkv_copy", seed=0)
     step = step_fn(stage, student, teacher, batch, bf16)
-    for on in (True, False, True, False):
-        USE_BASE["on"] = on
-        step()
-    times = {True: [], False: []}
-    for r in range(rounds):
-        for on in ((True, False) if r % 2 == 0 else (False, True)):
-            USE_BASE["on"] = on
-            start = time.perf_counter()
-            step()
-            times[on].append(time.perf_counter() - start)
-    old, now = statistics.median(times[True]), statistics.median(times[False])
-    ratios = sorted(a / b for a, b in zip(times[True], times[False]))
+    times = time_round_robin({"base": step, "new": step}, repeats=rounds, warmup=2,
+                             before={"base": lambda: USE_BASE.update(on=True), "new": lambda: USE_BASE.update(on=False)})
+    old, now = times["base"]["median_s"], times["new"]["median_s"]
+    ratios = sorted(a / b for a, b in zip(times["base"]["times_s"], times["new"]["times_s"]))
     print(f"  {stage:16s} base {old:.3f}  new {now:.3f}  x{old / now:.3f}  (per-round ratios {ratios[0]:.2f}-"
           f"{ratios[-1]:.2f}, median {statistics.median(ratios):.3f}); first step's loss base {losses[0]:.8f} "
           f"new {losses[1]:.8f} (equal: {losses[0] == losses[1]})", flush=True)

@@ -15,6 +15,7 @@ import students
 from bench.data.teacher import EMBEDDED_TEACHER
 from bench.distill.loop import use_bf16
 from bench.perf.distill_speed import step_fn
+from bench.perf.timing import time_round_robin
 from bench.provenance import header
 from students.base import Features
 from students.layers import split_heads, stacked_linear
@@ -87,7 +88,8 @@ batch = torch.randint(0, teacher.config.vocab_size, (8, 512))
 bf16 = use_bf16("auto", torch.device("cpu"))
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 12
 print(header())
-print(f"end_to_end, batch 8 x 512, bf16 autocast {bf16}; separate and stacked projections alternating, {rounds} rounds, "
+print(f"end_to_end, batch 8 x 512, bf16 autocast {bf16}; separate and stacked projections taking turns "
+      f"(time_round_robin), {rounds} rounds, "
       f"s/step ({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})")
 for name in sys.argv[1].split(","):
     student = students.build_student(teacher, name, "qkv_copy", seed=0)
@@ -102,17 +104,10 @@ for name in sys.argv[1].split(","):
               f"largest gradient difference over the parameter's largest {worst:.2e} (same set: {ga.keys() == gb.keys()})")
     student.zero_grad(set_to_none=True)
     step = step_fn("end_to_end", student, teacher, batch, bf16)
-    for on in (False, True, False, True):
-        STACKED["on"] = on
-        step()
-    times = {False: [], True: []}
-    for _ in range(rounds):
-        for on in (False, True):
-            STACKED["on"] = on
-            start = time.perf_counter()
-            step()
-            times[on].append(time.perf_counter() - start)
-    separate, stacked = statistics.median(times[False]), statistics.median(times[True])
-    ratios = sorted(a / b for a, b in zip(times[False], times[True]))
+    times = time_round_robin({"separate": step, "stacked": step}, repeats=rounds, warmup=2,
+                             before={"separate": lambda: STACKED.update(on=False),
+                                     "stacked": lambda: STACKED.update(on=True)})
+    separate, stacked = times["separate"]["median_s"], times["stacked"]["median_s"]
+    ratios = sorted(a / b for a, b in zip(times["separate"]["times_s"], times["stacked"]["times_s"]))
     print(f"  {name:16s} separate {separate:.3f}  stacked {stacked:.3f}  x{separate / stacked:.3f}  (per-round ratios "
           f"{ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f})", flush=True)
