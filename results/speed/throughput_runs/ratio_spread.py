@@ -3,10 +3,12 @@ interquartile range of prefill / floor at 2,048 and 16,384 and of decode / teach
 `bench.perf.ratios` takes them (the anchor's neighbouring runs where the report keeps them, else the round's).
 
     python results/speed/throughput_runs/ratio_spread.py results/speed/throughput_runs/throughput_cpu_avx2_efabf92.json \
-        results/throughput_cpu_avx2.json results/speed/throughput_runs/throughput_cpu_1c8f4bb.json results/throughput_cpu.json \
+        results/throughput_cpu_avx2.json results/speed/throughput_runs/throughput_cpu_1c8f4bb.json \
+        results/speed/throughput_runs/throughput_cpu_e48eeb5.json \
         results/speed/throughput_runs/throughput_cpu_epyc_avx512_812ffb3.json \
         results/speed/throughput_runs/throughput_cpu_epyc_avx512_20fc708.json \
-        results/speed/throughput_runs/throughput_cpu_epyc_avx512_e3b4793.json results/throughput_cpu_epyc_avx512.json
+        results/speed/throughput_runs/throughput_cpu_epyc_avx512_e3b4793.json results/throughput_cpu_epyc_avx512.json \
+        results/throughput_cpu.json
 """
 import json
 import statistics
