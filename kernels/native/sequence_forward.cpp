@@ -264,6 +264,15 @@ inline float dot3(const float* a, const float* b, const float* c, int64_t n) {
   return sum;
 }
 
+// A head's q, k, v and decay rows lie H rows apart, so each is a strided stream across pages that the hardware
+// prefetcher picks up late: the scan asks for a token's rows this many tokens before it reaches them
+// (results/speed/scan_variant_ab.txt).
+constexpr int64_t kPrefetchTokens = 8;
+
+inline void prefetch_row(const float* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(row + i, 0, 3);  // one 64-byte line at a time
+}
+
 // One token's inputs for one head: q, k (K), v (V), per-channel decays a (K; a per-head decay repeated), the
 // bonus term q.(u k) (RWKV-6) and where its output row goes.
 struct Token {
@@ -287,11 +296,15 @@ void linear_tokens(float* state, const Token* tok, float scale, int64_t K, int64
       for (int x = 0; x < kVec; ++x) vv[n][x] = load8(tok[n].v + j + 8 * x);
     for (int64_t i = 0; i < K; ++i) {
       float* r = state + i * V + j;
+      // a row's decays, keys and queries read once: the state's stores may alias them as far as the compiler knows,
+      // so reading them inside the column loop reloads them for every column block
+      vec8 a[N], k[N], q[N];
+      for (int n = 0; n < N; ++n) a[n] = splat(tok[n].a[i]), k[n] = splat(tok[n].k[i]), q[n] = splat(tok[n].q[i]);
       for (int x = 0; x < kVec; ++x) {
         vec8 row = load8(r + 8 * x);
         for (int n = 0; n < N; ++n) {
-          const vec8 updated = splat(tok[n].a[i]) * row + splat(tok[n].k[i]) * vv[n][x];
-          acc[n][x] += splat(tok[n].q[i]) * (kBonus ? row : updated);
+          const vec8 updated = a[n] * row + k[n] * vv[n][x];
+          acc[n][x] += q[n] * (kBonus ? row : updated);
           row = updated;
         }
         store8(r + 8 * x, row);
@@ -466,6 +479,11 @@ std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Te
     Token tok[2];
     for (int64_t t = 0; t < T; t += 2) {
       const int n = std::min<int64_t>(2, T - t);
+      for (int64_t ahead = t + kPrefetchTokens; ahead < std::min(t + kPrefetchTokens + 2, T); ++ahead) {
+        prefetch_row(p.qs.at(b, ahead, h), K), prefetch_row(p.ks.at(b, ahead, h), K);
+        prefetch_row(p.vs.at(b, ahead, h), V);
+        if (per_channel) prefetch_row(gp + ((b * T + ahead) * H + h) * K, K);
+      }
       for (int m = 0; m < n; ++m) {
         const int64_t row = (b * T + t + m) * H + h;
         Token& token = tok[m];
