@@ -7,7 +7,7 @@ with the floor before every call and the extension swapped per call, the sides' 
         --rounds 50 --students rwkv,gla,retnet
 
 The three diffs here (`scan_hoist_tried.diff`, `scan_prefetch_tried.diff` and both, `scan_hoist_prefetch.diff`) apply
-to c210e2e's sources; both are in the code from the commit after it.
+to c210e2e's sources; both are in the code from a0a32b4 on.
 """
 import argparse
 import shutil
