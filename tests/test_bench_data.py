@@ -3,6 +3,7 @@ import io
 import json
 import random
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,26 @@ def test_embedded_splits_never_overlap(works_dir, tokenizer):
     blocks = {split: packing.load_blocks(spec, tokenizer, split) for split in packing.SPLITS}
     rows = {split: {tuple(r.tolist()) for r in blocks[split]} for split in packing.SPLITS}
     assert not rows["train"] & rows["test"] and not rows["train"] & rows["validation"]
+
+
+def test_embedded_blocks_are_kept_per_spec_and_texts_and_handed_out_as_copies(works_dir, tokenizer, tmp_path):
+    spec = packing.DataSpec(seq_len=64, works_dir=str(works_dir))
+    first = packing.load_blocks(spec, tokenizer, "train")
+    first[:] = -1  # the caller's copy: the next call must not see it
+    again = packing.load_blocks(spec, tokenizer, "train")
+    assert torch.equal(again, packing._load_blocks(spec, tokenizer, "train"))
+    assert not torch.equal(packing.load_blocks(replace(spec, seq_len=32), tokenizer, "train")[:, :32], again[:, :32])
+    # the same directory with one work fewer gives other blocks, not the kept ones
+    fewer = tmp_path / "works"
+    fewer.mkdir()
+    names = sorted(p.name for p in works_dir.glob(corpus.TEXTS_GLOB))
+    for name in names:
+        (fewer / name).write_text((works_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
+    full = packing.load_blocks(replace(spec, works_dir=str(fewer)), tokenizer, "train")
+    (fewer / names[0]).unlink()
+    shrunk = packing.load_blocks(replace(spec, works_dir=str(fewer)), tokenizer, "train")
+    assert torch.equal(shrunk, packing._load_blocks(replace(spec, works_dir=str(fewer)), tokenizer, "train"))
+    assert shrunk.shape != full.shape or not torch.equal(shrunk, full)
 
 
 def test_same_seed_same_batches_and_ranks_partition_the_global_batch():
