@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -277,12 +277,12 @@ def _works_state(works_dir: str | None) -> tuple:
 def load_blocks(spec: DataSpec, tokenizer, split: str) -> torch.Tensor:
     """(N, seq_len) blocks of one split. The embedded corpus carries its recall documents inside its blocks;
     another dataset gets `recall_fraction` of its blocks as recall-only blocks (a stream of their own per split).
-    The embedded corpus's blocks are kept for the process's next call with the same spec, split and tokenizer
-    (a copy is returned: the caller may change it)."""
+    The embedded corpus's blocks are kept for the process's next call with the same spec, split, tokenizer and
+    texts (a copy is returned: the caller may change it)."""
     fingerprint = _tokenizer_fingerprint(tokenizer) if spec.dataset == EMBEDDED else None
     if fingerprint is None:
         return _load_blocks(spec, tokenizer, split)
-    key = (spec.seq_len, spec.recall_fraction, spec.max_blocks, split, fingerprint, _works_state(spec.works_dir))
+    key = (astuple(spec), split, fingerprint, _works_state(spec.works_dir))
     if key not in _EMBEDDED_BLOCKS:
         blocks = _load_blocks(spec, tokenizer, split)
         while len(_EMBEDDED_BLOCKS) >= _EMBEDDED_BLOCKS_KEPT:
