@@ -210,7 +210,10 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         return x + layer.mlp(layer.post_attention_layernorm(x)), state
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, use_cache=None,
-                output_hidden_states=None, return_dict=True, backend: str = "auto", **kwargs):
+                output_hidden_states=None, return_dict=True, backend: str = "auto",
+                logits_to_keep: int | torch.Tensor = 0, **kwargs):
+        """transformers' causal-LM forward. `logits_to_keep` as there: an int N forms the last N positions' logits
+        (0: all), a 1-D tensor those positions' (a score reading a few positions skips the LM head elsewhere)."""
         cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("padded batches are not supported: the recurrent students read every token; "
@@ -232,9 +235,15 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         x = self.model.norm(x)
         if output_hidden_states:
             hidden_states[-1] = x  # as in transformers: the last entry is after the final norm
+        if isinstance(logits_to_keep, torch.Tensor):
+            x = x[:, logits_to_keep]
+        elif logits_to_keep:
+            x = x[:, -logits_to_keep:]
         logits = self.lm_head(x)
         loss = None
         if labels is not None:
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError("labels need every position's logits; leave logits_to_keep at 0")
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=tuple(hidden_states) if hidden_states else None,
                                       **{_CACHE_FIELD: cache})

@@ -199,6 +199,34 @@ def test_padded_batches_score_as_one_request_at_a_time(student, tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ recovered
+def test_logits_formed_at_chosen_positions_equal_those_of_a_whole_forward(student, teacher):
+    """Scores read the LM head at their positions only (`logits_to_keep`); a model without it gets every position's
+    logits and the chosen columns, so both must give the same numbers."""
+    vocab = teacher.config.vocab_size
+    rng = random.Random(3)
+    sequences = [[rng.randrange(vocab) for _ in range(length)] for length in (17, 9, 30)]
+    positions = [0, 4, 8, 16, 29]
+    for model in (student, teacher):
+        assert scoring.forms_chosen_logits(model)
+        whole = scoring.padded_logits(model, sequences, 0)
+        torch.testing.assert_close(scoring.padded_logits(model, sequences, 0, positions), whole[:, positions],
+                                   rtol=0, atol=1e-5)
+    ids = torch.tensor([sequences[2]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids, logits_to_keep=3).logits, student(ids).logits[:, -3:], rtol=0, atol=1e-5)
+    assert not scoring.forms_chosen_logits(_ToyLM(vocab, lambda ids: student(input_ids=ids).logits))
+    stream = torch.tensor([rng.randrange(vocab) for _ in range(70)])
+    reference = []  # each window alone, every position's logits
+    for start, stop, score_from in scoring.sliding_windows(len(stream), 24, 10):
+        with torch.no_grad():
+            logprobs = torch.log_softmax(student(stream[None, start:stop]).logits[0].double(), -1)
+        targets = stream[score_from + 1:stop + 1]
+        reference.append((-logprobs[score_from - start:stop - start].gather(-1, targets[:, None]).sum().item(), len(targets)))
+    chosen = scoring.window_nlls(student, stream, window=24, stride=10, batch_size=3)
+    assert [count for _, count in chosen] == [count for _, count in reference]
+    assert [nll for nll, _ in chosen] == pytest.approx([nll for nll, _ in reference], rel=1e-5)
+
+
 def test_recovered_is_student_over_teacher_inverted_for_perplexity_and_chance_corrected_for_recall():
     student = {"ppl": 20.0, "cloze_acc": 0.3, "recall_mqar_256": 0.5, "recall_mqar_4096": 0.2,
                "lm_lambada_openai_perplexity": 40.0, "beyond_context_4096": 1.0, "recall_passkey_256": 0.4}

@@ -8,6 +8,7 @@ teacher. `score_continuations` is lm-eval's `loglikelihood`; `sliding_window_nll
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Sequence
@@ -37,14 +38,38 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: in
     return batches
 
 
+def forms_chosen_logits(model) -> bool:
+    """Does `model.forward` take transformers' `logits_to_keep` (the LM head at chosen positions only)?"""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.no_grad()
-def padded_logits(model, sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    """(B, T, V) fp32 logits of right-padded sequences, no attention mask (exact for causal models)."""
+def padded_logits(model, sequences: Sequence[Sequence[int]], pad_id: int,
+                  positions: Sequence[int] | None = None) -> torch.Tensor:
+    """(B, T, V) fp32 logits of right-padded sequences, no attention mask (exact for causal models). With
+    `positions` (sorted, distinct), (B, len(positions), V): those positions' logits, the LM head formed at them
+    alone where the model takes `logits_to_keep` (at the embedded teacher's width the head is a quarter of a
+    forward, and a recall or cloze score reads a few positions)."""
     width = max(map(len, sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for row, sequence in enumerate(sequences):
         ids[row, :len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
-    return model(input_ids=ids.to(model_device(model))).logits.float()
+    device = model_device(model)
+    if positions is None:
+        return model(input_ids=ids.to(device)).logits.float()
+    kept = torch.as_tensor(list(positions), dtype=torch.long, device=device)
+    if forms_chosen_logits(model):
+        return model(input_ids=ids.to(device), logits_to_keep=kept).logits.float()
+    return model(input_ids=ids.to(device)).logits[:, kept].float()
+
+
+def position_columns(wanted: Sequence[Sequence[int]]) -> tuple[list[int], dict[int, int]]:
+    """(the sorted union of each row's wanted positions, position -> its column in that union)."""
+    union = sorted(set().union(*map(set, wanted)))
+    return union, {position: column for column, position in enumerate(union)}
 
 
 
@@ -74,10 +99,11 @@ def score_continuations(model, requests: Sequence[tuple[Sequence[int], Sequence[
     results: list[tuple[float, bool] | None] = [None] * len(requests)
     batches = length_batches([len(x) for x in inputs], batch_size, max_batch_tokens)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        logits = padded_logits(model, [inputs[i] for i in batch], pad_id)
+        positions, column = position_columns([range(len(inputs[i]) - n_scored[i], len(inputs[i])) for i in batch])
+        logits = padded_logits(model, [inputs[i] for i in batch], pad_id, positions)
         for row, index in enumerate(batch):
             length, n = len(inputs[index]), n_scored[index]
-            scored = torch.log_softmax(logits[row, length - n:length], dim=-1)
+            scored = torch.log_softmax(logits[row, [column[p] for p in range(length - n, length)]], dim=-1)
             targets = torch.as_tensor(list(requests[index][1]), device=scored.device)
             logprob = scored.gather(-1, targets[:, None]).double().sum().item()
             results[index] = (logprob, bool((scored.argmax(-1) == targets).all()))
@@ -109,9 +135,11 @@ def window_nlls(model, ids: torch.Tensor, window: int, stride: int, batch_size: 
     out = []
     for first in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress, leave=False):
         group = windows[first:first + batch_size]
-        logits = padded_logits(model, [ids[start:stop].tolist() for start, stop, _ in group], pad_id=0)
+        positions, column = position_columns([range(score_from - start, stop - start) for start, stop, score_from in group])
+        logits = padded_logits(model, [ids[start:stop].tolist() for start, stop, _ in group], 0, positions)
         for row, (start, stop, score_from) in enumerate(group):
-            predictions = torch.log_softmax(logits[row, score_from - start:stop - start], dim=-1)
+            scored = [column[p] for p in range(score_from - start, stop - start)]
+            predictions = torch.log_softmax(logits[row, scored], dim=-1)
             targets = ids[score_from + 1:stop + 1].to(predictions.device)
             out.append((-predictions.gather(-1, targets[:, None]).double().sum().item(), len(targets)))
     return out

@@ -43,6 +43,7 @@ from bench.evaluation.scoring import (
     length_batches,
     pad_token_id,
     padded_logits,
+    position_columns,
     score_continuations,
     window_nlls,
 )
@@ -122,10 +123,13 @@ def recall_counts(model, tokenizer, docs: Sequence[recall.RecallDoc], batch_size
     counts = [(0, 0)] * len(docs)
     batches = length_batches([len(ids) for ids, _ in encoded], batch_size, max_batch_tokens)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        predicted = padded_logits(model, [encoded[i][0] for i in batch], pad_token_id(tokenizer)).argmax(-1).tolist()
+        # Position i - 1 predicts answer token i: only those positions' logits are formed.
+        positions, column = position_columns([[i - 1 for span in encoded[index][1] for i in span] for index in batch])
+        predicted = padded_logits(model, [encoded[i][0] for i in batch], pad_token_id(tokenizer),
+                                  positions).argmax(-1).tolist()
         for row, index in enumerate(batch):
             ids, spans = encoded[index]
-            correct = sum(all(predicted[row][i - 1] == ids[i] for i in span) for span in spans)
+            correct = sum(all(predicted[row][column[i - 1]] == ids[i] for i in span) for span in spans)
             counts[index] = (correct, len(spans))
     return counts
 
