@@ -33,6 +33,31 @@ def test_the_compiled_form_runs_only_for_large_calls_while_on_and_falls_back_whe
     assert calls == ["compiled"]
 
 
+def test_every_shape_and_autocast_state_gets_its_own_compiled_entry_past_dynamos_default_limit():
+    """A sweep's runs share one process: each student, shape and autocast state is another entry of the same form's
+    cache. At dynamo's default limit (8) the later ones ran the torch form, so a run's numbers depended on the runs
+    before it."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(tuple(tuple(x.shape) for x in example_inputs))
+        return graph.forward
+
+    def scaled(x):
+        return x * 2 + 1
+
+    form = CompiledForTraining(scaled, "the scaling", lambda x: x.numel(), min_tokens=1, backend=counting_backend)
+    variants = [(width, autocast) for width in range(1, 8) for autocast in (False, True)]  # 14 entries
+    for width, autocast in variants:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            assert torch.equal(form(torch.ones(3, width)), torch.full((3, width), 3.0))
+    assert len(graphs) == len(variants)
+    for width, autocast in variants:  # each call again finds its entry: nothing compiled twice
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            form(torch.ones(3, width))
+    assert len(graphs) == len(variants)
+
+
 @pytest.mark.parametrize("kind", ["rms", "layer"])
 def test_the_norm_takes_its_training_form_only_where_a_gradient_is_recorded(monkeypatch, kind):
     from kernels.head_norm.inductor import head_norm_inductor
