@@ -215,6 +215,15 @@ def test_logits_formed_at_chosen_positions_equal_those_of_a_whole_forward(studen
     with torch.no_grad():
         torch.testing.assert_close(student(ids, logits_to_keep=3).logits, student(ids).logits[:, -3:], rtol=0, atol=1e-5)
     assert not scoring.forms_chosen_logits(_ToyLM(vocab, lambda ids: student(input_ids=ids).logits))
+
+    class TakesButIgnores(_ToyLM):  # takes logits_to_keep and forms every position anyway
+        def forward(self, input_ids, logits_to_keep=0, **unused):
+            return SimpleNamespace(logits=self.logits_fn(input_ids))
+
+    ignoring = TakesButIgnores(vocab, lambda ids: student(input_ids=ids).logits)
+    assert scoring.forms_chosen_logits(ignoring)
+    torch.testing.assert_close(scoring.padded_logits(ignoring, sequences, 0, positions),
+                               scoring.padded_logits(student, sequences, 0, positions), rtol=0, atol=1e-5)
     stream = torch.tensor([rng.randrange(vocab) for _ in range(70)])
     reference = []  # each window alone, every position's logits
     for start, stop, score_from in scoring.sliding_windows(len(stream), 24, 10):

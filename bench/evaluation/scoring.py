@@ -62,7 +62,9 @@ def padded_logits(model, sequences: Sequence[Sequence[int]], pad_id: int,
         return model(input_ids=ids.to(device)).logits.float()
     kept = torch.as_tensor(list(positions), dtype=torch.long, device=device)
     if forms_chosen_logits(model):
-        return model(input_ids=ids.to(device), logits_to_keep=kept).logits.float()
+        logits = model(input_ids=ids.to(device), logits_to_keep=kept).logits
+        # A forward may take the argument and still form every position (remote code): then pick the columns here.
+        return (logits if logits.shape[1] == len(kept) else logits[:, kept]).float()
     return model(input_ids=ids.to(device)).logits[:, kept].float()
 
 
