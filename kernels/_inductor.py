@@ -38,6 +38,7 @@ class CompiledForTraining:
                  backend: str | Callable = "inductor"):
         self.form, self.what, self.tokens, self.min_tokens, self.backend = form, what, tokens, min_tokens, backend
         self.compiled: Callable | None = None
+        self.limits: dict[str, int] = {}
         self.failed = False
 
     def enabled(self) -> bool:
@@ -48,8 +49,9 @@ class CompiledForTraining:
             return self.form(*args)
         if self.compiled is None:
             self.compiled = torch.compile(self.form, dynamic=False, backend=self.backend)
+            self.limits = recompile_limits()  # once, not on every call
         try:
-            with torch._dynamo.config.patch(**recompile_limits()):
+            with torch._dynamo.config.patch(**self.limits):
                 return self.compiled(*args)
         except Exception as error:  # noqa: BLE001 - no compiler, an inductor limitation: the torch form runs
             self.failed = True
