@@ -64,24 +64,10 @@ step mixer_loss "${MIXER_S:-30}" python3 -m bench.perf.mixer_loss_bench --device
 step distill_loss "${DISTILL_S:-30}" python3 -m bench.perf.distill_loss_bench --device cuda --json "$out/distill_loss.json"
 
 # Throughput at the shape of the README's GPU teacher (SmolLM2-135M: 30 layers, width 576, 9 heads, 3 KV heads),
-# untrained: weights do not matter for speed, and no hub is needed. Written beside the code (a relative path, so
-# no machine's path lands in the results) and removed after.
-if [ "${THROUGHPUT_S:-0}" != 0 ]; then
-  python3 - ./smollm2_135m_shape <<'EOF'
-import sys
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                     num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
-                     rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)
-torch.manual_seed(0)
-LlamaForCausalLM(config).save_pretrained(sys.argv[1])
-EOF
-fi
+# untrained: weights do not matter for speed, and no hub is needed.
 step throughput "${THROUGHPUT_S:-0}" python3 -m bench.perf.throughput --student all --device cuda --dtype bfloat16 \
-  --teacher ./smollm2_135m_shape --lengths 1024,4096,16384 --decode-contexts 1024,32768 \
+  --teacher-shape smollm2-135m --lengths 1024,4096,16384 --decode-contexts 1024,32768 \
   --json "$out/throughput.json"
-rm -rf smollm2_135m_shape
 
 # fla's kernels autotune at first use (on an H100 its peer tests did not finish within the tests step, nor its
 # timing within 60 s): its peers' tests here, not in the tests step

@@ -1,6 +1,6 @@
 """Throughput and memory: the floor, the teacher and each student side by side, measured in one run.
 
-    python -m bench.throughput --student NAME|all [--teacher DIR|HUB_ID] [--lengths 1024,...,16384]
+    python -m bench.throughput --student NAME|all [--teacher DIR|HUB_ID | --teacher-shape NAME] [--lengths 1024,...,16384]
         [--train-lengths 2048] [--decode-contexts 1024,4096,16384,32768] [--decode-steps 32] [--repeats 3]
         [--dtype float32] [--device cpu|cuda] [--threads N] [--init random|qkv_copy] [--json FILE]
 
@@ -110,20 +110,47 @@ def build_floor(teacher) -> nn.Module:
     return model.eval()
 
 
-def embedded_shape_teacher():
-    """An untrained Llama of exactly the embedded teacher's shape (weights do not matter for speed)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+# Untrained teachers of named shapes, for timing (weights do not matter for speed, and no hub is needed): the
+# embedded teacher's, and SmolLM2-135M's (the README's GPU teacher; its hub config.json), where the projections
+# outweigh the per-token elementwise work far more than at the embedded width.
+TEACHER_SHAPES = {
+    "embedded": None,  # bench.data.teacher.TeacherRecipe
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                         rope_theta=100000.0, rms_norm_eps=1e-5),
+}
+
+
+def teacher_shape_config(shape: str = "embedded"):
+    """The LlamaConfig of one of `TEACHER_SHAPES`: tied embeddings, sdpa attention."""
+    from transformers import LlamaConfig
 
     from bench.data.teacher import TeacherRecipe
 
-    recipe = TeacherRecipe()
+    if shape not in TEACHER_SHAPES:
+        raise ValueError(f"unknown teacher shape {shape!r}; choose one of {', '.join(TEACHER_SHAPES)}")
+    fields = TEACHER_SHAPES[shape]
+    if fields is None:
+        recipe = TeacherRecipe()
+        fields = dict(vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size,
+                      intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
+                      num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
+                      head_dim=recipe.head_dim, max_position_embeddings=recipe.context)
+    return LlamaConfig(**fields, tie_word_embeddings=True, attn_implementation="sdpa")
+
+
+def shaped_teacher(shape: str = "embedded"):
+    """An untrained Llama of one of `TEACHER_SHAPES`, seed 0."""
+    from transformers import LlamaForCausalLM
+
+    config = teacher_shape_config(shape)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size,
-                         intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
-                         num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
-                         head_dim=recipe.head_dim, max_position_embeddings=recipe.context,
-                         tie_word_embeddings=True, attn_implementation="sdpa")
     return LlamaForCausalLM(config).eval()
+
+
+def embedded_shape_teacher():
+    """An untrained Llama of exactly the embedded teacher's shape (weights do not matter for speed)."""
+    return shaped_teacher("embedded")
 
 
 # ---------------------------------------------------------------- memory, caches, backends
@@ -745,6 +772,8 @@ def main(argv=None) -> int:
                                                          "a comma-separated list, or 'all'")
     parser.add_argument("--teacher", help="local HF directory or hub id; default: the embedded teacher if present, "
                                           "else an untrained model of its shape")
+    parser.add_argument("--teacher-shape", choices=sorted(TEACHER_SHAPES),
+                        help="time an untrained teacher of this shape instead (weights do not matter for speed)")
     parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="prefill lengths")
     parser.add_argument("--train-lengths", default=",".join(map(str, DEFAULT_TRAIN_LENGTHS)),
                         help="training-step lengths")
@@ -764,6 +793,8 @@ def main(argv=None) -> int:
     try:
         if unknown:
             raise ValueError(f"unknown student {unknown[0]!r}; choose one of {', '.join(available())} or all")
+        if args.teacher and args.teacher_shape:
+            raise ValueError("--teacher and --teacher-shape both name the teacher; give one of them")
         lengths = _parse_lengths(args.lengths, "--lengths")
         train_lengths = _parse_lengths(args.train_lengths, "--train-lengths")
         contexts = _parse_lengths(args.decode_contexts, "--decode-contexts")
@@ -784,7 +815,10 @@ def main(argv=None) -> int:
     from bench.data.teacher import EMBEDDED_TEACHER
 
     try:
-        if args.teacher or EMBEDDED_TEACHER.is_dir():
+        if args.teacher_shape:
+            source = f"untrained LlamaConfig of the {args.teacher_shape} shape (--teacher-shape)"
+            teacher = shaped_teacher(args.teacher_shape).to(device, dtype)
+        elif args.teacher or EMBEDDED_TEACHER.is_dir():
             source = args.teacher or "embedded (bench/data/embedded_teacher)"  # no local paths in results
             teacher = load_teacher(args.teacher or str(EMBEDDED_TEACHER), dtype=dtype).to(device)
         else:

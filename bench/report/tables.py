@@ -159,7 +159,11 @@ def throughput(doc: dict, source: str) -> str:
         growth = paired_ratio(m["decode"].get(last), m["decode"].get(first), "ms_per_token")
         row += [f"{num(a)} → {num(b)} ({growth:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
         body.append(row)
-    details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
+    t = doc.get("teacher")  # the teacher's shape, which sets the floor's (files from before it was recorded lack it)
+    shape = (f"teacher {t['source']}: {t['num_hidden_layers']} layers, width {t['hidden_size']}, "
+             f"{t['num_attention_heads']} heads ({t['num_key_value_heads']} KV) of {t['head_dim']}, vocab "
+             f"{t['vocab_size']}; " if t else "")
+    details = (f"{shape}{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
                "× floor: prefill time over the projections-only floor's (its runs right before and after, where the "
                "report keeps them), and decode (×): the last context's time "
                "over the first's, each the median of the ratios within a round where the report keeps them; "
