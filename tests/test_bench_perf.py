@@ -357,11 +357,33 @@ def test_a_verdict_the_rounds_do_not_settle_is_within_noise_and_one_they_do_is_y
     (["--student", "gla", "--decode-contexts", "-5"], "--decode-contexts must be positive integers"),
     (["--student", "gla", "--teacher", "./no/such/teacher"], "does not exist"),
     (["--student", "gla", "--device", "abacus"], "abacus"),
-], ids=["unknown-student", "zero-length", "non-integer", "negative-context", "missing-teacher", "bad-device"])
+    (["--student", "gla", "--teacher", "./t", "--teacher-shape", "embedded"], "give one of them"),
+], ids=["unknown-student", "zero-length", "non-integer", "negative-context", "missing-teacher", "bad-device",
+        "two-teachers"])
 def test_bad_input_is_one_error_line_and_exit_code_2(args, message, capsys):
     assert throughput.main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_teacher_shapes_are_the_embedded_teacher_and_smollm2_135m():
+    """`--teacher-shape embedded` must be the committed embedded teacher's shape, and `smollm2-135m` the published
+    model's: its 134,515,008 parameters (tied embeddings), counted on the meta device."""
+    from bench.data.teacher import EMBEDDED_TEACHER
+
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "hidden_act")
+    embedded = json.loads((EMBEDDED_TEACHER / "config.json").read_text())
+    config = throughput.teacher_shape_config("embedded")
+    assert {f: getattr(config, f) for f in fields} == {f: embedded[f] for f in fields}
+    assert config.rope_parameters["rope_theta"] == embedded["rope_parameters"]["rope_theta"]
+    smollm = throughput.teacher_shape_config("smollm2-135m")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(smollm)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert smollm.rope_parameters["rope_theta"] == 100000.0 and smollm.num_key_value_heads == 3
+    with pytest.raises(ValueError, match="unknown teacher shape 'gpt5'"):
+        throughput.teacher_shape_config("gpt5")
 
 
 # ------------------------------------------------------------------------------------------ kernel benchmarks
@@ -568,6 +590,8 @@ def test_gpu_script_parses_and_names_only_what_exists():
     assert test_files and all((script.parents[2] / f).exists() for f in test_files), test_files
     scripts = set(re.findall(r"python3 ((?:results|bench)/\S+\.py)", text))
     assert scripts and all((script.parents[2] / f).exists() for f in scripts), scripts
+    shapes = set(re.findall(r"--teacher-shape (\S+)", text))
+    assert shapes and shapes <= set(throughput.TEACHER_SHAPES), shapes
     (backends,) = re.findall(r"^backends=(\S+)$", text, flags=re.M)
     if "triton" in BACKENDS:
         assert set(backends.split(",")) <= bench_kernels.available_backends("linear_recurrence"), backends

@@ -381,6 +381,11 @@ TABLES = {
     "throughput_cpu_epyc_avx512": ("throughput_cpu_epyc_avx512.json", throughput,
                                    "python -m bench.throughput --student all --repeats 11 --threads 2 "
                                    "--json results/throughput_cpu_epyc_avx512.json"),
+    "throughput_cpu_smollm2_135m_shape": (
+        "throughput_cpu_smollm2_135m_shape.json", throughput,
+        "python -m bench.throughput --student all --teacher-shape smollm2-135m --lengths 1024,2048,4096 "
+        "--train-lengths 512 --decode-contexts 1024,8192 --repeats 5 --threads 2 "
+        "--json results/throughput_cpu_smollm2_135m_shape.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
