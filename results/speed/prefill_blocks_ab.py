@@ -1,6 +1,7 @@
 """Prefill A/B in one process (fp32, batch 1, no gradient, use_cache=False, as bench.throughput), alternating:
 
-  blocks   each student with its mixers run PREFILL_BLOCK tokens at a time (students.base) against one pass;
+  blocks   each student with its mixers run PREFILL_BLOCK tokens at a time (students.base) against one pass
+           (or against --versus tokens at a time), at the embedded teacher's shape or --teacher-shape's;
   gemm     rwkv and gated_deltanet with the C++ extension built from a commit's sources (the old products) against
            the working tree's.
 
@@ -8,6 +9,7 @@ The floor (bench.perf.throughput.FloorMixer) runs before every call, and the sid
 times are medians over rounds.
     python results/speed/prefill_blocks_ab.py blocks --students all --lengths 4096,16384 --repeats 7
     python results/speed/prefill_blocks_ab.py gemm --old 8ef5deb --lengths 2048,16384
+    python results/speed/prefill_blocks_ab.py blocks --teacher-shape smollm2-135m --versus 512 --lengths 2048
 """
 import argparse
 import statistics
@@ -21,7 +23,7 @@ import torch
 import kernels.native as native
 import students
 import students.base
-from bench.perf.throughput import build_floor, embedded_shape_teacher
+from bench.perf.throughput import TEACHER_SHAPES, build_floor, shaped_teacher
 from bench.provenance import machine
 from students.surgery import build_student
 
@@ -47,14 +49,17 @@ def main():
     parser.add_argument("--lengths", default="2048,16384")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--old", default="8ef5deb", help="gemm: the commit whose extension is the old side")
+    parser.add_argument("--teacher-shape", choices=sorted(TEACHER_SHAPES), default="embedded")
+    parser.add_argument("--versus", type=int, default=ONE_PASS, help="blocks: the other side's block (tokens)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     names = students.available()[:-1] if args.students == "all" else args.students.split(",")
-    teacher = embedded_shape_teacher()
+    teacher = shaped_teacher(args.teacher_shape)
     floor = build_floor(teacher)
     models = {name: build_student(teacher, name, init="random", seed=0).eval() for name in names}
     new = native.module()
-    sides = {"blocks": {"one pass": ONE_PASS, "blocks": students.base.PREFILL_BLOCK},
+    other = "one pass" if args.versus == ONE_PASS else f"blocks of {args.versus}"
+    sides = {"blocks": {other: args.versus, f"blocks of {students.base.PREFILL_BLOCK}": students.base.PREFILL_BLOCK},
              "gemm": {"old": old_extension(args.old) if args.what == "gemm" else None, "new": new}}[args.what]
 
     def run(model, ids, side):
@@ -66,7 +71,8 @@ def main():
 
     info = machine()
     print(f"# {args.what}: {info.get('device_name')} {info.get('cpu_capability')}, torch {torch.__version__}, "
-          f"commit {info.get('commit')}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, repeats {args.repeats}")
+          f"commit {info.get('commit')}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, repeats {args.repeats}, "
+          f"teacher shape {args.teacher_shape}")
     for length in map(int, args.lengths.split(",")):
         ids = torch.randint(0, teacher.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
         calls = {"floor": lambda: floor(ids, use_cache=False)}
