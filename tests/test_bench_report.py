@@ -233,6 +233,10 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
     # the other machine's file has one model more, sorting before gla: gla keeps its colour all the same
     (tmp_path / "throughput_cpu_avx2.json").write_text(json.dumps(
         report("EPYC", "bbb2222", 2.0, ["floor", "teacher", "gla", "attention"])))
+    # a run at another teacher shape (--teacher-shape): named in its title, on a y axis of its own
+    wide = report("Xeon", "ccc3333", 20.0, ["floor", "teacher", "gla"])
+    wide["teacher"] = {"num_hidden_layers": 30, "hidden_size": 576}
+    (tmp_path / "throughput_cpu_wide.json").write_text(json.dumps(wide))
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
     reports = figures._throughput_reports(tmp_path)
@@ -240,12 +244,18 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
     figures.decode_vs_context(reports, tmp_path)
     for fig in drawn:
         panels = [ax for ax in fig.axes if ax.get_title()]
-        assert [ax.get_title().split(" ")[0] for ax in panels] == ["Xeon", "EPYC"]
+        assert [ax.get_title().split(" ")[0] for ax in panels] == ["Xeon", "EPYC", "Xeon"]
         assert all("commit" in ax.get_title() for ax in panels)
+        assert "teacher 30 layers × width 576" in panels[2].get_title() and "teacher" not in panels[0].get_title()
+        shared = panels[0].get_shared_y_axes()
+        assert shared.joined(panels[0], panels[1]) and not shared.joined(panels[0], panels[2])
+        assert [ax.get_ylabel() != "" for ax in panels] == [True, False, True]
+        legend = panels[-1].get_legend()  # one legend, beside the last panel
+        panels = panels[:2]
         assert [len(ax.get_lines()) for ax in panels] == [3, 4]
         colors = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in panels]
         assert all(colors[1][name] == color for name, color in colors[0].items())
-        assert sorted(text.get_text() for text in panels[-1].get_legend().get_texts()) == \
+        assert sorted(text.get_text() for text in legend.get_texts()) == \
             ["attention", "floor", "gla", "teacher"]
     first = [ax for ax in drawn[0].axes if ax.get_title()]  # each machine's times are its own
     times = [{line.get_label(): line.get_ydata()[0] for line in ax.get_lines()} for ax in first]
@@ -275,7 +285,9 @@ def test_score_against_speed_puts_a_students_inits_in_one_column(tmp_path, monke
                                                                            "xlstm": (0.5, 0.5, 0.5)})
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
-    figures.score_vs_throughput(rows, [report], tmp_path)
+    wide = {**report, "teacher": {"num_hidden_layers": 30, "hidden_size": 576}}  # not the grid's teacher's shape
+    figures.score_vs_throughput(rows, [report, wide], tmp_path)
+    assert len([ax for ax in drawn[0].axes if ax.get_title()]) == 1  # the grid's scores only beside its shape's speed
     figures.score_vs_throughput(rows, [], tmp_path)
     by_cell = leaderboard.cells(leaderboard.primary_rows(rows))
     means = sorted(round(leaderboard.cell_value(members, "pct_recovered").mean, 6) for members in by_cell.values())

@@ -218,14 +218,37 @@ def _style(name: str) -> dict:
     return {}
 
 
-def _machine_panels(reports, title: str):
-    """One panel per report (each machine type's run), side by side on a shared y axis, titled by its machine."""
-    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports) + 1, 5), sharey=True, squeeze=False)
+def _teacher_shape(report: dict) -> tuple[int, int] | None:
+    """(layers, width) of the teacher a throughput report timed; None for reports from before it was recorded."""
+    teacher = report.get("teacher")
+    return (teacher["num_hidden_layers"], teacher["hidden_size"]) if teacher else None
+
+
+def _grid_teacher_shape(report: dict) -> bool:
+    """Whether a report timed the embedded teacher's shape, the grid's (reports without a teacher record did)."""
+    from bench.data.teacher import TeacherRecipe
+
+    recipe = TeacherRecipe()
+    return _teacher_shape(report) in (None, (recipe.num_layers, recipe.hidden_size))
+
+
+def _machine_panels(reports, title: str, ylabel: str):
+    """One panel per report (each machine type's run), side by side, titled by its machine and teacher shape; the
+    panels of one teacher shape share their y axis (another shape's times are of another scale)."""
+    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports) + 1, 5), squeeze=False)
+    first_of_shape: dict = {}
     for ax, report in zip(axes[0], reports):
-        machine = report["machine"]
+        machine, shape = report["machine"], _teacher_shape(report)
+        teacher = f", teacher {shape[0]} layers × width {shape[1]}" if shape else ""
         ax.set_title(f"{machine['device_name']} ({machine.get('cpu_capability', '?')}), {machine['torch_threads']} "
                      f"threads, {report['settings']['dtype']}\ncommit {machine.get('commit', '?')}, "
-                     f"{report.get('date', '')[:10]}", fontsize=9)
+                     f"{report.get('date', '')[:10]}{teacher}", fontsize=9)
+        if shape in first_of_shape:
+            ax.sharey(first_of_shape[shape])
+            ax.tick_params(labelleft=False)
+        else:
+            first_of_shape[shape] = ax
+            ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
     return fig, axes[0]
 
@@ -244,21 +267,20 @@ def _model_lines(axes, reports, points: str, value) -> None:
 
 
 def prefill_vs_length(reports, out: Path) -> Path:
-    fig, axes = _machine_panels(reports, "Prefill time, batch 1")
+    fig, axes = _machine_panels(reports, "Prefill time, batch 1", "seconds")
     _model_lines(axes, reports, "prefill", lambda cell: cell["median_s"])
     for ax in axes:
         ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)")
-    axes[0].set_ylabel("seconds")
     _save(fig, out / "prefill_vs_length.png")
     return out / "prefill_vs_length.png"
 
 
 def decode_vs_context(reports, out: Path) -> Path:
-    fig, axes = _machine_panels(reports, "Decode latency vs context (KV cache vs recurrent state)")
+    fig, axes = _machine_panels(reports, "Decode latency vs context (KV cache vs recurrent state)",
+                                "ms per decoded token")
     _model_lines(axes, reports, "decode", lambda cell: cell["ms_per_token"])
     for ax in axes:
         ax.set(xscale="log", xlabel="context (tokens)")
-    axes[0].set_ylabel("ms per decoded token")
     _save(fig, out / "decode_vs_context.png")
     return out / "decode_vs_context.png"
 
@@ -367,11 +389,12 @@ def _run_speedups(rows) -> tuple[int, dict[str, tuple[float, float, float]]] | N
 def score_vs_throughput(rows, reports, out: Path) -> Path | None:
     """Quality against speed: per student and init (the cells of the tables), % recovered, mean over seeds,
     against the student's prefill speed over the teacher's at the longest length, one panel per throughput
-    report (each machine type's side-by-side run); with no report, from the runs' own sweeps. Speed is the
-    architecture's, so a student's inits stand in one column. Colour: student; marker: init."""
+    report of the grid's teacher shape (each machine type's side-by-side run); with no report, from the runs' own
+    sweeps. Speed is the architecture's, so a student's inits stand in one column. Colour: student; marker: init."""
     rows = primary_rows(rows)
     by_cell = cells(rows)
-    sources = [(report, found) for report in reports if (found := _report_speedups(report))]
+    # the grid's students were distilled from the embedded teacher: their scores stand beside its shape's speeds only
+    sources = [(report, found) for report in reports if _grid_teacher_shape(report) and (found := _report_speedups(report))]
     if not sources:
         found = _run_speedups(rows)
         sources = [(None, found)] if found else []

@@ -8,7 +8,8 @@ interquartile range of prefill / floor at 2,048 and 16,384 and of decode / teach
         results/speed/throughput_runs/throughput_cpu_epyc_avx512_812ffb3.json \
         results/speed/throughput_runs/throughput_cpu_epyc_avx512_20fc708.json \
         results/speed/throughput_runs/throughput_cpu_epyc_avx512_e3b4793.json results/throughput_cpu_epyc_avx512.json \
-        results/speed/throughput_runs/throughput_cpu_d8eb8a6.json results/throughput_cpu.json
+        results/speed/throughput_runs/throughput_cpu_d8eb8a6.json \
+        results/speed/throughput_runs/throughput_cpu_d589907.json results/throughput_cpu.json
 """
 import json
 import statistics
