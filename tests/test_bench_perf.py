@@ -110,6 +110,24 @@ def test_prefill_flops_count_every_product_and_causal_cpu_attention_once(teacher
     assert throughput.prefill_flops(teacher, ids) == teacher_projections + attention
     gla = students.build_student(teacher, "gla", init="random", seed=0)
     assert throughput.prefill_flops(gla, ids) > floor  # its gates and chunked products come on top
+    # a generation's prompt (`--prefill-logits last`): the LM head over one position, in every kind of model
+    last = throughput.PREFILL_LOGITS["last"]
+    assert throughput.prefill_flops(throughput.build_floor(teacher), ids, last) == floor - head + 2 * D * V
+    assert throughput.prefill_flops(teacher, ids, last) == teacher_projections + attention - head + 2 * D * V
+    assert throughput.prefill_flops(gla, ids, last) == throughput.prefill_flops(gla, ids) - head + 2 * D * V
+
+
+def test_a_prefill_of_the_last_logits_is_timed_and_recorded_as_such(teacher):
+    """`prefill_logits="last"` times the same forward with one position's logits: every model still measured,
+    and the report's FLOP count says which forward it timed; an unknown value is refused before any timing."""
+    models = {"floor": (throughput.build_floor(teacher), "floor"), "teacher": (teacher, "teacher")}
+    results = throughput.measure_side_by_side(models, (16,), (8,), prefill_logits="last", **FAST)
+    everything = throughput.measure_side_by_side(models, (16,), (8,), **FAST)
+    for name in models:
+        assert results[name]["prefill"]["16"]["median_s"] > 0
+        assert results[name]["prefill"]["16"]["matmul_flops"] < everything[name]["prefill"]["16"]["matmul_flops"]
+    with pytest.raises(ValueError, match="prefill_logits must be one of all, last, got 'first'"):
+        throughput.measure_side_by_side(models, (16,), (8,), prefill_logits="first", **FAST)
 
 
 def test_round_robin_timing_takes_turns_and_runs_before_outside_the_timing():

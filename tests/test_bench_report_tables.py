@@ -141,6 +141,7 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
                               "| decode no slower than teacher at 1024 |", "|---|---|---|", "| gla | **no** | – |", "",
                               "teacher decode grows: yes."]
     assert "commit abc1234, date: not recorded; float32" in throughput[0]  # no teacher recorded: none said
+    assert "threads, medians of 3; a prefill forms every position's logits;" in throughput[0]  # files before the flag
     doc = json.loads((tmp_path / "throughput_cpu.json").read_text())  # a report with the FLOP count
     doc["teacher"] = {"source": "embedded", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
                       "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 4096}
@@ -154,6 +155,9 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     counted = tables.render("throughput_cpu", tmp_path).splitlines()
     assert "| matmul FLOPs × floor 2048 / 2048 |" in counted[2]
     assert "; teacher embedded: 4 layers, width 256, 4 heads (2 KV) of 64, vocab 4096; float32, batch 1" in counted[0]
+    doc["settings"]["prefill_logits"] = "last"
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
+    assert "a prefill forms the last position's logits only;" in tables.render("throughput_cpu", tmp_path)
     assert counted[5] == "| teacher | 200 (2.00) | 0.90 / 0.90 | 4000 | 2 → 3 (2.00×) | 128 MiB |"
     assert counted[6] == "| gla | 150 (2.00) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
     grid = tables.render("grid", tmp_path).splitlines()

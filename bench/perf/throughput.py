@@ -2,13 +2,15 @@
 
     python -m bench.throughput --student NAME|all [--teacher DIR|HUB_ID | --teacher-shape NAME] [--lengths 1024,...,16384]
         [--train-lengths 2048] [--decode-contexts 1024,4096,16384,32768] [--decode-steps 32] [--repeats 3]
+        [--prefill-logits all|last]
         [--dtype float32] [--device cpu|cuda] [--threads N] [--init random|qkv_copy] [--json FILE]
 
 In the run pipeline: `short_sweep(teacher, student)` (student, teacher and floor at short lengths);
 both use `measure(model, kind, lengths, decode_contexts, repeats, dtype)`; `validate(doc)` checks either.
 
 For every model, batch 1:
-- prefill: one forward over T tokens (all logits, no cache), time and tokens/s per length;
+- prefill: one forward over T tokens (every position's logits, or with `--prefill-logits last` only the last
+  position's, as a generation's prompt needs; no cache), time and tokens/s per length;
 - training step: forward + backward of the next-token loss, tokens/s per length (no optimizer step);
 - decode: the model's own cache is filled to exactly N tokens by chunked prefill (transformers'
   DynamicCache for the teacher, the recurrent StudentCache for students), then single-token greedy
@@ -290,7 +292,12 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, dropout_p=0.0, is_causa
     return flops // 2 if is_causal else flops
 
 
-def prefill_flops(model, ids: torch.Tensor) -> int:
+# What a prefill's forward forms of the LM head: every position's logits (training's and scoring's forward) or the
+# last position's (a generation's prompt; transformers' `logits_to_keep=1`, which the students take too).
+PREFILL_LOGITS = {"all": 0, "last": 1}
+
+
+def prefill_flops(model, ids: torch.Tensor, logits_to_keep: int = 0) -> int:
     """Matrix-product FLOPs of one prefill (torch's FlopCounterMode: mm, bmm, addmm, baddbmm, attention; the
     elementwise work, norms, short convolutions and triangular solves are not counted), from a real call, since
     the chunk kernels choose their forms from the data. The recurrences are counted in their torch chunk forms:
@@ -301,20 +308,21 @@ def prefill_flops(model, ids: torch.Tensor) -> int:
     cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     with torch.no_grad(), native.disabled(), \
             FlopCounterMode(display=False, custom_mapping={cpu_flash: _cpu_sdpa_flops}) as counter:
-        model(ids, use_cache=False)
+        model(ids, use_cache=False, logits_to_keep=logits_to_keep)
     return sum(count for op, count in counter.get_flop_counts()["Global"].items() if "convolution" not in str(op))
 
 
 def measure(model, kind: str, lengths, decode_contexts, repeats: int, dtype: torch.dtype = torch.float32,
-            train_lengths=None, decode_steps: int = DECODE_STEPS, prefill_chunk: int = PREFILL_CHUNK) -> dict:
+            train_lengths=None, decode_steps: int = DECODE_STEPS, prefill_chunk: int = PREFILL_CHUNK,
+            prefill_logits: str = "all") -> dict:
     """`measure_side_by_side` of one model of `kind`."""
     return measure_side_by_side({kind: (model, kind)}, lengths, decode_contexts, repeats, dtype, train_lengths,
-                                decode_steps, prefill_chunk)[kind]
+                                decode_steps, prefill_chunk, prefill_logits)[kind]
 
 
 def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, decode_contexts, repeats: int,
                          dtype: torch.dtype = torch.float32, train_lengths=None, decode_steps: int = DECODE_STEPS,
-                         prefill_chunk: int = PREFILL_CHUNK) -> dict[str, dict]:
+                         prefill_chunk: int = PREFILL_CHUNK, prefill_logits: str = "all") -> dict[str, dict]:
     """Prefill, training-step and decode timings and memory of several models (batch 1), JSON-able, by name.
 
     `models` maps a name to (model, kind): "teacher" (a transformers causal LM, DynamicCache), "student" or
@@ -322,7 +330,7 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
     so the ratios between models hold on a machine whose speed drifts; peak memory is read from one untimed
     call per model and block. The models are cast to `dtype` in place; their weights are left unchanged and
     their `.grad` cleared. Keys of the per-length maps are strings (as JSON writes them). `train_lengths`
-    defaults to `lengths`.
+    defaults to `lengths`; `prefill_logits` (`PREFILL_LOGITS`) is what a prefill forms of the LM head.
     """
     for name, (_, kind) in models.items():
         if kind not in KINDS:
@@ -332,6 +340,9 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
     decode_contexts = sorted(_check_lengths("decode_contexts", decode_contexts))
     if repeats < 1 or decode_steps < 1 or prefill_chunk < 1:
         raise ValueError("repeats, decode_steps and prefill_chunk must be ≥ 1")
+    if prefill_logits not in PREFILL_LOGITS:
+        raise ValueError(f"prefill_logits must be one of {', '.join(PREFILL_LOGITS)}, got {prefill_logits!r}")
+    logits_to_keep = PREFILL_LOGITS[prefill_logits]
     was_training = {name: model.training for name, (model, _) in models.items()}
     gc.collect()  # once, not per block: a full collection costs a fifth of a second here
     for model, _ in models.values():
@@ -376,7 +387,8 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
     prefill_ids = {}
     for length in lengths:
         ids = random_tokens(length)
-        calls = {name: functools.partial(model, ids, use_cache=False) for name, (model, _) in models.items()}
+        calls = {name: functools.partial(model, ids, use_cache=False, logits_to_keep=logits_to_keep)
+                 for name, (model, _) in models.items()}
         with torch.no_grad():
             # The untimed memory call is each model's warm-up for this block: no second warm-up round.
             memory = {name: memory_of(call) for name, call in calls.items()}
@@ -436,7 +448,7 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
     # Counted after every timing (one more untimed prefill per model and length): no timed call follows it.
     for length, ids in prefill_ids.items():
         for name, (model, _) in models.items():
-            results[name]["prefill"][str(length)]["matmul_flops"] = prefill_flops(model, ids)
+            results[name]["prefill"][str(length)]["matmul_flops"] = prefill_flops(model, ids, logits_to_keep)
     for name, (model, _) in models.items():
         model.train(was_training[name])
     return results
@@ -779,6 +791,9 @@ def main(argv=None) -> int:
                         help="training-step lengths")
     parser.add_argument("--decode-contexts", default=",".join(map(str, DEFAULT_DECODE_CONTEXTS)))
     parser.add_argument("--decode-steps", type=int, default=DECODE_STEPS, help="tokens per timed decode call")
+    parser.add_argument("--prefill-logits", choices=sorted(PREFILL_LOGITS), default="all",
+                        help="what a prefill forms of the LM head: every position's logits (as training and scoring "
+                             "do) or the last position's (a generation's prompt)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -844,7 +859,8 @@ def main(argv=None) -> int:
     settings = {"batch_size": 1, "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
                 "repeats": args.repeats, "warmup": 1, "lengths": lengths, "train_lengths": train_lengths,
                 "decode_contexts": contexts,
-                "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "init": args.init, "seed": 0,
+                "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "prefill_logits": args.prefill_logits,
+                "init": args.init, "seed": 0,
                 "students": names}
     measured_on = machine()  # at the start: the commit the timed code came from, whatever is committed during the run
     print(header())
@@ -856,7 +872,7 @@ def main(argv=None) -> int:
         entries[name] = (build_student(teacher, name, init=args.init, seed=0).eval().to(device), "student")
     with MachineActivity() as activity:
         models = measure_side_by_side(entries, lengths, contexts, args.repeats, dtype, train_lengths=train_lengths,
-                                      decode_steps=args.decode_steps)
+                                      decode_steps=args.decode_steps, prefill_logits=args.prefill_logits)
     del entries
     for name, result in models.items():
         _print_result(name, result)

@@ -163,7 +163,9 @@ def throughput(doc: dict, source: str) -> str:
     shape = (f"teacher {t['source']}: {t['num_hidden_layers']} layers, width {t['hidden_size']}, "
              f"{t['num_attention_heads']} heads ({t['num_key_value_heads']} KV) of {t['head_dim']}, vocab "
              f"{t['vocab_size']}; " if t else "")
+    logits = {"all": "every position's logits", "last": "the last position's logits only"}[s.get("prefill_logits", "all")]
     details = (f"{shape}{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
+               f"a prefill forms {logits}; "
                "× floor: prefill time over the projections-only floor's (its runs right before and after, where the "
                "report keeps them), and decode (×): the last context's time "
                "over the first's, each the median of the ratios within a round where the report keeps them; "
