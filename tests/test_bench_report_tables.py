@@ -158,6 +158,10 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     doc["settings"]["prefill_logits"] = "last"
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     assert "a prefill forms the last position's logits only;" in tables.render("throughput_cpu", tmp_path)
+    doc["settings"]["decode_contexts"] = [1024]  # one context: its time, no growth against itself
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
+    one = tables.render("throughput_cpu", tmp_path).splitlines()
+    assert one[2].endswith("| decode ms/token at 1024 | cache at 1024 |") and one[4].endswith("| 4000 | 2 | – |")
     assert counted[5] == "| teacher | 200 (2.00) | 0.90 / 0.90 | 4000 | 2 → 3 (2.00×) | 128 MiB |"
     assert counted[6] == "| gla | 150 (2.00) | 1.15 / 1.15 | 4000 | 2 → 3 (1.50×) | 256 KiB |"
     grid = tables.render("grid", tmp_path).splitlines()

@@ -141,7 +141,8 @@ def throughput(doc: dict, source: str) -> str:
     header = (["model"] + [f"prefill {n}: ms (× floor)" for n in s["lengths"]]
               + ([f"matmul FLOPs × floor {shortest} / {longest}"] if counted else [])
               + [f"train tok/s at {n}" for n in s["train_lengths"]]
-              + [f"decode ms/token {first} → {last} (×)", f"cache at {last}"])
+              + [f"decode ms/token {first} → {last} (×)" if first != last else f"decode ms/token at {first}",
+                 f"cache at {last}"])
     body = []
     for name in ["floor", "teacher", *s["students"]]:
         m = models[name]
@@ -157,7 +158,8 @@ def throughput(doc: dict, source: str) -> str:
         row += [num(m["train"].get(str(n), {}).get("tokens_per_s")) for n in s["train_lengths"]]
         a, b = (m["decode"].get(c, {}).get("ms_per_token") for c in (first, last))
         growth = paired_ratio(m["decode"].get(last), m["decode"].get(first), "ms_per_token")
-        row += [f"{num(a)} → {num(b)} ({growth:.2f}×)" if a and b else "–", size(m["decode"].get(last, {}).get("state_bytes"))]
+        decode = (f"{num(a)} → {num(b)} ({growth:.2f}×)" if first != last else num(a)) if a and b else "–"
+        row += [decode, size(m["decode"].get(last, {}).get("state_bytes"))]
         body.append(row)
     t = doc.get("teacher")  # the teacher's shape, which sets the floor's (files from before it was recorded lack it)
     shape = (f"teacher {t['source']}: {t['num_hidden_layers']} layers, width {t['hidden_size']}, "
@@ -388,6 +390,10 @@ TABLES = {
         "python -m bench.throughput --student all --teacher-shape smollm2-135m --lengths 1024,2048,4096 "
         "--train-lengths 512 --decode-contexts 1024,8192 --repeats 5 --threads 2 "
         "--json results/throughput_cpu_smollm2_135m_shape.json"),
+    "throughput_cpu_last_logits": (
+        "speed/throughput_cpu_last_logits.json", throughput,
+        "python -m bench.throughput --student all --prefill-logits last --train-lengths 512 --decode-contexts 1024 "
+        "--repeats 11 --threads 2 --json results/speed/throughput_cpu_last_logits.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
