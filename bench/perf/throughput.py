@@ -113,8 +113,8 @@ def build_floor(teacher) -> nn.Module:
 
 
 # Untrained teachers of named shapes, for timing (weights do not matter for speed, and no hub is needed): the
-# embedded teacher's, and SmolLM2-135M's (the README's GPU teacher; its hub config.json), where the projections
-# outweigh the per-token elementwise work far more than at the embedded width.
+# embedded teacher's, and SmolLM2-135M's (the README's GPU teacher; its hub config.json), a published model's width
+# and depth.
 TEACHER_SHAPES = {
     "embedded": None,  # bench.data.teacher.TeacherRecipe
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -293,11 +293,12 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, dropout_p=0.0, is_causa
 
 
 # What a prefill's forward forms of the LM head: every position's logits (training's and scoring's forward) or the
-# last position's (a generation's prompt; transformers' `logits_to_keep=1`, which the students take too).
-PREFILL_LOGITS = {"all": 0, "last": 1}
+# last position's (a generation's prompt; transformers' `logits_to_keep=1`, which the students take too). Forwards
+# of every position get no `logits_to_keep` at all, so a model whose forward lacks it is timed as before.
+PREFILL_LOGITS = {"all": {}, "last": {"logits_to_keep": 1}}
 
 
-def prefill_flops(model, ids: torch.Tensor, logits_to_keep: int = 0) -> int:
+def prefill_flops(model, ids: torch.Tensor, prefill_logits: str = "all") -> int:
     """Matrix-product FLOPs of one prefill (torch's FlopCounterMode: mm, bmm, addmm, baddbmm, attention; the
     elementwise work, norms, short convolutions and triangular solves are not counted), from a real call, since
     the chunk kernels choose their forms from the data. The recurrences are counted in their torch chunk forms:
@@ -308,7 +309,7 @@ def prefill_flops(model, ids: torch.Tensor, logits_to_keep: int = 0) -> int:
     cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     with torch.no_grad(), native.disabled(), \
             FlopCounterMode(display=False, custom_mapping={cpu_flash: _cpu_sdpa_flops}) as counter:
-        model(ids, use_cache=False, logits_to_keep=logits_to_keep)
+        model(ids, use_cache=False, **PREFILL_LOGITS[prefill_logits])
     return sum(count for op, count in counter.get_flop_counts()["Global"].items() if "convolution" not in str(op))
 
 
@@ -342,7 +343,6 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
         raise ValueError("repeats, decode_steps and prefill_chunk must be ≥ 1")
     if prefill_logits not in PREFILL_LOGITS:
         raise ValueError(f"prefill_logits must be one of {', '.join(PREFILL_LOGITS)}, got {prefill_logits!r}")
-    logits_to_keep = PREFILL_LOGITS[prefill_logits]
     was_training = {name: model.training for name, (model, _) in models.items()}
     gc.collect()  # once, not per block: a full collection costs a fifth of a second here
     for model, _ in models.values():
@@ -387,7 +387,7 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
     prefill_ids = {}
     for length in lengths:
         ids = random_tokens(length)
-        calls = {name: functools.partial(model, ids, use_cache=False, logits_to_keep=logits_to_keep)
+        calls = {name: functools.partial(model, ids, use_cache=False, **PREFILL_LOGITS[prefill_logits])
                  for name, (model, _) in models.items()}
         with torch.no_grad():
             # The untimed memory call is each model's warm-up for this block: no second warm-up round.
@@ -448,7 +448,7 @@ def measure_side_by_side(models: dict[str, tuple[nn.Module, str]], lengths, deco
     # Counted after every timing (one more untimed prefill per model and length): no timed call follows it.
     for length, ids in prefill_ids.items():
         for name, (model, _) in models.items():
-            results[name]["prefill"][str(length)]["matmul_flops"] = prefill_flops(model, ids, logits_to_keep)
+            results[name]["prefill"][str(length)]["matmul_flops"] = prefill_flops(model, ids, prefill_logits)
     for name, (model, _) in models.items():
         model.train(was_training[name])
     return results
