@@ -142,6 +142,10 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
                               "teacher decode grows: yes."]
     assert "commit abc1234, date: not recorded; float32" in throughput[0]  # no teacher recorded: none said
     assert "threads, medians of 3; a prefill forms every position's logits;" in throughput[0]  # files before the flag
+    summary = tables.render("throughput_summary", tmp_path).splitlines()  # the README's view of the same file
+    assert summary[2:] == ["| student | prefill 2,048: × floor / teacher ÷ student | decode at 32,768: ms/token "
+                           "(teacher's) | state at 32,768 (teacher's cache) |", "|---|---|---|---|",
+                           "| gla | 1.50× / 1.33× | 3 (3) | 256 KiB (128 MiB) |"]
     doc = json.loads((tmp_path / "throughput_cpu.json").read_text())  # a report with the FLOP count
     doc["teacher"] = {"source": "embedded", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
                       "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 4096}

@@ -178,6 +178,39 @@ def throughput(doc: dict, source: str) -> str:
             + "\n\n" + throughput_targets(doc["targets"], s["students"]))
 
 
+def throughput_summary(doc: dict, source: str) -> str:
+    """The README's view of a throughput report: per student, prefill time over the floor's and the teacher's speed
+    over the student's at 2,048 tokens (or the shortest length) and the longest, decode at the longest context against
+    the teacher's, and the state a sequence carries there. Ratios as the full table reads them (per round)."""
+    s, models = doc["settings"], doc["models"]
+    lengths = [str(n) for n in dict.fromkeys([2048 if 2048 in s["lengths"] else s["lengths"][0], s["lengths"][-1]])]
+    last = str(s["decode_contexts"][-1])
+    floor, teacher = models["floor"]["prefill"], models["teacher"]
+
+    def times(ratio: float | None) -> str:
+        return "–" if ratio is None else f"{ratio:.2f}×"
+
+    header = ["student", *(f"prefill {int(n):,}: × floor / teacher ÷ student" for n in lengths),
+              f"decode at {int(last):,}: ms/token (teacher's)", f"state at {int(last):,} (teacher's cache)"]
+    from bench.perf.throughput import CONTROL
+
+    rows = []
+    for name in s["students"]:
+        m = models[name]
+        row = [f"{name} (softmax control)" if name == CONTROL else name]
+        row += [f"{times(paired_ratio(m['prefill'].get(n), floor.get(n)))} / "
+                f"{times(paired_ratio(teacher['prefill'].get(n), m['prefill'].get(n)))}" for n in lengths]
+        ms_token, theirs = m["decode"].get(last, {}).get("ms_per_token"), teacher["decode"].get(last, {})
+        row.append(f"{num(ms_token)} ({num(theirs.get('ms_per_token'))})" if ms_token else "–")
+        row.append(f"{size(m['decode'].get(last, {}).get('state_bytes'))} ({size(theirs.get('state_bytes'))})")
+        rows.append(row)
+    details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']} "
+               "(× floor: time over the projections-only floor's; teacher ÷ student: the teacher's prefill time over "
+               "the student's, above 1 where the student is faster); the full table and the targets' verdicts: "
+               "docs/results.md#throughput-on-cpu")
+    return caption(source, doc, details) + "\n\n" + markdown(header, rows)
+
+
 def distill_speed(doc: dict, source: str) -> str:
     """One row per student and stage: tokens/s of one optimiser step on the old path (eager fp32) and the default,
     their ratio, and each mode's achieved share of the matmul yardstick timed in the row's own rounds."""
@@ -379,6 +412,9 @@ TABLES = {
     "kernels_h100_mixer_loss": ("kernels_h100_mixer_loss.json", mixer_loss, "bash bench/perf/gpu_kernels.sh OUT_DIR"),
     "throughput_cpu": ("throughput_cpu.json", throughput,
                        "python -m bench.throughput --student all --repeats 11 --threads 2 --json results/throughput_cpu.json"),
+    "throughput_summary": ("throughput_cpu.json", throughput_summary,
+                           "python -m bench.throughput --student all --repeats 11 --threads 2 "
+                           "--json results/throughput_cpu.json"),
     "throughput_cpu_avx2": ("throughput_cpu_avx2.json", throughput,
                             "python -m bench.throughput --student all --repeats 11 --threads 2 "
                             "--json results/throughput_cpu_avx2.json"),
