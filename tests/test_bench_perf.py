@@ -111,10 +111,9 @@ def test_prefill_flops_count_every_product_and_causal_cpu_attention_once(teacher
     gla = students.build_student(teacher, "gla", init="random", seed=0)
     assert throughput.prefill_flops(gla, ids) > floor  # its gates and chunked products come on top
     # a generation's prompt (`--prefill-logits last`): the LM head over one position, in every kind of model
-    last = "last"
-    assert throughput.prefill_flops(throughput.build_floor(teacher), ids, last) == floor - head + 2 * D * V
-    assert throughput.prefill_flops(teacher, ids, last) == teacher_projections + attention - head + 2 * D * V
-    assert throughput.prefill_flops(gla, ids, last) == throughput.prefill_flops(gla, ids) - head + 2 * D * V
+    assert throughput.prefill_flops(throughput.build_floor(teacher), ids, "last") == floor - head + 2 * D * V
+    assert throughput.prefill_flops(teacher, ids, "last") == teacher_projections + attention - head + 2 * D * V
+    assert throughput.prefill_flops(gla, ids, "last") == throughput.prefill_flops(gla, ids) - head + 2 * D * V
 
 
 def test_a_prefill_of_the_last_logits_is_timed_and_recorded_as_such(teacher):

@@ -224,7 +224,7 @@ def _teacher_shape(report: dict) -> tuple[int, int] | None:
     return (teacher["num_hidden_layers"], teacher["hidden_size"]) if teacher else None
 
 
-def _grid_teacher_shape(report: dict) -> bool:
+def _is_grid_teacher_shape(report: dict) -> bool:
     """Whether a report timed the embedded teacher's shape, the grid's (reports without a teacher record did)."""
     from bench.data.teacher import TeacherRecipe
 
@@ -394,7 +394,7 @@ def score_vs_throughput(rows, reports, out: Path) -> Path | None:
     rows = primary_rows(rows)
     by_cell = cells(rows)
     # the grid's students were distilled from the embedded teacher: their scores stand beside its shape's speeds only
-    sources = [(report, found) for report in reports if _grid_teacher_shape(report) and (found := _report_speedups(report))]
+    sources = [(report, found) for report in reports if _is_grid_teacher_shape(report) and (found := _report_speedups(report))]
     if not sources:
         found = _run_speedups(rows)
         sources = [(None, found)] if found else []

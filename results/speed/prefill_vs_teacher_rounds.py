@@ -7,6 +7,8 @@ import json
 import statistics
 import sys
 
+from bench.perf.ratios import per_round_ratios
+
 doc = json.load(open(sys.argv[1]))
 models, lengths = doc["models"], doc["settings"]["lengths"]
 print(f"# {sys.argv[1]}: {doc['machine']['device_name']}, commit {doc['machine']['commit']}, {doc['date']}; "
@@ -15,6 +17,6 @@ print("# student / teacher prefill time per round: median [least, most]")
 for name in doc["settings"]["students"]:
     cells = []
     for n in map(str, lengths):
-        ratios = sorted(s / t for s, t in zip(models[name]["prefill"][n]["times_s"], models["teacher"]["prefill"][n]["times_s"]))
+        ratios = sorted(per_round_ratios(models[name]["prefill"][n], models["teacher"]["prefill"][n]))
         cells.append(f"{n}: {statistics.median(ratios):.2f} [{ratios[0]:.2f}, {ratios[-1]:.2f}]")
     print(f"{name:17s} " + "   ".join(cells))
