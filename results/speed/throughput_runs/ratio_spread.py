@@ -10,6 +10,12 @@ interquartile range of prefill / floor at 2,048 and 16,384 and of decode / teach
         results/speed/throughput_runs/throughput_cpu_epyc_avx512_e3b4793.json results/throughput_cpu_epyc_avx512.json \
         results/speed/throughput_runs/throughput_cpu_d8eb8a6.json \
         results/speed/throughput_runs/throughput_cpu_d589907.json results/throughput_cpu.json
+
+With --pool, the files' per-round ratios are pooled, one line per student, for draws of the same timed code on one
+machine type (the files must name one CPU and capability):
+
+    python results/speed/throughput_runs/ratio_spread.py --pool results/speed/throughput_runs/throughput_cpu_d589907.json \
+        results/throughput_cpu.json results/speed/throughput_runs/throughput_cpu_714915d.json
 """
 import json
 import statistics
@@ -18,13 +24,41 @@ import sys
 from bench.perf.ratios import per_round_ratios
 
 
-def spread(entry, reference, field):
-    ratios = per_round_ratios(entry, reference, field)
+def summary(ratios):
     if not ratios or len(ratios) < 2:
         return "–"
     q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return f"{q2:.3f} ({q3 - q1:.3f})"
 
+
+def spread(entry, reference, field):
+    return summary(per_round_ratios(entry, reference, field))
+
+
+def columns(doc, name):
+    """A student's per-round ratios in the three columns, from one report."""
+    models, first = doc["models"], str(doc["settings"]["decode_contexts"][0])
+    m = models[name]
+    return [per_round_ratios(m["prefill"]["2048"], models["floor"]["prefill"]["2048"], "median_s") or [],
+            per_round_ratios(m["prefill"]["16384"], models["floor"]["prefill"]["16384"], "median_s") or [],
+            per_round_ratios(m["decode"][first], models["teacher"]["decode"][first], "ms_per_token") or []]
+
+
+if sys.argv[1:2] == ["--pool"]:
+    docs = {path: json.load(open(path)) for path in sys.argv[2:]}
+    machines = {(d["machine"].get("device_name"), d["machine"].get("cpu_capability")) for d in docs.values()}
+    if len(machines) != 1:
+        sys.exit(f"error: --pool needs draws from one machine type, these name {sorted(machines)}")
+    first_doc = next(iter(docs.values()))
+    print(f"pooled per-round ratios of {len(docs)} runs ({', '.join(d['machine']['commit'] for d in docs.values())}) "
+          f"on {first_doc['machine'].get('device_name')} {first_doc['machine'].get('cpu_capability')}: "
+          f"median (interquartile range), rounds")
+    first = str(first_doc["settings"]["decode_contexts"][0])
+    print(f"  {'student':16} {'prefill/floor 2048':>20} {'prefill/floor 16384':>20} {'decode/teacher ' + first:>20}")
+    for name in first_doc["settings"]["students"]:
+        pooled = [sum((columns(d, name)[c] for d in docs.values()), []) for c in range(3)]
+        print(f"  {name:16} " + " ".join(f"{summary(r) + f' {len(r)}':>20}" for r in pooled))
+    sys.exit(0)
 
 for path in sys.argv[1:]:
     doc = json.load(open(path))
