@@ -27,11 +27,13 @@ from kernels.chunking import DENORMALS
 from students.surgery import build_student
 
 parser = argparse.ArgumentParser()
-parser.add_argument("diff", type=Path)
+parser.add_argument("diff", type=Path, help="the change, or - for none (with --variant-cflags)")
 parser.add_argument("--base", default=None, help="the commit whose sources are the base side (default: working tree)")
 parser.add_argument("--length", type=int, default=2048)
 parser.add_argument("--rounds", type=int, default=12)
 parser.add_argument("--students", default="rwkv,gla")
+parser.add_argument("--variant-cflags", default="", help="compiler flags added on the variant side, e.g. "
+                    "-mprefer-vector-width=512")
 args = parser.parse_args()
 torch.set_num_threads(2)
 
@@ -39,7 +41,7 @@ root = Path(__file__).resolve().parents[2]
 isa = torch.backends.cpu.get_cpu_capability().lower()
 
 
-def build(name: str, patch: Path | None):
+def build(name: str, patch: Path | None, cflags=()):
     """The extension from the base side's sources, with `patch` applied where given."""
     folder = Path(tempfile.mkdtemp())
     (folder / "kernels" / "native").mkdir(parents=True)
@@ -50,16 +52,18 @@ def build(name: str, patch: Path | None):
                                                           capture_output=True, text=True, cwd=root).stdout)
         else:
             shutil.copy(source, folder / relative)
-    if patch is not None:
+    if patch is not None and str(patch) != "-":
         subprocess.run(["patch", "-p1", "-d", str(folder), "-i", str(patch.resolve())], check=True, capture_output=True)
     return load(f"{name}_{isa}", [str(folder / "kernels" / "native" / s.name) for s in native.SOURCES],
-                extra_cflags=["-O3", "-fopenmp", *native.ISA_FLAGS.get(isa, [])], extra_ldflags=["-fopenmp"])
+                extra_cflags=["-O3", "-fopenmp", *native.ISA_FLAGS.get(isa, []), *cflags], extra_ldflags=["-fopenmp"])
 
 
 base = build(f"scan_base_{args.base or 'tree'}", None)
-variant = build(f"scan_variant_{args.diff.stem}_{args.base or 'tree'}", args.diff)
+flags = args.variant_cflags.split()
+tag = (args.diff.stem if str(args.diff) != "-" else "flags") + "".join(c for f in flags for c in f if c.isalnum())
+variant = build(f"scan_variant_{tag}_{args.base or 'tree'}", args.diff, flags)
 info = machine()
-print(f"# {args.diff.name} on {args.base or 'the working tree'}'s sources: {info.get('device_name')} "
+print(f"# {args.diff.name} {' '.join(flags)} on {args.base or 'the working tree'}'s sources: {info.get('device_name')} "
       f"{info.get('cpu_capability')}, torch {torch.__version__}, commit {info.get('commit')}, "
       f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
 
