@@ -5,14 +5,17 @@ other checkout's own code."""
 import copy
 import json
 import math
+import platform
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import students
-from bench.perf import distill_loss_bench, fused_ops_bench, mixer_loss_bench, throughput
+from bench.perf import distill_loss_bench, fused_ops_bench, heap, mixer_loss_bench, throughput
 from bench.perf import kernel_bench as bench_kernels
 from kernels import native
 from kernels.linear_recurrence import BACKENDS, linear_recurrence_chunk
@@ -298,10 +301,12 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     out = tmp_path / "throughput.json"
     code = throughput.main(["--student", "retnet", "--teacher", str(teacher_dir), "--lengths", "16,32",
                             "--train-lengths", "16", "--decode-contexts", "8,24", "--repeats", "1", "--decode-steps", "2",
-                            "--json", str(out)])
+                            "--heap", "steady", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     throughput.validate(report)
+    assert report["settings"]["heap"] == "steady" and report["settings"]["mallopt"] == heap.STEADY
+    assert "under a steady heap: the delta undercounts" in report["models"]["retnet"]["memory_source"]
     assert set(report["models"]) == {"floor", "teacher", "retnet"}
     assert report["teacher"]["attn_implementation"] == "sdpa"
     assert report["ratios"]["teacher_prefill_vs_best_student"]["best_student"] == "retnet"
@@ -311,6 +316,26 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     assert report["activity"]["source"] in ("/proc/stat", None)
     with pytest.raises(ValueError, match=r"\$\.activity"):
         throughput.validate({**report, "activity": {**report["activity"], "source": "x", "cpus": 2, "others_share": 7}})
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_steady_heap_is_set_in_glibc_and_recorded():
+    """In a fresh interpreter (mallopt changes the whole process): glibc takes the steady settings, and the process
+    records them for the reports."""
+    script = ("from bench.perf.heap import STEADY, applied, set_heap\n"
+              "assert applied() == {}\n"
+              "assert set_heap(STEADY) == STEADY and applied() == STEADY\n"
+              "print('set')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "set"
+
+
+def test_the_steady_heap_elsewhere_is_an_error_naming_the_fix(monkeypatch):
+    before = heap.applied()
+    monkeypatch.setattr(heap.platform, "libc_ver", lambda: ("", ""))
+    with pytest.raises(RuntimeError, match="needs glibc's mallopt .*run with --heap default"):
+        heap.set_heap({"M_TOP_PAD": 1 << 20})
+    assert heap.applied() == before  # nothing recorded as set
 
 
 def _timed(kind, prefill_s, decode_ms):

@@ -162,6 +162,10 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     doc["settings"]["prefill_logits"] = "last"
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     assert "a prefill forms the last position's logits only;" in tables.render("throughput_cpu", tmp_path)
+    assert "heap kept steady" not in tables.render("throughput_cpu", tmp_path)
+    doc["settings"]["heap"] = "steady"
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
+    assert "logits only; glibc's heap kept steady (no page faults" in tables.render("throughput_cpu", tmp_path)
     doc["settings"]["decode_contexts"] = [1024]  # one context: its time, no growth against itself
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     one = tables.render("throughput_cpu", tmp_path).splitlines()

@@ -168,7 +168,9 @@ def throughput(doc: dict, source: str) -> str:
     logits = {"all": "every position's logits", "last": "the last position's logits only"}[s.get("prefill_logits", "all")]
     details = (f"{shape}{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}; "
                f"a prefill forms {logits}; "
-               "× floor: prefill time over the projections-only floor's (its runs right before and after, where the "
+               + ("glibc's heap kept steady (no page faults from what ran before; bench.perf.heap); "
+                  if s.get("heap") == "steady" else "")
+               + "× floor: prefill time over the projections-only floor's (its runs right before and after, where the "
                "report keeps them), and decode (×): the last context's time "
                "over the first's, each the median of the ratios within a round where the report keeps them; "
                "matmul FLOPs: the products torch's FlopCounterMode counts (attention causal, recurrences in their "
