@@ -432,6 +432,10 @@ TABLES = {
         "speed/throughput_cpu_last_logits.json", throughput,
         "python -m bench.throughput --student all --prefill-logits last --train-lengths 512 --decode-contexts 1024 "
         "--repeats 11 --threads 2 --json results/speed/throughput_cpu_last_logits.json"),
+    "throughput_cpu_steady_heap": (
+        "speed/throughput_cpu_steady_heap.json", throughput,
+        "python -m bench.throughput --student all --repeats 11 --threads 2 --heap steady "
+        "--json results/speed/throughput_cpu_steady_heap.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
