@@ -301,12 +301,14 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     out = tmp_path / "throughput.json"
     code = throughput.main(["--student", "retnet", "--teacher", str(teacher_dir), "--lengths", "16,32",
                             "--train-lengths", "16", "--decode-contexts", "8,24", "--repeats", "1", "--decode-steps", "2",
-                            "--heap", "steady", "--json", str(out)])
+                            "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     throughput.validate(report)
-    assert report["settings"]["heap"] == "steady" and report["settings"]["mallopt"] == heap.STEADY
-    assert "under a steady heap: the delta undercounts" in report["models"]["retnet"]["memory_source"]
+    steady = heap.resolve("auto") == "steady"  # the default: a steady heap where glibc runs
+    assert report["settings"]["heap"] == ("steady" if steady else "default")
+    assert report["settings"]["mallopt"] == (heap.STEADY if steady else {})
+    assert report["models"]["retnet"]["prefill"]["32"]["peak_memory_delta_bytes"] > 0  # freed blocks released first
     assert set(report["models"]) == {"floor", "teacher", "retnet"}
     assert report["teacher"]["attn_implementation"] == "sdpa"
     assert report["ratios"]["teacher_prefill_vs_best_student"]["best_student"] == "retnet"
@@ -320,22 +322,33 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_the_steady_heap_is_set_in_glibc_and_recorded():
-    """In a fresh interpreter (mallopt changes the whole process): glibc takes the steady settings, and the process
-    records them for the reports."""
-    script = ("from bench.perf.heap import STEADY, applied, set_heap\n"
+    """In a fresh interpreter (mallopt changes the whole process): glibc takes the steady settings, the process
+    records them for the reports, freed blocks stay resident, and `release_free` gives them back."""
+    script = ("from bench.perf.heap import STEADY, applied, release_free, set_heap\n"
+              "def resident():\n"
+              "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) << 10\n"
               "assert applied() == {}\n"
               "assert set_heap(STEADY) == STEADY and applied() == STEADY\n"
-              "print('set')\n")
+              "before = resident()\n"
+              "blocks = [bytearray(8 << 20) for _ in range(12)]\n"  # 96 MiB from the heap, pages touched
+              "del blocks\n"
+              "kept = resident() - before\n"
+              "release_free()\n"
+              "print(kept >> 20, (resident() - before) >> 20)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "set"
+    kept, released = map(int, done.stdout.split())
+    assert kept >= 90 and released < 16  # freed blocks stay resident until released
 
 
-def test_the_steady_heap_elsewhere_is_an_error_naming_the_fix(monkeypatch):
+def test_the_steady_heap_elsewhere_is_an_error_naming_the_fix_and_auto_leaves_the_heap(monkeypatch):
     before = heap.applied()
     monkeypatch.setattr(heap.platform, "libc_ver", lambda: ("", ""))
     with pytest.raises(RuntimeError, match="needs glibc's mallopt .*run with --heap default"):
         heap.set_heap({"M_TOP_PAD": 1 << 20})
     assert heap.applied() == before  # nothing recorded as set
+    assert heap.resolve("auto") == "default" and heap.resolve("steady") == "steady"
+    with pytest.raises(ValueError, match="heap must be one of auto, steady, default"):
+        heap.resolve("jemalloc")
 
 
 def _timed(kind, prefill_s, decode_ms):

@@ -3,7 +3,9 @@ threshold are mapped and unmapped one by one, and that threshold moves with the 
 heap's top is trimmed past a second one. A forward's next intermediates then fault their pages in again, zeroed by
 the kernel, at a cost that depends on what the process freed before and on the host, not on the model
 (`results/speed/heap_ab.txt`). `steady` fixes both thresholds with mallopt(3), so freed blocks stay in the process and
-are reused, as jemalloc or tcmalloc keep them; blocks over 32 MiB (glibc's largest threshold) are still mapped."""
+are reused, as jemalloc or tcmalloc keep them; blocks over 32 MiB (glibc's largest threshold) are still mapped.
+Memory read from the resident size needs the kept blocks released first (`release_free`), or reused pages hide a
+model's allocations."""
 from __future__ import annotations
 
 import ctypes
@@ -12,7 +14,18 @@ import platform
 
 MALLOPT_PARAMETERS = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}  # malloc.h
 STEADY = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 << 20}
-HEAPS = ("default", "steady")
+HEAPS = ("auto", "steady", "default")  # auto: steady where glibc runs, else the heap as it comes
+
+
+def glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def resolve(heap: str) -> str:
+    """The heap a run uses for `heap` (one of HEAPS)."""
+    if heap not in HEAPS:
+        raise ValueError(f"heap must be one of {', '.join(HEAPS)}, got {heap!r}")
+    return ("steady" if glibc() else "default") if heap == "auto" else heap
 _set: dict[str, int] = {}  # what this process set, for the reports
 
 
@@ -21,14 +34,27 @@ def applied() -> dict[str, int]:
     return dict(_set)
 
 
+def _libc():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return libc
+
+
+def release_free() -> None:
+    """Give the heap's free pages back to the kernel (malloc_trim(0)) where this process kept them (`set_heap`), so
+    that a block's resident high-water mark counts its own allocations again."""
+    if _set:
+        _libc().malloc_trim(0)
+
+
 def set_heap(values: dict[str, int]) -> dict[str, int]:
     """mallopt(parameter, value) for each; returns what was set. RuntimeError where this is not glibc or glibc
     refuses a value (each call is checked, so a refused one is never recorded as set)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc():
         raise RuntimeError(f"setting the C heap needs glibc's mallopt (this is {platform.system()} "
                            f"{platform.libc_ver()[0] or 'without glibc'}); run with --heap default")
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    libc = _libc()
     for name, value in values.items():
         if libc.mallopt(MALLOPT_PARAMETERS[name], value) != 1:
             raise RuntimeError(f"glibc refused mallopt({name}, {value})")

@@ -48,8 +48,8 @@ import torch
 import torch.nn as nn
 
 from bench.perf.activity import MachineActivity, describe, validate_activity
-from bench.perf.heap import HEAPS, STEADY, set_heap
-from bench.perf.heap import applied as heap_settings
+from bench.perf.heap import HEAPS, STEADY, release_free, set_heap
+from bench.perf.heap import resolve as resolve_heap
 from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
@@ -184,10 +184,7 @@ def memory_source(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda max_memory_allocated, reset per block"
     if _proc_status_bytes("VmHWM") is not None and _reset_resident_peak():
-        if heap_settings():  # freed blocks stay resident and are reused without raising the resident size
-            return ("process VmHWM, reset per block via /proc/self/clear_refs, under a steady heap: the delta "
-                    "undercounts a model's memory; compare memory from --heap default runs")
-        return "process VmHWM, reset per block via /proc/self/clear_refs"
+        return "process VmHWM, reset per block via /proc/self/clear_refs (the heap's free pages released first)"
     return "process ru_maxrss, lifetime high-water mark (not reset: only the delta is meaningful, if any)"
 
 
@@ -213,6 +210,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_free()  # under a steady heap, kept free blocks would otherwise absorb the block's allocations
             _reset_resident_peak()
         self.baseline = self._current()
         return self
@@ -805,9 +803,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--init", choices=("random", "qkv_copy"), default="random",
                         help="weights do not matter for speed")
-    parser.add_argument("--heap", choices=HEAPS, default="default",
-                        help="glibc's heap as it comes, or steady: freed blocks kept for reuse, so no forward pays "
-                             "page faults that depend on what ran before it (bench.perf.heap)")
+    parser.add_argument("--heap", choices=HEAPS, default="auto",
+                        help="steady: glibc's freed blocks kept for reuse, so no forward pays page faults that depend "
+                             "on what ran before it (bench.perf.heap); default: the heap as it comes; auto: steady "
+                             "where glibc runs")
     parser.add_argument("--json", help="also write the report (with the machine header) to this file")
     args = parser.parse_args(argv)
 
@@ -826,7 +825,8 @@ def main(argv=None) -> int:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        heap = set_heap(STEADY) if args.heap == "steady" else {}
+        heap_used = resolve_heap(args.heap)
+        heap = set_heap(STEADY) if heap_used == "steady" else {}
     except (ValueError, RuntimeError) as err:  # torch.device raises RuntimeError for a malformed name
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -869,7 +869,7 @@ def main(argv=None) -> int:
                 "repeats": args.repeats, "warmup": 1, "lengths": lengths, "train_lengths": train_lengths,
                 "decode_contexts": contexts,
                 "decode_steps": args.decode_steps, "prefill_chunk": PREFILL_CHUNK, "prefill_logits": args.prefill_logits,
-                "init": args.init, "seed": 0, "heap": args.heap, "mallopt": heap,
+                "init": args.init, "seed": 0, "heap": heap_used, "mallopt": heap,
                 "students": names}
     measured_on = machine()  # at the start: the commit the timed code came from, whatever is committed during the run
     print(header())
