@@ -229,7 +229,9 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
                                   "decode": {"1024": {"ms_per_token": 1.0 * k * scale}}}
                            for k, name in enumerate(models, 1)}}
 
-    (tmp_path / "throughput_cpu.json").write_text(json.dumps(report("Xeon", "aaa1111", 1.0, ["floor", "teacher", "gla"])))
+    xeon = report("Xeon", "aaa1111", 1.0, ["floor", "teacher", "gla"])
+    xeon["settings"]["heap"] = "steady"  # timed with glibc's heap kept steady: the title says so
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(xeon))
     # the other machine's file has one model more, sorting before gla: gla keeps its colour all the same
     (tmp_path / "throughput_cpu_avx2.json").write_text(json.dumps(
         report("EPYC", "bbb2222", 2.0, ["floor", "teacher", "gla", "attention"])))
@@ -247,6 +249,7 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
         assert [ax.get_title().split(" ")[0] for ax in panels] == ["Xeon", "EPYC", "Xeon"]
         assert all("commit" in ax.get_title() for ax in panels)
         assert "teacher 30 layers × width 576" in panels[2].get_title() and "teacher" not in panels[0].get_title()
+        assert ["steady heap" in ax.get_title() for ax in panels] == [True, False, False]
         shared = panels[0].get_shared_y_axes()
         assert shared.joined(panels[0], panels[1]) and not shared.joined(panels[0], panels[2])
         assert [ax.get_ylabel() != "" for ax in panels] == [True, False, True]

@@ -166,6 +166,7 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     doc["settings"]["heap"] = "steady"
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     assert "logits only; glibc's heap kept steady (no page faults" in tables.render("throughput_cpu", tmp_path)
+    assert "medians of 3, glibc's heap kept steady (× floor" in tables.render("throughput_summary", tmp_path)
     doc["settings"]["decode_contexts"] = [1024]  # one context: its time, no growth against itself
     (tmp_path / "throughput_cpu.json").write_text(json.dumps(doc))
     one = tables.render("throughput_cpu", tmp_path).splitlines()

@@ -206,7 +206,8 @@ def throughput_summary(doc: dict, source: str) -> str:
         row.append(f"{num(ms_token)} ({num(theirs.get('ms_per_token'))})" if ms_token else "–")
         row.append(f"{size(m['decode'].get(last, {}).get('state_bytes'))} ({size(theirs.get('state_bytes'))})")
         rows.append(row)
-    details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']} "
+    details = (f"{s['dtype']}, batch {s['batch_size']}, {s['threads']} threads, medians of {s['repeats']}"
+               + (", glibc's heap kept steady" if s.get("heap") == "steady" else "") + " "
                "(× floor: time over the projections-only floor's; teacher ÷ student: the teacher's prefill time over "
                "the student's, above 1 where the student is faster); the full table and the targets' verdicts: "
                "docs/results.md#throughput-on-cpu")
@@ -432,10 +433,10 @@ TABLES = {
         "speed/throughput_cpu_last_logits.json", throughput,
         "python -m bench.throughput --student all --prefill-logits last --train-lengths 512 --decode-contexts 1024 "
         "--repeats 11 --threads 2 --json results/speed/throughput_cpu_last_logits.json"),
-    "throughput_cpu_steady_heap": (
-        "speed/throughput_cpu_steady_heap.json", throughput,
-        "python -m bench.throughput --student all --repeats 11 --threads 2 --heap steady "
-        "--json results/speed/throughput_cpu_steady_heap.json"),
+    "throughput_cpu_default_heap": (
+        "speed/throughput_runs/throughput_cpu_3beabfb.json", throughput,
+        "python -m bench.throughput --student all --repeats 11 --threads 2 --heap default "
+        "--json results/speed/throughput_runs/throughput_cpu_3beabfb.json"),
     "distill_speed_cpu": ("speed/distill_speed_cpu.json", distill_speed,
                           "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu.json"),
     "distill_speed_cpu_avx2": ("speed/distill_speed_cpu_avx2.json", distill_speed,
