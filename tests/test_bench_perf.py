@@ -307,7 +307,7 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     throughput.validate(report)
     steady = heap.resolve("auto") == "steady"  # the default: a steady heap where glibc runs
     assert report["settings"]["heap"] == ("steady" if steady else "default")
-    assert report["settings"]["mallopt"] == (heap.STEADY if steady else {})
+    assert report["settings"]["mallopt"] == (heap.applied() if steady else {}) and bool(heap.applied()) == steady
     assert report["models"]["retnet"]["prefill"]["32"]["peak_memory_delta_bytes"] > 0  # freed blocks released first
     assert set(report["models"]) == {"floor", "teacher", "retnet"}
     assert report["teacher"]["attn_implementation"] == "sdpa"
@@ -324,11 +324,11 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
 def test_the_steady_heap_is_set_in_glibc_and_recorded():
     """In a fresh interpreter (mallopt changes the whole process): glibc takes the steady settings, the process
     records them for the reports, freed blocks stay resident, and `release_free` gives them back."""
-    script = ("from bench.perf.heap import STEADY, applied, release_free, set_heap\n"
+    script = ("from bench.perf.heap import applied, release_free, set_steady\n"
               "def resident():\n"
               "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) << 10\n"
               "assert applied() == {}\n"
-              "assert set_heap(STEADY) == STEADY and applied() == STEADY\n"
+              "assert set_steady() == applied() and applied()['M_MMAP_THRESHOLD'] in (1 << 30, 32 << 20)\n"
               "before = resident()\n"
               "blocks = [bytearray(8 << 20) for _ in range(12)]\n"  # 96 MiB from the heap, pages touched
               "del blocks\n"
@@ -338,6 +338,22 @@ def test_the_steady_heap_is_set_in_glibc_and_recorded():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     kept, released = map(int, done.stdout.split())
     assert kept >= 90 and released < 16  # freed blocks stay resident until released
+
+
+def test_a_glibc_that_refuses_a_1_gib_threshold_gets_the_classic_32_mib(monkeypatch):
+    calls = []
+
+    class OlderGlibc:  # mallopt as a glibc that enforces DEFAULT_MMAP_THRESHOLD_MAX: nothing is really set
+        @staticmethod
+        def mallopt(parameter, value):
+            calls.append((parameter, value))
+            return 0 if parameter == heap.MALLOPT_PARAMETERS["M_MMAP_THRESHOLD"] and value > 32 << 20 else 1
+
+    monkeypatch.setattr(heap, "glibc", lambda: True)
+    monkeypatch.setattr(heap, "_libc", OlderGlibc)
+    monkeypatch.setattr(heap, "_set", {})
+    assert heap.set_steady() == {**heap.STEADY, "M_MMAP_THRESHOLD": 32 << 20} == heap.applied()
+    assert calls[0] == (-3, 1 << 30) and calls[1] == (-3, 32 << 20)
 
 
 def test_the_steady_heap_elsewhere_is_an_error_naming_the_fix_and_auto_leaves_the_heap(monkeypatch):

@@ -3,7 +3,8 @@ threshold are mapped and unmapped one by one, and that threshold moves with the 
 heap's top is trimmed past a second one. A forward's next intermediates then fault their pages in again, zeroed by
 the kernel, at a cost that depends on what the process freed before and on the host, not on the model
 (`results/speed/heap_ab.txt`). `steady` fixes both thresholds with mallopt(3), so freed blocks stay in the process and
-are reused, as jemalloc or tcmalloc keep them; blocks over 32 MiB (glibc's largest threshold) are still mapped.
+are reused, as jemalloc or tcmalloc keep them: blocks up to 1 GiB come from the heap (a 16,384-token prefill's
+logits are 268 MB), or up to 32 MiB where a glibc refuses more (`set_steady`).
 Memory read from the resident size needs the kept blocks released first (`release_free`), or reused pages hide a
 model's allocations."""
 from __future__ import annotations
@@ -13,7 +14,8 @@ import ctypes.util
 import platform
 
 MALLOPT_PARAMETERS = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}  # malloc.h
-STEADY = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 << 20}
+STEADY = {"M_MMAP_THRESHOLD": 1 << 30, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 << 20}
+CLASSIC_MMAP_THRESHOLD_MAX = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, the most older glibc accepts
 HEAPS = ("auto", "steady", "default")  # auto: steady where glibc runs, else the heap as it comes
 
 
@@ -26,6 +28,8 @@ def resolve(heap: str) -> str:
     if heap not in HEAPS:
         raise ValueError(f"heap must be one of {', '.join(HEAPS)}, got {heap!r}")
     return ("steady" if glibc() else "default") if heap == "auto" else heap
+
+
 _set: dict[str, int] = {}  # what this process set, for the reports
 
 
@@ -60,3 +64,13 @@ def set_heap(values: dict[str, int]) -> dict[str, int]:
             raise RuntimeError(f"glibc refused mallopt({name}, {value})")
         _set[name] = value
     return dict(values)
+
+
+def set_steady() -> dict[str, int]:
+    """STEADY, with the mapping threshold at 32 MiB where this glibc refuses 1 GiB; returns what was set."""
+    try:
+        return set_heap(STEADY)
+    except RuntimeError as error:
+        if "refused mallopt(M_MMAP_THRESHOLD" not in str(error):
+            raise
+        return set_heap({**STEADY, "M_MMAP_THRESHOLD": CLASSIC_MMAP_THRESHOLD_MAX})

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from bench.perf.activity import MachineActivity, describe, validate_activity
-from bench.perf.heap import HEAPS, STEADY, release_free, set_heap
+from bench.perf.heap import HEAPS, release_free, set_steady
 from bench.perf.heap import resolve as resolve_heap
 from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
@@ -826,7 +826,7 @@ def main(argv=None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device")
         heap_used = resolve_heap(args.heap)
-        heap = set_heap(STEADY) if heap_used == "steady" else {}
+        heap = set_steady() if heap_used == "steady" else {}
     except (ValueError, RuntimeError) as err:  # torch.device raises RuntimeError for a malformed name
         print(f"error: {err}", file=sys.stderr)
         return 2
