@@ -308,7 +308,7 @@ def test_cli_writes_a_valid_report_with_floor_teacher_and_student(teacher_dir, t
     steady = heap.resolve("auto") == "steady"  # the default: a steady heap where glibc runs
     assert report["settings"]["heap"] == ("steady" if steady else "default")
     assert report["settings"]["mallopt"] == (heap.applied() if steady else {}) and bool(heap.applied()) == steady
-    assert report["models"]["retnet"]["prefill"]["32"]["peak_memory_delta_bytes"] > 0  # freed blocks released first
+    assert ("free pages released first" in report["models"]["retnet"]["memory_source"]) == steady
     assert set(report["models"]) == {"floor", "teacher", "retnet"}
     assert report["teacher"]["attn_implementation"] == "sdpa"
     assert report["ratios"]["teacher_prefill_vs_best_student"]["best_student"] == "retnet"

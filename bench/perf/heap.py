@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 MALLOPT_PARAMETERS = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}  # malloc.h
@@ -33,11 +34,20 @@ def resolve(heap: str) -> str:
 _set: dict[str, int] = {}  # what this process set, for the reports
 
 
+class Refused(RuntimeError):
+    """glibc's mallopt returned failure for one setting (`name`)."""
+
+    def __init__(self, name: str, value: int):
+        super().__init__(f"glibc refused mallopt({name}, {value})")
+        self.name = name
+
+
 def applied() -> dict[str, int]:
     """The mallopt settings this process made (empty: glibc's defaults)."""
     return dict(_set)
 
 
+@functools.cache
 def _libc():
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
@@ -53,15 +63,15 @@ def release_free() -> None:
 
 
 def set_heap(values: dict[str, int]) -> dict[str, int]:
-    """mallopt(parameter, value) for each; returns what was set. RuntimeError where this is not glibc or glibc
-    refuses a value (each call is checked, so a refused one is never recorded as set)."""
+    """mallopt(parameter, value) for each; returns what was set. RuntimeError where this is not glibc, `Refused`
+    where glibc refuses a value (each call is checked, so a refused one is never recorded as set)."""
     if not glibc():
         raise RuntimeError(f"setting the C heap needs glibc's mallopt (this is {platform.system()} "
                            f"{platform.libc_ver()[0] or 'without glibc'}); run with --heap default")
     libc = _libc()
     for name, value in values.items():
         if libc.mallopt(MALLOPT_PARAMETERS[name], value) != 1:
-            raise RuntimeError(f"glibc refused mallopt({name}, {value})")
+            raise Refused(name, value)
         _set[name] = value
     return dict(values)
 
@@ -70,7 +80,7 @@ def set_steady() -> dict[str, int]:
     """STEADY, with the mapping threshold at 32 MiB where this glibc refuses 1 GiB; returns what was set."""
     try:
         return set_heap(STEADY)
-    except RuntimeError as error:
-        if "refused mallopt(M_MMAP_THRESHOLD" not in str(error):
+    except Refused as refused:
+        if refused.name != "M_MMAP_THRESHOLD":
             raise
         return set_heap({**STEADY, "M_MMAP_THRESHOLD": CLASSIC_MMAP_THRESHOLD_MAX})

@@ -3,7 +3,8 @@
     python -m bench.throughput --student NAME|all [--teacher DIR|HUB_ID | --teacher-shape NAME] [--lengths 1024,...,16384]
         [--train-lengths 2048] [--decode-contexts 1024,4096,16384,32768] [--decode-steps 32] [--repeats 3]
         [--prefill-logits all|last]
-        [--dtype float32] [--device cpu|cuda] [--threads N] [--init random|qkv_copy] [--json FILE]
+        [--dtype float32] [--device cpu|cuda] [--threads N] [--init random|qkv_copy] [--heap auto|steady|default]
+        [--json FILE]
 
 In the run pipeline: `short_sweep(teacher, student)` (student, teacher and floor at short lengths);
 both use `measure(model, kind, lengths, decode_contexts, repeats, dtype)`; `validate(doc)` checks either.
@@ -49,6 +50,7 @@ import torch.nn as nn
 
 from bench.perf.activity import MachineActivity, describe, validate_activity
 from bench.perf.heap import HEAPS, release_free, set_steady
+from bench.perf.heap import applied as heap_settings
 from bench.perf.heap import resolve as resolve_heap
 from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
@@ -184,7 +186,8 @@ def memory_source(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda max_memory_allocated, reset per block"
     if _proc_status_bytes("VmHWM") is not None and _reset_resident_peak():
-        return "process VmHWM, reset per block via /proc/self/clear_refs (the heap's free pages released first)"
+        kept = " (the steady heap's free pages released first)" if heap_settings() else ""
+        return f"process VmHWM, reset per block via /proc/self/clear_refs{kept}"
     return "process ru_maxrss, lifetime high-water mark (not reset: only the delta is meaningful, if any)"
 
 

@@ -232,6 +232,11 @@ def _is_grid_teacher_shape(report: dict) -> bool:
     return _teacher_shape(report) in (None, (recipe.num_layers, recipe.hidden_size))
 
 
+def _heap_note(report: dict) -> str:
+    """A title's note that the run kept glibc's heap steady (`bench.perf.heap`); reports before it did not."""
+    return ", steady heap" if report["settings"].get("heap") == "steady" else ""
+
+
 def _machine_panels(reports, title: str, ylabel: str):
     """One panel per report (each machine type's run), side by side, titled by its machine and teacher shape; the
     panels of one teacher shape share their y axis (another shape's times are of another scale)."""
@@ -240,9 +245,8 @@ def _machine_panels(reports, title: str, ylabel: str):
     for ax, report in zip(axes[0], reports):
         machine, shape = report["machine"], _teacher_shape(report)
         teacher = f", teacher {shape[0]} layers × width {shape[1]}" if shape else ""
-        heap = ", steady heap" if report["settings"].get("heap") == "steady" else ""
         ax.set_title(f"{machine['device_name']} ({machine.get('cpu_capability', '?')}), {machine['torch_threads']} "
-                     f"threads, {report['settings']['dtype']}{heap}\ncommit {machine.get('commit', '?')}, "
+                     f"threads, {report['settings']['dtype']}{_heap_note(report)}\ncommit {machine.get('commit', '?')}, "
                      f"{report.get('date', '')[:10]}{teacher}", fontsize=9)
         if shape in first_of_shape:
             ax.sharey(first_of_shape[shape])
@@ -424,7 +428,7 @@ def score_vs_throughput(rows, reports, out: Path) -> Path | None:
             machine = report["machine"]
             ax.set_title(f"{machine['device_name']} ({machine.get('cpu_capability', '?')}), {machine['torch_threads']} "
                          f"threads, {report['settings']['dtype']}, batch {report['settings'].get('batch_size', 1)}"
-                         f"{', steady heap' if report['settings'].get('heap') == 'steady' else ''}\n"
+                         f"{_heap_note(report)}\n"
                          f"commit {machine.get('commit', '?')}, {report.get('date', '')[:10]}", fontsize=9)
         ax.set_xlabel(f"prefill speed at {length:,} tokens, × the teacher's (the teacher: 1)")
         ax.grid(lw=0.3, alpha=0.6)

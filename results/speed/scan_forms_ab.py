@@ -6,15 +6,12 @@ B = 1, 4 heads of 64, on one thread and on two, the sides alternating call by ca
 """
 import argparse
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.cpp_extension import load
+from native_variant import build_native
 
-import kernels.native as native
 from bench.provenance import machine
 from kernels.chunking import DENORMALS
 
@@ -25,25 +22,8 @@ parser.add_argument("--length", type=int, default=2048)
 parser.add_argument("--cold", action="store_true", help="write a 16 MB buffer before every call (inputs out of L2, as "
                     "in a model, where the projections before the scan pass 10 MB through the caches)")
 args = parser.parse_args()
-root = Path(__file__).resolve().parents[2]
-isa = torch.backends.cpu.get_cpu_capability().lower()
-
-
-def build(name: str, patch: Path | None):
-    folder = Path(tempfile.mkdtemp())
-    (folder / "kernels" / "native").mkdir(parents=True)
-    for source in native.SOURCES:
-        relative = source.relative_to(root)
-        (folder / relative).write_text(subprocess.run(["git", "show", f"{args.base}:{relative}"], check=True,
-                                                      capture_output=True, text=True, cwd=root).stdout)
-    if patch is not None:
-        subprocess.run(["patch", "-p1", "-d", str(folder), "-i", str(patch.resolve())], check=True, capture_output=True)
-    return load(f"{name}_{isa}", [str(folder / "kernels" / "native" / s.name) for s in native.SOURCES],
-                extra_cflags=["-O3", "-fopenmp", *native.ISA_FLAGS.get(isa, [])], extra_ldflags=["-fopenmp"])
-
-
-sides = {"base": build(f"scan_forms_base_{args.base}", None),
-         "variant": build(f"scan_forms_{args.diff.stem}_{args.base}", args.diff)}
+sides = {"base": build_native(f"scan_forms_base_{args.base}", args.base),
+         "variant": build_native(f"scan_forms_{args.diff.stem}_{args.base}", args.base, args.diff)}
 info = machine()
 print(f"# {args.diff.name} on {args.base}'s sources: {info.get('device_name')} {info.get('cpu_capability')}, "
       f"torch {torch.__version__}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, T = {args.length}"

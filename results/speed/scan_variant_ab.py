@@ -10,15 +10,12 @@ The three diffs here (`scan_hoist_tried.diff`, `scan_prefetch_tried.diff` and bo
 to c210e2e's sources; both are in the code from a0a32b4 on.
 """
 import argparse
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.cpp_extension import load
+from native_variant import build_native
 
 import kernels.native as native
 from bench.perf.throughput import build_floor, embedded_shape_teacher
@@ -37,31 +34,10 @@ parser.add_argument("--variant-cflags", default="", help="compiler flags added o
 args = parser.parse_args()
 torch.set_num_threads(2)
 
-root = Path(__file__).resolve().parents[2]
-isa = torch.backends.cpu.get_cpu_capability().lower()
-
-
-def build(name: str, patch: Path | None, cflags=()):
-    """The extension from the base side's sources, with `patch` applied where given."""
-    folder = Path(tempfile.mkdtemp())
-    (folder / "kernels" / "native").mkdir(parents=True)
-    for source in native.SOURCES:
-        relative = source.relative_to(root)
-        if args.base:
-            (folder / relative).write_text(subprocess.run(["git", "show", f"{args.base}:{relative}"], check=True,
-                                                          capture_output=True, text=True, cwd=root).stdout)
-        else:
-            shutil.copy(source, folder / relative)
-    if patch is not None and str(patch) != "-":
-        subprocess.run(["patch", "-p1", "-d", str(folder), "-i", str(patch.resolve())], check=True, capture_output=True)
-    return load(f"{name}_{isa}", [str(folder / "kernels" / "native" / s.name) for s in native.SOURCES],
-                extra_cflags=["-O3", "-fopenmp", *native.ISA_FLAGS.get(isa, []), *cflags], extra_ldflags=["-fopenmp"])
-
-
-base = build(f"scan_base_{args.base or 'tree'}", None)
+base = build_native(f"scan_base_{args.base or 'tree'}", args.base)
 flags = args.variant_cflags.split()
 tag = (args.diff.stem if str(args.diff) != "-" else "flags") + "".join(c for f in flags for c in f if c.isalnum())
-variant = build(f"scan_variant_{tag}_{args.base or 'tree'}", args.diff, flags)
+variant = build_native(f"scan_variant_{tag}_{args.base or 'tree'}", args.base, args.diff, flags)
 info = machine()
 print(f"# {args.diff.name} {' '.join(flags)} on {args.base or 'the working tree'}'s sources: {info.get('device_name')} "
       f"{info.get('cpu_capability')}, torch {torch.__version__}, commit {info.get('commit')}, "
