@@ -277,6 +277,9 @@ def test_short_sweep_is_json_and_passes_the_schema(sweep):
     assert sweep["state_bytes_per_sequence"]["8"] == sweep["state_bytes_per_sequence"]["24"] > 0
     assert sweep["kv_cache_bytes_per_sequence"]["24"] == 3 * sweep["kv_cache_bytes_per_sequence"]["8"]
     assert {"device", "torch", "commit", "torch_threads"} <= set(sweep["machine"])
+    # auto: a steady heap where glibc runs, for the rest of the process
+    assert sweep["heap"] == heap.resolve("auto") == ("steady" if heap.applied() else "default")
+    assert sweep["mallopt"] == heap.applied()
 
 
 @pytest.mark.parametrize("corrupt, where", [
@@ -288,7 +291,9 @@ def test_short_sweep_is_json_and_passes_the_schema(sweep):
     (lambda d: d["details"]["student"]["decode"].update({"8": 3.0}), r"\$.details.student.decode\[8\]: expected an object"),
     (lambda d: d["machine"].pop("commit"), "missing key 'commit'"),
     (lambda d: d.update(schema="throughput/0"), "unknown schema"),
-], ids=["missing-key", "nan", "negative", "bad-length", "nested-missing", "not-an-object", "no-commit", "schema"])
+    (lambda d: d.update(heap="jemalloc"), r"\$.heap: expected 'steady' or 'default'"),
+], ids=["missing-key", "nan", "negative", "bad-length", "nested-missing", "not-an-object", "no-commit", "schema",
+        "heap"])
 def test_invalid_documents_are_rejected(sweep, corrupt, where):
     document = copy.deepcopy(sweep)
     corrupt(document)

@@ -604,13 +604,20 @@ def _per_role(models: dict[str, dict], section: str, field: str) -> dict:
             for role, result in models.items()}
 
 
-def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256, 1024), repeats=3) -> dict:
+def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256, 1024), repeats=3,
+                heap: str = "auto") -> dict:
     """The run pipeline's throughput record: student, teacher and floor measured in one go, JSON-able.
 
     Per-role maps `{"student": {length: value}, "teacher": ..., "floor": ...}` for prefill and training
     tokens/s and decode ms/token; `state_bytes_per_sequence` is the student's cache and
     `kv_cache_bytes_per_sequence` the teacher's, both `{context: bytes}`. Full measurements under `details`.
+    `heap` as `bench.throughput --heap`: `auto` keeps glibc's heap steady from here on, for the rest of the process
+    (a distillation step's speed does not change with it: `results/speed/speed_probes_2026-12-07.md`); the record's
+    `heap` says which heap the calls ran on.
     """
+    if resolve_heap(heap) == "steady":
+        set_steady()
+    heap_used = "steady" if heap_settings() else "default"  # once set in a process, it stays set
     dtype = next(student.parameters()).dtype
     floor = build_floor(teacher).to(next(student.parameters()).device)
     models = measure_side_by_side({role: (model, role) for role, model in
@@ -621,7 +628,7 @@ def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256
                       student.config.student: models["student"]})
     sweep = {
         "schema": SWEEP_SCHEMA, "machine": machine(), "student": student.config.student,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."), "heap": heap_used, "mallopt": heap_settings(),
         "backend": {role: r["backend"] for role, r in models.items()},
         "prefill_tokens_per_s": _per_role(models, "prefill", "tokens_per_s"),
         "train_tokens_per_s": _per_role(models, "train", "tokens_per_s"),
@@ -727,6 +734,8 @@ def validate(document: dict) -> None:
         _length_map(_need(document, "kv_cache_bytes_per_sequence", dict, "$"), "$.kv_cache_bytes_per_sequence")
         for role, result in _need(document, "details", dict, "$").items():
             _validate_measurement(result, f"$.details.{role}")
+        if "heap" in document and document["heap"] not in ("steady", "default"):  # sweeps before it lack it
+            _fail("$.heap", f"expected 'steady' or 'default', got {document['heap']!r}")
     elif schema == REPORT_SCHEMA:
         _need(document, "settings", dict, "$")
         _need(document, "teacher", dict, "$")
