@@ -66,7 +66,7 @@ def test_the_delta_rule_pass_matches_the_loop(monkeypatch, form, T, decay, init)
 
 @needs_build
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("value_dim", [32, 45, 64])
+@pytest.mark.parametrize("value_dim", [32, 45, 64, 101, 128])  # AVX-512 builds: 64-column blocks, then 32, then a tail
 def test_the_delta_rule_pass_covers_register_blocks(monkeypatch, form, value_dim):
     _use(monkeypatch, form)
     _check(delta_rule, _delta_inputs(70, value_dim=value_dim))
