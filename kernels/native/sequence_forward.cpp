@@ -284,12 +284,41 @@ struct Token {
 // N consecutive tokens (1 or 2) of the linear recurrence on one head's state rows (K x V), one load and one store
 // of each state value for all N (pairs measured faster: results/speed): S = diag(a) S + k v^T and
 // out = scale S^T q, or with the bonus (RWKV-6) out = scale (S_old^T q + (q.(u k)) v), read before the update.
-// Register blocks of 32 / N value columns.
+// Register blocks of 32 / N value columns (64 / N in 16-float registers where the build targets AVX-512:
+// results/speed/linear_scan_wide_ab.txt).
 template <bool kBonus, int N>
 void linear_tokens(float* state, const Token* tok, float scale, int64_t K, int64_t V) {
   constexpr int kVec = N == 1 ? 4 : 2;
   constexpr int64_t kCols = 8 * kVec;
   int64_t j = 0;
+#if defined(__AVX512F__)
+  // where the build targets AVX-512, blocks of 16-float registers first (twice the columns a block, the same number
+  // of sums in flight, the same sums in the same order); 8-float blocks take what is left
+  for (; j + 2 * kCols <= V; j += 2 * kCols) {
+    vec16 acc[N][kVec] = {}, vv[N][kVec];
+    for (int n = 0; n < N; ++n)
+      for (int x = 0; x < kVec; ++x) vv[n][x] = load16(tok[n].v + j + 16 * x);
+    for (int64_t i = 0; i < K; ++i) {
+      float* r = state + i * V + j;
+      vec16 a[N], k[N], q[N];
+      for (int n = 0; n < N; ++n) a[n] = splat16(tok[n].a[i]), k[n] = splat16(tok[n].k[i]), q[n] = splat16(tok[n].q[i]);
+      for (int x = 0; x < kVec; ++x) {
+        vec16 row = load16(r + 16 * x);
+        for (int n = 0; n < N; ++n) {
+          const vec16 updated = a[n] * row + k[n] * vv[n][x];
+          acc[n][x] += q[n] * (kBonus ? row : updated);
+          row = updated;
+        }
+        store16(r + 16 * x, row);
+      }
+    }
+    for (int n = 0; n < N; ++n)
+      for (int x = 0; x < kVec; ++x) {
+        const vec16 read = kBonus ? acc[n][x] + splat16(tok[n].bonus_dot) * vv[n][x] : acc[n][x];
+        store16(tok[n].out + j + 16 * x, splat16(scale) * read);
+      }
+  }
+#endif
   for (; j + kCols <= V; j += kCols) {
     vec8 acc[N][kVec] = {}, vv[N][kVec];
     for (int n = 0; n < N; ++n)
