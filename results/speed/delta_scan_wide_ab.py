@@ -5,6 +5,9 @@ whole fp32 prefills of gated_deltanet (batch 1, no gradient, use_cache=False, as
 before every call, the extension swapped per call, the sides' order alternating by round, steady heap.
 
     python results/speed/delta_scan_wide_ab.py BASE_COMMIT [rounds] [length ...]
+
+The diff applies to 4444f15's sources (the change is in the code from the commit after it); the run kept in the
+.txt beside this used 4444f15.
 """
 import statistics
 import sys

@@ -5,6 +5,9 @@ rwkv's), then whole fp32 prefills (batch 1, no gradient, use_cache=False, as ben
 every call, the extension swapped per call, the sides' order alternating by round, steady heap.
 
     python results/speed/linear_scan_wide_ab.py BASE_COMMIT STUDENTS [rounds] [length ...]
+
+The diff applies to 68d5b6c's sources (the change is in the code from the commit after it); the run kept in the
+.txt beside this used 68d5b6c.
 """
 import statistics
 import sys
