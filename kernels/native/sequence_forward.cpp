@@ -246,8 +246,6 @@ void for_each_head(const Pass& p, const Body& body) {
   });
 }
 
-constexpr int64_t kBlock = 32;  // value columns per register block in the scans: 4 vectors of 8
-
 // sum_i a_i b_i c_i in 8-wide partial sums (one scalar chain of K products would take K multiply-add latencies)
 inline float dot3(const float* a, const float* b, const float* c, int64_t n) {
   vec8 partial[2] = {};
@@ -281,70 +279,76 @@ struct Token {
   float* out;
 };
 
-// N consecutive tokens (1 or 2) of the linear recurrence on one head's state rows (K x V), one load and one store
-// of each state value for all N (pairs measured faster: results/speed): S = diag(a) S + k v^T and
-// out = scale S^T q, or with the bonus (RWKV-6) out = scale (S_old^T q + (q.(u k)) v), read before the update.
-// Register blocks of 32 / N value columns (64 / N in 16-float registers where the build targets AVX-512:
-// results/speed/linear_scan_wide_ab.txt).
-template <bool kBonus, int N>
-void linear_tokens(float* state, const Token* tok, float scale, int64_t K, int64_t V) {
-  constexpr int kVec = N == 1 ? 4 : 2;
-  constexpr int64_t kCols = 8 * kVec;
-  int64_t j = 0;
+// A vector of W floats, for the scans' register blocks written once for either width: 8 (AVX registers, or SSE
+// pairs) on every build, 16 where the build targets AVX-512.
+template <int W>
+struct Lanes;
+template <>
+struct Lanes<8> {
+  using Vec = vec8;
+  static Vec load(const float* p) { return load8(p); }
+  static void store(float* p, Vec v) { store8(p, v); }
+  static Vec splat(float x) { return ::splat(x); }
+};
 #if defined(__AVX512F__)
-  // where the build targets AVX-512, blocks of 16-float registers first (twice the columns a block, the same number
-  // of sums in flight, the same sums in the same order); 8-float blocks take what is left
-  for (; j + 2 * kCols <= V; j += 2 * kCols) {
-    vec16 acc[N][kVec] = {}, vv[N][kVec];
-    for (int n = 0; n < N; ++n)
-      for (int x = 0; x < kVec; ++x) vv[n][x] = load16(tok[n].v + j + 16 * x);
-    for (int64_t i = 0; i < K; ++i) {
-      float* r = state + i * V + j;
-      vec16 a[N], k[N], q[N];
-      for (int n = 0; n < N; ++n) a[n] = splat16(tok[n].a[i]), k[n] = splat16(tok[n].k[i]), q[n] = splat16(tok[n].q[i]);
-      for (int x = 0; x < kVec; ++x) {
-        vec16 row = load16(r + 16 * x);
-        for (int n = 0; n < N; ++n) {
-          const vec16 updated = a[n] * row + k[n] * vv[n][x];
-          acc[n][x] += q[n] * (kBonus ? row : updated);
-          row = updated;
-        }
-        store16(r + 16 * x, row);
-      }
-    }
-    for (int n = 0; n < N; ++n)
-      for (int x = 0; x < kVec; ++x) {
-        const vec16 read = kBonus ? acc[n][x] + splat16(tok[n].bonus_dot) * vv[n][x] : acc[n][x];
-        store16(tok[n].out + j + 16 * x, splat16(scale) * read);
-      }
-  }
+template <>
+struct Lanes<16> {
+  using Vec = vec16;
+  static Vec load(const float* p) { return load16(p); }
+  static void store(float* p, Vec v) { store16(p, v); }
+  static Vec splat(float x) { return splat16(x); }
+};
 #endif
-  for (; j + kCols <= V; j += kCols) {
-    vec8 acc[N][kVec] = {}, vv[N][kVec];
+
+// linear_tokens' register blocks of kVec vectors of W floats, from value column j while a whole block fits; returns
+// the first column left.
+template <int W, bool kBonus, int N, int kVec>
+int64_t linear_blocks(float* state, const Token* tok, float scale, int64_t K, int64_t V, int64_t j) {
+  using L = Lanes<W>;
+  using Vec = typename L::Vec;
+  for (; j + W * kVec <= V; j += W * kVec) {
+    Vec acc[N][kVec] = {}, vv[N][kVec];
     for (int n = 0; n < N; ++n)
-      for (int x = 0; x < kVec; ++x) vv[n][x] = load8(tok[n].v + j + 8 * x);
+      for (int x = 0; x < kVec; ++x) vv[n][x] = L::load(tok[n].v + j + W * x);
     for (int64_t i = 0; i < K; ++i) {
       float* r = state + i * V + j;
       // a row's decays, keys and queries read once: the state's stores may alias them as far as the compiler knows,
       // so reading them inside the column loop reloads them for every column block
-      vec8 a[N], k[N], q[N];
-      for (int n = 0; n < N; ++n) a[n] = splat(tok[n].a[i]), k[n] = splat(tok[n].k[i]), q[n] = splat(tok[n].q[i]);
+      Vec a[N], k[N], q[N];
+      for (int n = 0; n < N; ++n)
+        a[n] = L::splat(tok[n].a[i]), k[n] = L::splat(tok[n].k[i]), q[n] = L::splat(tok[n].q[i]);
       for (int x = 0; x < kVec; ++x) {
-        vec8 row = load8(r + 8 * x);
+        Vec row = L::load(r + W * x);
         for (int n = 0; n < N; ++n) {
-          const vec8 updated = a[n] * row + k[n] * vv[n][x];
+          const Vec updated = a[n] * row + k[n] * vv[n][x];
           acc[n][x] += q[n] * (kBonus ? row : updated);
           row = updated;
         }
-        store8(r + 8 * x, row);
+        L::store(r + W * x, row);
       }
     }
     for (int n = 0; n < N; ++n)
       for (int x = 0; x < kVec; ++x) {
-        const vec8 read = kBonus ? acc[n][x] + splat(tok[n].bonus_dot) * vv[n][x] : acc[n][x];
-        store8(tok[n].out + j + 8 * x, splat(scale) * read);
+        const Vec read = kBonus ? acc[n][x] + L::splat(tok[n].bonus_dot) * vv[n][x] : acc[n][x];
+        L::store(tok[n].out + j + W * x, L::splat(scale) * read);
       }
   }
+  return j;
+}
+
+// N consecutive tokens (1 or 2) of the linear recurrence on one head's state rows (K x V), one load and one store
+// of each state value for all N (pairs measured faster: results/speed): S = diag(a) S + k v^T and
+// out = scale S^T q, or with the bonus (RWKV-6) out = scale (S_old^T q + (q.(u k)) v), read before the update.
+// Register blocks of 4 / N vectors: of 16 floats first where the build targets AVX-512 (the same sums in the same
+// order, twice the columns a block; results/speed/linear_scan_wide_ab.txt), then of 8, then single columns.
+template <bool kBonus, int N>
+void linear_tokens(float* state, const Token* tok, float scale, int64_t K, int64_t V) {
+  constexpr int kVec = N == 1 ? 4 : 2;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  j = linear_blocks<16, kBonus, N, kVec>(state, tok, scale, K, V, j);
+#endif
+  j = linear_blocks<8, kBonus, N, kVec>(state, tok, scale, K, V, j);
   for (; j < V; ++j) {
     float acc[N] = {};
     for (int64_t i = 0; i < K; ++i) {
@@ -360,69 +364,54 @@ void linear_tokens(float* state, const Token* tok, float scale, int64_t K, int64
   }
 }
 
+// delta_token's register blocks of four vectors of W floats, from value column j while a whole block fits; returns
+// the first column left.
+template <int W>
+int64_t delta_blocks(float* state, const float* q, const float* k, const float* v, float a, float beta, float scale,
+                     float* out, int64_t K, int64_t V, int64_t j) {
+  using L = Lanes<W>;
+  using Vec = typename L::Vec;
+  for (; j + 4 * W <= V; j += 4 * W) {
+    Vec w[4] = {}, w_odd[4] = {}, u[4], acc[4] = {};
+    int64_t i = 0;
+    for (; i + 2 <= K; i += 2) {  // two accumulators a column block: the sum's latency, not its loads, bounds it
+      const float* r = state + i * V + j;
+      const Vec k0 = L::splat(k[i]), k1 = L::splat(k[i + 1]);
+      for (int x = 0; x < 4; ++x) {
+        w[x] += k0 * L::load(r + W * x);
+        w_odd[x] += k1 * L::load(r + V + W * x);
+      }
+    }
+    for (; i < K; ++i)
+      for (int x = 0; x < 4; ++x) w[x] += L::splat(k[i]) * L::load(state + i * V + j + W * x);
+    for (int x = 0; x < 4; ++x) w[x] += w_odd[x];
+    const Vec va = L::splat(a), vb = L::splat(beta);
+    for (int x = 0; x < 4; ++x) u[x] = vb * (L::load(v + j + W * x) - va * w[x]);
+    for (i = 0; i < K; ++i) {
+      float* r = state + i * V + j;
+      const Vec ki = L::splat(k[i]), qi = L::splat(q[i]);
+      for (int x = 0; x < 4; ++x) {
+        const Vec updated = va * L::load(r + W * x) + ki * u[x];
+        L::store(r + W * x, updated);
+        acc[x] += qi * updated;
+      }
+    }
+    for (int x = 0; x < 4; ++x) L::store(out + j + W * x, L::splat(scale) * acc[x]);
+  }
+  return j;
+}
+
 // One token of the gated delta rule on one head's state rows: w = S^T k, u = beta (v - a w),
-// S = a S + k u^T, out = scale S^T q (two passes: the first only reads).
+// S = a S + k u^T, out = scale S^T q (two passes: the first only reads). Register blocks of four vectors: of 16
+// floats first where the build targets AVX-512 (the same sums in the same order, half the instructions;
+// results/speed/delta_scan_wide_ab.txt), then of 8, then single columns.
 void delta_token(float* state, const float* q, const float* k, const float* v, float a, float beta, float scale,
                  float* out, int64_t K, int64_t V) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  // 64 value columns in four 16-float registers where the build targets AVX-512: half the instructions of the 8-float
-  // blocks below for the same sums in the same order, so the same results (results/speed/delta_scan_wide_ab.txt)
-  for (; j + 64 <= V; j += 64) {
-    vec16 w[4] = {}, w_odd[4] = {}, u[4], acc[4] = {};
-    int64_t i = 0;
-    for (; i + 2 <= K; i += 2) {
-      const float* r = state + i * V + j;
-      const vec16 k0 = splat16(k[i]), k1 = splat16(k[i + 1]);
-      for (int x = 0; x < 4; ++x) {
-        w[x] += k0 * load16(r + 16 * x);
-        w_odd[x] += k1 * load16(r + V + 16 * x);
-      }
-    }
-    for (; i < K; ++i)
-      for (int x = 0; x < 4; ++x) w[x] += splat16(k[i]) * load16(state + i * V + j + 16 * x);
-    for (int x = 0; x < 4; ++x) w[x] += w_odd[x];
-    const vec16 va = splat16(a), vb = splat16(beta);
-    for (int x = 0; x < 4; ++x) u[x] = vb * (load16(v + j + 16 * x) - va * w[x]);
-    for (i = 0; i < K; ++i) {
-      float* r = state + i * V + j;
-      const vec16 ki = splat16(k[i]), qi = splat16(q[i]);
-      for (int x = 0; x < 4; ++x) {
-        const vec16 updated = va * load16(r + 16 * x) + ki * u[x];
-        store16(r + 16 * x, updated);
-        acc[x] += qi * updated;
-      }
-    }
-    for (int x = 0; x < 4; ++x) store16(out + j + 16 * x, splat16(scale) * acc[x]);
-  }
+  j = delta_blocks<16>(state, q, k, v, a, beta, scale, out, K, V, j);
 #endif
-  for (; j + kBlock <= V; j += kBlock) {
-    vec8 w[4] = {}, w_odd[4] = {}, u[4], acc[4] = {};
-    int64_t i = 0;
-    for (; i + 2 <= K; i += 2) {  // two accumulators a column block: the sum's latency, not its loads, bounds it
-      const float* r = state + i * V + j;
-      const vec8 k0 = splat(k[i]), k1 = splat(k[i + 1]);
-      for (int x = 0; x < 4; ++x) {
-        w[x] += k0 * load8(r + 8 * x);
-        w_odd[x] += k1 * load8(r + V + 8 * x);
-      }
-    }
-    for (; i < K; ++i)
-      for (int x = 0; x < 4; ++x) w[x] += splat(k[i]) * load8(state + i * V + j + 8 * x);
-    for (int x = 0; x < 4; ++x) w[x] += w_odd[x];
-    const vec8 va = splat(a), vb = splat(beta);
-    for (int x = 0; x < 4; ++x) u[x] = vb * (load8(v + j + 8 * x) - va * w[x]);
-    for (int64_t i = 0; i < K; ++i) {
-      float* r = state + i * V + j;
-      const vec8 ki = splat(k[i]), qi = splat(q[i]);
-      for (int x = 0; x < 4; ++x) {
-        const vec8 updated = va * load8(r + 8 * x) + ki * u[x];
-        store8(r + 8 * x, updated);
-        acc[x] += qi * updated;
-      }
-    }
-    for (int x = 0; x < 4; ++x) store8(out + j + 8 * x, splat(scale) * acc[x]);
-  }
+  j = delta_blocks<8>(state, q, k, v, a, beta, scale, out, K, V, j);
   for (; j < V; ++j) {
     float w = 0.f, acc = 0.f;
     for (int64_t i = 0; i < K; ++i) w += k[i] * state[i * V + j];
