@@ -361,6 +361,20 @@ def test_a_glibc_that_refuses_a_1_gib_threshold_gets_the_classic_32_mib(monkeypa
     assert calls[0] == (-3, 1 << 30) and calls[1] == (-3, 32 << 20)
 
 
+def test_use_reports_the_heap_the_process_runs_on(monkeypatch):
+    class AnyGlibc:  # mallopt as glibc 2.36: every value taken
+        @staticmethod
+        def mallopt(parameter, value):
+            return 1
+
+    monkeypatch.setattr(heap, "glibc", lambda: True)
+    monkeypatch.setattr(heap, "_libc", AnyGlibc)
+    monkeypatch.setattr(heap, "_set", {})
+    assert heap.use("default") == ("default", {})
+    assert heap.use("auto") == ("steady", heap.STEADY)
+    assert heap.use("default") == ("steady", heap.STEADY)  # set once, it stays for the process
+
+
 def test_the_steady_heap_elsewhere_is_an_error_naming_the_fix_and_auto_leaves_the_heap(monkeypatch):
     before = heap.applied()
     monkeypatch.setattr(heap.platform, "libc_ver", lambda: ("", ""))

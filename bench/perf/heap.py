@@ -84,3 +84,11 @@ def set_steady() -> dict[str, int]:
         if refused.name != "M_MMAP_THRESHOLD":
             raise
         return set_heap({**STEADY, "M_MMAP_THRESHOLD": CLASSIC_MMAP_THRESHOLD_MAX})
+
+
+def use(heap: str) -> tuple[str, dict[str, int]]:
+    """Set the heap `heap` (one of HEAPS) asks for; returns the heap this process's calls now run on and its mallopt
+    settings. A steady heap, once set, stays for the process, so `default` after it still reports `steady`."""
+    if resolve(heap) == "steady":
+        set_steady()
+    return ("steady" if _set else "default"), applied()

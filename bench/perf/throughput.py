@@ -49,9 +49,9 @@ import torch
 import torch.nn as nn
 
 from bench.perf.activity import MachineActivity, describe, validate_activity
-from bench.perf.heap import HEAPS, release_free, set_steady
+from bench.perf.heap import HEAPS, release_free
 from bench.perf.heap import applied as heap_settings
-from bench.perf.heap import resolve as resolve_heap
+from bench.perf.heap import use as use_heap
 from bench.perf.ratios import all_of, judge, paired_ratio
 from bench.perf.timing import time_round_robin
 from bench.provenance import header, machine
@@ -615,9 +615,7 @@ def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256
     (a distillation step's speed does not change with it: `results/speed/speed_probes_2026-12-07.md`); the record's
     `heap` says which heap the calls ran on.
     """
-    if resolve_heap(heap) == "steady":
-        set_steady()
-    heap_used = "steady" if heap_settings() else "default"  # once set in a process, it stays set
+    heap_used, mallopt = use_heap(heap)
     dtype = next(student.parameters()).dtype
     floor = build_floor(teacher).to(next(student.parameters()).device)
     models = measure_side_by_side({role: (model, role) for role, model in
@@ -628,7 +626,7 @@ def short_sweep(teacher, student, lengths=(256, 512, 1024), decode_contexts=(256
                       student.config.student: models["student"]})
     sweep = {
         "schema": SWEEP_SCHEMA, "machine": machine(), "student": student.config.student,
-        "dtype": str(dtype).removeprefix("torch."), "heap": heap_used, "mallopt": heap_settings(),
+        "dtype": str(dtype).removeprefix("torch."), "heap": heap_used, "mallopt": mallopt,
         "backend": {role: r["backend"] for role, r in models.items()},
         "prefill_tokens_per_s": _per_role(models, "prefill", "tokens_per_s"),
         "train_tokens_per_s": _per_role(models, "train", "tokens_per_s"),
@@ -837,8 +835,7 @@ def main(argv=None) -> int:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        heap_used = resolve_heap(args.heap)
-        heap = set_steady() if heap_used == "steady" else {}
+        heap_used, heap = use_heap(args.heap)
     except (ValueError, RuntimeError) as err:  # torch.device raises RuntimeError for a malformed name
         print(f"error: {err}", file=sys.stderr)
         return 2
