@@ -143,14 +143,15 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 def _compiled_short_conv(x, weight, bias, silu, cache, normalized=0, group=0):
-    """A prompt (T > 1) in fp32 on CPU without a gradient to record as one compiled pass (kernels/native), the first
-    `normalized` outputs L2-normalised in groups of `group`: (y, the next cache); else None."""
+    """A prompt or a decoded token in fp32 on CPU without a gradient to record as one compiled pass (kernels/native),
+    the first `normalized` outputs L2-normalised in groups of `group`: (y, the next cache); else None."""
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
-    compiled = native.without_autograd(x, weight, bias, cache) if x.shape[1] > 1 and x.dtype == torch.float32 else None
+    compiled = native.without_autograd(x, weight, bias, cache) if x.dtype == torch.float32 else None
     if compiled is None:
         return None
-    return compiled.short_conv(x, weight, bias, silu, cache, normalized, group), _last_inputs(x, cache, weight.shape[1])
+    y, next_cache = compiled.short_conv(x, weight, bias, silu, cache, normalized, group)
+    return y, next_cache
 
 
 def short_conv_normalized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,

@@ -199,10 +199,11 @@ def test_a_model_gives_the_same_logits_either_way(monkeypatch, name):
 @needs_build
 @pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("T", [2, 3, 5, 300])
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 300])
 def test_the_short_convolution_pass_equals_conv1d(monkeypatch, T, bias, activation):
-    """A prompt with and without a cache, fewer tokens than taps and more, channels strided over time (a split of
-    a stacked projection): output and new cache as F.conv1d's, and every call took the compiled pass."""
+    """A prompt or a decoded token (T = 1) with and without a cache, fewer tokens than taps and more, channels
+    strided over time (a split of a stacked projection): output and new cache as F.conv1d's, and every call took
+    the compiled pass."""
     from students.layers import ShortConv, conv1d_reference
 
     torch.manual_seed(T)
@@ -232,7 +233,7 @@ def test_the_short_convolution_pass_equals_conv1d(monkeypatch, T, bias, activati
 
 @needs_build
 @pytest.mark.parametrize("group", [8, 5, 64])
-@pytest.mark.parametrize("T", [2, 7, 130])
+@pytest.mark.parametrize("T", [1, 2, 7, 130])
 def test_the_short_convolution_pass_normalises_groups_as_f_normalize(T, group):
     """gated_deltanet's q and k heads normalised inside the compiled pass: as F.normalize after the torch form's
     convolution, with and without a cache, groups shorter than a vector and not a multiple of one, the channels

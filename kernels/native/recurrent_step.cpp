@@ -167,8 +167,8 @@ std::vector<Tensor> delta_scan(const Tensor& q, const Tensor& k, const Tensor& v
 std::vector<Tensor> linear_scan(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
                                 double scale, const c10::optional<Tensor>& initial_state, double floor);
-Tensor short_conv(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, bool silu,
-                  const c10::optional<Tensor>& cache, int64_t normalized, int64_t group);
+std::vector<Tensor> short_conv(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, bool silu,
+                               const c10::optional<Tensor>& cache, int64_t normalized, int64_t group);
 std::vector<Tensor> ddlerp(const Tensor& x, const c10::optional<Tensor>& previous, const Tensor& maa_x,
                            const Tensor& w1, const Tensor& maa, const Tensor& w2, const Tensor& time_decay,
                            const Tensor& decay_w1, const Tensor& decay_w2);
@@ -185,7 +185,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
   m.def("delta_scan", &delta_scan, "a sequence through the gated delta rule, token by token (fp32 state)");
   m.def("delta_chunk", &delta_chunk, "a sequence through the gated delta rule, chunk by chunk (fp32 state)");
-  m.def("short_conv", &short_conv, "a prompt through the short causal convolution (+ SiLU, + L2-normalised groups), fp32");
+  m.def("short_conv", &short_conv, "a prompt or a decoded token through the short causal convolution (+ SiLU, + L2-normalised groups) and the next cache, fp32");
   m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
   m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
   m.def("head_norm", &head_norm, "a mixer's per-head RMS or layer norm, affine and activated gate in one pass, fp32");

@@ -590,12 +590,21 @@ void add_product(float* __restrict__ out, const float* __restrict__ a, const flo
 // prompt from `cache` (B, k - 1, C) or zeros, then SiLU, then the first `normalized` channels L2-normalised in
 // groups of `group` (gated_deltanet's q and k heads; F.normalize's eps), each row finished while in cache. One pass
 // writes y (each row read from the inputs' rows in cache), instead of a pass per tap and per function.
-// x (B, T, C) fp32 with channels contiguous; weight (C, k); bias (C); normalized 0 for none.
-Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<Tensor>& bias_in, bool silu,
-                  const c10::optional<Tensor>& cache_in, int64_t normalized, int64_t group) {
+// x (B, T, C) fp32 with channels contiguous; weight (C, k); bias (C); normalized 0 for none. Returns y and the next
+// cache (B, k - 1, C): a decoded token (T = 1) is one call.
+std::vector<Tensor> short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<Tensor>& bias_in,
+                               bool silu, const c10::optional<Tensor>& cache_in, int64_t normalized, int64_t group) {
   const Tensor x = channels_contiguous(x_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), k = weight.size(1);
-  const Tensor taps = weight.to(torch::kFloat).t().contiguous();  // (k, C)
+  // the taps as (k, C), transposed here: torch's copy of a (C, k) transpose costs more than a decoded token's pass
+  const Tensor w = weight.to(torch::kFloat).contiguous();
+  Tensor taps = torch::empty({k, C}, w.options());
+  {
+    const float* from = w.data_ptr<float>();
+    float* to = taps.data_ptr<float>();
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < k; ++j) to[j * C + c] = from[c * k + j];
+  }
   const Tensor bias = bias_in.has_value() ? bias_in->to(torch::kFloat).contiguous() : Tensor();
   const Tensor cache = cache_in.has_value() ? channels_contiguous(*cache_in) : Tensor();
   TORCH_CHECK(normalized >= 0 && normalized <= C && (normalized == 0 || (group > 0 && normalized % group == 0)),
@@ -635,7 +644,23 @@ Tensor short_conv(const Tensor& x_in, const Tensor& weight, const c10::optional<
       }
     }
   });
-  return y;
+  // the next cache: the k - 1 inputs up to the last token, from the cache (or zeros) where the prompt is shorter
+  Tensor next = torch::empty({B, k - 1, C}, x.options().dtype(torch::kFloat));
+  float* np = next.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t r = 0; r < k - 1; ++r) {
+      const int64_t source = T - (k - 1) + r;  // the input row cache row r holds
+      const float* in = source >= 0 ? xp + b * sb + source * st
+                                    : (cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr);
+      float* row = np + (b * (k - 1) + r) * C;
+      if (in != nullptr) {
+        std::memcpy(row, in, C * sizeof(float));
+      } else {
+        std::fill(row, row + C, 0.f);
+      }
+    }
+  }
+  return {y, next};
 }
 
 

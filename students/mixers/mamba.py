@@ -38,7 +38,7 @@ class Mamba2Mixer(RecurrentMixer):
     def featurize(self, x, state):
         H = self.num_heads
         xBC_in = stacked_linear(x, [self.x_proj, self.B_proj, self.C_proj])  # the conv's layout: x, B, C
-        x_in, B_in, C_in = xBC_in.chunk(3, dim=-1)
+        _, B_in, C_in = xBC_in.chunk(3, dim=-1)
         xBC, conv_cache = self.conv(xBC_in, state.get("conv"))
         xs, Bs, Cs = (split_heads(t, H) for t in xBC.chunk(3, dim=-1))
         dt = F.softplus(self.dt_proj(x).float() + self.dt_bias)  # (B, T, H)
