@@ -46,7 +46,7 @@ def kept_weight_stacks():
     token's product reads, so outside it one token runs separate products. As with
     `torch.nn.utils.parametrize.cached`, weights must not change inside the scope; a weight updated in place
     (its version counter) or replaced (`.to`, `.data =`) is still noticed, but torch's fused optimisers update
-    weights without bumping their version counters. The stacks are dropped when the outermost scope exits."""
+    weights without bumping their version counters, and weights made in inference mode have none. The stacks are dropped when the outermost scope exits."""
     global _KEPT_STACKS
     outermost = _KEPT_STACKS is None
     if outermost:
@@ -71,13 +71,15 @@ def stacked_weight(linears: list[nn.Module], batched: bool = False) -> torch.Ten
     Built in the graph each call (each weight gets its gradient), or kept inside `kept_weight_stacks`."""
     weights = [_weight(linear) for linear in linears]
     stack = (lambda ws: torch.stack(ws).transpose(1, 2)) if batched else torch.cat
-    if not _keeping_stacks() or any(w.is_inference() for w in weights):  # inference tensors keep no versions
+    if not _keeping_stacks():
         return stack(weights)
     key = (batched, *map(id, linears))
     hit = _KEPT_STACKS.get(key)
     # The kept entry holds the tensors it was built from, so while it lives no other tensor can take their memory:
-    # a replaced weight (`.to`, `.data =`) has a new address, one updated in place a new version.
-    fingerprint = tuple((w.data_ptr(), w._version) for w in weights)
+    # a replaced weight (`.to`, `.data =`) has a new address, one updated in place a new version. Weights made in
+    # inference mode have no version counter: they are followed by address only (one changed in place inside
+    # inference mode goes unnoticed, as with fused optimisers), not stacked afresh for every token.
+    fingerprint = tuple((w.data_ptr(), None if w.is_inference() else w._version) for w in weights)
     if hit is None or hit[1] != fingerprint:
         hit = _KEPT_STACKS[key] = (tuple(w.detach() for w in weights), fingerprint, stack(weights))
     return hit[2]
