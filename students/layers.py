@@ -46,7 +46,8 @@ def kept_weight_stacks():
     token's product reads, so outside it one token runs separate products. As with
     `torch.nn.utils.parametrize.cached`, weights must not change inside the scope; a weight updated in place
     (its version counter) or replaced (`.to`, `.data =`) is still noticed, but torch's fused optimisers update
-    weights without bumping their version counters, and weights made in inference mode have none. The stacks are dropped when the outermost scope exits."""
+    weights without bumping their version counters, and weights made in inference mode have none. The stacks are
+    dropped when the outermost scope exits."""
     global _KEPT_STACKS
     outermost = _KEPT_STACKS is None
     if outermost:

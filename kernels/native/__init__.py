@@ -2,8 +2,9 @@
 recurrence and the delta rule (called from their `step.py`), and xlstm's stabilised mLSTM step; and a prompt's pass
 through either recurrence as one call per layer (`sequence_forward.cpp`, the `native` backends of
 `kernels.linear_recurrence` and `kernels.delta_rule`; the short convolution, a prompt or a decoded token; RWKV-6's
-token shift's prompt pass, `kernels.ddlerp`; the read-out norm, `kernels.head_norm`; for training, the distillation loss's per-row softmax work,
-`kernels.distill_loss`, and a frozen teacher's causal attention, `kernels.causal_attention`).
+token shift's prompt pass, `kernels.ddlerp`; the read-out norm, `kernels.head_norm`; for training, the distillation
+loss's per-row softmax work, `kernels.distill_loss`, and a frozen teacher's causal attention,
+`kernels.causal_attention`).
 
 A Python step (`kernels.*.step`) runs ~20 tensor ops a token, each costing microseconds of dispatch; the teacher's
 attention runs its token as one fused call. The chunked torch forms build every chunk's matrices as batched
