@@ -47,11 +47,11 @@ def use(side):
 
 teacher = shaped_teacher(shape)
 ids = torch.randint(0, teacher.config.vocab_size, (1, 1024), generator=torch.Generator().manual_seed(0))
+students = {name: build_student(teacher, name, init="random", seed=0).eval() for name in names}  # weights made outside
 with torch.inference_mode():
     out = teacher(ids, use_cache=True)
     teacher_decoder = _Decoder(teacher, out.past_key_values, ids[:, -1:], 32)
-    for name in names:
-        model = build_student(teacher, name, init="random", seed=0).eval()
+    for name, model in students.items():
         decoders, tokens = {}, {}
         for side in ("old", "new"):
             use(side)
