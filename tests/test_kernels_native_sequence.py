@@ -232,6 +232,18 @@ def test_the_short_convolution_pass_equals_conv1d(monkeypatch, T, bias, activati
 
 
 @needs_build
+def test_the_short_convolution_pass_refuses_shapes_it_would_read_past():
+    compiled = native.module()
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(RuntimeError, match="weight must be"):
+        compiled.short_conv(x, torch.randn(7, 4), None, True, None, 0, 0)
+    with pytest.raises(RuntimeError, match="cache must be"):
+        compiled.short_conv(x, torch.randn(8, 4), None, True, torch.randn(2, 2, 8), 0, 0)
+    y, cache = compiled.short_conv(x, torch.randn(8, 4), None, True, torch.randn(2, 3, 8), 0, 0)
+    assert y.shape == (2, 3, 8) and cache.shape == (2, 3, 8)
+
+
+@needs_build
 @pytest.mark.parametrize("group", [8, 5, 64])
 @pytest.mark.parametrize("T", [1, 2, 7, 130])
 def test_the_short_convolution_pass_normalises_groups_as_f_normalize(T, group):

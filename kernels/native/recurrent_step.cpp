@@ -185,7 +185,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
   m.def("delta_scan", &delta_scan, "a sequence through the gated delta rule, token by token (fp32 state)");
   m.def("delta_chunk", &delta_chunk, "a sequence through the gated delta rule, chunk by chunk (fp32 state)");
-  m.def("short_conv", &short_conv, "a prompt or a decoded token through the short causal convolution (+ SiLU, + L2-normalised groups) and the next cache, fp32");
+  m.def("short_conv", &short_conv,
+        "a prompt or a decoded token through the short causal convolution (+ SiLU, + L2-normalised groups), fp32, "
+        "and the next cache");
   m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
   m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
   m.def("head_norm", &head_norm, "a mixer's per-head RMS or layer norm, affine and activated gate in one pass, fp32");

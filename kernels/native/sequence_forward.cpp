@@ -596,6 +596,11 @@ std::vector<Tensor> short_conv(const Tensor& x_in, const Tensor& weight, const c
                                bool silu, const c10::optional<Tensor>& cache_in, int64_t normalized, int64_t group) {
   const Tensor x = channels_contiguous(x_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), k = weight.size(1);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == C && k >= 1,
+              "short_conv: weight must be (C, k) for x's C channels");
+  TORCH_CHECK(!cache_in.has_value() || (cache_in->dim() == 3 && cache_in->size(0) == B && cache_in->size(1) == k - 1 &&
+                                        cache_in->size(2) == C),
+              "short_conv: cache must be (B, k - 1, C)");
   // the taps as (k, C), transposed here: torch's copy of a (C, k) transpose costs more than a decoded token's pass
   const Tensor w = weight.to(torch::kFloat).contiguous();
   Tensor taps = torch::empty({k, C}, w.options());
