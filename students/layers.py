@@ -153,8 +153,7 @@ def _compiled_short_conv(x, weight, bias, silu, cache, normalized=0, group=0):
     compiled = native.without_autograd(x, weight, bias, cache) if x.dtype == torch.float32 else None
     if compiled is None:
         return None
-    y, next_cache = compiled.short_conv(x, weight, bias, silu, cache, normalized, group)
-    return y, next_cache
+    return tuple(compiled.short_conv(x, weight, bias, silu, cache, normalized, group))  # (y, the next cache)
 
 
 def short_conv_normalized(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,

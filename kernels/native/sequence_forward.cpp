@@ -620,6 +620,11 @@ std::vector<Tensor> short_conv(const Tensor& x_in, const Tensor& weight, const c
   float* yp = y.data_ptr<float>();
   const int64_t sb = x.stride(0), st = x.stride(1);
   const int64_t cb = cache.defined() ? cache.stride(0) : 0, ct = cache.defined() ? cache.stride(1) : 0;
+  // input row `source` of sequence b: x's from 0, the cache's before it, nullptr (zeros) where there is no cache
+  const auto input_row = [&](int64_t b, int64_t source) -> const float* {
+    if (source >= 0) return xp + b * sb + source * st;
+    return cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr;
+  };
   at::parallel_for(0, B * T, 256, [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / T, t = bt % T;
@@ -630,9 +635,7 @@ std::vector<Tensor> short_conv(const Tensor& x_in, const Tensor& weight, const c
         std::fill(out, out + C, 0.f);
       }
       for (int64_t j = 0; j < k; ++j) {
-        const int64_t source = t - (k - 1) + j;  // the input row tap j reads
-        const float* in = source >= 0 ? xp + b * sb + source * st
-                                      : (cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr);
+        const float* in = input_row(b, t - (k - 1) + j);  // the input row tap j reads
         if (in == nullptr) continue;  // zero history
         add_product(out, wp + j * C, in, C);
       }
@@ -654,9 +657,7 @@ std::vector<Tensor> short_conv(const Tensor& x_in, const Tensor& weight, const c
   float* np = next.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t r = 0; r < k - 1; ++r) {
-      const int64_t source = T - (k - 1) + r;  // the input row cache row r holds
-      const float* in = source >= 0 ? xp + b * sb + source * st
-                                    : (cp != nullptr ? cp + b * cb + (k - 1 + source) * ct : nullptr);
+      const float* in = input_row(b, T - (k - 1) + r);  // the input row cache row r holds
       float* row = np + (b * (k - 1) + r) * C;
       if (in != nullptr) {
         std::memcpy(row, in, C * sizeof(float));
