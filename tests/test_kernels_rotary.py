@@ -1,12 +1,16 @@
-"""kernels.rotary: RoPE against the rotation written out in float64, and its training form (inductor) against the
-torch form bit for bit, outputs and gradients, on odd shapes in fp32 and bf16; which calls take the training form."""
+"""kernels.rotary: RoPE against the rotation written out in float64 (the torch form and the compiled pass), the
+compiled pass against the torch form on odd shapes and head views, and the training form (inductor) against the
+torch form bit for bit, outputs and gradients, in fp32 and bf16; which calls take which form."""
 import math
 
 import pytest
 import torch
 
 from kernels import native
+from kernels.rotary import native as rotary_native_module
 from kernels.rotary import rotary, rotary_inductor
+
+needs_native = pytest.mark.skipif(native.module() is None, reason="the C++ extension cannot be built here")
 
 
 def _angles(T, D, offset=0, theta=10000.0):
@@ -16,13 +20,17 @@ def _angles(T, D, offset=0, theta=10000.0):
     return emb.cos()[None, :, None].float(), emb.sin()[None, :, None].float()
 
 
-def test_rotary_rotates_each_channel_pair_by_its_angle():
-    """Channel i and i + D/2 form a pair, rotated by position · θ^(−2i/D) (RoFormer eq. 34, Llama's layout)."""
+@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("T, D", [(7, 10), (1, 34), (6, 48)])
+def test_rotary_rotates_each_channel_pair_by_its_angle(backend, T, D):
+    """Channel i and i + D/2 form a pair, rotated by position · θ^(−2i/D) (RoFormer eq. 34, Llama's layout); D/2 of
+    5, 17 and 24 channels take the compiled pass's vector blocks, its scalar tail, or both."""
     g = torch.Generator().manual_seed(0)
-    B, T, H, D, offset = 2, 7, 3, 10, 5
+    B, H, offset = 2, 3, 5
     x = torch.randn(B, T, H, D, generator=g, dtype=torch.float64)
     cos, sin = _angles(T, D, offset)
-    y = rotary(x.float(), cos, sin, backend="torch")
+    with torch.no_grad():
+        y = rotary(x.float(), cos, sin, backend=backend)
     want = torch.empty_like(x)
     for t in range(T):
         for i in range(D // 2):
@@ -31,7 +39,48 @@ def test_rotary_rotates_each_channel_pair_by_its_angle():
             a, b = x[:, t, :, i], x[:, t, :, i + D // 2]
             want[:, t, :, i], want[:, t, :, i + D // 2] = a * c - b * s, b * c + a * s
     torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-6)
-    assert y.dtype == torch.float32 and rotary(x.bfloat16(), cos, sin).dtype == torch.bfloat16
+    assert y.dtype == torch.float32 and rotary(x.bfloat16(), cos, sin, backend=backend).dtype == torch.bfloat16
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(2, 37, 3, 16), (1, 19, 5, 6), (3, 1, 4, 64), (1, 130, 2, 34)])
+def test_the_compiled_pass_gives_the_torch_forms_values_on_head_views(shape):
+    """As a mixer calls it: q or k split into heads from a projection's output (heads H·D apart, rows not
+    contiguous when the view is a slice of a wider product), and a decoded token (T = 1). Every value within an
+    ulp or two of the torch form's (the pass may fuse a product and a sum)."""
+    g = torch.Generator().manual_seed(1)
+    B, T, H, D = shape
+    cos, sin = _angles(T, D, offset=11)
+    wide = torch.randn(B, T, 2 * H * D + 3, generator=g)  # q beside other columns, as a stacked projection's output
+    x = wide[..., 3:3 + H * D].view(B, T, H, D)
+    with torch.no_grad():
+        y = rotary(x, cos, sin)
+    want = rotary(x, cos, sin, backend="torch")
+    assert y.is_contiguous() and y.dtype == torch.float32
+    torch.testing.assert_close(y, want, rtol=2e-7, atol=2e-7)
+
+
+@needs_native
+def test_auto_takes_the_compiled_pass_for_fp32_without_a_gradient_only(monkeypatch):
+    torch_calls = []
+    form = rotary_native_module.rotary_torch
+    monkeypatch.setattr(rotary_native_module, "rotary_torch", lambda *a: torch_calls.append(a[0].dtype) or form(*a))
+    cos, sin = _angles(5, 8)
+    x = torch.randn(2, 5, 3, 8)
+    with torch.no_grad():
+        rotary(x, cos, sin)
+        assert torch_calls == []
+        rotary(x.bfloat16(), cos, sin)
+    assert torch_calls == [torch.bfloat16]
+
+
+@needs_native
+def test_the_compiled_pass_checks_its_angles_count():
+    cos, sin = _angles(4, 8)
+    with pytest.raises(RuntimeError, match="rotary: cos and sin must hold T x D values"):
+        native.module().rotary(torch.randn(1, 5, 2, 8), cos, sin)
+    with pytest.raises(RuntimeError, match="rotary: x must be"):
+        native.module().rotary(torch.randn(1, 4, 2, 7), cos, sin)
 
 
 @pytest.mark.skipif(native.module() is None, reason="inductor needs the C++ toolchain the extension is built with")

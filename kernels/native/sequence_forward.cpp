@@ -7,10 +7,10 @@
 //   2406.06484, section 3) taken sequentially over chunks, each chunk's products on cache-resident blocks, with
 //   exact pairwise decay ratios exp(b_t - b_s) <= 1 (no midpoint factoring, no chunk halving): for larger states.
 // Decays below exp(floor) are dropped (0) as in kernels.chunking.DENORMALS: no denormal enters a product.
-// And three smaller operators over a prompt, each row finished while in cache: the short causal convolution
-// (short_conv, all taps in one pass), RWKV-6's token shift and decay (ddlerp) and a mixer's read-out norm (head_norm);
-// and, for training, the distillation loss's softmax work on a chunk of logits (distill_rows) and the frozen teacher's
-// causal softmax attention (causal_attention).
+// And four smaller operators over a prompt, each row finished while in cache: the short causal convolution
+// (short_conv, all taps in one pass), RWKV-6's token shift and decay (ddlerp), a mixer's read-out norm (head_norm) and
+// the rotary position embedding (rotary); and, for training, the distillation loss's softmax work on a chunk of
+// logits (distill_rows) and the frozen teacher's causal softmax attention (causal_attention).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -848,6 +848,46 @@ Tensor head_norm(const Tensor& x_in, const c10::optional<Tensor>& weight_in, con
           if (wp != nullptr) v *= wp[i];
           if (bp != nullptr) v += bp[i];
           out[i] = gate.defined() ? v * out[i] : v;
+        }
+      }
+    }
+  });
+  return y;
+}
+
+// Rotary position embedding over a prompt or a decoded token (RoFormer eq. 34, Llama's rotate_half layout):
+// y = x cos + rotate_half(x) sin, rotate_half(x1, x2) = (-x2, x1) over each head's two halves, each row in one pass
+// (the torch form takes five: a negation, a concatenation, two products and a sum, each into fresh memory).
+// x (B, T, H, D) fp32 with channels contiguous, any other strides, D even; cos, sin T x D values (one row a position,
+// shared by the batch and the heads). Returns y (B, T, H, D) fp32, contiguous.
+Tensor rotary(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_in) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "rotary: x must be (B, T, H, D) with D even");
+  const Tensor x = channels_contiguous(x_in);
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), half = D / 2;
+  const Tensor cosines = cos_in.to(torch::kFloat).contiguous(), sines = sin_in.to(torch::kFloat).contiguous();
+  TORCH_CHECK(cosines.numel() == T * D && sines.numel() == T * D,
+              "rotary: cos and sin must hold T x D values for x's T and D");
+  Tensor y = torch::empty({B, T, H, D}, x.options().dtype(torch::kFloat));
+  const Strided xs = strided(x);
+  const float *cp = cosines.data_ptr<float>(), *sp = sines.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, B * T, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / T, t = row % T;
+      const float *c = cp + t * D, *s = sp + t * D;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* in = xs.at(b, t, h);
+        float* out = yp + (row * H + h) * D;
+        int64_t i = 0;
+        for (; i + 8 <= half; i += 8) {
+          const vec8 first = load8(in + i), second = load8(in + half + i);
+          store8(out + i, first * load8(c + i) - second * load8(s + i));
+          store8(out + half + i, second * load8(c + half + i) + first * load8(s + half + i));
+        }
+        for (; i < half; ++i) {
+          const float first = in[i], second = in[half + i];
+          out[i] = first * c[i] - second * s[i];
+          out[half + i] = second * c[half + i] + first * s[half + i];
         }
       }
     }

@@ -9,23 +9,22 @@ import torch
 
 from kernels._backend import pick_backend
 from kernels.rotary.inductor import rotary_inductor
+from kernels.rotary.native import rotary_native
 from kernels.rotary.torch_form import rotary_torch
 
-__all__ = ["BACKENDS", "rotary", "rotary_inductor", "rotary_torch"]
+__all__ = ["BACKENDS", "rotary", "rotary_inductor", "rotary_native", "rotary_torch"]
 
-BACKENDS = {"torch": rotary_torch, "inductor": rotary_inductor}
+BACKENDS = {"torch": rotary_torch, "native": rotary_native, "inductor": rotary_inductor}
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """x (B, T, H, D), D even; cos, sin (1, T, 1, D) fp32 (broadcast over batch and heads). `auto`: on CPU where a
-    gradient is recorded the inductor-compiled form (training), else the torch form (a few small ops a call)."""
+    """x (B, T, H, D), D even; cos, sin (1, T, 1, D) fp32 (broadcast over batch and heads). `auto`: on CPU the
+    compiled pass (`native`; it hands a call recording a gradient to the inductor-compiled training form), elsewhere
+    the torch form."""
     if x.dim() != 4 or x.shape[-1] % 2:
         raise ValueError(f"rotary: x must be (B, T, H, D) with D even, got {tuple(x.shape)}")
     expected = (1, x.shape[1], 1, x.shape[-1])
     for name, angle in (("cos", cos), ("sin", sin)):
         if tuple(angle.shape) != expected:
             raise ValueError(f"rotary: {name} must be {expected} for x {tuple(x.shape)}, got {tuple(angle.shape)}")
-    if backend == "auto":
-        training = torch.is_grad_enabled() and x.requires_grad
-        backend = "inductor" if training and x.device.type == "cpu" else "torch"
     return pick_backend(backend, BACKENDS, x.device, "rotary")(x, cos, sin)
