@@ -60,6 +60,20 @@ def test_two_calls_carrying_state_equal_one(name):
     assert_close(torch.cat([first, second], 1), full, 1e-4, "split")
 
 
+def test_attention_keeps_its_cache_grouped_and_head_major():
+    """(B, kv heads, S, K), as sdpa reads it with grouped heads: a decoded token appends to it along S and reads it in
+    place, never a copy of the whole cache per token expanded to every query head (results/speed)."""
+    mixer = make("attention")
+    x = torch.randn(2, 9, CONFIG["hidden_size"])
+    with torch.no_grad():
+        _, state = mixer(x[:, :7])
+        _, state = mixer(x[:, 7:8], state)
+        _, state = mixer(x[:, 8:], state)
+    B, G, K = 2, CONFIG["num_kv_heads"], CONFIG["head_dim"]
+    assert state["k"].shape == state["v"].shape == (B, G, 9, K) and state["position"] == 9
+    assert state["k"].is_contiguous() and state["v"].is_contiguous()
+
+
 @pytest.mark.parametrize("options", [{}, {"window": 5}], ids=["plain", "window"])
 @pytest.mark.parametrize("name", [n for n in EXPECTED if n != "attention"])
 def test_a_long_prompt_runs_in_blocks_with_the_same_outputs_and_state(monkeypatch, name, options):

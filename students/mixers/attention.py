@@ -1,6 +1,7 @@
 """Softmax attention, identical to a Llama-family teacher's (RoPE, grouped-query heads): the control.
 
-o_t = Σ_{s≤t} softmax_s(q_t·k_s / √d) v_s. Its "state" is the KV cache, which grows with the context.
+o_t = Σ_{s≤t} softmax_s(q_t·k_s / √d) v_s. Its "state" is the KV cache, which grows with the context, kept as the
+teacher's: (B, kv heads, S, K), its grouped heads read in place.
 Options: qk_norm (Qwen3: RMSNorm on each head of q and k before RoPE); q/k/v biases (Qwen2) are added by
 `build_mixer` from the `attention_bias` option, as for every student.
 """
@@ -64,9 +65,25 @@ class AttentionMixer(Mixer):
         position = state.get("position", 0)
         q, k, v = self._project(x, position)
         if "k" in state:
-            k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
-        o = self._attend(q, self._expand(k), self._expand(v), position, backend)
+            k = torch.cat([state["k"], k.transpose(1, 2)], dim=2)
+            v = torch.cat([state["v"], v.transpose(1, 2)], dim=2)
+            o = self._attend_cache(q, k, v, position, backend)
+        else:
+            o = self._attend(q, self._expand(k), self._expand(v), 0, backend)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # views: the first appended token makes them contiguous
+        # the cache (B, kv heads, S, K), as the teacher's and as sdpa reads it: a token appends along S, and its
+        # query reads the grouped heads in place (no copy of the cache expanded to every query head)
         return self.o_proj(merge_heads(o)), {"k": k, "v": v, "position": position + x.shape[1]}
+
+    def _attend_cache(self, q, k, v, past: int, backend: str):
+        """q (B, T, H, K) after `past` cached tokens; k, v (B, G, past+T, K) -> (B, T, H, K)."""
+        if backend == "naive":
+            return self._attend(q, self._expand(k.transpose(1, 2)), self._expand(v.transpose(1, 2)), past, backend)
+        T, S = q.shape[1], k.shape[2]
+        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(past)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask,
+                                           enable_gqa=self.num_kv_heads != self.num_heads)
+        return o.transpose(1, 2)
 
     def core(self, x, backend="auto"):
         q, k, v = self._project(x, 0)
