@@ -8,7 +8,7 @@ torch.set_num_threads(2)
 teacher = embedded_shape_teacher(); floor = build_floor(teacher)
 T = 2048
 ids = torch.randint(0, teacher.config.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
-for name in ["rwkv", "retnet"]:
+for name in ["rwkv", "retnet", "gla", "rwkv", "retnet"]:
     model = build_student(teacher, name, init="random", seed=0).eval()
     mixers = [m for m in model.modules() if hasattr(m, "readout") and hasattr(m, "featurize")]
     originals = [m.readout for m in mixers]
