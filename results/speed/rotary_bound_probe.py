@@ -1,14 +1,15 @@
 """The most that a one-pass RoPE could save in retnet's prefill: whole fp32 prefills (batch 1, no gradient,
-use_cache=False) with RoPE skipped (wrong outputs; timing only) against the model as it is, the sides alternating
-by round, the floor before each call; medians of 25 rounds. And RoPE's torch form alone at the prefill's shape.
+use_cache=False) with RoPE skipped ("new": wrong outputs; timing only) against the model with RoPE's torch form
+("old", the default before 260e4b7), the sides alternating by round, the floor before each call (`ab_rounds.py`);
+medians of 25 rounds. And RoPE's torch form alone at the prefill's shape.
 
     python results/speed/rotary_bound_probe.py
 """
 import functools
 import statistics
-import time
 
 import torch
+from ab_rounds import prefill_rounds, timed
 
 import students.layers as layers
 from bench.perf.heap import set_steady
@@ -25,28 +26,21 @@ ids = torch.randint(0, teacher.config.vocab_size, (1, T), generator=torch.Genera
 x = torch.randn(1, T, 256).view(1, T, 4, 64)
 cos, sin = layers.rotary_angles(layers.rope_inv_freq(64, 10000.0), 0, T, "cpu")
 with torch.no_grad():
-    alone = []
-    for _ in range(50):
-        start = time.perf_counter()
-        rotary(x, cos, sin, backend="torch")
-        alone.append(time.perf_counter() - start)
+    alone = [timed(rotary, x, cos, sin, backend="torch") for _ in range(50)]
 print(f"torch rotary alone (1, {T}, 4, 64): {1e3 * statistics.median(alone[5:]):.3f} ms")
 
-layers.rotary = functools.partial(rotary, backend="torch")  # the form timed at b428bd9, where it was the default
+layers.rotary = functools.partial(rotary, backend="torch")
 model = build_student(teacher, "retnet", init="random", seed=0).eval()
 as_is = layers.Rotary.__call__
-times = {"floor": [], "as_is": [], "skipped": []}
-with torch.no_grad():
-    for r in range(25):
-        for side in (["as_is", "skipped"] if r % 2 == 0 else ["skipped", "as_is"]):
-            layers.Rotary.__call__ = as_is if side == "as_is" else (lambda self, x, offset: x)
-            start = time.perf_counter()
-            floor(ids, use_cache=False)
-            times["floor"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            model(ids, use_cache=False)
-            times[side].append(time.perf_counter() - start)
-layers.Rotary.__call__ = as_is
-f, a, n = (statistics.median(times[k][1:]) for k in ("floor", "as_is", "skipped"))
+
+
+def use(side):
+    layers.Rotary.__call__ = as_is if side == "old" else (lambda self, x, offset: x)
+
+
+times = prefill_rounds(model, floor, ids, use, 25)
+use("old")
+f = statistics.median(times["floor_old"] + times["floor_new"])
+a, n = statistics.median(times["old"]), statistics.median(times["new"])
 print(f"retnet: floor {1e3 * f:.1f} ms, as is {1e3 * a:.1f} ({a / f:.3f}x), rotary skipped {1e3 * n:.1f} "
       f"({n / f:.3f}x), saving {1e3 * (a - n):.2f} ms")

@@ -1,15 +1,14 @@
 """rwkv's k, v, r and g projections in a no-gradient prefill: one batched product over a stack of their weights built
 for each call (`students.layers.batched_linear`, the tree's) against four products into one preallocated output (no
 weight stack), in one process: whole fp32 prefills (batch 1, use_cache=False, as bench.throughput) with the floor
-before every call, the sides' order alternating by round; per-round old / new medians and quartiles.
+before every call, the sides' order alternating by round (`ab_rounds.py`); per-round old / new medians and quartiles.
 
     python results/speed/separate_projections_ab.py [rounds] [length]
 """
-import statistics
 import sys
-import time
 
 import torch
+from ab_rounds import paired, prefill_rounds, times_floor
 
 import students.mixers.rwkv as rwkv
 from bench.perf.heap import set_steady
@@ -46,20 +45,7 @@ with torch.no_grad():
     for side in ("old", "new"):
         use(side)
         logits[side] = model(ids, use_cache=False).logits
-    print(f"rwkv T = {T}: logits max |old - new| {(logits['old'] - logits['new']).abs().max().item():.2e}")
-    times = {"floor_old": [], "floor_new": [], "old": [], "new": []}
-    for r in range(rounds + 1):
-        for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
-            use(side)
-            start = time.perf_counter()
-            floor(ids, use_cache=False)
-            times[f"floor_{side}"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            model(ids, use_cache=False)
-            times[side].append(time.perf_counter() - start)
-old = [t / f for t, f in zip(times["old"][1:], times["floor_old"][1:])]
-new = [t / f for t, f in zip(times["new"][1:], times["floor_new"][1:])]
-ratios = [o / n for o, n in zip(times["old"][1:], times["new"][1:])]
-q = statistics.quantiles(ratios, n=4)
-print(f"  rwkv prefill {T}: x floor old {statistics.median(old):.3f}, new {statistics.median(new):.3f}; old / new per "
-      f"round {statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
+print(f"rwkv T = {T}: logits max |old - new| {(logits['old'] - logits['new']).abs().max().item():.2e}")
+times = prefill_rounds(model, floor, ids, use, rounds)
+print(f"  rwkv prefill {T}: x floor old {times_floor(times, 'old'):.3f}, new {times_floor(times, 'new'):.3f}; "
+      f"{paired(times['old'], times['new'])}")
