@@ -32,7 +32,7 @@ for dtype in (torch.float32, torch.bfloat16):
 
     pairs = list(zip(step(False), step(True)))
     print(f"{dtype}: o, dq, dk, dv identical {[torch.equal(a, b) for a, b in pairs]}, max |difference| "
-          f"{[float((a.float() - b.float()).abs().max()) for a, b in pairs]}")
+          f"{[float((a.detach().float() - b.detach().float()).abs().max()) for a, b in pairs]}")
     for grouped in (False, True, False, True):
         times = [timed(step, grouped) for _ in range(12)]
         print(f"  {'enable_gqa' if grouped else 'expanded':10} {1e3 * statistics.median(times[2:]):.2f} ms")
