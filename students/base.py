@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from kernels import delta_rule, delta_rule_matrix, linear_recurrence, linear_recurrence_matrix
+from kernels.linear_recurrence.ssd_terms import scaled_keys, with_skip
 from students.layers import Rotary
 from students.window import band_matrix, band_softmax, band_softmax_naive, sliding_sum, sliding_sum_naive
 
@@ -128,6 +129,10 @@ class Features:
     log_decay: torch.Tensor | None = None
     beta: torch.Tensor | None = None  # delta rule only
     bonus: torch.Tensor | None = None  # RWKV-6 only
+    # Mamba-2's Δ_t and D (Dao & Gu 2024, §7): the recurrence writes key_scale_t k_t in k_t's place (B, T, H), and
+    # the core output adds skip ⊙ v_t (H,); the kernel applies both in its own pass where it can
+    key_scale: torch.Tensor | None = None
+    skip: torch.Tensor | None = None
     scale: float | None = None
     value_dim: int | None = None  # v may carry extra columns (e.g. ones for a normaliser)
     context: dict[str, Any] = field(default_factory=dict)  # gates etc. for the read-out
@@ -141,6 +146,13 @@ class Features:
     @property
     def values(self) -> torch.Tensor:
         return self.v if self.value_dim is None else self.v[..., :self.value_dim]
+
+    def with_scaled_keys(self) -> Features:
+        """These features with k_t times key_scale_t written out (and no key_scale): for the forms that read keys
+        other than the kernel's (the window, the materialised matrix)."""
+        if self.key_scale is None:
+            return self
+        return dataclasses.replace(self, k=scaled_keys(self.k, self.key_scale), key_scale=None)
 
     @property
     def has_normaliser(self) -> bool:
@@ -202,16 +214,20 @@ class RecurrentMixer(Mixer):
     def recurrence(self, f: Features, backend: str, state: State) -> tuple[torch.Tensor, State]:
         """(kernel output, the recurrence's part of the next state) from the features and the current state."""
         if self.uses_delta_rule:
-            o, final = delta_rule(f.q, f.k, f.v, f.beta, f.log_decay, scale=f.scale, initial_state=state.get("kernel"),
+            keys = scaled_keys(f.k, f.key_scale)
+            o, final = delta_rule(f.q, keys, f.v, f.beta, f.log_decay, scale=f.scale, initial_state=state.get("kernel"),
                                   output_final_state=True, backend=backend)
+            o = with_skip(o, f.v, f.skip)
         else:
             o, final = linear_recurrence(f.q, f.k, f.v, f.log_decay, f.bonus, scale=f.scale,
-                                         initial_state=state.get("kernel"), output_final_state=True, backend=backend)
+                                         initial_state=state.get("kernel"), output_final_state=True, backend=backend,
+                                         key_scale=f.key_scale, skip=f.skip)
         return o, {"kernel": final}
 
     def mix(self, f: Features, backend: str, state: State) -> tuple[torch.Tensor, State]:
         """What `finish_core` reads and the mixing part of the next state: the recurrence's output, or with a
-        window o_t = r_t + [N_t, Z_t] (a normaliser shared, LoLCATs eq. 7) or r_t + N_t / Z_t (none)."""
+        window o_t = r_t + [N_t, Z_t] (a normaliser shared, LoLCATs eq. 7) or r_t + N_t / Z_t (none); plus
+        skip ⊙ v_t where the features carry a skip term."""
         if not self.window:
             return self.recurrence(f, backend, state)
         naive = backend == "naive"
@@ -222,7 +238,7 @@ class RecurrentMixer(Mixer):
             o = r.float() + torch.cat([numerator, normaliser[..., None]], dim=-1)
         else:
             o = r.float() + numerator / normaliser[..., None]
-        return o, {**kernel_state, **lag_state, **window_state}
+        return with_skip(o, f.v, f.skip), {**kernel_state, **lag_state, **window_state}
 
     def lagged_features(self, f: Features, state: State, naive: bool = False) -> tuple[Features, State]:
         """The recurrence's inputs with a window: keys, values, β, decays (and `LAGGED_CONTEXT`) delayed by W
@@ -230,6 +246,7 @@ class RecurrentMixer(Mixer):
         for the RWKV-6 form), so that key s ≤ t−W still decays over all of (s, t]. The W tokens before the
         first come from the state, or are zeros, which write nothing and do not decay (log α = 0)."""
         W, T = self.window, f.q.shape[1]
+        f = f.with_scaled_keys()  # keys delayed as the recurrence reads them
         current = {"k": f.k, "v": f.v, "log_decay": f.log_decay, "beta": f.beta,
                    **{name: f.context[name] for name in self.LAGGED_CONTEXT}}
         delayed, lag_state, decays = {}, {}, None
@@ -252,14 +269,14 @@ class RecurrentMixer(Mixer):
             # In q's own dtype, so the kernel sees the inputs it sees without a window (bf16 keeps fp32's range).
             q = (f.q.float() * (factor[..., None] if factor.dim() == 3 else factor)).to(f.q.dtype)
         lagged = dataclasses.replace(f, q=q, k=delayed["k"], v=delayed["v"], log_decay=delayed.get("log_decay"),
-                                     beta=delayed.get("beta"), bonus=None,
+                                     beta=delayed.get("beta"), bonus=None, skip=None,
                                      context={**f.context, **{n: delayed[n] for n in self.LAGGED_CONTEXT}})
         return lagged, lag_state
 
     def window_qk(self, f: Features, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The window's query and key for tokens from `position` on, rotated (RoPE) by their positions."""
         q = f.q if f.window_q is None else f.window_q
-        k = f.k if f.window_k is None else f.window_k
+        k = scaled_keys(f.k, f.key_scale) if f.window_k is None else f.window_k
         if self.WINDOW_ROPE:
             q, k = self.window_rotary(q, position), self.window_rotary(k, position)
         return q, k
@@ -311,16 +328,24 @@ class RecurrentMixer(Mixer):
     def mixer_matrix(self, x):
         """M with core = M @ values. With a window: finish_matrix(E + R), E the window's e_ts (or e_ts / Z_t
         without a normaliser) in the band t−W < s ≤ t, R[t, s] the lagged recurrence's weight of key s ≤ t−W."""
-        f = self.featurize(x, {})
+        f = self.featurize(x, {}).with_scaled_keys()
         if not self.window:
-            return self.finish_matrix(self._kernel_matrix(f), f)
+            return self.finish_matrix(self._with_skip_diagonal(self._kernel_matrix(f), f), f)
         W, T = self.window, x.shape[1]
         lagged, _ = self.lagged_features(f, {})
         delayed = self._kernel_matrix(lagged)  # columns are delayed tokens: column u is token u − W
         lagged_part = torch.zeros_like(delayed)
         lagged_part[..., :, :max(T - W, 0)] = delayed[..., :, W:]
         q, k = self.window_qk(f, 0)
-        return self.finish_matrix(lagged_part + band_matrix(q, k, W, normalise=not f.has_normaliser), f)
+        matrix = lagged_part + band_matrix(q, k, W, normalise=not f.has_normaliser)
+        return self.finish_matrix(self._with_skip_diagonal(matrix, f), f)
+
+    @staticmethod
+    def _with_skip_diagonal(matrix: torch.Tensor, f: Features) -> torch.Tensor:
+        """The matrix plus diag(skip) per head: the skip term, skip ⊙ v_t, as a mixing weight."""
+        if f.skip is None:
+            return matrix
+        return matrix + f.skip.float()[:, None, None] * torch.eye(matrix.shape[-1], device=matrix.device)
 
     def _kernel_matrix(self, f: Features) -> torch.Tensor:
         if self.uses_delta_rule:
@@ -337,8 +362,10 @@ class RecurrentMixer(Mixer):
         rule the terms carry beta (its matrix is `delta_rule_matrix`)."""
         if not self.supports_matrix_terms:
             return None
-        f = self.featurize(x, {})
-        terms = dict(q=f.q, k=f.k, log_decay=f.log_decay, bonus=f.bonus, scale=f.scale, row_scale=None, diagonal=None)
+        f = self.featurize(x, {}).with_scaled_keys()
+        diagonal = None if f.skip is None else f.skip.float()
+        terms = dict(q=f.q, k=f.k, log_decay=f.log_decay, bonus=f.bonus, scale=f.scale, row_scale=None,
+                     diagonal=diagonal)
         if self.uses_delta_rule:
             terms["beta"] = f.beta
         return self.finish_terms(terms, f)

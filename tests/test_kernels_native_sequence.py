@@ -132,6 +132,99 @@ def test_the_linear_recurrence_pass_reads_strided_and_bf16_inputs():
     _check(linear_recurrence, inputs, tol=1e-2)
 
 
+def _ssd_terms(T, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return F.softplus(torch.randn(B, T, H, generator=g)), torch.randn(H, generator=g)  # Δ > 0; D of either sign
+
+
+def _with_terms_written_out(inputs, key_scale, skip):
+    """The recurrence in float64 on keys already scaled, then + skip ⊙ v: Mamba-2's form as the loop reads it."""
+    double = {name: t.double() if t is not None else None for name, t in inputs.items()}
+    double["k"] = double["k"] * key_scale.double()[..., None]
+    o, state = linear_recurrence(**double, output_final_state=True, backend="naive")
+    return o + skip.double()[:, None] * double["v"], state
+
+
+@needs_build
+@pytest.mark.parametrize("init", [False, True], ids=["s0", "init"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["plain", "bonus"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel"])
+@pytest.mark.parametrize("T", [1, 2, 63])
+def test_the_linear_recurrence_pass_takes_the_key_scale_and_skip_in_its_pass(monkeypatch, T, decay, bonus, init):
+    """Mamba-2's Δ_t and D as the compiled scan applies them (one token, a pair, pairs and a last token; odd widths)
+    against the float64 loop with both written out; the call is the compiled one, not the torch terms around it."""
+    inputs = _linear_inputs(T, decay, bonus, init)
+    key_scale, skip = _ssd_terms(T)
+    calls = []
+    compiled = native.module()
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(compiled, name)
+
+    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    with torch.no_grad():
+        o, state = linear_recurrence(**inputs, output_final_state=True, backend="native", key_scale=key_scale,
+                                     skip=skip)
+    assert calls == ["linear_scan"]
+    o_ref, state_ref = _with_terms_written_out(inputs, key_scale, skip)
+    assert o.dtype == torch.float32
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.double(), state_ref.double(), rtol=1e-5, atol=1e-5)
+
+
+@needs_build
+@pytest.mark.parametrize("backend", ["naive", "step", "chunk", "native"])
+def test_every_backend_takes_the_key_scale_and_skip(backend):
+    """The torch forms apply the terms around the recurrence, the compiled scan in its pass: the same function. A
+    bf16 v takes the torch terms on the native backend too (the skip's sum is fp32 there, and stays so)."""
+    inputs = _linear_inputs(37, "head", False, True)
+    key_scale, skip = _ssd_terms(37)
+    o_ref, state_ref = _with_terms_written_out(inputs, key_scale, skip)
+    with torch.no_grad():
+        o, state = linear_recurrence(**inputs, output_final_state=True, backend=backend, key_scale=key_scale,
+                                     skip=skip)
+        inputs["v"] = inputs["v"].bfloat16()
+        o16, _ = linear_recurrence(**inputs, output_final_state=True, backend=backend, key_scale=key_scale, skip=skip)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.double(), state_ref.double(), rtol=1e-5, atol=1e-5)
+    assert o16.dtype == torch.float32
+    torch.testing.assert_close(o16.double(), o_ref, rtol=3e-2, atol=3e-2)
+
+
+@needs_build
+@pytest.mark.parametrize("bonus", [False, True], ids=["plain", "bonus"])
+@pytest.mark.parametrize("decay", ["none", "head", "channel"])
+def test_the_decode_step_takes_the_key_scale_and_skip_in_its_call(monkeypatch, decay, bonus):
+    """A decoded token (one token, a state): the compiled step applies both terms, against the float64 loop."""
+    inputs = _linear_inputs(1, decay, bonus, True)
+    key_scale, skip = _ssd_terms(1)
+    calls = []
+    compiled = native.module()
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(compiled, name)
+
+    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    with torch.no_grad():
+        o, state = linear_recurrence(**inputs, output_final_state=True, backend="step", key_scale=key_scale, skip=skip)
+    assert calls == ["linear_step"]
+    o_ref, state_ref = _with_terms_written_out(inputs, key_scale, skip)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.double(), state_ref.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_key_scale_and_skip_must_match_the_heads():
+    inputs = _linear_inputs(9, "head", False, False)
+    with pytest.raises(ValueError, match=r"key_scale must be \(B, T, H\)"):
+        linear_recurrence(**inputs, key_scale=torch.ones(B, 9, H + 1))
+    with pytest.raises(ValueError, match=r"skip must be \(H,\)"):
+        linear_recurrence(**inputs, skip=torch.ones(H, 1))
+
+
 @needs_build
 def test_large_states_take_the_chunked_forms(monkeypatch):
     calls = []

@@ -105,7 +105,8 @@ def test_recurrent_part_is_the_unwindowed_matrix_beyond_the_window(name):
     x = torch.randn(2, T, CONFIG["hidden_size"])
     with torch.no_grad():
         f = mixer.featurize(x, {})
-        M0 = linear_recurrence_matrix(f.q, f.k, f.log_decay, f.bonus, scale=f.scale)
+        keys = f.with_scaled_keys().k  # Mamba-2's Δ_t k_t, as the recurrence reads them
+        M0 = linear_recurrence_matrix(f.q, keys, f.log_decay, f.bonus, scale=f.scale)
         t = torch.arange(T)
         expected = torch.einsum("bhts,bshv->bthv", M0 * (t[None, :] <= t[:, None] - W), f.v.float())
         magnitude = expected.abs().max()  # errors are judged against the signal, however small the gates make it

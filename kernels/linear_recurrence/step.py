@@ -10,17 +10,20 @@ from __future__ import annotations
 import torch
 
 from kernels import native
+from kernels.linear_recurrence.ssd_terms import scaled_keys, with_skip
 
 
 def linear_recurrence_step(q, k, v, log_decay=None, bonus=None, scale=None, initial_state=None,
-                           output_final_state=False):
+                           output_final_state=False, key_scale=None, skip=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
-    compiled = native.one_token(q, initial_state, k, v, log_decay, bonus)
-    if compiled is not None:  # a decoded token in one call (kernels/native)
-        o, state = compiled.linear_step(q, k, v, log_decay, bonus, scale, initial_state)
+    compiled = native.one_token(q, initial_state, k, v, log_decay, bonus, key_scale, skip)
+    # the compiled step rounds as the torch terms where an fp32 scale meets k widened to fp32 (as the scan does)
+    if compiled is not None and (key_scale is None or key_scale.dtype == torch.float32):
+        o, state = compiled.linear_step(q, k, v, log_decay, bonus, scale, initial_state, key_scale, skip)
         return o, (state if output_final_state else None)
+    k = scaled_keys(k, key_scale)
     state = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
     bonus = None if bonus is None else bonus.float()[None, :, :, None]
     outputs = []
@@ -37,4 +40,4 @@ def linear_recurrence_step(q, k, v, log_decay=None, bonus=None, scale=None, init
     if not T:
         return v.new_zeros(B, 0, H, V, dtype=torch.float32), (state if output_final_state else None)
     o = (outputs[0] if T == 1 else torch.cat(outputs, dim=2)).transpose(1, 2)  # one token: no copy
-    return o, (state if output_final_state else None)
+    return with_skip(o, v, skip), (state if output_final_state else None)

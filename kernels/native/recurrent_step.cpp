@@ -20,19 +20,26 @@ Tensor fp32(const Tensor& x) { return x.to(torch::kFloat).contiguous(); }
 
 // S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t; with bonus u (RWKV-6) o_t = scale (S_{t-1} +
 // diag(u) k_t v_t^T)^T q_t. q, k (B, 1, H, K); v (B, 1, H, V); g none, (B, 1, H) or (B, 1, H, K); u (H, K);
-// state (B, H, K, V). Returns (o (B, 1, H, V), new state).
+// state (B, H, K, V); key_scale (B, 1, H) optional, k_t read as key_scale_t k_t (Mamba-2's dt_t B_t); skip (H)
+// optional, o_t += skip v_t (Mamba-2's D). Returns (o (B, 1, H, V), new state).
 std::vector<Tensor> linear_step(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                 const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
-                                double scale, const Tensor& state) {
+                                double scale, const Tensor& state, const c10::optional<Tensor>& key_scale,
+                                const c10::optional<Tensor>& skip) {
   const Tensor q = fp32(q_in), k = fp32(k_in), v = fp32(v_in);
   const Tensor g = log_decay.has_value() ? fp32(*log_decay) : Tensor();
   const Tensor u = bonus.has_value() ? fp32(*bonus) : Tensor();
+  const Tensor ks = key_scale.has_value() ? fp32(*key_scale) : Tensor();
+  const Tensor sk = skip.has_value() ? fp32(*skip) : Tensor();
   const int64_t H = q.size(2), K = q.size(3), V = v.size(3), BH = q.size(0) * H;
+  TORCH_CHECK(!ks.defined() || ks.numel() == BH, "linear_step: key_scale must be (B, 1, H)");
+  TORCH_CHECK(!sk.defined() || sk.numel() == H, "linear_step: skip must have one value per head");
   const bool per_channel = g.defined() && g.dim() == 4;
   Tensor S = fp32(state).clone();
   Tensor o = torch::zeros({q.size(0), 1, H, V}, q.options());
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const float *gp = g.defined() ? g.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
+  const float *ksp = ks.defined() ? ks.data_ptr<float>() : nullptr, *skp = sk.defined() ? sk.data_ptr<float>() : nullptr;
   float *sp = S.data_ptr<float>(), *op = o.data_ptr<float>();
   const float s = static_cast<float>(scale);
   at::parallel_for(0, BH, kInlineHeads, [&](int64_t begin, int64_t end) {
@@ -40,9 +47,10 @@ std::vector<Tensor> linear_step(const Tensor& q_in, const Tensor& k_in, const Te
       const float *kk = kp + bh * K, *qq = qp + bh * K, *vv = vp + bh * V;
       float *rows = sp + bh * K * V, *out = op + bh * V;
       const float head_decay = (gp != nullptr && !per_channel) ? std::exp(gp[bh]) : 1.f;
+      const float key_factor = ksp != nullptr ? ksp[bh] : 1.f;  // k * 1 is k: exact without a scale
       for (int64_t i = 0; i < K; ++i) {
         float* row = rows + i * V;
-        const float ki = kk[i], qi = qq[i], a = per_channel ? std::exp(gp[bh * K + i]) : head_decay;
+        const float ki = kk[i] * key_factor, qi = qq[i], a = per_channel ? std::exp(gp[bh * K + i]) : head_decay;
         if (up != nullptr) {  // the read-out sees S_{t-1} plus the bonus term, then the state moves on
           const float ui = up[(bh % H) * K + i];
           for (int64_t j = 0; j < V; ++j) {
@@ -58,6 +66,8 @@ std::vector<Tensor> linear_step(const Tensor& q_in, const Tensor& k_in, const Te
         }
       }
       for (int64_t j = 0; j < V; ++j) out[j] *= s;
+      if (skp != nullptr)
+        for (int64_t j = 0; j < V; ++j) out[j] += skp[bh % H] * vv[j];
     }
   });
   return {o, S};
@@ -166,7 +176,8 @@ std::vector<Tensor> delta_scan(const Tensor& q, const Tensor& k, const Tensor& v
                                const c10::optional<Tensor>& initial_state, double floor);
 std::vector<Tensor> linear_scan(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
-                                double scale, const c10::optional<Tensor>& initial_state, double floor);
+                                double scale, const c10::optional<Tensor>& initial_state, double floor,
+                                const c10::optional<Tensor>& key_scale, const c10::optional<Tensor>& skip);
 std::vector<Tensor> short_conv(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, bool silu,
                                const c10::optional<Tensor>& cache, int64_t normalized, int64_t group);
 std::vector<Tensor> ddlerp(const Tensor& x, const c10::optional<Tensor>& previous, const Tensor& maa_x,
@@ -182,14 +193,18 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, doubl
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlstm_step", &mlstm_step, "one token of the stabilised mLSTM (fp32 memory)");
-  m.def("linear_step", &linear_step, "one token of the linear recurrence (fp32 state)");
+  m.def("linear_step", &linear_step, "one token of the linear recurrence (fp32 state)", py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("log_decay"), py::arg("bonus"), py::arg("scale"), py::arg("state"),
+        py::arg("key_scale") = py::none(), py::arg("skip") = py::none());
   m.def("delta_step", &delta_step, "one token of the gated delta rule (fp32 state)");
   m.def("delta_scan", &delta_scan, "a sequence through the gated delta rule, token by token (fp32 state)");
   m.def("delta_chunk", &delta_chunk, "a sequence through the gated delta rule, chunk by chunk (fp32 state)");
   m.def("short_conv", &short_conv,
         "a prompt or a decoded token through the short causal convolution (+ SiLU, + L2-normalised groups), fp32, "
         "and the next cache");
-  m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)");
+  m.def("linear_scan", &linear_scan, "a sequence through the linear recurrence, token by token (fp32 state)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("log_decay"), py::arg("bonus"), py::arg("scale"),
+        py::arg("initial_state"), py::arg("floor"), py::arg("key_scale") = py::none(), py::arg("skip") = py::none());
   m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
   m.def("head_norm", &head_norm, "a mixer's per-head RMS or layer norm, affine and activated gate in one pass, fp32");
   m.def("rotary", &rotary, "the rotary position embedding of a prompt or a token in one pass, fp32");

@@ -511,20 +511,31 @@ std::vector<Tensor> delta_chunk(const Tensor& q_in, const Tensor& k_in, const Te
 
 // S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t; with bonus u (RWKV-6)
 // o_t = scale (S_{t-1} + diag(u) k_t v_t^T)^T q_t. q, k (B, T, H, K); v (B, T, H, V); g none, (B, T, H) or
-// (B, T, H, K); u (H, K); state (B, H, K, V) optional. Returns (o (B, T, H, V) fp32, final state fp32).
+// (B, T, H, K); u (H, K); state (B, H, K, V) optional; key_scale (B, T, H) optional, k_t read as key_scale_t k_t
+// (Mamba-2's dt_t B_t); skip (H) optional, o_t += skip v_t (Mamba-2's D). Returns (o (B, T, H, V) fp32, final state
+// fp32).
 std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                 const c10::optional<Tensor>& log_decay, const c10::optional<Tensor>& bonus,
-                                double scale, const c10::optional<Tensor>& initial_state, double floor) {
+                                double scale, const c10::optional<Tensor>& initial_state, double floor,
+                                const c10::optional<Tensor>& key_scale, const c10::optional<Tensor>& skip) {
   Pass p = prepare(q_in, k_in, v_in, initial_state);
   const Tensor g = log_decay.has_value() ? log_decay->to(torch::kFloat).contiguous() : Tensor();
   const Tensor u = bonus.has_value() ? bonus->to(torch::kFloat).contiguous() : Tensor();
+  const Tensor ks = key_scale.has_value() ? key_scale->to(torch::kFloat).contiguous() : Tensor();
+  const Tensor sk = skip.has_value() ? skip->to(torch::kFloat).contiguous() : Tensor();
   const bool per_channel = g.defined() && g.dim() == 4;
+  TORCH_CHECK(!ks.defined() || (ks.dim() == 3 && ks.size(0) == p.B && ks.size(1) == p.T && ks.size(2) == p.H),
+              "linear_scan: key_scale must be (B, T, H)");
+  TORCH_CHECK(!sk.defined() || sk.numel() == p.H, "linear_scan: skip must have one value per head");
   const float *gp = g.defined() ? g.data_ptr<float>() : nullptr, *up = u.defined() ? u.data_ptr<float>() : nullptr;
+  const float *ksp = ks.defined() ? ks.data_ptr<float>() : nullptr, *skp = sk.defined() ? sk.data_ptr<float>() : nullptr;
   float* op = p.o.data_ptr<float>();
   const float sc = static_cast<float>(scale), lo = static_cast<float>(floor);
   const int64_t T = p.T, H = p.H, K = p.K, V = p.V;
   for_each_head(p, [&](int64_t b, int64_t h, float* state) {
     std::vector<float> decays(2 * K, 1.f);  // the N tokens' decays (a per-head decay, or none, as K equal channels)
+    // the N tokens' keys times their scales (Mamba-2's dt), rounded as the product k * dt in torch is
+    std::vector<float> scaled_keys(ksp != nullptr ? 2 * K : 0);
     Token tok[2];
     for (int64_t t = 0; t < T; t += 2) {
       const int n = std::min<int64_t>(2, T - t);
@@ -545,12 +556,22 @@ std::vector<Tensor> linear_scan(const Tensor& q_in, const Tensor& k_in, const Te
           std::fill(a, a + K, decay(gp[row], lo));
         }
         token.a = a;
+        if (ksp != nullptr) {
+          float* scaled = scaled_keys.data() + m * K;
+          const float factor = ksp[row];
+          for (int64_t i = 0; i < K; ++i) scaled[i] = token.k[i] * factor;
+          token.k = scaled;
+        }
         token.bonus_dot = up != nullptr ? dot3(token.q, up + h * K, token.k, K) : 0.f;
       }
       if (up != nullptr) {
         n == 2 ? linear_tokens<true, 2>(state, tok, sc, K, V) : linear_tokens<true, 1>(state, tok, sc, K, V);
       } else {
         n == 2 ? linear_tokens<false, 2>(state, tok, sc, K, V) : linear_tokens<false, 1>(state, tok, sc, K, V);
+      }
+      if (skp != nullptr) {  // o_t += skip_h v_t (Mamba-2's D), on the rows just written
+        for (int m = 0; m < n; ++m)
+          for (int64_t j = 0; j < V; ++j) tok[m].out[j] += skp[h] * tok[m].v[j];
       }
     }
   });

@@ -43,19 +43,10 @@ class Mamba2Mixer(RecurrentMixer):
         xs, Bs, Cs = (split_heads(t, H) for t in xBC.chunk(3, dim=-1))
         dt = F.softplus(self.dt_proj(x).float() + self.dt_bias)  # (B, T, H)
         log_decay = -dt * self.A_log.float().exp()
-        return Features(q=Cs, k=Bs * dt[..., None], v=xs, log_decay=log_decay, scale=1.0,
+        # Δ·B and D·x are the kernel's key scale and skip: the compiled scan applies them in its pass
+        return Features(q=Cs, k=Bs, v=xs, log_decay=log_decay, key_scale=dt, skip=self.D, scale=1.0,
                         context={"z": split_heads(self.z_proj(x), H)}, carry={"conv": conv_cache},
                         window_q=split_heads(C_in, H), window_k=split_heads(B_in, H))
-
-    def finish_core(self, o, f):
-        return torch.addcmul(o, self.D.float()[:, None], f.v.float())  # one pass, one new tensor
-
-    def finish_matrix(self, matrix, f):
-        T = matrix.shape[-1]
-        return matrix + self.D.float()[:, None, None] * torch.eye(T, device=matrix.device)
-
-    def finish_terms(self, terms, f):
-        return {**terms, "diagonal": self.D.float()}
 
     def readout(self, core, f, x):
         return self.out_proj(merge_heads(self.norm(core, f.context["z"])).to(x.dtype))
