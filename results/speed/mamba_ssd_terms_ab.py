@@ -2,7 +2,8 @@
 torch passes around it before (k = B·Δ in featurize, o + D·x in finish_core; the old code, copied here): whole fp32
 prefills (batch 1, no gradient, use_cache=False), the sides alternating by round, the floor before each call
 (`ab_rounds.py`); medians of the rounds; and decode (ms a token after a 1,024-token prompt, the teacher timed in the
-same rounds). Both sides' logits, and their 16th decoded tokens, compared first.
+same rounds). Both sides' logits, and their 16th decoded tokens, compared first. Then one mamba layer's mixer alone
+on a 2,048-token input, 200 alternating rounds (the change's share without the rest of the model's variance).
 
     python results/speed/mamba_ssd_terms_ab.py [rounds] [length ...]
 """
@@ -11,7 +12,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from ab_rounds import decode_rounds, filled_decoder, paired, prefill_rounds, same_tokens, times_floor
+from ab_rounds import decode_rounds, filled_decoder, in_turn, paired, prefill_rounds, same_tokens, timed, times_floor
 
 from bench.perf.heap import set_steady
 from bench.perf.throughput import build_floor, embedded_shape_teacher
@@ -74,6 +75,19 @@ def main():
         print(f"decode: the 16th decoded token the same either side: {same_tokens(decoders, use)}")
         times = decode_rounds(decoders, teacher_decoder, use, rounds)
     use("new")
+    mixer = next(m for m in model.modules() if isinstance(m, Mamba2Mixer))
+    x = torch.randn(1, 2048, teacher.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    layer = {side: [] for side in ("old", "new")}
+    with torch.no_grad():
+        for round_ in range(201):
+            for side in in_turn(round_, ("old", "new")):
+                use(side)
+                seconds = timed(mixer, x)
+                if round_:
+                    layer[side].append(seconds)
+    use("new")
+    print(f"one mixer, 2,048 tokens: old {1e3 * statistics.median(layer['old']):.3f} ms, "
+          f"new {1e3 * statistics.median(layer['new']):.3f} ms; {paired(layer['old'], layer['new'])}")
     print(f"decode ms/token after 1,024: old {1e3 * statistics.median(times['old']):.3f}, "
           f"new {1e3 * statistics.median(times['new']):.3f}, teacher {1e3 * statistics.median(times['reference']):.3f}; "
           f"{paired(times['old'], times['new'])}")
