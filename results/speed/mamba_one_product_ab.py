@@ -1,62 +1,68 @@
-"""Tried, not adopted: mamba's featurize with every projection of x as one product (x, B, C, z, Δ; as gated_deltanet's)
-against the three-product form it has (x, B, C stacked; z and Δ apart), in one process: the same weights,
-whole-model prefills taking turns with the floor between them, steady heap.
-    python results/speed/mamba_one_product_ab.py [rounds] [length ...]"""
-import statistics, sys, time, types
+"""Mamba's input projections as one product (x, B, C, z and Δ's weights stacked; the convolution reads the first
+3·H·P columns in place) against today's three (x, B, C stacked; z; Δ): one mamba layer's mixer alone on a 2,048-token
+input, fp32, no gradient, 200 rounds alternating (`ab_rounds.py`), outputs compared first.
+
+    python results/speed/mamba_one_product_ab.py [rounds]
+"""
+import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
+from ab_rounds import in_turn, paired, timed
 
 from bench.perf.heap import set_steady
-from bench.perf.throughput import build_floor, embedded_shape_teacher
+from bench.perf.throughput import embedded_shape_teacher
 from bench.provenance import header
 from students.base import Features
 from students.layers import split_heads, stacked_linear
+from students.mixers.mamba import Mamba2Mixer
 from students.surgery import build_student
 
 
-def one_product(self, x, state):  # the variant: students/mixers/mamba.py's featurize with z and Δ in the product
+def featurize_one_product(self, x, state):
     H, HP = self.num_heads, self.num_heads * self.head_dim
     projected = stacked_linear(x, [self.x_proj, self.B_proj, self.C_proj, self.z_proj, self.dt_proj])
     xBC_in, z, dt_in = projected.split([3 * HP, HP, H], dim=-1)
-    x_in, B_in, C_in = xBC_in.chunk(3, dim=-1)
+    _, B_in, C_in = xBC_in.chunk(3, dim=-1)
     xBC, conv_cache = self.conv(xBC_in, state.get("conv"))
     xs, Bs, Cs = (split_heads(t, H) for t in xBC.chunk(3, dim=-1))
     dt = F.softplus(dt_in.float() + self.dt_bias)
     log_decay = -dt * self.A_log.float().exp()
-    return Features(q=Cs, k=Bs * dt[..., None], v=xs, log_decay=log_decay, scale=1.0,
+    return Features(q=Cs, k=Bs, v=xs, log_decay=log_decay, key_scale=dt, skip=self.D, scale=1.0,
                     context={"z": split_heads(z, H)}, carry={"conv": conv_cache},
                     window_q=split_heads(C_in, H), window_k=split_heads(B_in, H))
 
 
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-    lengths = [int(n) for n in sys.argv[2:]] or [2048, 16384]
     print(header(), "| heap", set_steady())
+    torch.set_num_threads(2)
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     teacher = embedded_shape_teacher()
-    one = build_student(teacher, "mamba", init="random", seed=0).eval()
-    three = build_student(teacher, "mamba", init="random", seed=0).eval()
-    for layer in one.model.layers:
-        layer.mixer.featurize = types.MethodType(one_product, layer.mixer)
-    models = {"floor": build_floor(teacher), "three": three, "one": one}
-    with torch.inference_mode():
-        for T in lengths:
-            ids = torch.randint(0, 4096, (1, T), generator=torch.Generator().manual_seed(T))
-            a, b = one(ids, use_cache=False).logits, three(ids, use_cache=False).logits
-            print(f"T = {T}: logits max |one - three| {float((a - b).abs().max()):.2e}")
-            times = {name: [] for name in models}
-            for _ in range(rounds):
-                for name in ("floor", "three", "floor", "one"):
-                    start = time.perf_counter()
-                    models[name](ids, use_cache=False)
-                    times[name].append(time.perf_counter() - start)
-            floor = times["floor"][1::2]  # the floor call just before each student's
-            for name in ("three", "one"):
-                per_round = [s / f for s, f in zip(times[name], floor if name == "one" else times["floor"][0::2])]
-                print(f"  {name:5s} {1e3 * statistics.median(times[name]):7.1f} ms, x floor {statistics.median(per_round):.3f}")
-            ratio = [s / o for s, o in zip(times["three"], times["one"])]
-            print(f"  three / one per round: median {statistics.median(ratio):.3f}, "
-                  f"quartiles {statistics.quantiles(ratio, n=4)[0]:.3f}-{statistics.quantiles(ratio, n=4)[2]:.3f}")
+    model = build_student(teacher, "mamba", init="random", seed=0).eval()
+    mixer = next(m for m in model.modules() if isinstance(m, Mamba2Mixer))
+    sides = {"old": Mamba2Mixer.featurize, "new": featurize_one_product}
+
+    def use(side):
+        Mamba2Mixer.featurize = sides[side]
+
+    x = torch.randn(1, 2048, teacher.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outputs = {}
+        for side in sides:
+            use(side)
+            outputs[side] = mixer(x)[0]
+        print(f"outputs max |old - new| {(outputs['old'] - outputs['new']).abs().max().item():.1e}")
+        times = {side: [] for side in sides}
+        for round_ in range(rounds + 1):
+            for side in in_turn(round_, sides):
+                use(side)
+                seconds = timed(mixer, x)
+                if round_:
+                    times[side].append(seconds)
+    use("old")
+    print(f"one mixer, 2,048 tokens: old {1e3 * statistics.median(times['old']):.3f} ms, "
+          f"new {1e3 * statistics.median(times['new']):.3f} ms; {paired(times['old'], times['new'])}")
 
 
 if __name__ == "__main__":
