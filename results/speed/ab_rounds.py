@@ -7,6 +7,8 @@ lands on both (`decode_conv_ab.py` has the first form of the decode loop).
 - `filled_decoder`, `same_tokens`, `decode_rounds`: ms a decoded token after a context filled by 2,048-token
   chunks (as bench.throughput fills it), 32 tokens a call, a reference decoder (the teacher's) in the same rounds.
 - `paired`: the per-round old / new ratios' median and quartiles, as text.
+- `call_rounds`: one call (a mixer on its input, say) timed side by side, for a change too small to see through a
+  whole prefill's round-to-round spread.
 """
 import statistics
 import time
@@ -43,6 +45,19 @@ def prefill_rounds(model, floor, ids, use, rounds: int, sides=SIDES) -> dict[str
                 if round_:
                     times[f"floor_{side}"].append(floor_s)
                     times[side].append(model_s)
+    return times
+
+
+def call_rounds(fn, args, use, rounds: int, sides=SIDES) -> dict[str, list[float]]:
+    """Seconds by round of fn(*args) for each side (no gradient); one warm-up round first, dropped."""
+    times = {side: [] for side in sides}
+    with torch.no_grad():
+        for round_ in range(rounds + 1):
+            for side in in_turn(round_, sides):
+                use(side)
+                seconds = timed(fn, *args)
+                if round_:
+                    times[side].append(seconds)
     return times
 
 

@@ -8,7 +8,7 @@ alternating (`ab_rounds.py`).
 import statistics
 
 import torch
-from ab_rounds import in_turn, paired, timed
+from ab_rounds import call_rounds, paired
 
 from bench.perf.heap import set_steady
 from bench.perf.throughput import embedded_shape_teacher
@@ -39,14 +39,13 @@ model = build_student(teacher, "gated_deltanet", init="random", seed=0).eval()
 mixer = next(m for m in model.modules() if isinstance(m, GatedDeltaNetMixer))
 sides = {"old": GatedDeltaNetMixer.featurize, "new": featurize_raw_gates}
 x = torch.randn(1, 2048, teacher.config.hidden_size, generator=torch.Generator().manual_seed(1))
-times = {side: [] for side in sides}
-with torch.no_grad():
-    for round_ in range(201):
-        for side in in_turn(round_, sides):
-            GatedDeltaNetMixer.featurize = sides[side]
-            seconds = timed(mixer, x)
-            if round_:
-                times[side].append(seconds)
-GatedDeltaNetMixer.featurize = sides["old"]
+
+
+def use(side):
+    GatedDeltaNetMixer.featurize = sides[side]
+
+
+times = call_rounds(mixer, (x,), use, 200, sides)
+use("old")
 print(f"gated_deltanet's mixer, 2,048 tokens: gates as is {1e3 * statistics.median(times['old']):.3f} ms, gates skipped "
       f"{1e3 * statistics.median(times['new']):.3f} ms; {paired(times['old'], times['new'])}")

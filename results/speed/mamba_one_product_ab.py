@@ -9,7 +9,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from ab_rounds import in_turn, paired, timed
+from ab_rounds import call_rounds, paired
 
 from bench.perf.heap import set_steady
 from bench.perf.throughput import embedded_shape_teacher
@@ -53,13 +53,7 @@ def main():
             use(side)
             outputs[side] = mixer(x)[0]
         print(f"outputs max |old - new| {(outputs['old'] - outputs['new']).abs().max().item():.1e}")
-        times = {side: [] for side in sides}
-        for round_ in range(rounds + 1):
-            for side in in_turn(round_, sides):
-                use(side)
-                seconds = timed(mixer, x)
-                if round_:
-                    times[side].append(seconds)
+    times = call_rounds(mixer, (x,), use, rounds, sides)
     use("old")
     print(f"one mixer, 2,048 tokens: old {1e3 * statistics.median(times['old']):.3f} ms, "
           f"new {1e3 * statistics.median(times['new']):.3f} ms; {paired(times['old'], times['new'])}")

@@ -12,7 +12,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from ab_rounds import decode_rounds, filled_decoder, in_turn, paired, prefill_rounds, same_tokens, timed, times_floor
+from ab_rounds import call_rounds, decode_rounds, filled_decoder, paired, prefill_rounds, same_tokens, times_floor
 
 from bench.perf.heap import set_steady
 from bench.perf.throughput import build_floor, embedded_shape_teacher
@@ -77,14 +77,7 @@ def main():
     use("new")
     mixer = next(m for m in model.modules() if isinstance(m, Mamba2Mixer))
     x = torch.randn(1, 2048, teacher.config.hidden_size, generator=torch.Generator().manual_seed(1))
-    layer = {side: [] for side in ("old", "new")}
-    with torch.no_grad():
-        for round_ in range(201):
-            for side in in_turn(round_, ("old", "new")):
-                use(side)
-                seconds = timed(mixer, x)
-                if round_:
-                    layer[side].append(seconds)
+    layer = call_rounds(mixer, (x,), use, 200)
     use("new")
     print(f"one mixer, 2,048 tokens: old {1e3 * statistics.median(layer['old']):.3f} ms, "
           f"new {1e3 * statistics.median(layer['new']):.3f} ms; {paired(layer['old'], layer['new'])}")
