@@ -132,6 +132,20 @@ def test_the_linear_recurrence_pass_reads_strided_and_bf16_inputs():
     _check(linear_recurrence, inputs, tol=1e-2)
 
 
+def _record_compiled_calls(monkeypatch) -> list[str]:
+    """The names of the extension's functions called from here on (every call given the extension), in order."""
+    calls = []
+    compiled = native.module()
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(compiled, name)
+
+    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    return calls
+
+
 def _ssd_terms(T, seed=2):
     g = torch.Generator().manual_seed(seed)
     return F.softplus(torch.randn(B, T, H, generator=g)), torch.randn(H, generator=g)  # Δ > 0; D of either sign
@@ -155,15 +169,7 @@ def test_the_linear_recurrence_pass_takes_the_key_scale_and_skip_in_its_pass(mon
     against the float64 loop with both written out; the call is the compiled one, not the torch terms around it."""
     inputs = _linear_inputs(T, decay, bonus, init)
     key_scale, skip = _ssd_terms(T)
-    calls = []
-    compiled = native.module()
-
-    class Recording:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(compiled, name)
-
-    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    calls = _record_compiled_calls(monkeypatch)
     with torch.no_grad():
         o, state = linear_recurrence(**inputs, output_final_state=True, backend="native", key_scale=key_scale,
                                      skip=skip)
@@ -200,15 +206,7 @@ def test_the_decode_step_takes_the_key_scale_and_skip_in_its_call(monkeypatch, d
     """A decoded token (one token, a state): the compiled step applies both terms, against the float64 loop."""
     inputs = _linear_inputs(1, decay, bonus, True)
     key_scale, skip = _ssd_terms(1)
-    calls = []
-    compiled = native.module()
-
-    class Recording:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(compiled, name)
-
-    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    calls = _record_compiled_calls(monkeypatch)
     with torch.no_grad():
         o, state = linear_recurrence(**inputs, output_final_state=True, backend="step", key_scale=key_scale, skip=skip)
     assert calls == ["linear_step"]
@@ -227,15 +225,7 @@ def test_the_key_scale_and_skip_must_match_the_heads():
 
 @needs_build
 def test_large_states_take_the_chunked_forms(monkeypatch):
-    calls = []
-    compiled = native.module()
-
-    class Recording:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(compiled, name)
-
-    monkeypatch.setattr(native, "without_autograd", lambda *a: Recording())
+    calls = _record_compiled_calls(monkeypatch)
     monkeypatch.setattr(native, "SCAN_MAX_STATE", K * V - 1)
     with torch.no_grad():
         delta_rule(**_delta_inputs(20))
