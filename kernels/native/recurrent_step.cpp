@@ -187,6 +187,7 @@ Tensor head_norm(const Tensor& x, const c10::optional<Tensor>& weight, const c10
                  const c10::optional<Tensor>& gate, bool rms, int64_t activation, double eps,
                  const std::vector<Tensor>& augment);
 Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin);
+std::vector<Tensor> decay_gate(const Tensor& x, double temperature, bool complement);
 Tensor distill_rows(const Tensor& logits, const Tensor& teacher, const Tensor& targets, double kl_coef,
                     double ce_coef, bool write_grad);
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale);
@@ -207,6 +208,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("initial_state"), py::arg("floor"), py::arg("key_scale") = py::none(), py::arg("skip") = py::none());
   m.def("ddlerp", &ddlerp, "RWKV-6's data-dependent token shift and decay over a sequence, fp32");
   m.def("head_norm", &head_norm, "a mixer's per-head RMS or layer norm, affine and activated gate in one pass, fp32");
+  m.def("decay_gate", &decay_gate, "a sigmoid decay gate's log decay (and 1 - decay) in one pass, fp32");
   m.def("rotary", &rotary, "the rotary position embedding of a prompt or a token in one pass, fp32");
   m.def("distill_rows", &distill_rows, "the distillation loss's KL, CE and logit gradient at temperature 1, row by row, fp32");
   m.def("causal_attention", &causal_attention, "causal softmax attention over a prompt, no autograd, fp32 sums");

@@ -876,6 +876,89 @@ Tensor head_norm(const Tensor& x_in, const c10::optional<Tensor>& weight_in, con
   return y;
 }
 
+namespace {
+// log(1 + u) for u in [0, 1], eight at a time: 2 atanh(s) with s = u / (2 + u) in [0, 1/3], its odd series to s^13
+// (the next term is below 1.5e-8 of the sum): relative accuracy at every u, tiny u included (no 1 + u rounding).
+inline vec8 log1p_unit8(vec8 u) {
+  const vec8 s = u / (splat(2.f) + u);
+  const vec8 z = s * s;
+  vec8 p = splat(1.f / 13.f);
+  p = p * z + splat(1.f / 11.f);
+  p = p * z + splat(1.f / 9.f);
+  p = p * z + splat(1.f / 7.f);
+  p = p * z + splat(1.f / 5.f);
+  p = p * z + splat(1.f / 3.f);
+  p = p * z + splat(1.f);
+  return splat(2.f) * s * p;
+}
+
+// log sigmoid(x) = min(x, 0) - log(1 + e^{-|x|}), eight at a time (no overflow at either end)
+inline vec8 log_sigmoid8(vec8 x) {
+  const vec8 zero = splat(0.f);
+  return (x < zero ? x : zero) - log1p_unit8(exp8(x < zero ? x : -x));
+}
+
+// 1 - e^y, eight at a time, as Cephes' expm1f: y = n ln 2 + r, |r| <= ln 2 / 2, e^r - 1 = r + r^2 P(r) (exp8's
+// polynomial) and e^y - 1 = 2^n (e^r - 1) + (2^n - 1): relative accuracy near 0, where 1 - exp(y) would cancel, and
+// one exponential's cost. y clamped to [-87.3, 88.3] as in exp8.
+inline vec8 one_minus_exp8(vec8 y) {
+  y = clamp8(y, -87.3f, 88.3f);
+  const vec8 magic = splat(12582912.f);
+  const vec8 n = (y * splat(1.44269504088896341f) + magic) - magic;
+  const vec8 r = y - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  vec8 p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  const vec8 r_minus_one = p * r * r + r;  // e^r - 1
+  const vec8i bits = (__builtin_convertvector(n, vec8i) + 127) << 23;
+  vec8 two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
+  return (splat(1.f) - two_to_n) - two_to_n * r_minus_one;
+}
+}  // namespace
+
+// A sigmoid decay gate over a prompt or a decoded token (GLA, Yang et al. 2024, eq. 4 with tau = 16; MetaLA, Chou et
+// al. 2024, section 4): log_decay = log sigmoid(x) / tau and, with complement, 1 - alpha = -expm1(log_decay), MetaLA's
+// key, in one pass (the torch form takes three, each into fresh memory). x any shape and floating dtype (read as
+// fp32). Returns log_decay (x's shape, fp32, contiguous) and, with complement, 1 - alpha as well.
+std::vector<Tensor> decay_gate(const Tensor& x_in, double temperature, bool complement) {
+  const Tensor x = x_in.to(torch::kFloat).contiguous();
+  Tensor log_decay = torch::empty_like(x);
+  Tensor rest = complement ? torch::empty_like(x) : Tensor();
+  const float* xp = x.data_ptr<float>();
+  float *lp = log_decay.data_ptr<float>(), *cp = complement ? rest.data_ptr<float>() : nullptr;
+  const float inverse_tau = static_cast<float>(1.0 / temperature);  // exact for tau a power of two (16)
+  constexpr int64_t kGrain = 16384;  // values a thread takes at least: smaller calls (a decoded token) run on one
+  at::parallel_for(0, (x.numel() + 7) / 8, kGrain / 8, [&](int64_t begin, int64_t end) {
+    const int64_t last = std::min(end * 8, x.numel());
+    int64_t i = begin * 8;
+    for (; i + 16 <= last; i += 16) {  // two vectors a step: their dependency chains interleave
+      const vec8 g0 = log_sigmoid8(load8(xp + i)) * splat(inverse_tau);
+      const vec8 g1 = log_sigmoid8(load8(xp + i + 8)) * splat(inverse_tau);
+      store8(lp + i, g0);
+      store8(lp + i + 8, g1);
+      if (cp != nullptr) {
+        store8(cp + i, one_minus_exp8(g0));
+        store8(cp + i + 8, one_minus_exp8(g1));
+      }
+    }
+    for (; i + 8 <= last; i += 8) {
+      const vec8 g = log_sigmoid8(load8(xp + i)) * splat(inverse_tau);
+      store8(lp + i, g);
+      if (cp != nullptr) store8(cp + i, one_minus_exp8(g));
+    }
+    for (; i < last; ++i) {
+      const float g = (std::min(xp[i], 0.f) - std::log1p(std::exp(-std::fabs(xp[i])))) * inverse_tau;
+      lp[i] = g;
+      if (cp != nullptr) cp[i] = -std::expm1(g);
+    }
+  });
+  return complement ? std::vector<Tensor>{log_decay, rest} : std::vector<Tensor>{log_decay};
+}
+
 // Rotary position embedding over a prompt or a decoded token (RoFormer eq. 34, Llama's rotate_half layout):
 // y = x cos + rotate_half(x) sin, rotate_half(x1, x2) = (-x2, x1) over each head's two halves, each row in one pass
 // (the torch form takes five: a negation, a concatenation, two products and a sum, each into fresh memory).

@@ -6,8 +6,8 @@ o_t = S_tᵀ q_t / √d; per-head RMSNorm, swish output gate, output projection.
 from __future__ import annotations
 
 import torch.nn as nn
-import torch.nn.functional as F
 
+from kernels.decay_gate import decay_gate
 from students.base import Features, MixerConfig, RecurrentMixer
 from students.layers import HeadRMSNorm, merge_heads, split_heads
 
@@ -30,7 +30,7 @@ class GLAMixer(RecurrentMixer):
     def featurize(self, x, state):
         H = self.num_heads
         q, k, v = (split_heads(p(x), H) for p in (self.q_proj, self.k_proj, self.v_proj))
-        log_decay = F.logsigmoid(split_heads(self.gk_up(self.gk_down(x)), H).float()) / GATE_TEMPERATURE
+        log_decay = decay_gate(split_heads(self.gk_up(self.gk_down(x)), H), GATE_TEMPERATURE)
         return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": split_heads(self.g_proj(x), H)})
 
     def readout(self, core, f, x):

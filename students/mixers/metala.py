@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from kernels.decay_gate import decay_gate
 from students.base import Features, MixerConfig, RecurrentMixer
 from students.layers import HeadLayerNorm, ShortConv, merge_heads, split_heads
 
@@ -37,8 +37,7 @@ class MetaLAMixer(RecurrentMixer):
         xc, conv_cache = self.conv(x, state.get("conv"))
         q, v = split_heads(self.q_proj(xc), H), split_heads(self.v_proj(xc), H)
         decay_in = split_heads(self.decay_proj(xc), H)  # W_K's place under qkv_copy: the window's key
-        log_decay = F.logsigmoid(decay_in.float()) / GATE_TEMPERATURE
-        k = -torch.expm1(log_decay)  # 1 − α_t
+        log_decay, k = decay_gate(decay_in, GATE_TEMPERATURE, complement=True)  # log α_t and 1 − α_t
         return Features(q=q, k=k, v=v, log_decay=log_decay, context={"g": self.g_proj(xc)},
                         carry={"conv": conv_cache}, window_k=decay_in)
 
