@@ -4,10 +4,11 @@
 
 One row per operator and length (batch 1, the embedded teacher's shapes: width 256, 4 heads of 64): RWKV-6's token
 shift and decay (`kernels.ddlerp`, ranks 32 / 64), the read-out norm with its gate (`kernels.head_norm`: rms + SiLU
-on a strided gate as gated_deltanet's, layer + SiLU, layer + sigmoid, and MetaLA's with its self-augmentation) and
-the short convolution over the stacked q, k, v channels (`students.layers.short_conv`, 768 channels, 4 taps, SiLU;
-and with gated_deltanet's q/k normalisation), and the teacher's causal attention (`kernels.causal_attention`, 4 query
-and 2 key-value heads, against sdpa). Without a gradient to record, each runs its torch form (inside
+on a strided gate as gated_deltanet's, layer + SiLU, layer + sigmoid, and MetaLA's with its self-augmentation), the
+sigmoid decay gate (`kernels.decay_gate`, τ = 16: GLA's log α, MetaLA's with 1 − α), the short convolution over the
+stacked q, k, v channels (`students.layers.short_conv`, 768 channels, 4 taps, SiLU; and with gated_deltanet's q/k
+normalisation), and the teacher's causal attention (`kernels.causal_attention`, 4 query and 2 key-value heads,
+against sdpa). Without a gradient to record, each runs its torch form (inside
 `kernels.native.disabled()`) and its compiled pass, the two taking turns (`time_round_robin`); the compiled output
 must agree with the torch form's within 1e-5 of its largest value (else FAIL and no ratio). CPU only: on CUDA
 these calls run the torch forms.
@@ -24,6 +25,7 @@ from bench.provenance import header
 from kernels import native
 from kernels.causal_attention import causal_attention
 from kernels.ddlerp import ddlerp
+from kernels.decay_gate import decay_gate
 from kernels.head_norm import head_norm
 from students.layers import short_conv, short_conv_normalized
 
@@ -47,6 +49,7 @@ def _operators(T: int) -> dict:
     weight, bias = randn(HEAD_DIM), randn(HEAD_DIM)
     augment = (randn(1, T, HEADS, HEAD_DIM), torch.rand(1, T, HEADS, HEAD_DIM, generator=g),
                randn(1, T, HEADS, HEAD_DIM), randn(HEADS, HEAD_DIM))  # MetaLA's q, 1 − α, v, w_aug
+    gate_in = randn(1, T, HEADS, HEAD_DIM) * 4  # the decay projection's output
     stacked = randn(1, T, CONV_CHANNELS + WIDTH)[..., :CONV_CHANNELS]  # a split of a stacked projection
     conv_weight = randn(CONV_CHANNELS, TAPS) * 0.5
     # the teacher's attention as transformers hands it over: (B, T, H, D) memory viewed as (B, H, T, D)
@@ -58,6 +61,8 @@ def _operators(T: int) -> dict:
         "head_norm layer+silu": lambda: head_norm(core, weight, bias, gate, kind="layer", activation="silu"),
         "head_norm layer+sigmoid": lambda: head_norm(core, weight, bias, gate, kind="layer", activation="sigmoid"),
         "head_norm metala": lambda: head_norm(core, None, None, gate, kind="layer", activation="silu", augment=augment),
+        "decay_gate gla": lambda: decay_gate(gate_in, 16.0),
+        "decay_gate metala": lambda: decay_gate(gate_in, 16.0, complement=True),
         "short_conv": lambda: short_conv(stacked, conv_weight, None, True),
         "short_conv + q/k norm": lambda: short_conv_normalized(stacked, conv_weight, None, True, None,
                                                                2 * HEADS * HEAD_DIM, HEAD_DIM),

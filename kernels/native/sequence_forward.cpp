@@ -1079,30 +1079,36 @@ namespace {
 
 constexpr int64_t ATTENTION_BLOCK = 64;  // queries per block: its scores (64 x T floats) stay in L2 at training lengths
 
+// The row stride of the transposed keys and of a block's scores for T keys: T rounded up to 32 floats, plus 16. A
+// power-of-two stride (T = 1,024, 2,048, ...) puts every row of a product's column block in one L1 set, and the
+// products then miss on each row (0.65-0.78x sdpa at 1,024 and 2,048 tokens on the AVX2 EPYC, against 1.03x at
+// 1,536: results/speed/causal_attention_stride.txt); the odd half-line keeps consecutive rows in different sets.
+inline int64_t attention_stride(int64_t T) { return (T + 31) / 32 * 32 + 16; }
+
 // n rows of D channels at p (row stride st, channels contiguous) widened to fp32: into dst (n x D), or transposed
-// into dst (D x n) for keys, so a block's scores are one product with the keys' rows as columns
+// into dst (D rows at stride ld) for keys, so a block's scores are one product with the keys' rows as columns
 template <typename S>
-void widen_rows(const S* p, int64_t n, int64_t D, int64_t st, float* dst, bool transpose) {
+void widen_rows(const S* p, int64_t n, int64_t D, int64_t st, float* dst, bool transpose, int64_t ld = 0) {
   for (int64_t t = 0; t < n; ++t)
     for (int64_t c = 0; c < D; ++c) {
       const float x = static_cast<float>(p[t * st + c]);
       if (transpose)
-        dst[c * n + t] = x;
+        dst[c * ld + t] = x;
       else
         dst[t * D + c] = x;
     }
 }
 
-// One query head: q (T x K), kt (K x T), v (T x V) fp32 contiguous; o's rows at stride so. Per block of queries, the
+// One query head: q (T x K), kt (K rows at stride attention_stride(T)), v (T x V) fp32; o's rows at stride so. Per block of queries, the
 // scores against every key up to its last query in one product, each row's causal softmax (the exact one: the max
 // over the row's keys, their exponentials and sum), then P V in a second product, divided by the sums.
 template <typename S>
 void causal_head(int64_t T, int64_t K, int64_t V, const float* q, const float* kt, const float* v, S* o, int64_t so,
                  float scale, float* scores, float* block_out, float* inverse_sums) {
-  const int64_t ld = (T + 31) / 32 * 32;
+  const int64_t ld = attention_stride(T);  // the keys' and the scores' row stride
   for (int64_t i0 = 0; i0 < T; i0 += ATTENTION_BLOCK) {
     const int64_t rows = std::min(ATTENTION_BLOCK, T - i0), n = i0 + rows;
-    gemm(rows, n, K, q + i0 * K, K, kt, T, scores, ld, false);
+    gemm(rows, n, K, q + i0 * K, K, kt, ld, scores, ld, false);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = scores + r * ld;
       const int64_t keys = i0 + r + 1;  // the row's own key and every earlier one
@@ -1142,16 +1148,16 @@ void causal_head(int64_t T, int64_t K, int64_t V, const float* q, const float* k
 template <typename S>
 void causal_attention_into(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o, float scale) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), K = q.size(3), G = k.size(1), V = v.size(3);
-  const int64_t per_group = H / G, ld = (T + 31) / 32 * 32;
+  const int64_t per_group = H / G, ld = attention_stride(T);
   const S *qp = q.data_ptr<S>(), *kp = k.data_ptr<S>(), *vp = v.data_ptr<S>();
   S* op = o.data_ptr<S>();
   at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    std::vector<float> qh(T * K), kt(K * T), vh(T * V), scores(ATTENTION_BLOCK * ld), block_out(ATTENTION_BLOCK * V),
+    std::vector<float> qh(T * K), kt(K * ld), vh(T * V), scores(ATTENTION_BLOCK * ld), block_out(ATTENTION_BLOCK * V),
         inverse_sums(ATTENTION_BLOCK);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / G, g = task % G;
-      widen_rows(kp + b * k.stride(0) + g * k.stride(1), T, K, k.stride(2), kt.data(), true);
+      widen_rows(kp + b * k.stride(0) + g * k.stride(1), T, K, k.stride(2), kt.data(), true, ld);
       widen_rows(vp + b * v.stride(0) + g * v.stride(1), T, V, v.stride(2), vh.data(), false);
       for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {  // the query heads reading this key-value head
         widen_rows(qp + b * q.stride(0) + h * q.stride(1), T, K, q.stride(2), qh.data(), false);
