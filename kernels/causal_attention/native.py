@@ -13,7 +13,7 @@ import torch
 from kernels import native
 from kernels.causal_attention.torch_form import causal_attention_torch
 
-MAX_LENGTH = 4096  # the longest sequence the compiled call takes: 1.1-1.3x sdpa there on the AVX-512 EPYC (0.74-1.07x on the
+MAX_LENGTH = 4096  # the longest sequence the compiled call takes: 1.1-1.3x sdpa there on the AVX-512 EPYC (0.74-1.06x on the
 # AVX2 one), at most 1.0x at 16,384
 
 
