@@ -56,10 +56,13 @@ inline vec8 clamp8(vec8 x, float lo, float hi) {
   return x > splat(hi) ? splat(hi) : x;
 }
 
-// exp(x), eight at a time (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial for e^r, 2^n in the
-// exponent bits); inputs clamped to [-87.3, 88.3], so results stay normal and finite. Accuracy: the float64 checks in
-// tests/test_kernels_ddlerp.py, test_kernels_head_norm.py and test_kernels_native_sequence.py.
-inline vec8 exp8(vec8 x) {
+// Cephes' expf range reduction, eight at a time: x = n ln 2 + r with |r| <= ln 2 / 2, e^r - 1 = r + r^2 P(r) (a
+// degree-5 P), and 2^n in the exponent bits; inputs clamped to [-87.3, 88.3], so 2^n stays normal and finite.
+// Returns (2^n, e^r - 1): exp8 and one_minus_exp8 finish from them.
+struct ExpParts {
+  vec8 two_to_n, r_minus_one;
+};
+inline ExpParts exp_parts8(vec8 x) {
   x = clamp8(x, -87.3f, 88.3f);
   const vec8 magic = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
   const vec8 n = (x * splat(1.44269504088896341f) + magic) - magic;
@@ -70,11 +73,18 @@ inline vec8 exp8(vec8 x) {
   p = p * r + splat(4.1665795894e-2f);
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.f);
   const vec8i bits = (__builtin_convertvector(n, vec8i) + 127) << 23;
-  vec8 two_to_n;
-  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
-  return p * two_to_n;
+  ExpParts parts;
+  std::memcpy(&parts.two_to_n, &bits, sizeof parts.two_to_n);
+  parts.r_minus_one = p * r * r + r;
+  return parts;
+}
+
+// exp(x) = 2^n e^r, eight at a time. Accuracy: the float64 checks in tests/test_kernels_ddlerp.py,
+// test_kernels_head_norm.py and test_kernels_native_sequence.py.
+inline vec8 exp8(vec8 x) {
+  const ExpParts parts = exp_parts8(x);
+  return (parts.r_minus_one + splat(1.f)) * parts.two_to_n;
 }
 
 // tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}), eight at a time (an absolute error, not a relative one, near 0)
@@ -898,25 +908,11 @@ inline vec8 log_sigmoid8(vec8 x) {
   return (x < zero ? x : zero) - log1p_unit8(exp8(x < zero ? x : -x));
 }
 
-// 1 - e^y, eight at a time, as Cephes' expm1f: y = n ln 2 + r, |r| <= ln 2 / 2, e^r - 1 = r + r^2 P(r) (exp8's
-// polynomial) and e^y - 1 = 2^n (e^r - 1) + (2^n - 1): relative accuracy near 0, where 1 - exp(y) would cancel, and
-// one exponential's cost. y clamped to [-87.3, 88.3] as in exp8.
+// 1 - e^y, eight at a time, as Cephes' expm1f: e^y - 1 = 2^n (e^r - 1) + (2^n - 1) from exp8's reduction, exact
+// near 0 where 1 - exp(y) would cancel, at one exponential's cost.
 inline vec8 one_minus_exp8(vec8 y) {
-  y = clamp8(y, -87.3f, 88.3f);
-  const vec8 magic = splat(12582912.f);
-  const vec8 n = (y * splat(1.44269504088896341f) + magic) - magic;
-  const vec8 r = y - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  vec8 p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  const vec8 r_minus_one = p * r * r + r;  // e^r - 1
-  const vec8i bits = (__builtin_convertvector(n, vec8i) + 127) << 23;
-  vec8 two_to_n;
-  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
-  return (splat(1.f) - two_to_n) - two_to_n * r_minus_one;
+  const ExpParts parts = exp_parts8(y);
+  return (splat(1.f) - parts.two_to_n) - parts.two_to_n * parts.r_minus_one;
 }
 }  // namespace
 
