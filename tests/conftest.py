@@ -37,6 +37,23 @@ def poison_uninitialised_memory(monkeypatch):
     yield
 
 
+@pytest.fixture
+def compiled_calls(monkeypatch):
+    """The names of the C++ extension's functions looked up from here on, in order: `kernels.native.module()` returns
+    the extension behind a recorder (None where it cannot be built). Clear the list to start counting again."""
+    from kernels import native
+
+    compiled, calls = native.module(), []
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(compiled, name)
+
+    monkeypatch.setattr(native, "module", lambda: Recording() if compiled is not None else None)
+    return calls
+
+
 _WORDS = ("thou art the king and queen of all my love sweet lord good night fair lady what say you "
           "the time is out of joint o that this too too solid flesh would melt now is the winter of "
           "our discontent made glorious summer by this sun of york friends romans countrymen lend me "

@@ -74,31 +74,24 @@ def test_the_compiled_pass_reads_strided_inputs():
     torch.testing.assert_close(streams, ddlerp(**inputs, backend="torch")[0], rtol=1e-5, atol=1e-5)
 
 
-def _uses_compiled(monkeypatch, **inputs) -> bool:
-    calls = []
-    compiled = native.module()
-
-    class Recording:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(compiled, name)
-
-    monkeypatch.setattr(native, "module", lambda: Recording() if compiled is not None else None)
+def _uses_compiled(calls: list, **inputs) -> bool:
+    """Whether ddlerp on these inputs takes the compiled pass (`calls` the `compiled_calls` fixture's list)."""
+    calls.clear()
     ddlerp(**inputs, backend="native")
     return calls == ["ddlerp"]
 
 
 @needs_build
-def test_the_compiled_pass_runs_only_where_it_can(monkeypatch):
+def test_the_compiled_pass_runs_only_where_it_can(compiled_calls):
     inputs = _inputs(1, 20, 16, 2, 4)
     with torch.no_grad():
-        assert _uses_compiled(monkeypatch, **inputs)
+        assert _uses_compiled(compiled_calls, **inputs)
     with torch.no_grad():
-        assert not _uses_compiled(monkeypatch, **{**inputs, "x": inputs["x"].bfloat16()})
+        assert not _uses_compiled(compiled_calls, **{**inputs, "x": inputs["x"].bfloat16()})
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not _uses_compiled(monkeypatch, **inputs)
+        assert not _uses_compiled(compiled_calls, **inputs)
     trained = {name: t.requires_grad_() if t is not None else None for name, t in inputs.items()}
-    assert not _uses_compiled(monkeypatch, **trained)
+    assert not _uses_compiled(compiled_calls, **trained)
     streams, log_decay = ddlerp(**trained, backend="native")  # the torch form: gradients flow
     (streams.sum() + log_decay.sum()).backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in trained.values() if t is not None)
