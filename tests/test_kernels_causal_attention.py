@@ -1,8 +1,8 @@
 """kernels.causal_attention: the compiled causal softmax attention (a frozen teacher's forward) against the formula in
-float64 on odd shapes (one token, lengths around the 64-query block, head widths off the vector lengths, grouped
-queries, a value width unlike the key's), transformers' layout (heads a stride of the token rows), bf16 inputs and
-autocast; sdpa's form against the same; which calls take the compiled pass (no gradient, CPU, up to MAX_LENGTH tokens);
-argument errors.
+float64 on odd shapes (one token, lengths around the 64-query block and across the 256-key tiles, head widths off
+the vector lengths, grouped queries, a value width unlike the key's), transformers' layout (heads a stride of the
+token rows), bf16 inputs and autocast; sdpa's form against the same; which calls take the compiled pass (no
+gradient, CPU, up to MAX_LENGTH tokens); argument errors.
 Compiled tests are skipped where the extension cannot be built."""
 import math
 
@@ -38,7 +38,8 @@ def _inputs(B, H, G, T, K, V, seed=0, token_major=False, dtype=torch.float32):
 
 
 SHAPES = [(1, 1, 1, 1, 8, 8), (2, 4, 2, 37, 64, 64), (1, 3, 1, 64, 24, 40), (1, 2, 2, 65, 33, 17),
-          (2, 6, 3, 130, 16, 16), (1, 4, 4, 200, 64, 64)]
+          (2, 6, 3, 130, 16, 16), (1, 4, 4, 200, 64, 64),
+          (1, 2, 1, 257, 64, 64), (1, 2, 2, 600, 24, 40)]
 
 
 @needs_build

@@ -1,8 +1,9 @@
 """Causal attention over a prompt on CPU as one compiled call (`kernels/native/sequence_forward.cpp`): per key-value
 head its keys and values widened to fp32 once and shared by its query heads; per block of 64 queries the scores, the
-masked softmax and P V while the block is in cache. About 2× torch's CPU flash kernel at the distillation batch
-(`results/speed/teacher_attention_ab.txt`), less as sequences grow: a block's scores (64 × T floats) leave L2, and
-from 16,384 tokens sdpa's tiled kernel is faster (`results/speed/causal_attention_lengths.txt`), so longer sequences
+masked softmax and P V, both products read 256 keys at a time so a tile of keys or values stays in L2. About 2×
+torch's CPU flash kernel at the distillation batch (`results/speed/teacher_attention_ab.txt`), less as sequences grow:
+a block's scores (64 × T floats) leave L2, and from 16,384 tokens sdpa's kernel, which tiles the scores too, is as
+fast or faster (`results/speed/attention_key_tiles_ab.txt`, `causal_attention_lengths.txt`), so longer sequences
 than `MAX_LENGTH` take sdpa. Under autocast the inputs are cast to its dtype first, as sdpa's are. No backward: where
 a gradient is to be recorded, off CPU, for dtypes other than fp32 and bf16, or where the extension cannot be built,
 sdpa."""
@@ -13,8 +14,8 @@ import torch
 from kernels import native
 from kernels.causal_attention.torch_form import causal_attention_torch
 
-MAX_LENGTH = 4096  # the longest sequence the compiled call takes: 1.1-1.3x sdpa there on the AVX-512 EPYC (0.74-1.06x on the
-# AVX2 one), at most 1.0x at 16,384
+MAX_LENGTH = 8192  # the longest sequence the compiled call takes: 1.04-1.09x sdpa there on the AVX2 EPYC, 0.96-0.97x
+# at 16,384
 
 
 def causal_attention_compiled(q, k, v, scale):

@@ -1073,6 +1073,7 @@ Tensor distill_rows(const Tensor& logits, const Tensor& teacher, const Tensor& t
 
 namespace {
 
+constexpr int64_t ATTENTION_KEY_TILE = 256;  // keys a product reads at a time: 64 KB of K or V stays in L2
 constexpr int64_t ATTENTION_BLOCK = 64;  // queries per block: its scores (64 x T floats) stay in L2 at training lengths
 
 // The row stride of the transposed keys and of a block's scores for T keys: T rounded up to 32 floats, plus 16. A
@@ -1104,7 +1105,8 @@ void causal_head(int64_t T, int64_t K, int64_t V, const float* q, const float* k
   const int64_t ld = attention_stride(T);  // the keys' and the scores' row stride
   for (int64_t i0 = 0; i0 < T; i0 += ATTENTION_BLOCK) {
     const int64_t rows = std::min(ATTENTION_BLOCK, T - i0), n = i0 + rows;
-    gemm(rows, n, K, q + i0 * K, K, kt, ld, scores, ld, false);
+    for (int64_t j0 = 0; j0 < n; j0 += ATTENTION_KEY_TILE)  // a tile of keys stays in L2 for the block's rows
+      gemm(rows, std::min(ATTENTION_KEY_TILE, n - j0), K, q + i0 * K, K, kt + j0, ld, scores + j0, ld, false);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = scores + r * ld;
       const int64_t keys = i0 + r + 1;  // the row's own key and every earlier one
@@ -1133,7 +1135,8 @@ void causal_head(int64_t T, int64_t K, int64_t V, const float* q, const float* k
       for (; j < n; ++j) s[j] = 0.f;  // later keys: masked
       inverse_sums[r] = static_cast<float>(1.0 / sum);
     }
-    gemm(rows, V, n, scores, ld, v, V, block_out, V, false);
+    for (int64_t j0 = 0; j0 < n; j0 += ATTENTION_KEY_TILE)  // the same sums in the same order, a tile of v at a time
+      gemm(rows, V, std::min(ATTENTION_KEY_TILE, n - j0), scores + j0, ld, v + j0 * V, V, block_out, V, j0 > 0);
     for (int64_t r = 0; r < rows; ++r) {
       S* dst = o + (i0 + r) * so;
       for (int64_t c = 0; c < V; ++c) dst[c] = static_cast<S>(block_out[r * V + c] * inverse_sums[r]);
