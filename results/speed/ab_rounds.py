@@ -5,7 +5,8 @@ lands on both (`decode_conv_ab.py` has the first form of the decode loop).
 - `prefill_rounds`: whole no-gradient prefills (batch 1, use_cache=False, as bench.throughput), the floor timed
   right before each call; `times_floor` the median of a side's per-round ratios to it.
 - `filled_decoder`, `same_tokens`, `decode_rounds`: ms a decoded token after a context filled by 2,048-token
-  chunks (as bench.throughput fills it), 32 tokens a call, a reference decoder (the teacher's) in the same rounds.
+  chunks (as bench.throughput fills it), 32 tokens a call, a reference decoder (the teacher's) in the same rounds;
+  `decode_sides` the three for one model's two sides.
 - `paired`: the per-round old / new ratios' median and quartiles, as text.
 - `call_rounds`: one call (a mixer on its input, say) timed side by side, for a change too small to see through a
   whole prefill's round-to-round spread.
@@ -102,3 +103,13 @@ def decode_rounds(decoders: dict, reference: _Decoder, use, rounds: int) -> dict
             calls[name].warm_restart()
             times[name].append(timed(calls[name]) / calls[name].steps)
     return times
+
+
+def decode_sides(model, reference: _Decoder, ids, use, rounds: int, sides=SIDES) -> tuple[bool, dict[str, list[float]]]:
+    """Each side's decoder filled with `ids`, whether they give the same 16th token, and `decode_rounds` over them
+    with `reference` (call under no_grad)."""
+    decoders = {}
+    for side in sides:
+        use(side)
+        decoders[side] = filled_decoder(model, ids)
+    return same_tokens(decoders, use), decode_rounds(decoders, reference, use, rounds)

@@ -11,7 +11,7 @@ import statistics
 import sys
 
 import torch
-from ab_rounds import decode_rounds, filled_decoder, paired, same_tokens
+from ab_rounds import decode_sides, filled_decoder, paired
 
 from bench.perf.heap import set_steady
 from bench.perf.throughput import embedded_shape_teacher
@@ -51,12 +51,7 @@ for context in (1024, 8192, 32768):
     with torch.no_grad():
         teacher_decoder = filled_decoder(teacher, ids)
         for name, model in models.items():
-            decoders = {}
-            for side in ("old", "new"):
-                use(side)
-                decoders[side] = filled_decoder(model, ids)
-            same = same_tokens(decoders, use)
-            times = decode_rounds(decoders, teacher_decoder, use, rounds)
+            same, times = decode_sides(model, teacher_decoder, ids, use, rounds)
             print(f"{name} at {context}: the 16th decoded token the same either side: {same}; ms/token old "
                   f"{1e3 * statistics.median(times['old']):.3f}, new {1e3 * statistics.median(times['new']):.3f}, "
                   f"teacher {1e3 * statistics.median(times['reference']):.3f}; {paired(times['old'], times['new'])}; "

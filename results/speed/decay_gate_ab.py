@@ -12,7 +12,7 @@ import statistics
 import sys
 
 import torch
-from ab_rounds import call_rounds, decode_rounds, filled_decoder, paired, prefill_rounds, same_tokens, times_floor
+from ab_rounds import call_rounds, decode_sides, filled_decoder, paired, prefill_rounds, times_floor
 
 import students.mixers.gla as gla
 import students.mixers.metala as metala
@@ -61,12 +61,8 @@ def main():
         ids = torch.randint(0, teacher.config.vocab_size, (1, 1024), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             teacher_decoder = filled_decoder(teacher, ids)
-            decoders = {}
-            for side in ("old", "new"):
-                use(side)
-                decoders[side] = filled_decoder(model, ids)
-            print(f"{name} decode: the 16th decoded token the same either side: {same_tokens(decoders, use)}")
-            times = decode_rounds(decoders, teacher_decoder, use, rounds)
+            same, times = decode_sides(model, teacher_decoder, ids, use, rounds)
+            print(f"{name} decode: the 16th decoded token the same either side: {same}")
         print(f"{name} decode ms/token after 1,024: old {1e3 * statistics.median(times['old']):.3f}, "
               f"new {1e3 * statistics.median(times['new']):.3f}, "
               f"teacher {1e3 * statistics.median(times['reference']):.3f}; {paired(times['old'], times['new'])}")

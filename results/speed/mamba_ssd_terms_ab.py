@@ -12,7 +12,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from ab_rounds import call_rounds, decode_rounds, filled_decoder, paired, prefill_rounds, same_tokens, times_floor
+from ab_rounds import call_rounds, decode_sides, filled_decoder, paired, prefill_rounds, times_floor
 
 from bench.perf.heap import set_steady
 from bench.perf.throughput import build_floor, embedded_shape_teacher
@@ -68,12 +68,8 @@ def main():
     ids = torch.randint(0, teacher.config.vocab_size, (1, 1024), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         teacher_decoder = filled_decoder(teacher, ids)
-        decoders = {}
-        for side in ("old", "new"):
-            use(side)
-            decoders[side] = filled_decoder(model, ids)
-        print(f"decode: the 16th decoded token the same either side: {same_tokens(decoders, use)}")
-        times = decode_rounds(decoders, teacher_decoder, use, rounds)
+        same, times = decode_sides(model, teacher_decoder, ids, use, rounds)
+        print(f"decode: the 16th decoded token the same either side: {same}")
     use("new")
     mixer = next(m for m in model.modules() if isinstance(m, Mamba2Mixer))
     x = torch.randn(1, 2048, teacher.config.hidden_size, generator=torch.Generator().manual_seed(1))

@@ -11,7 +11,7 @@ import statistics
 import sys
 
 import torch
-from ab_rounds import decode_rounds, filled_decoder, paired, prefill_rounds, same_tokens, times_floor
+from ab_rounds import decode_sides, filled_decoder, paired, prefill_rounds, times_floor
 
 import students.layers as layers
 from bench.perf.heap import set_steady
@@ -50,12 +50,8 @@ ids = torch.randint(0, teacher.config.vocab_size, (1, 1024), generator=torch.Gen
 with torch.no_grad():
     teacher_decoder = filled_decoder(teacher, ids)
     for name, model in students.items():
-        decoders = {}
-        for side in ("old", "new"):
-            use(side)
-            decoders[side] = filled_decoder(model, ids)
-        print(f"{name}: the 16th decoded token the same either side: {same_tokens(decoders, use)}")
-        times = decode_rounds(decoders, teacher_decoder, use, rounds)
+        same, times = decode_sides(model, teacher_decoder, ids, use, rounds)
+        print(f"{name}: the 16th decoded token the same either side: {same}")
         print(f"  {name} decode ms/token: old {1e3 * statistics.median(times['old']):.3f}, "
               f"new {1e3 * statistics.median(times['new']):.3f}, teacher {1e3 * statistics.median(times['reference']):.3f}; "
               f"{paired(times['old'], times['new'])}; new / teacher "
