@@ -14,8 +14,8 @@ import torch
 from kernels import native
 from kernels.causal_attention.torch_form import causal_attention_torch
 
-MAX_LENGTH = 8192  # the longest sequence the compiled call takes: 1.04-1.09x sdpa there on the AVX2 EPYC, 0.96-0.97x
-# at 16,384
+MAX_LENGTH = 8192  # the longest sequence the compiled call takes: 1.04-1.06x sdpa there on the AVX2 EPYC in fp32 (level in
+# the whole teacher's forward), 0.96-0.97x at 16,384
 
 
 def causal_attention_compiled(q, k, v, scale):
