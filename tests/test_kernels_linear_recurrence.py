@@ -114,3 +114,21 @@ def test_chunk_form_rounds_the_gradients_of_16_bit_queries_and_keys_once(bonus):
         (o.float() * upstream).sum().backward()
     for name in ("q", "k"):
         assert torch.equal(narrow[name].grad, wide[name].grad.to(torch.bfloat16)), name
+
+
+def test_the_bonus_row_dot_gives_einsums_values_and_gradients_bit_for_bit():
+    """RWKV's bonus diagonal q_t·(u ⊙ k_t) takes einsum's batched product forward and elementwise products
+    backward; einsum's backward contracts a dimension of 1 there, so the two agree exactly, on an odd shape."""
+    from kernels.linear_recurrence.chunk import _RowDot
+
+    gen = torch.Generator().manual_seed(5)
+    a, b = (torch.randn(2, 37, 3, 24, generator=gen, dtype=torch.float64).float() for _ in range(2))
+    upstream = torch.randn(2, 37, 3, generator=gen)
+    grads = []
+    for dot in (lambda x, y: torch.einsum("bthk,bthk->bth", x, y), _RowDot.apply):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        out = dot(x, y)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), x.grad, y.grad))
+    for name, reference, ours in zip(("output", "grad a", "grad b"), *grads):
+        assert torch.equal(reference, ours), name
