@@ -14,26 +14,41 @@ from bench.provenance import header
 from kernels.distill_loss import fused_distillation_loss
 
 print(header())
-set_steady(); torch.set_num_threads(2); torch.manual_seed(0)
-B, T, D, V = 8, 512, 256, 4096
+set_steady()
+torch.set_num_threads(2)
+torch.manual_seed(0)
+B, T, D, V = 8, 512, 256, 4096  # the inputs of loss_chunk_probe.py, without autocast
 hidden = torch.randn(B, T, D, requires_grad=True)
 weight = (torch.randn(V, D) * 0.05).requires_grad_()
-th, tw = torch.randn(B, T, D), torch.randn(V, D) * 0.05
+teacher_hidden, teacher_weight = torch.randn(B, T, D), torch.randn(V, D) * 0.05
 ids = torch.randint(0, V, (B, T))
-def step(chunk):
-    loss, _ = fused_distillation_loss(hidden, weight, ids, teacher_hidden=th, teacher_weight=tw, chunk_size=chunk)
+
+
+def loss_step(chunk):
+    loss, _ = fused_distillation_loss(hidden, weight, ids, teacher_hidden=teacher_hidden,
+                                      teacher_weight=teacher_weight, chunk_size=chunk)
     loss.backward()
+
+
+def logit_products():  # the student's and the teacher's logits, 16 chunks of 256 rows
+    for start in range(0, B * T, 256):
+        torch.mm(student_rows[start:start + 256], weight.detach().T)
+        torch.mm(teacher_hidden.view(-1, D)[start:start + 256], teacher_weight.T)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 chunks = [64, 128, 256, 512, 1024]
-acc = {c: [] for c in chunks}
-for r in range(12):
+times = {c: [] for c in chunks}
+for _ in range(12):  # chunks take turns; the first two rounds are warm-up
     for c in chunks:
-        t = time.perf_counter(); step(c); acc[c].append(time.perf_counter() - t)
-for c in chunks: print(f"chunk {c:5d} {1e3*statistics.median(acc[c][2:]):7.1f} ms")
-a = torch.randn(4096, D); 
-def prods():
-    for s in range(0, 4096, 256):
-        torch.mm(a[s:s+256], weight.detach().T); torch.mm(th.view(-1, D)[s:s+256], tw.T)
-m = []
-for r in range(10):
-    t = time.perf_counter(); prods(); m.append(time.perf_counter() - t)
-print(f"the two logit products alone, 16 chunks of 256: {1e3*statistics.median(m[2:]):.1f} ms")
+        times[c].append(timed(lambda c=c: loss_step(c)))
+for c in chunks:
+    print(f"chunk {c:5d} {1e3 * statistics.median(times[c][2:]):7.1f} ms")
+student_rows = torch.randn(B * T, D)
+product_times = [timed(logit_products) for _ in range(10)]
+print(f"the two logit products alone, 16 chunks of 256: {1e3 * statistics.median(product_times[2:]):.1f} ms")
