@@ -186,6 +186,35 @@ def test_loss_throughput_and_grid_tables_show_what_their_files_hold(tmp_path):
     assert claims[2] == "| the study's claim | measured here | verdict |" and len(claims) == 4 + 8
 
 
+def test_the_machine_types_table_puts_each_reports_ratios_and_open_targets_side_by_side(tmp_path):
+    _write_results(tmp_path)
+    base = json.loads((tmp_path / "throughput_cpu.json").read_text())
+    for name, device, isa, bf16, gla_s, verdict in (
+            ("throughput_cpu.json", "Intel(R) Xeon(R) Processor", "AVX512", True, 0.12, True),
+            ("throughput_cpu_avx2.json", "AMD EPYC", "AVX2", False, 0.13, "within noise"),
+            ("throughput_cpu_epyc_avx512.json", "AMD EPYC", "AVX512", True, 0.14, False)):
+        doc = json.loads(json.dumps(base))
+        doc["machine"] = {**MACHINE, "device_name": device, "cpu_capability": isa, "cpu_bf16_kernels": bf16}
+        doc["settings"]["lengths"] = [2048, 16384]
+        for model, seconds, longer in (("floor", 0.1, 10), ("teacher", 0.3, 10), ("gla", gla_s, 10.5)):
+            doc["models"][model]["prefill"] = {"2048": {"median_s": seconds}, "16384": {"median_s": longer * seconds}}
+        doc["targets"]["prefill_within_1.3x_floor_at_2048_and_16384"] = {"gla": verdict}
+        doc["targets"]["decode_no_slower_than_teacher_at_1024"] = {"gla": True}
+        (tmp_path / name).write_text(json.dumps(doc))
+    lines = tables.render("throughput_machine_types", tmp_path).splitlines()
+    assert lines[0].startswith("Sources: `" + str(tmp_path / "throughput_cpu.json") + "` (Intel Xeon, AVX512, bf16: "
+                               "commit abc1234, date: not recorded, activity not measured); ")
+    assert "(AMD EPYC, AVX2: commit" in lines[0] and "(AMD EPYC, AVX512, bf16: commit" in lines[0]
+    assert lines[2:] == ["| model | Intel Xeon, AVX512, bf16 | AMD EPYC, AVX2 | AMD EPYC, AVX512, bf16 |",
+                         "|---|---|---|---|",
+                         "| teacher | 3.00 / 3.00 | 3.00 / 3.00 | 3.00 / 3.00 |",
+                         "| gla | 1.20 / 1.26 — all met | 1.30 / 1.36 — prefill ≤ 1.3× floor within noise "
+                         "| 1.40 / 1.47 — prefill ≤ 1.3× floor **not met** |"]
+    (tmp_path / "throughput_cpu_avx2.json").unlink()  # one of the files missing: one error naming it
+    with pytest.raises(BenchError, match=r"throughput_cpu_avx2\.json: cannot read"):
+        tables.render("throughput_machine_types", tmp_path)
+
+
 def test_the_grid_caption_says_the_most_other_processes_took_of_a_runs_cpu_time(tmp_path):
     _write_results(tmp_path)
     path = tmp_path / "leaderboard.csv"

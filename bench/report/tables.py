@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, fail
 from bench.files import atomic_write_text
-from bench.perf.activity import describe, quiet
+from bench.perf.activity import describe, is_quiet, quiet
 from bench.perf.ratios import NOISE, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,6 +212,56 @@ def throughput_summary(doc: dict, source: str) -> str:
                "the student's, above 1 where the student is faster); the full table and the targets' verdicts: "
                "docs/results.md#throughput-on-cpu")
     return caption(source, doc, details) + "\n\n" + markdown(header, rows)
+
+
+TARGET_NAMES = {"prefill_within": "prefill ≤ 1.3× floor", "prefill_faster": "prefill faster than teacher",
+                "decode_flat": "decode flat", "decode_no_slower": "decode ≤ teacher's"}
+
+
+def machine_label(machine: dict) -> str:
+    """A CPU in a few words: 'Intel Xeon, AVX512, bf16' from its name, instruction set and bf16 kernels."""
+    name = " ".join(re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b", " ", machine.get("device_name") or "?").split())
+    isa = f", {machine['cpu_capability']}" if machine.get("cpu_capability") else ""
+    return name + isa + (", bf16" if machine.get("cpu_bf16_kernels") else "")
+
+
+def throughput_machine_types(docs: list[tuple[dict, str]]) -> str:
+    """The same throughput benchmark on each machine type side by side: per model and report, prefill time over the
+    floor's at 2,048 and 16,384 tokens (per-round medians) and the speed targets the run did not find met."""
+    from bench.perf.throughput import CONTROL
+
+    lengths = [str(n) for n in (2048, 16384)]
+    names = list(dict.fromkeys(n for doc, _ in docs for n in ("teacher", *doc["settings"]["students"])))
+
+    def verdicts(doc: dict, name: str) -> str:
+        judged = {key: value[name] for key, value in doc["targets"].items()
+                  if isinstance(value, dict) and value.get(name) is not None}
+        if not judged:
+            return ""
+        open_ = [f"{next((t for k, t in TARGET_NAMES.items() if key.startswith(k)), key)} "
+                 f"{'**not met**' if value is False else value}" for key, value in judged.items() if value is not True]
+        return " — " + ("; ".join(open_) if open_ else "all met")
+
+    rows = []
+    for name in names:
+        row = [f"{name} (softmax control)" if name == CONTROL else name]
+        for doc, _ in docs:
+            if name not in doc["models"]:
+                row.append("–")
+                continue
+            floor, prefill = doc["models"]["floor"]["prefill"], doc["models"][name]["prefill"]
+            ratios = [paired_ratio(prefill.get(n), floor.get(n)) for n in lengths]
+            row.append(" / ".join("–" if r is None else f"{r:.2f}" for r in ratios) + verdicts(doc, name))
+        rows.append(row)
+    calm = {True: "quiet", False: "not quiet", None: "activity not measured"}
+    sources = "; ".join(f"`{source}` ({machine_label(doc['machine'])}: commit {doc['machine'].get('commit')}, "
+                        f"{doc.get('date') or 'date: not recorded'}, {calm[is_quiet(doc.get('activity'))]})"
+                        for doc, source in docs)
+    return (f"Sources: {sources}. A cell: prefill time over the floor's at 2,048 / 16,384 tokens (the median of the "
+            "per-round ratios), then the speed targets the run judged for that student (`bench.perf.throughput."
+            "check_targets`): all met, or the ones not met (within noise: the rounds' quartiles fall either side of "
+            "the limit). Each file's full table and caption follow.\n\n"
+            + markdown(["model", *(machine_label(doc["machine"]) for doc, _ in docs)], rows))
 
 
 def distill_speed(doc: dict, source: str) -> str:
@@ -424,6 +474,10 @@ TABLES = {
     "throughput_cpu_epyc_avx512": ("throughput_cpu_epyc_avx512.json", throughput,
                                    "python -m bench.throughput --student all --repeats 11 --threads 2 "
                                    "--json results/throughput_cpu_epyc_avx512.json"),
+    "throughput_machine_types": (("throughput_cpu.json", "throughput_cpu_avx2.json", "throughput_cpu_epyc_avx512.json"),
+                                 throughput_machine_types,
+                                 "python -m bench.throughput --student all --repeats 11 --threads 2 --json FILE, "
+                                 "one FILE per machine type"),
     "throughput_cpu_smollm2_135m_shape": (
         "throughput_cpu_smollm2_135m_shape.json", throughput,
         "python -m bench.throughput --student all --teacher-shape smollm2-135m --lengths 1024,2048,4096 "
@@ -457,24 +511,35 @@ TABLES = {
 }
 
 
+def _load(path: Path):
+    """A results file's contents: rows of a CSV, a JSON document, or the JSON run records of a directory."""
+    if path.is_dir():
+        data = [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
+        if not data:
+            raise ValueError("no run records")
+        return data
+    text = path.read_text()
+    return list(csv.DictReader(text.splitlines())) if path.suffix == ".csv" else json.loads(text)
+
+
 def render(name: str, results_dir: Path) -> str:
-    filename, renderer, command = TABLES[name]
-    path = Path(results_dir) / filename
-    source = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    """One table from its file, or from its files (a tuple in `TABLES`: the renderer takes [(document, source)])."""
+    filenames, renderer, command = TABLES[name]
+    paths = [Path(results_dir) / f for f in (filenames if isinstance(filenames, tuple) else (filenames,))]
+    sources = [str(p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p) for p in paths]
+    where = ", ".join(map(str, paths))
+    for path in paths:
+        if not path.exists():
+            raise BenchError(f"{path}: cannot read (No such file or directory); `{command}` writes it")
     try:
-        text = None if path.is_dir() else path.read_text()
+        data = [_load(path) for path in paths]
+        if isinstance(filenames, tuple):
+            return renderer(list(zip(data, sources)))
+        return renderer(data[0], sources[0])
     except OSError as error:
-        raise BenchError(f"{path}: cannot read ({error.strerror}); `{command}` writes it") from None
-    try:
-        if text is None:  # a directory of run records
-            data = [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
-            if not data:
-                raise ValueError("no run records")
-        else:
-            data = list(csv.DictReader(text.splitlines())) if filename.endswith(".csv") else json.loads(text)
-        return renderer(data, str(source))
+        raise BenchError(f"{where}: cannot read ({error.strerror}); `{command}` writes it") from None
     except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AttributeError) as error:
-        raise BenchError(f"{path}: malformed for table {name!r} ({type(error).__name__}: {error}); "
+        raise BenchError(f"{where}: malformed for table {name!r} ({type(error).__name__}: {error}); "
                          f"`{command}` rewrites it") from None
 
 
