@@ -219,6 +219,33 @@ def test_figures_are_drawn_from_records_and_reports_only(tmp_path):
     assert figures.main(["--results-dir", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow
+def test_committed_figures_are_what_the_committed_results_draw(tmp_path):
+    """Pixel for pixel (the PNG's compression and metadata aside), under the matplotlib CI pins: a figure left stale
+    after its results changed fails."""
+    import re
+    from pathlib import Path
+
+    import matplotlib
+    import matplotlib.image
+
+    from bench.report import figures
+
+    root = Path(__file__).resolve().parents[1]
+    pinned = re.search(r"^matplotlib==(\S+)$", (root / "constraints.txt").read_text(), re.M).group(1)
+    if matplotlib.__version__ != pinned:
+        pytest.skip(f"figures are drawn with matplotlib {pinned} (constraints.txt), this is {matplotlib.__version__}")
+    results = root / "results"
+    for source in [results / "runs", results / "reference", *results.glob("throughput_*.json")]:
+        (tmp_path / source.name).symlink_to(source)
+    drawn = figures.draw_all(tmp_path)
+    committed = results / "figures"
+    assert sorted(path.name for path in drawn) == sorted(path.name for path in committed.glob("*.png"))
+    stale = [path.name for path in drawn
+             if not np.array_equal(matplotlib.image.imread(path), matplotlib.image.imread(committed / path.name))]
+    assert not stale, f"{', '.join(stale)} differ from what results/ draws: python -m bench.figures"
+
+
 def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_path, monkeypatch):
     from bench.report import figures
 
@@ -263,6 +290,15 @@ def test_speed_figures_give_each_machine_types_report_its_own_titled_panel(tmp_p
     first = [ax for ax in drawn[0].axes if ax.get_title()]  # each machine's times are its own
     times = [{line.get_label(): line.get_ydata()[0] for line in ax.get_lines()} for ax in first]
     assert times[1]["gla"] == pytest.approx(2 * times[0]["gla"])
+    # below the prefill times, each student's time over its floor's (not the teacher's or the softmax control's), on
+    # one shared y axis, beside the 1.3× target; decode has no second row
+    ratios = [ax for ax in drawn[0].axes if not ax.get_title()]
+    assert len(ratios) == 3 and not [ax for ax in drawn[1].axes if not ax.get_title()]
+    curves = [{line.get_label(): list(line.get_ydata()) for line in ax.get_lines() if not line.get_label().startswith("_")}
+              for ax in ratios]
+    assert curves == [{"gla": [pytest.approx(3.0)]}] * 3  # gla 0.3 s over the floor's 0.1 s, at every scale
+    assert all({1.0, 1.3} <= {line.get_ydata()[0] for line in ax.get_lines()} for ax in ratios)
+    assert ratios[0].get_shared_y_axes().joined(ratios[0], ratios[2])
     for fig in drawn:
         figures.plt.close(fig)
 

@@ -237,10 +237,13 @@ def _heap_note(report: dict) -> str:
     return ", steady heap" if report["settings"].get("heap") == "steady" else ""
 
 
-def _machine_panels(reports, title: str, ylabel: str):
+def _machine_panels(reports, title: str, ylabel: str, ratio_ylabel: str | None = None):
     """One panel per report (each machine type's run), side by side, titled by its machine and teacher shape; the
-    panels of one teacher shape share their y axis (another shape's times are of another scale)."""
-    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports) + 1, 5), squeeze=False)
+    panels of one teacher shape share their y axis (another shape's times are of another scale). With
+    `ratio_ylabel`, a second row of panels below, one per report, sharing one y axis (ratios are of one scale)."""
+    rows = 2 if ratio_ylabel else 1
+    fig, axes = plt.subplots(rows, len(reports), figsize=(6 * len(reports) + 1, 5 + 3.5 * (rows - 1)), squeeze=False,
+                             gridspec_kw={"height_ratios": [5, 3.5][:rows]})
     first_of_shape: dict = {}
     for ax, report in zip(axes[0], reports):
         machine, shape = report["machine"], _teacher_shape(report)
@@ -254,8 +257,15 @@ def _machine_panels(reports, title: str, ylabel: str):
         else:
             first_of_shape[shape] = ax
             ax.set_ylabel(ylabel)
+    if ratio_ylabel:
+        axes[1][0].set_ylabel(ratio_ylabel)
+        for above, ax in zip(axes[0], axes[1]):
+            ax.sharex(above)
+        for ax in axes[1][1:]:
+            ax.sharey(axes[1][0])
+            ax.tick_params(labelleft=False)
     fig.suptitle(title, fontsize=10)
-    return fig, axes[0]
+    return fig, axes
 
 
 def _model_lines(axes, reports, points: str, value) -> None:
@@ -272,10 +282,30 @@ def _model_lines(axes, reports, points: str, value) -> None:
 
 
 def prefill_vs_length(reports, out: Path) -> Path:
-    fig, axes = _machine_panels(reports, "Prefill time, batch 1", "seconds")
-    _model_lines(axes, reports, "prefill", lambda cell: cell["median_s"])
-    for ax in axes:
-        ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)")
+    """Prefill time against length (top), and below it each student's time over the floor's (the median of the
+    per-round ratios, as the tables read them) beside the speed target's 1.3×."""
+    from bench.perf.ratios import paired_ratio
+    from bench.perf.throughput import CONTROL, FLOOR_TARGET
+
+    fig, axes = _machine_panels(reports, "Prefill time (top) and each student's time over the projections-only floor's "
+                                "(bottom), batch 1", "seconds", ratio_ylabel="time over the floor's")
+    _model_lines(axes[0], reports, "prefill", lambda cell: cell["median_s"])
+    colors = _student_colors({name for report in reports for name in report["models"]} - {"teacher", "floor"})
+    for ax, report in zip(axes[1], reports):
+        floor = report["models"]["floor"]["prefill"]
+        for name, model in sorted(report["models"].items()):
+            if name in ("teacher", "floor", CONTROL):
+                continue
+            lengths = sorted((n for n in model["prefill"] if n in floor), key=int)
+            ax.plot([int(n) for n in lengths], [paired_ratio(model["prefill"][n], floor[n]) for n in lengths],
+                    marker="o", color=colors[name], label=name)
+        ax.axhline(1.0, **_style("floor"))
+        ax.axhline(FLOOR_TARGET[0], color="black", ls=":", lw=1)
+        ax.annotate(f"target {FLOOR_TARGET[0]}× floor", (1.0, FLOOR_TARGET[0]), xycoords=("axes fraction", "data"),
+                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+        ax.set(xscale="log", xlabel="sequence length (tokens)")
+    for ax in axes[0]:
+        ax.set(xscale="log", yscale="log")
     _save(fig, out / "prefill_vs_length.png")
     return out / "prefill_vs_length.png"
 
@@ -283,8 +313,8 @@ def prefill_vs_length(reports, out: Path) -> Path:
 def decode_vs_context(reports, out: Path) -> Path:
     fig, axes = _machine_panels(reports, "Decode latency vs context (KV cache vs recurrent state)",
                                 "ms per decoded token")
-    _model_lines(axes, reports, "decode", lambda cell: cell["ms_per_token"])
-    for ax in axes:
+    _model_lines(axes[0], reports, "decode", lambda cell: cell["ms_per_token"])
+    for ax in axes[0]:
         ax.set(xscale="log", xlabel="context (tokens)")
     _save(fig, out / "decode_vs_context.png")
     return out / "decode_vs_context.png"
