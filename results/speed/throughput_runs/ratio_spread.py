@@ -1,5 +1,6 @@
 """The spread of the per-round ratios that the throughput verdicts read, run by run: for each student, the median and
-interquartile range of prefill / floor at 2,048 and 16,384 and of decode / teacher at the first context, as
+interquartile range of prefill / floor at 2,048 and 16,384, of decode / teacher at the first context and of decode at
+the last context / the first (the flatness target's ratio; with --pool the floor's own too, for reference), as
 `bench.perf.ratios` takes them (the anchor's neighbouring runs where the report keeps them, else the round's).
 
     python results/speed/throughput_runs/ratio_spread.py results/speed/throughput_runs/throughput_cpu_avx2_efabf92.json \
@@ -36,12 +37,16 @@ def spread(entry, reference, field):
 
 
 def columns(doc, name):
-    """A student's per-round ratios in the three columns, from one report."""
-    models, first = doc["models"], str(doc["settings"]["decode_contexts"][0])
+    """A model's per-round ratios in the four columns, from one report (the floor has only its decode growth)."""
+    models, contexts = doc["models"], doc["settings"]["decode_contexts"]
+    first, last = str(contexts[0]), str(contexts[-1])
     m = models[name]
+    growth = per_round_ratios(m["decode"][last], m["decode"][first], "ms_per_token") or []
+    if name == "floor":
+        return [[], [], [], growth]
     return [per_round_ratios(m["prefill"]["2048"], models["floor"]["prefill"]["2048"], "median_s") or [],
             per_round_ratios(m["prefill"]["16384"], models["floor"]["prefill"]["16384"], "median_s") or [],
-            per_round_ratios(m["decode"][first], models["teacher"]["decode"][first], "ms_per_token") or []]
+            per_round_ratios(m["decode"][first], models["teacher"]["decode"][first], "ms_per_token") or [], growth]
 
 
 if sys.argv[1:2] == ["--pool"]:
@@ -53,10 +58,12 @@ if sys.argv[1:2] == ["--pool"]:
     print(f"pooled per-round ratios of {len(docs)} runs ({', '.join(d['machine']['commit'] for d in docs.values())}) "
           f"on {first_doc['machine'].get('device_name')} {first_doc['machine'].get('cpu_capability')}: "
           f"median (interquartile range), rounds")
-    first = str(first_doc["settings"]["decode_contexts"][0])
-    print(f"  {'student':16} {'prefill/floor 2048':>20} {'prefill/floor 16384':>20} {'decode/teacher ' + first:>20}")
-    for name in first_doc["settings"]["students"]:
-        pooled = [sum((columns(d, name)[c] for d in docs.values()), []) for c in range(3)]
+    contexts = first_doc["settings"]["decode_contexts"]
+    first, last = str(contexts[0]), str(contexts[-1])
+    print(f"  {'student':16} {'prefill/floor 2048':>20} {'prefill/floor 16384':>20} {'decode/teacher ' + first:>20} "
+          f"{'decode ' + last + '/' + first:>20}")
+    for name in ["floor", *first_doc["settings"]["students"]]:
+        pooled = [sum((columns(d, name)[c] for d in docs.values()), []) for c in range(4)]
         print(f"  {name:16} " + " ".join(f"{summary(r) + f' {len(r)}':>20}" for r in pooled))
     sys.exit(0)
 
