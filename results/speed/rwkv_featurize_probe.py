@@ -1,6 +1,7 @@
 """Probe: RWKV-6's featurize at one layer over a long prompt, split into its compiled token shift and decay (ddlerp,
 native and torch forms) and the four stream projections, beside one dense product of the same rows (fp32, no_grad,
-batch 1, the embedded teacher's width; medians of 5, alternating forms).
+batch 1, the embedded teacher's width; medians of 5, alternating forms). glibc's heap kept steady, as the throughput
+benchmark keeps it (from 2026-12-07; the output's earlier blocks paid a fresh mapping for every large output).
 
     python results/speed/rwkv_featurize_probe.py [--length 16384]
 """
@@ -11,6 +12,7 @@ import time
 import torch
 
 from bench.data.teacher import EMBEDDED_TEACHER
+from bench.perf.heap import set_steady
 from bench.provenance import machine
 from kernels.ddlerp import ddlerp
 from students.layers import batched_linear
@@ -19,6 +21,7 @@ from students.surgery import build_student, load_teacher
 parser = argparse.ArgumentParser()
 parser.add_argument("--length", type=int, default=16384)
 args = parser.parse_args()
+set_steady()
 torch.set_num_threads(2)
 info = machine()
 print(f"{info['device_name']} ({info['cpu_capability']}), torch {info['torch']}, commit {info['commit']}, "
