@@ -214,8 +214,13 @@ def throughput_summary(doc: dict, source: str) -> str:
     return caption(source, doc, details) + "\n\n" + markdown(header, rows)
 
 
-TARGET_NAMES = {"prefill_within": "prefill ≤ 1.3× floor", "prefill_faster": "prefill faster than teacher",
-                "decode_flat": "decode flat", "decode_no_slower": "decode ≤ teacher's"}
+def target_name(key: str) -> str:
+    """A target of `bench.perf.throughput.check_targets` in a few words ('prefill ≤ 1.3× floor'), its key otherwise."""
+    if within := re.match(r"prefill_within_([\d.]+)x_floor", key):
+        return f"prefill ≤ {within.group(1)}× floor"
+    short = {"prefill_faster": "prefill faster than teacher", "decode_flat": "decode flat",
+             "decode_no_slower": "decode ≤ teacher's"}
+    return next((text for prefix, text in short.items() if key.startswith(prefix)), key.replace("_", " "))
 
 
 def machine_label(machine: dict) -> str:
@@ -238,8 +243,8 @@ def throughput_machine_types(docs: list[tuple[dict, str]]) -> str:
                   if isinstance(value, dict) and value.get(name) is not None}
         if not judged:
             return ""
-        open_ = [f"{next((t for k, t in TARGET_NAMES.items() if key.startswith(k)), key)} "
-                 f"{'**not met**' if value is False else value}" for key, value in judged.items() if value is not True]
+        open_ = [f"{target_name(key)} {'**not met**' if value is False else value}"
+                 for key, value in judged.items() if value is not True]
         return " — " + ("; ".join(open_) if open_ else "all met")
 
     rows = []
