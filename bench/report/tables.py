@@ -502,7 +502,8 @@ TABLES = {
                                "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 "
                                "--json results/speed/distill_speed_cpu_avx2.json"),
     "distill_speed_cpu_epyc_avx512": ("speed/distill_speed_cpu_epyc_avx512.json", distill_speed,
-                                      "python -m bench.perf.distill_speed --json results/speed/distill_speed_cpu_epyc_avx512.json"),
+                                      "python -m bench.perf.distill_speed "
+                                      "--json results/speed/distill_speed_cpu_epyc_avx512.json"),
     "distill_speed_cpu_avx512_software_bf16": (
         "speed/distill_speed_cpu_avx512_software_bf16.json", distill_speed,
         "python -m bench.perf.distill_speed --stages end_to_end --repeats 4 --dtype bf16 "
