@@ -533,16 +533,13 @@ def render(name: str, results_dir: Path) -> str:
     paths = [Path(results_dir) / f for f in (filenames if isinstance(filenames, tuple) else (filenames,))]
     sources = [str(p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p) for p in paths]
     where = ", ".join(map(str, paths))
-    for path in paths:
-        if not path.exists():
-            raise BenchError(f"{path}: cannot read (No such file or directory); `{command}` writes it")
     try:
         data = [_load(path) for path in paths]
         if isinstance(filenames, tuple):
             return renderer(list(zip(data, sources)))
         return renderer(data[0], sources[0])
-    except OSError as error:
-        raise BenchError(f"{where}: cannot read ({error.strerror}); `{command}` writes it") from None
+    except OSError as error:  # names the one file that could not be read
+        raise BenchError(f"{error.filename}: cannot read ({error.strerror}); `{command}` writes it") from None
     except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AttributeError) as error:
         raise BenchError(f"{where}: malformed for table {name!r} ({type(error).__name__}: {error}); "
                          f"`{command}` rewrites it") from None
